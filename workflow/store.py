@@ -1,0 +1,121 @@
+"""Workflow tables in the state store (component `workflow`).
+
+- `workflow_lists`: one row per work list that has been synced (its spec as last seen,
+  when it was first and last synced) so that snapshot lists know they are frozen and the
+  CLI can still show a list whose definition was removed.
+- `workflow_members`: one row per (work list, member) with the current stage, assignee,
+  due date, last touch and a `version` that every change bumps (compare-and-set).
+- `workflow_events`: append-only; every change with who, when, from stage, to stage, note.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from state import Migration, connect_state, migrate, register_migrations
+
+COMPONENT = "workflow"
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """Timestamps stored as UTC and always read back time-zone aware.
+
+    SQLite keeps no offset, so values are normalised to UTC on the way in and tagged UTC
+    on the way out; PostgreSQL gets `timestamptz` and the same behaviour.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"timestamp {value!r} has no time zone; pass an aware datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(
+        self, value: datetime | None, dialect: sa.Dialect
+    ) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = sa.MetaData()
+
+lists = sa.Table(
+    "workflow_lists",
+    metadata,
+    sa.Column("slug", sa.String(200), primary_key=True),
+    sa.Column("segment_slug", sa.String(200), nullable=False),
+    sa.Column("owner", sa.String(320)),
+    sa.Column("visibility", sa.String(16), nullable=False),
+    sa.Column("mode", sa.String(16), nullable=False),
+    sa.Column("entity", sa.String(16), nullable=False),
+    sa.Column("spec_json", sa.Text, nullable=False),
+    sa.Column("first_synced_at", UTCDateTime, nullable=False),
+    sa.Column("last_synced_at", UTCDateTime, nullable=False),
+)
+
+members = sa.Table(
+    "workflow_members",
+    metadata,
+    sa.Column("worklist_slug", sa.String(200), primary_key=True),
+    # The patient id for patient lists, the case id for case lists.
+    sa.Column("member_id", sa.String(200), primary_key=True),
+    sa.Column("patient_id", sa.String(200), nullable=False),
+    sa.Column("case_id", sa.String(200)),
+    sa.Column("stage", sa.String(200), nullable=False),
+    sa.Column("assignee", sa.String(320)),
+    sa.Column("due_date", sa.Date),
+    sa.Column("entered_at", UTCDateTime, nullable=False),
+    sa.Column("stage_since", UTCDateTime, nullable=False),
+    sa.Column("last_touch_at", UTCDateTime),
+    sa.Column("last_touch_by", sa.String(320)),
+    sa.Column("left_segment", sa.Boolean, nullable=False, default=False),
+    sa.Column("left_at", UTCDateTime),
+    # Bumped by every change; writers update only when it still holds the value they read.
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Index("ix_workflow_members_stage", "worklist_slug", "stage"),
+)
+
+events = sa.Table(
+    "workflow_events",
+    metadata,
+    sa.Column("event_id", sa.Integer, sa.Identity(), primary_key=True),
+    sa.Column("worklist_slug", sa.String(200), nullable=False),
+    sa.Column("member_id", sa.String(200), nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("actor", sa.String(320), nullable=False),
+    # entered | moved | assigned | note | due | left_segment | returned
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("from_stage", sa.String(200)),
+    sa.Column("to_stage", sa.String(200)),
+    sa.Column("assignee", sa.String(320)),
+    sa.Column("note", sa.Text),
+    # The member row's version this event produced: history order within a member.
+    sa.Column("member_version", sa.Integer, nullable=False),
+    sa.Index("ix_workflow_events_member", "worklist_slug", "member_id", "event_id"),
+)
+
+
+def _create_v1(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[lists, members, events])
+
+
+register_migrations(
+    COMPONENT,
+    [Migration(1, "work lists, member stages and the append-only event log", _create_v1)],
+)
+
+
+def open_state(url: str) -> Engine:
+    """An engine on the state store with the workflow tables migrated."""
+    engine = connect_state(url)
+    migrate(engine, [COMPONENT])
+    return engine
