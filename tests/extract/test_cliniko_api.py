@@ -1,0 +1,619 @@
+"""The Cliniko extractor against a real HTTP server on 127.0.0.1 serving Cliniko-shaped pages.
+
+Time is faked: `FakeTime.sleep` records the wait and moves the clock, so no test really
+waits. Expected request lists and sleep durations are worked out by hand in the comments.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from extract.cliniko_api import (
+    STATE_FILE_NAME,
+    ExtractError,
+    SlidingWindowRateLimiter,
+    extract,
+    extract_from_env,
+    shard_from_api_key,
+)
+
+API_KEY = "MS0xLWl4SzYy-secret-test-key-au1"
+USER_AGENT = "clinic-audiences tests (tests@clinic.example)"
+START = 1_700_000_000.0
+
+
+class FakeTime:
+    def __init__(self, start: float = START) -> None:
+        self.now = start
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+@dataclass
+class Fault:
+    status: int = 500
+    headers: dict[str, str] = field(default_factory=dict)
+    drop_connection: bool = False
+
+
+@dataclass
+class FakeCliniko:
+    """What the server holds and what it saw; the handler thread reads and appends here."""
+
+    records: dict[str, list[dict[str, Any]]]
+    api_key: str = API_KEY
+    faults: dict[tuple[str, int], list[Fault]] = field(default_factory=dict)
+    fail_forever: set[tuple[str, int]] = field(default_factory=set)
+    next_host: str | None = None  # serve links.next on another host (must not be followed)
+    tick_per_request: float = 0.0
+    time: FakeTime | None = None
+    port: int = 0
+    seen: list[tuple[str, int]] = field(default_factory=list)
+    queries: list[str] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    bodies_sent: dict[tuple[str, int], bytes] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def page_body(self, resource: str, page: int, per_page: int) -> bytes:
+        rows = self.records[resource]
+        chunk = rows[(page - 1) * per_page : page * per_page]
+        host = self.next_host or f"127.0.0.1:{self.port}"
+        links = {"self": f"http://127.0.0.1:{self.port}/v1/{resource}?page={page}"}
+        if page * per_page < len(rows):
+            links["next"] = f"http://{host}/v1/{resource}?page={page + 1}&per_page={per_page}"
+        return json.dumps({resource: chunk, "total_entries": len(rows), "links": links}).encode()
+
+
+class ClinikoHandler(BaseHTTPRequestHandler):
+    server: ThreadingHTTPServer
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server naming
+        fake: FakeCliniko = self.server.fake  # type: ignore[attr-defined]
+        parts = urlsplit(self.path)
+        resource = parts.path.removeprefix("/v1/")
+        query = parse_qs(parts.query)
+        page = int(query.get("page", ["1"])[0])
+        per_page = int(query.get("per_page", ["50"])[0])
+        with fake.lock:
+            fake.seen.append((resource, page))
+            fake.queries.append(parts.query)
+            fake.headers.append({k.lower(): v for k, v in self.headers.items()})
+            if fake.time is not None:
+                fake.time.now += fake.tick_per_request
+            scripted = fake.faults.get((resource, page))
+            fault = scripted.pop(0) if scripted else None
+            if fault is None and (resource, page) in fake.fail_forever:
+                fault = Fault(500)
+        if fault is not None and fault.drop_connection:
+            self.close_connection = True
+            return
+        if fault is not None:
+            self._reply(fault.status, b'{"message": "scripted fault"}', fault.headers)
+            return
+        expected = "Basic " + base64.b64encode(f"{fake.api_key}:".encode()).decode()
+        if self.headers.get("Authorization") != expected:
+            self._reply(401, b'{"message": "Unauthorized"}', {})
+            return
+        if resource not in fake.records:
+            self._reply(404, b'{"message": "Not found"}', {})
+            return
+        body = fake.page_body(resource, page, per_page)
+        with fake.lock:
+            fake.bodies_sent[(resource, page)] = body
+        self._reply(200, body, {})
+
+    def _reply(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep tests quiet
+        pass
+
+
+def patient(n: int) -> dict[str, Any]:
+    # 19-digit string ids, as Cliniko sends them; no real people.
+    return {
+        "id": f"10000000000000000{n:02d}",
+        "first_name": f"Test{n}",
+        "last_name": "Patient",
+        "archived_at": "",
+        "links": {"self": f"https://api.au1.cliniko.com/v1/patients/{n}"},
+    }
+
+
+def simple(n: int, name: str) -> dict[str, Any]:
+    return {"id": str(n), "name": f"{name} {n}"}
+
+
+@pytest.fixture
+def fake_time() -> FakeTime:
+    return FakeTime()
+
+
+@pytest.fixture
+def cliniko(fake_time: FakeTime) -> Iterator[FakeCliniko]:
+    fake = FakeCliniko(
+        records={
+            "patients": [patient(n) for n in range(1, 6)],  # 5 records: pages of 2, 2, 1
+            "appointment_types": [simple(1, "Initial consult")],  # 1 page
+            "contacts": [],  # an empty first page, no next link
+            "invoices": [simple(n, "Invoice") for n in range(1, 7)],  # 6 records: 3 pages
+        },
+        time=fake_time,
+    )
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ClinikoHandler)
+    server.fake = fake  # type: ignore[attr-defined]
+    fake.port = server.server_port
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    try:
+        yield fake
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def base_url(fake: FakeCliniko) -> str:
+    return f"http://127.0.0.1:{fake.port}/v1"
+
+
+def run(
+    fake: FakeCliniko,
+    fake_time: FakeTime,
+    out: Path,
+    resources: list[str],
+    *,
+    api_key: str = API_KEY,
+    per_page: int = 2,
+    **kwargs: Any,
+) -> dict[str, int]:
+    return extract(
+        out,
+        api_key=api_key,
+        base_url=base_url(fake),
+        user_agent=USER_AGENT,
+        resources=resources,
+        per_page=per_page,
+        sleep=fake_time.sleep,
+        clock=fake_time.clock,
+        **kwargs,
+    )
+
+
+def page_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.glob("*.json"))
+
+
+# ------------------------------------------------------------------ happy path
+
+
+def test_pulls_every_page_of_each_resource_and_saves_it_as_returned(
+    cliniko: FakeCliniko, fake_time: FakeTime, tmp_path: Path
+) -> None:
+    counts = run(cliniko, fake_time, tmp_path, ["patients", "appointment_types", "contacts"])
+
+    # 5 patients in pages of 2 -> pages 1, 2, 3; one page each for the other two.
+    assert counts == {"patients": 5, "appointment_types": 1, "contacts": 0}
+    assert cliniko.seen == [
+        ("patients", 1),
+        ("patients", 2),
+        ("patients", 3),
+        ("appointment_types", 1),
+        ("contacts", 1),
+    ]
+    # The first request builds the URL; later ones follow links.next as given.
+    assert cliniko.queries[0] == "per_page=2&page=1"
+    assert cliniko.queries[1] == "page=2&per_page=2"
+    assert page_files(tmp_path / "patients") == [
+        "page-00001.json",
+        "page-00002.json",
+        "page-00003.json",
+    ]
+    for number in (1, 2, 3):
+        saved = (tmp_path / "patients" / f"page-{number:05d}.json").read_bytes()
+        assert saved == cliniko.bodies_sent[("patients", number)]
+    last = json.loads((tmp_path / "patients" / "page-00003.json").read_text())
+    assert [p["id"] for p in last["patients"]] == ["1000000000000000005"]
+    assert page_files(tmp_path / "contacts") == ["page-00001.json"]
+    assert not list(tmp_path.rglob("*.tmp"))
+
+    for headers in cliniko.headers:
+        assert headers["authorization"] == "Basic " + base64.b64encode(
+            f"{API_KEY}:".encode()
+        ).decode("ascii")
+        assert headers["user-agent"] == USER_AGENT
+        assert headers["accept"] == "application/json"
+    assert fake_time.sleeps == []
+
+    state = json.loads((tmp_path / STATE_FILE_NAME).read_text())
+    assert state["resources"]["patients"] == {
+        "pages_saved": 3,
+        "records": 5,
+        "next_url": None,
+        "complete": True,
+    }
+
+
+def test_default_per_page_is_100(cliniko: FakeCliniko, fake_time: FakeTime, tmp_path: Path) -> None:
+    counts = extract(
+        tmp_path,
+        api_key=API_KEY,
+        base_url=base_url(cliniko),
+        resources=["invoices"],
+        sleep=fake_time.sleep,
+        clock=fake_time.clock,
+    )
+    # 6 invoices fit one page of 100.
+    assert counts == {"invoices": 6}
+    assert cliniko.queries == ["per_page=100&page=1"]
+    assert cliniko.headers[0]["user-agent"] == "clinic-audiences (data-team@clinic.example)"
+
+
+# ------------------------------------------------------------------ faults
+
+
+def test_429_waits_for_the_reset_then_retries_the_same_page(
+    cliniko: FakeCliniko, fake_time: FakeTime, tmp_path: Path
+) -> None:
+    cliniko.faults[("patients", 2)] = [
+        # epoch seconds: START + 30 -> wait 30 s (the clock does not move between requests)
+        Fault(429, {"X-RateLimit-Reset": str(int(START) + 30)}),
+        # a small number is a delay: 7 s
+        Fault(429, {"X-RateLimit-Reset": "7"}),
+        # no reset header, Retry-After 3 -> 3 s
+        Fault(429, {"Retry-After": "3"}),
+    ]
+    counts = run(cliniko, fake_time, tmp_path, ["patients"])
+
+    assert counts == {"patients": 5}
+    assert fake_time.sleeps == [30.0, 7.0, 3.0]
+    assert cliniko.seen == [("patients", 1)] + [("patients", 2)] * 4 + [("patients", 3)]
+    assert page_files(tmp_path / "patients") == [
+        "page-00001.json",
+        "page-00002.json",
+        "page-00003.json",
+    ]
+
+
+def test_server_errors_and_dropped_connections_back_off_then_succeed(
+    cliniko: FakeCliniko, fake_time: FakeTime, tmp_path: Path
+) -> None:
+    cliniko.faults[("patients", 1)] = [Fault(500), Fault(drop_connection=True), Fault(503)]
+    counts = run(cliniko, fake_time, tmp_path, ["patients"])
+
+    # three failures -> backoff 1, 2, 4 s; the fourth attempt succeeds.
+    assert fake_time.sleeps == [1.0, 2.0, 4.0]
+    assert cliniko.seen[:4] == [("patients", 1)] * 4
+    assert counts == {"patients": 5}
+
+
+def test_401_fails_at_once_with_a_hint_and_without_the_key(
+    cliniko: FakeCliniko, fake_time: FakeTime, tmp_path: Path
+) -> None:
+    wrong_key = "wrong-secret-key-au1"
+    with pytest.raises(ExtractError) as err:
+        run(cliniko, fake_time, tmp_path, ["patients"], api_key=wrong_key)
+
+    message = str(err.value)
+    assert "HTTP 401" in message
+    assert "check CLINIKO_API_KEY" in message
+    assert "patients page 1" in message
+    assert wrong_key not in message
+    assert cliniko.seen == [("patients", 1)]  # no retry
+    assert fake_time.sleeps == []
+    assert page_files(tmp_path / "patients") == []
+
+
+def test_404_names_the_base_url_to_check(
+    cliniko: FakeCliniko, fake_time: FakeTime, tmp_path: Path
+) -> None:
+    with pytest.raises(ExtractError, match="HTTP 404.*CLINIKO_API_BASE_URL"):
+        run(cliniko, fake_time, tmp_path, ["businesses"])  # the server has no businesses
+    assert cliniko.seen == [("businesses", 1)]
+
+
+def test_link_to_another_host_is_not_followed(
+    cliniko: FakeCliniko, fake_time: FakeTime, tmp_path: Path
+) -> None:
+    cliniko.next_host = "elsewhere.example:8080"
+    with pytest.raises(ExtractError, match="refusing to send the API key"):
+        run(cliniko, fake_time, tmp_path, ["patients"])
+    assert cliniko.seen == [("patients", 1)]
+
+
+# ------------------------------------------------------------------ crash and resume
+
+
+def test_gives_up_after_six_attempts_then_resumes_from_the_failed_page(
+    cliniko: FakeCliniko, fake_time: FakeTime, tmp_path: Path
+) -> None:
+    cliniko.fail_forever.add(("patients", 2))
+    with pytest.raises(ExtractError) as err:
+        run(cliniko, fake_time, tmp_path, ["patients", "invoices"])
+
+    assert "patients page 2" in str(err.value)
+    assert "6 attempts" in str(err.value)
+    # attempts 1..6; backoff after attempts 1..5 is 1, 2, 4, 8, 16 s.
+    assert fake_time.sleeps == [1.0, 2.0, 4.0, 8.0, 16.0]
+    assert cliniko.seen == [("patients", 1)] + [("patients", 2)] * 6
+    assert page_files(tmp_path / "patients") == ["page-00001.json"]
+    page_1 = (tmp_path / "patients" / "page-00001.json").read_bytes()
+
+    # The outage ends; the same command picks up at page 2.
+    cliniko.fail_forever.clear()
+    cliniko.seen.clear()
+    counts = run(cliniko, fake_time, tmp_path, ["patients", "invoices"])
+
+    # patients: pages 2 and 3 only (page 1 was saved); invoices: 6 in pages of 2 -> 1, 2, 3.
+    assert cliniko.seen == [
+        ("patients", 2),
+        ("patients", 3),
+        ("invoices", 1),
+        ("invoices", 2),
+        ("invoices", 3),
+    ]
+    # patients: 2 (page 1, first run) + 2 + 1 = 5
+    assert counts == {"patients": 5, "invoices": 6}
+    assert (tmp_path / "patients" / "page-00001.json").read_bytes() == page_1
+    assert page_files(tmp_path / "patients") == [
+        "page-00001.json",
+        "page-00002.json",
+        "page-00003.json",
+    ]
+
+
+class Crash(Exception):
+    pass
+
+
+def test_crash_after_a_saved_page_resumes_with_the_next_and_skips_finished_resources(
+    cliniko: FakeCliniko, fake_time: FakeTime, tmp_path: Path
+) -> None:
+    def crash_after_invoices_page_2(message: str) -> None:
+        if message.startswith("invoices: page 2 saved"):
+            raise Crash(message)
+
+    with pytest.raises(Crash):
+        run(
+            cliniko,
+            fake_time,
+            tmp_path,
+            ["patients", "invoices"],
+            progress=crash_after_invoices_page_2,
+        )
+    assert cliniko.seen == [
+        ("patients", 1),
+        ("patients", 2),
+        ("patients", 3),
+        ("invoices", 1),
+        ("invoices", 2),
+    ]
+
+    cliniko.seen.clear()
+    messages: list[str] = []
+    counts = run(cliniko, fake_time, tmp_path, ["patients", "invoices"], progress=messages.append)
+
+    # patients finished in the first run: nothing fetched; invoices continue at page 3.
+    assert cliniko.seen == [("invoices", 3)]
+    assert counts == {"patients": 5, "invoices": 6}
+    assert "patients: already complete (3 pages, 5 records), skipped" in messages
+    assert "invoices: resuming after page 2" in messages
+    assert page_files(tmp_path / "invoices") == [
+        "page-00001.json",
+        "page-00002.json",
+        "page-00003.json",
+    ]
+
+
+def test_a_page_written_after_the_last_state_save_is_fetched_again(
+    cliniko: FakeCliniko, fake_time: FakeTime, tmp_path: Path
+) -> None:
+    # A crash between saving the page file and saving the state: the state says 1 page,
+    # the folder holds 2. The state is what counts, so page 2 is fetched and rewritten.
+    cliniko.fail_forever.add(("patients", 2))
+    with pytest.raises(ExtractError):
+        run(cliniko, fake_time, tmp_path, ["patients"])
+    (tmp_path / "patients" / "page-00002.json").write_text('{"patients": [{"id": "stale"}]}')
+    cliniko.fail_forever.clear()
+    cliniko.seen.clear()
+
+    counts = run(cliniko, fake_time, tmp_path, ["patients"])
+
+    assert cliniko.seen == [("patients", 2), ("patients", 3)]
+    assert counts == {"patients": 5}
+    saved = (tmp_path / "patients" / "page-00002.json").read_bytes()
+    assert saved == cliniko.bodies_sent[("patients", 2)]
+
+
+def test_pages_from_an_unknown_run_need_restart(
+    cliniko: FakeCliniko, fake_time: FakeTime, tmp_path: Path
+) -> None:
+    (tmp_path / "patients").mkdir()
+    (tmp_path / "patients" / "page-00009.json").write_text('{"patients": []}')
+
+    with pytest.raises(ExtractError, match="--restart"):
+        run(cliniko, fake_time, tmp_path, ["patients"])
+    assert cliniko.seen == []
+
+    counts = run(cliniko, fake_time, tmp_path, ["patients"], restart=True)
+    assert counts == {"patients": 5}
+    assert page_files(tmp_path / "patients") == [
+        "page-00001.json",
+        "page-00002.json",
+        "page-00003.json",
+    ]
+
+
+def test_restart_fetches_a_complete_resource_again(
+    cliniko: FakeCliniko, fake_time: FakeTime, tmp_path: Path
+) -> None:
+    run(cliniko, fake_time, tmp_path, ["appointment_types"])
+    cliniko.seen.clear()
+    run(cliniko, fake_time, tmp_path, ["appointment_types"])
+    assert cliniko.seen == []  # complete: skipped
+    run(cliniko, fake_time, tmp_path, ["appointment_types"], restart=True)
+    assert cliniko.seen == [("appointment_types", 1)]
+
+
+def test_state_from_another_api_host_is_not_mixed_in(
+    cliniko: FakeCliniko, fake_time: FakeTime, tmp_path: Path
+) -> None:
+    run(cliniko, fake_time, tmp_path, ["appointment_types"])
+    with pytest.raises(ExtractError, match="holds an extract from"):
+        extract(
+            tmp_path,
+            api_key=API_KEY,
+            base_url="http://127.0.0.1:9/v1",
+            resources=["appointment_types"],
+            sleep=fake_time.sleep,
+            clock=fake_time.clock,
+        )
+
+
+def test_unknown_resource_is_rejected_with_the_valid_names(tmp_path: Path) -> None:
+    with pytest.raises(ExtractError, match="'appointments'.*individual_appointments"):
+        extract(
+            tmp_path, api_key=API_KEY, base_url="http://127.0.0.1:9/v1", resources=["appointments"]
+        )
+
+
+# ------------------------------------------------------------------ rate limit
+
+
+def test_sliding_window_makes_the_201st_request_in_a_minute_wait() -> None:
+    fake_time = FakeTime(start=0.0)
+    limiter = SlidingWindowRateLimiter(200, 60.0, clock=fake_time.clock, sleep=fake_time.sleep)
+    for _ in range(200):  # starts at 0.00, 0.25, ..., 49.75
+        limiter.acquire()
+        fake_time.now += 0.25
+    assert fake_time.sleeps == []
+    # 201st at t=50.0: the oldest start (0.0) frees its slot at 60.0 -> wait 10.0 s.
+    assert limiter.acquire() == 10.0
+    assert fake_time.sleeps == [10.0]
+    # 202nd at 60.25: the start at 0.25 left the window at 60.25 -> no wait.
+    fake_time.now += 0.25
+    assert limiter.acquire() == 0.0
+    assert fake_time.sleeps == [10.0]
+
+
+def test_extract_waits_before_the_201st_request(
+    cliniko: FakeCliniko, fake_time: FakeTime, tmp_path: Path
+) -> None:
+    # 201 patients, one per page -> 201 requests. Each request moves the fake clock 0.25 s,
+    # so request k starts at START + 0.25 (k - 1): the 200th at +49.75, and the 201st at
+    # +50.0 finds the window full until the first start (+0.0) expires at +60.0 -> 10 s.
+    cliniko.records["patients"] = [patient(n % 100) for n in range(201)]
+    cliniko.tick_per_request = 0.25
+    counts = run(cliniko, fake_time, tmp_path, ["patients"], per_page=1)
+
+    assert counts == {"patients": 201}
+    assert fake_time.sleeps == [10.0]
+    assert len(cliniko.seen) == 201
+    assert len(page_files(tmp_path / "patients")) == 201
+
+
+def test_lower_limit_with_a_still_clock(
+    cliniko: FakeCliniko, fake_time: FakeTime, tmp_path: Path
+) -> None:
+    # 2 requests per minute, clock still: pages 1 and 2 at START; page 3 waits START+60-START.
+    run(cliniko, fake_time, tmp_path, ["patients"], max_requests_per_minute=2)
+    assert fake_time.sleeps == [60.0]
+    assert cliniko.seen == [("patients", 1), ("patients", 2), ("patients", 3)]
+
+
+# ------------------------------------------------------------------ the key stays secret
+
+
+def test_api_key_never_appears_in_files_messages_or_logs(
+    cliniko: FakeCliniko,
+    fake_time: FakeTime,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    secrets = [API_KEY, base64.b64encode(f"{API_KEY}:".encode()).decode()]
+    messages: list[str] = []
+    cliniko.faults[("patients", 1)] = [Fault(502), Fault(429, {"Retry-After": "2"})]
+    cliniko.fail_forever.add(("invoices", 2))
+    caplog.set_level(logging.DEBUG)
+
+    with pytest.raises(ExtractError) as err:
+        run(
+            cliniko,
+            fake_time,
+            tmp_path,
+            ["patients", "contacts", "invoices"],
+            progress=messages.append,
+        )
+
+    written = [p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(written) == 6  # state + 3 patients pages + 1 contacts page + 1 invoices page
+    texts = [str(err.value), repr(err.value), caplog.text, *messages]
+    assert any("HTTP 502" in m for m in messages)  # the messages do talk about the failures
+    for secret in secrets:
+        assert all(secret.encode() not in blob for blob in written)
+        assert all(secret not in text for text in texts)
+
+
+# ------------------------------------------------------------------ settings from the env
+
+
+def test_shard_comes_from_the_key_suffix() -> None:
+    assert shard_from_api_key("MS0xLWl4SzYy-au2") == "au2"
+    assert shard_from_api_key("MS0xLWl4SzYy-uk1") == "uk1"
+    assert shard_from_api_key("MS0xLWl4SzYy") == "au1"  # keys from before shards
+    assert shard_from_api_key("abc-notashard") == "au1"
+
+
+def test_missing_api_key_says_how_to_set_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CLINIKO_API_KEY", raising=False)
+    with pytest.raises(ExtractError, match="CLINIKO_API_KEY is not set.*export CLINIKO_API_KEY"):
+        extract_from_env(tmp_path)
+
+
+def test_extract_from_env_uses_the_environment(
+    cliniko: FakeCliniko, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CLINIKO_API_KEY", API_KEY)
+    monkeypatch.setenv("CLINIKO_API_BASE_URL", base_url(cliniko))
+    monkeypatch.setenv("CLINIKO_USER_AGENT", "audiences-env-test (ops@clinic.example)")
+    monkeypatch.delenv("CLINIKO_SHARD", raising=False)
+    messages: list[str] = []
+
+    counts = extract_from_env(tmp_path, ["invoices"], messages.append)
+
+    assert counts == {"invoices": 6}
+    assert cliniko.queries == ["per_page=100&page=1"]
+    assert cliniko.headers[0]["user-agent"] == "audiences-env-test (ops@clinic.example)"
+    assert messages[-1] == "invoices: done, 1 page, 6 records"
+
+
+def test_bad_shard_is_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLINIKO_API_KEY", API_KEY)
+    monkeypatch.setenv("CLINIKO_SHARD", "api.evil")
+    with pytest.raises(ExtractError, match="CLINIKO_SHARD 'api.evil' is not a Cliniko shard"):
+        extract_from_env(tmp_path)
