@@ -1,0 +1,297 @@
+"""Cliniko API pages → the canonical raw entities (docs/extract-formats.md).
+
+The pages are JSON as the API returns them. Numbers are read as text (ids can be
+19-digit integers that a float would corrupt; money arrives as strings anyway), link
+objects become the id at the end of their URL, and `""` becomes null. The result is the
+same text frame the CSV reader produces, so parsing and validation are shared.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from ingest.csv_reader import ExtractFileError
+from ingest.entities import SOURCE_FILE, SOURCE_ROW, Entity
+
+Record = dict[str, Any]
+Getter = Callable[[Record], str | None]
+
+# Cliniko invoice status codes (docs/extract-formats.md).
+INVOICE_STATUS = {"10": "open", "20": "paid", "30": "closed", "40": "open"}
+
+
+def text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict | list):
+        return json.dumps(value, separators=(",", ":"))
+    value = str(value)
+    return value if value.strip() != "" else None
+
+
+def link_id(value: Any) -> str | None:
+    """`{"links": {"self": ".../patients/82"}}` → `"82"`; plain ids pass through."""
+    if isinstance(value, dict):
+        url = (value.get("links") or {}).get("self") or ""
+        segment = url.rstrip("/").rsplit("/", 1)[-1]
+        return segment or None
+    return text(value)
+
+
+def field(name: str, *fallbacks: str) -> Getter:
+    def get(record: Record) -> str | None:
+        for key in (name, *fallbacks):
+            value = text(record.get(key))
+            if value is not None:
+                return value
+        return None
+
+    return get
+
+
+def link(name: str) -> Getter:
+    return lambda record: link_id(record.get(name))
+
+
+def mobile(record: Record) -> str | None:
+    for phone in record.get("patient_phone_numbers") or []:
+        if isinstance(phone, dict) and str(phone.get("phone_type", "")).lower() == "mobile":
+            return text(phone.get("number"))
+    return None
+
+
+def address(record: Record) -> str | None:
+    parts = [text(record.get(k)) for k in ("address_1", "address_2", "address_3")]
+    joined = ", ".join(p for p in parts if p)
+    return joined or None
+
+
+def patient_status(record: Record) -> str | None:
+    explicit = text(record.get("status"))
+    if explicit is not None:
+        return explicit
+    return "archived" if text(record.get("archived_at")) else "active"
+
+
+def invoice_status(record: Record) -> str | None:
+    if text(record.get("deleted_at")):
+        return "void"
+    raw = text(record.get("status"))
+    # An unknown code stays as it is, so validation rejects the row and names the value.
+    return INVOICE_STATUS.get(raw, raw) if raw is not None else None
+
+
+def contact_name(contacts: dict[str, str]) -> Getter:
+    def get(record: Record) -> str | None:
+        contact = link_id(record.get("contact"))
+        if contact is None:
+            return field("referring_provider")(record)
+        return contacts.get(contact, contact)
+
+    return get
+
+
+def mappings(contacts: dict[str, str]) -> dict[str, tuple[str, dict[str, Getter]]]:
+    """entity → (resource folder, canonical column → getter)."""
+    return {
+        "patients": (
+            "patients",
+            {
+                "patient_id": field("id"),
+                "first_name": field("first_name"),
+                "last_name": field("last_name"),
+                "date_of_birth": field("date_of_birth"),
+                "sex": field("sex", "gender"),
+                "email": field("email"),
+                "mobile": mobile,
+                "has_whatsapp": field("has_whatsapp"),
+                "address": address,
+                "city": field("city"),
+                "state": field("state"),
+                "post_code": field("post_code"),
+                "country": field("country"),
+                "latitude": field("latitude"),
+                "longitude": field("longitude"),
+                "referral_source": field("referral_source"),
+                "referring_provider": field("referring_provider"),
+                "insurance_plan": field("insurance_plan"),
+                "status": patient_status,
+                "accepted_email_marketing": field("accepted_email_marketing"),
+                "accepted_sms_marketing": field("accepted_sms_marketing"),
+                "created_at": field("created_at"),
+            },
+        ),
+        "practitioners": (
+            "practitioners",
+            {
+                "practitioner_id": field("id"),
+                "first_name": field("first_name"),
+                "last_name": field("last_name"),
+                "designation": field("designation"),
+                "active": field("active"),
+                "left_at": field("left_at", "archived_at"),
+            },
+        ),
+        "locations": (
+            "businesses",
+            {
+                "location_id": field("id"),
+                "name": field("business_name", "name"),
+                "city": field("city"),
+                "state": field("state"),
+                "post_code": field("post_code"),
+                "latitude": field("latitude"),
+                "longitude": field("longitude"),
+                "time_zone": field("time_zone", "time_zone_identifier"),
+            },
+        ),
+        "appointment_types": (
+            "appointment_types",
+            {
+                "appointment_type_id": field("id"),
+                "name": field("name"),
+                "category": field("category"),
+                "duration_minutes": field("duration_in_minutes", "duration_minutes"),
+            },
+        ),
+        "appointments": (
+            "individual_appointments",
+            {
+                "appointment_id": field("id"),
+                "patient_id": link("patient"),
+                "starts_at": field("starts_at"),
+                "appointment_type_id": link("appointment_type"),
+                "practitioner_id": link("practitioner"),
+                "location_id": link("business"),
+                "case_id": link("patient_case"),
+                "ends_at": field("ends_at"),
+                "created_at": field("created_at"),
+                "cancelled_at": field("cancelled_at"),
+                "did_not_arrive": field("did_not_arrive"),
+                "patient_arrived": field("patient_arrived"),
+            },
+        ),
+        "invoices": (
+            "invoices",
+            {
+                "invoice_id": field("id"),
+                "patient_id": link("patient"),
+                "issue_date": field("issue_date"),
+                "total_amount": field("total_amount"),
+                "status": invoice_status,
+                "amount_paid": field("amount_paid"),
+                "appointment_id": link("appointment"),
+                "case_id": link("patient_case"),
+                "practitioner_id": link("practitioner"),
+            },
+        ),
+        "cases": (
+            "patient_cases",
+            {
+                "case_id": field("id"),
+                "patient_id": link("patient"),
+                "name": field("name"),
+                "issue_date": field("issue_date"),
+                "expiry_date": field("expiry_date"),
+                "max_sessions": field("max_sessions"),
+                "max_invoiceable_amount": field("max_invoiceable_amount"),
+                "closed": field("closed"),
+                "closed_at": field("closed_at"),
+                "referral_type": field("referral_type"),
+                "referring_provider": contact_name(contacts),
+            },
+        ),
+    }
+
+
+REQUIRED_FOLDERS = {"patients": "patients", "appointments": "individual_appointments"}
+
+
+def page_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*.json") if p.is_file())
+
+
+def read_page(path: Path, resource: str) -> list[Any]:
+    try:
+        body = json.loads(path.read_bytes(), parse_int=str, parse_float=str)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ExtractFileError(
+            f"{path}: the page is not valid JSON ({err}); re-run the extract for '{resource}'"
+        ) from None
+    if not isinstance(body, dict) or not isinstance(body.get(resource), list):
+        raise ExtractFileError(
+            f"{path}: expected a Cliniko page with a '{resource}' list; "
+            "is this file in the right folder?"
+        )
+    return body[resource]
+
+
+def load_contacts(extract_dir: Path) -> dict[str, str]:
+    folder = extract_dir / "contacts"
+    names: dict[str, str] = {}
+    if not folder.is_dir():
+        return names
+    for page in page_files(folder):
+        for record in read_page(page, "contacts"):
+            if not isinstance(record, dict) or text(record.get("id")) is None:
+                continue
+            person = " ".join(
+                p for p in (text(record.get("first_name")), text(record.get("last_name"))) if p
+            )
+            name = person or text(record.get("company_name"))
+            if name:
+                names[str(text(record.get("id")))] = name
+    return names
+
+
+def has_resource(extract_dir: Path, ent: Entity) -> bool:
+    return ent.name in mappings({}) and (extract_dir / mappings({})[ent.name][0]).is_dir()
+
+
+def read_cliniko_text(extract_dir: Path, ent: Entity) -> tuple[pl.DataFrame, pl.DataFrame, int]:
+    """Flatten an entity's page folder to text columns.
+
+    Returns (rows, rejected records that are not JSON objects, number of records).
+    """
+    contacts = load_contacts(extract_dir) if ent.name == "cases" else {}
+    resource, getters = mappings(contacts)[ent.name]
+    folder = extract_dir / resource
+    columns: dict[str, list[str | None]] = {name: [] for name in getters}
+    files: list[str] = []
+    rows: list[int] = []
+    rejected: list[tuple[str, int, str, str]] = []
+    total = 0
+    for page in page_files(folder):
+        for position, record in enumerate(read_page(page, resource), start=1):
+            total += 1
+            if not isinstance(record, dict):
+                rejected.append(
+                    (str(page), position, "record is not a JSON object", text(record) or "")
+                )
+                continue
+            for name, get in getters.items():
+                columns[name].append(get(record))
+            files.append(str(page))
+            rows.append(position)
+    frame = pl.DataFrame(
+        {**columns, SOURCE_FILE: files, SOURCE_ROW: rows},
+        schema={**{n: pl.String for n in getters}, SOURCE_FILE: pl.String, SOURCE_ROW: pl.Int64},
+    )
+    rejects = pl.DataFrame(
+        rejected,
+        schema={
+            "source_file": pl.String,
+            "source_row": pl.Int64,
+            "reason": pl.String,
+            "record": pl.String,
+        },
+        orient="row",
+    )
+    return frame, rejects, total

@@ -1,0 +1,225 @@
+"""Typed parsing of raw text columns, with a human-readable reason for every failure.
+
+Input: a polars frame of text columns (as read from a CSV file or flattened from JSON)
+plus the lineage columns. Output: the typed frame of rows that parsed, and the rejected
+rows with their reasons. Everything is expressed as polars expressions over whole
+columns; no Python loop touches a row.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from ingest.entities import SOURCE_FILE, SOURCE_ROW, Column, Entity, Kind
+
+POLARS_TYPES: dict[Kind, pl.DataType] = {
+    Kind.STRING: pl.String(),
+    Kind.DATE: pl.Date(),
+    Kind.TIMESTAMP: pl.Datetime("us", "UTC"),
+    Kind.BOOLEAN: pl.Boolean(),
+    Kind.INTEGER: pl.Int64(),
+    Kind.FLOAT: pl.Float64(),
+    Kind.MONEY: pl.Decimal(18, 2),
+}
+
+KIND_HINTS: dict[Kind, str] = {
+    Kind.DATE: "a date (expected YYYY-MM-DD)",
+    Kind.TIMESTAMP: "a timestamp (expected ISO-8601, e.g. 2024-03-01T09:30:00+10:00)",
+    Kind.BOOLEAN: "a boolean (expected true/false, 1/0 or yes/no)",
+    Kind.INTEGER: "a whole number",
+    Kind.FLOAT: "a number",
+    Kind.MONEY: "an amount (expected a decimal such as 120.50)",
+}
+
+TRUE_WORDS = ("true", "1", "yes")
+FALSE_WORDS = ("false", "0", "no")
+
+# ISO-8601 date, optional time (minutes, seconds and fraction optional), optional offset.
+_TIMESTAMP_RE = (
+    r"^(\d{4}-\d{2}-\d{2})"
+    r"(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d{1,9}))?)?)?"
+    r"\s*(Z|z|[+-]\d{2}(?::?\d{2})?)?$"
+)
+_MONEY_RE = r"^-?\$?-?\d+(\.\d+)?$"
+REASON = "_reason"
+ROW_ID = "_row_id"
+
+
+def clean_text(col: str) -> pl.Expr:
+    """Trim surrounding white space; an empty value means null (extract contract)."""
+    stripped = pl.col(col).str.strip_chars()
+    return pl.when(stripped == "").then(None).otherwise(stripped).alias(col)
+
+
+def parse_timestamp(text: pl.Expr) -> pl.Expr:
+    parts = text.str.extract_groups(_TIMESTAMP_RE)
+    frac = parts.struct.field("5").fill_null("0").str.pad_end(6, "0").str.slice(0, 6)
+    offset = parts.struct.field("6").fill_null("+00:00")
+    offset = (
+        pl.when(offset.str.to_uppercase() == "Z")
+        .then(pl.lit("+00:00"))
+        .when(offset.str.len_chars() == 3)
+        .then(offset + ":00")
+        .when(offset.str.len_chars() == 5)
+        .then(offset.str.slice(0, 3) + ":" + offset.str.slice(3, 2))
+        .otherwise(offset)
+    )
+    normalised = pl.concat_str(
+        parts.struct.field("1"),
+        pl.lit("T"),
+        parts.struct.field("2").fill_null("00"),
+        pl.lit(":"),
+        parts.struct.field("3").fill_null("00"),
+        pl.lit(":"),
+        parts.struct.field("4").fill_null("00"),
+        pl.lit("."),
+        frac,
+        offset,
+    )
+    return normalised.str.to_datetime(
+        "%Y-%m-%dT%H:%M:%S%.f%:z", time_unit="us", time_zone="UTC", strict=False
+    )
+
+
+def parse_date(text: pl.Expr) -> pl.Expr:
+    # Require the zero-padded form so that '2024-2-3' is not silently accepted.
+    well_formed = text.str.contains(r"^\d{4}-\d{2}-\d{2}$")
+    return pl.when(well_formed).then(text.str.to_date("%Y-%m-%d", strict=False))
+
+
+def parse_boolean(text: pl.Expr) -> pl.Expr:
+    lowered = text.str.to_lowercase()
+    return (
+        pl.when(lowered.is_in(TRUE_WORDS))
+        .then(True)
+        .when(lowered.is_in(FALSE_WORDS))
+        .then(False)
+        .otherwise(None)
+    )
+
+
+def parse_integer(text: pl.Expr) -> pl.Expr:
+    # Exports often write whole numbers as 5.0; accept any all-zero fraction.
+    return text.str.replace(r"\.0+$", "").str.to_integer(strict=False)
+
+
+def parse_float(text: pl.Expr) -> pl.Expr:
+    number = text.cast(pl.Float64, strict=False)
+    return pl.when(number.is_finite()).then(number)
+
+
+def parse_money(text: pl.Expr) -> pl.Expr:
+    plain = text.str.replace(r"\$", "")
+    return pl.when(text.str.contains(_MONEY_RE)).then(
+        plain.cast(pl.Decimal(18, 2), strict=False)
+    )
+
+
+PARSERS = {
+    Kind.DATE: parse_date,
+    Kind.TIMESTAMP: parse_timestamp,
+    Kind.BOOLEAN: parse_boolean,
+    Kind.INTEGER: parse_integer,
+    Kind.FLOAT: parse_float,
+    Kind.MONEY: parse_money,
+}
+
+
+def parse_column(column: Column) -> pl.Expr:
+    """The typed value of a column; null where the text is null or does not parse."""
+    text = pl.col(column.name)
+    if column.kind == Kind.STRING:
+        if column.choices:
+            # Enumerations match case-insensitively and are stored as the contract spells them.
+            lowered = text.str.to_lowercase()
+            expr = pl.lit(None, dtype=pl.String)
+            for choice in reversed(column.choices):
+                expr = pl.when(lowered == choice.lower()).then(pl.lit(choice)).otherwise(expr)
+            return expr.alias(column.name)
+        return text
+    return PARSERS[column.kind](text).cast(POLARS_TYPES[column.kind]).alias(column.name)
+
+
+def quoted(text: pl.Expr) -> pl.Expr:
+    """A value as it appears in a message, shortened so one bad cell cannot flood a report."""
+    short = pl.when(text.str.len_chars() > 60).then(text.str.slice(0, 57) + "...").otherwise(text)
+    return pl.lit("'") + short + pl.lit("'")
+
+
+def parse_problem(column: Column) -> pl.Expr | None:
+    """A reason string where the column's text is present but not valid; else null."""
+    text = pl.col(column.name)
+    if column.choices:
+        allowed = ", ".join(column.choices)
+        bad = text.is_not_null() & ~text.str.to_lowercase().is_in([c.lower() for c in column.choices])
+        return pl.when(bad).then(
+            pl.lit(f"{column.name} ") + quoted(text) + pl.lit(f" is not one of: {allowed}")
+        )
+    if column.kind == Kind.STRING:
+        return None
+    bad = text.is_not_null() & PARSERS[column.kind](text).is_null()
+    return pl.when(bad).then(
+        pl.lit(f"{column.name} ") + quoted(text) + pl.lit(f" is not {KIND_HINTS[column.kind]}")
+    )
+
+
+def missing_problem(column: Column) -> pl.Expr:
+    return pl.when(pl.col(column.name).is_null()).then(
+        pl.lit(f"{column.name} is empty but required")
+    )
+
+
+def typed_schema(ent: Entity) -> dict[str, pl.DataType]:
+    return {c.name: POLARS_TYPES[c.kind] for c in ent.columns}
+
+
+def record_json(text_columns: list[str]) -> pl.Expr:
+    """The original text of a row, kept with its rejection so that nothing is lost."""
+    return pl.struct(text_columns).struct.json_encode().alias("record")
+
+
+def data_columns(frame: pl.DataFrame) -> list[str]:
+    return [c for c in frame.columns if c not in (SOURCE_FILE, SOURCE_ROW)]
+
+
+def clean_frame(text: pl.DataFrame) -> pl.DataFrame:
+    return text.with_columns(clean_text(c) for c in data_columns(text))
+
+
+def parse_entity(text: pl.DataFrame, ent: Entity) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Type the declared columns of `text`; return (parsed rows, rejected rows).
+
+    `text` (cleaned by `clean_frame`) holds every declared column (absent ones as nulls),
+    any extra columns, and the lineage columns. Extra columns stay text. Rejected rows carry `source_file`,
+    `source_row`, `reason` (all problems of the row, joined by '; ') and `record`.
+    """
+    text_columns = data_columns(text)
+    lf = text.lazy()
+
+    problems = [p for c in ent.columns if (p := parse_problem(c)) is not None]
+    problems += [missing_problem(c) for c in ent.columns if c.required]
+    lf = lf.with_columns(
+        pl.concat_str(problems, separator="; ", ignore_nulls=True).alias(REASON)
+        if problems
+        else pl.lit(None, dtype=pl.String).alias(REASON)
+    ).with_columns(
+        # concat_str of all-null inputs gives "" with ignore_nulls; normalise to null.
+        pl.when(pl.col(REASON) == "").then(None).otherwise(pl.col(REASON)).alias(REASON)
+    )
+
+    frame = lf.collect()
+    bad = frame.filter(pl.col(REASON).is_not_null())
+    good = frame.filter(pl.col(REASON).is_null())
+
+    rejected = bad.select(
+        pl.col(SOURCE_FILE).alias("source_file"),
+        pl.col(SOURCE_ROW).alias("source_row"),
+        pl.col(REASON).alias("reason"),
+        record_json(text_columns),
+    )
+    parsed = good.select(
+        [parse_column(c) for c in ent.columns]
+        + [pl.col(c) for c in text_columns if c not in ent.column_names]
+        + [pl.col(SOURCE_FILE), pl.col(SOURCE_ROW)]
+    )
+    return parsed, rejected
