@@ -1,0 +1,27 @@
+with source as (
+
+    select * from {{ source('raw', 'cases') }}
+
+),
+
+renamed as (
+
+    select
+        case_id,
+        patient_id,
+        name as case_name,
+        issue_date,
+        expiry_date,
+        max_sessions,
+        max_invoiceable_amount,
+        closed,
+        closed_at,
+        referral_type,
+        referring_provider,
+        _source_file as source_file,
+        _source_row as source_row
+    from source
+
+)
+
+select * from renamed
