@@ -1,0 +1,257 @@
+"""Campaign files: the strict model of `outbound/campaigns/*.yaml` and its loader.
+
+A campaign names a segment, a channel, a template, a priority, a schedule, its send
+window / quiet hours (clinic time zone), a batch size and whether it is enabled. Errors
+name the file and the path inside it, like segment errors do.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date, time
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+CAMPAIGNS_DIR = Path(__file__).parent / "campaigns"
+TEMPLATES_DIR = Path(__file__).parent / "templates"
+
+# SendGrid accepts at most 1000 personalizations in one mail/send request.
+MAX_PERSONALIZATIONS = 1000
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+
+
+class CampaignError(ValueError):
+    """A campaign file that cannot be used, with where it went wrong and how to fix it."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Daily(_Strict):
+    every: Literal["day"]
+
+
+class Weekly(_Strict):
+    every: Literal["week"]
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(min_length=1)
+
+
+class Once(_Strict):
+    every: Literal["once"]
+    on: date
+
+
+Schedule = Annotated[Daily | Weekly | Once, Field(discriminator="every")]
+
+
+class TimeRange(_Strict):
+    """A daily range of clock times in the clinic time zone; may wrap past midnight."""
+
+    start: time
+    end: time
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> TimeRange:
+        if self.start == self.end:
+            raise ValueError("start and end are equal, which makes an empty range")
+        return self
+
+    def contains(self, t: time) -> bool:
+        if self.start < self.end:
+            return self.start <= t < self.end
+        return t >= self.start or t < self.end
+
+
+class LocalTemplate(_Strict):
+    """A folder under `outbound/templates/` with subject.txt, body.html and body.txt."""
+
+    local: str
+
+    @field_validator("local")
+    @classmethod
+    def _exists(cls, v: str) -> str:
+        folder = TEMPLATES_DIR / v
+        parts = ("subject.txt", "body.html", "body.txt")
+        missing = [f for f in parts if not (folder / f).is_file()]
+        if missing:
+            known = sorted(p.name for p in TEMPLATES_DIR.iterdir() if p.is_dir())
+            raise ValueError(
+                f"local template {v!r} needs {', '.join(missing)} in outbound/templates/{v}/; "
+                f"known templates: {', '.join(known) or 'none'}"
+            )
+        return v
+
+
+class SendGridTemplate(_Strict):
+    """A SendGrid dynamic template, filled from `dynamic_template_data`."""
+
+    sendgrid_template_id: str = Field(pattern=r"^d-[0-9a-f]{32}$")
+
+
+class FrequencyCap(_Strict):
+    """At most `max_messages` per patient within `window_days` days (today included)."""
+
+    max_messages: int = Field(default=1, ge=1)
+    window_days: int = Field(default=7, ge=0)
+
+
+class StaffDigest(_Strict):
+    """One email to staff listing the campaign's cases (does not count toward patient caps)."""
+
+    to: list[str] = Field(min_length=1)
+    template: LocalTemplate = LocalTemplate(local="staff_digest")
+
+    @field_validator("to")
+    @classmethod
+    def _emails(cls, v: list[str]) -> list[str]:
+        bad = [a for a in v if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", a)]
+        if bad:
+            raise ValueError(f"not email addresses: {bad}")
+        return v
+
+
+class Campaign(_Strict):
+    name: str
+    description: str = ""
+    segment: str
+    channel: Literal["email"] = "email"
+    template: LocalTemplate | SendGridTemplate
+    # Higher wins when several campaigns claim the same patient in one run.
+    priority: int = Field(ge=0, le=1000)
+    schedule: Schedule
+    send_window: TimeRange = TimeRange(start=time(8, 0), end=time(20, 0))
+    quiet_hours: TimeRange | None = None
+    batch_size: int = Field(default=MAX_PERSONALIZATIONS, ge=1, le=MAX_PERSONALIZATIONS)
+    enabled: bool = True
+    frequency_cap: FrequencyCap | None = None
+    # Patients get the message (false: staff digest only).
+    notify_patient: bool = True
+    staff_digest: StaffDigest | None = None
+    # Birthday-style messages need an explicit yes, not just the absence of a no.
+    requires_explicit_consent: bool = False
+    categories: list[str] = Field(default_factory=list)
+    # Filled from the file name by the loader.
+    slug: str = ""
+
+    @model_validator(mode="after")
+    def _someone_to_tell(self) -> Campaign:
+        if not self.notify_patient and self.staff_digest is None:
+            raise ValueError("notify_patient is false and there is no staff_digest: nobody to tell")
+        return self
+
+    def runs_on(self, day: date) -> bool:
+        s = self.schedule
+        if isinstance(s, Daily):
+            return True
+        if isinstance(s, Weekly):
+            return WEEKDAYS[day.weekday()] in s.days
+        return s.on == day
+
+    def in_window(self, t: time) -> bool:
+        if not self.send_window.contains(t):
+            return False
+        return not (self.quiet_hours and self.quiet_hours.contains(t))
+
+    @property
+    def sendgrid_categories(self) -> list[str]:
+        return list(dict.fromkeys(["clinic-audiences", f"campaign:{self.slug}", *self.categories]))
+
+
+def _location(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("Daily", "Weekly", "Once", "LocalTemplate", "SendGridTemplate"):
+            # pydantic names the union member it tried; the user only knows the key path.
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def parse_campaign(path: Path, text: str, known_segments: dict[str, str] | None) -> Campaign:
+    """Validate one campaign file; `known_segments` maps slug → entity (None: skip the check)."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise CampaignError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise CampaignError(f"{path}: expected a mapping of campaign fields at the top level")
+    if "slug" in data:
+        raise CampaignError(f"{path}: slug: the slug is the file name; remove this key")
+    slug = path.name.removesuffix(".yaml")
+    if not _SLUG.match(slug):
+        raise CampaignError(
+            f"{path}: file name must be a slug (lowercase letters, digits, dashes) + .yaml"
+        )
+    try:
+        campaign = Campaign.model_validate({**data, "slug": slug})
+    except ValidationError as e:
+        lines = [f"{path}: {_location(err['loc'])}: {err['msg']}" for err in e.errors()]
+        raise CampaignError("invalid campaign\n  " + "\n  ".join(lines)) from None
+    if known_segments is not None:
+        if campaign.segment not in known_segments:
+            import difflib
+
+            close = difflib.get_close_matches(campaign.segment, list(known_segments), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise CampaignError(
+                f"{path}: segment: unknown segment {campaign.segment!r}{hint} "
+                f"(segments are the YAML files of segments/definitions/ and SEGMENTS_PATH)"
+            )
+        if campaign.staff_digest and known_segments[campaign.segment] != "case":
+            raise CampaignError(
+                f"{path}: staff_digest: lists cases, so segment {campaign.segment!r} "
+                "must be an `entity: case` segment"
+            )
+    return campaign
+
+
+def segment_library(folders: list[Path]) -> dict[str, str]:
+    """Segment slugs → entity (patient / case), read from the segment YAML files.
+
+    Only the two keys campaigns rely on are read here; the segment package validates the
+    rest of each file.
+    """
+    found: dict[str, str] = {}
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for f in sorted(folder.glob("*.yaml")):
+            try:
+                data = yaml.safe_load(f.read_text()) or {}
+            except yaml.YAMLError:
+                data = {}
+            entity = data.get("entity", "patient") if isinstance(data, dict) else "patient"
+            found[f.name.removesuffix(".yaml")] = str(entity)
+    return found
+
+
+def default_segment_folders(segments_path: Path | None) -> list[Path]:
+    folders = [Path(__file__).parent.parent / "segments" / "definitions"]
+    if segments_path is not None:
+        folders.append(segments_path)
+    return folders
+
+
+def load_campaigns(
+    folder: Path = CAMPAIGNS_DIR, known_segments: dict[str, str] | None = None
+) -> list[Campaign]:
+    """All campaigns of a folder, sorted by slug; every error is reported at once."""
+    campaigns: list[Campaign] = []
+    errors: list[str] = []
+    for f in sorted(folder.glob("*.yaml")):
+        try:
+            campaigns.append(parse_campaign(f, f.read_text(), known_segments))
+        except CampaignError as e:
+            errors.append(str(e))
+    if errors:
+        raise CampaignError("\n".join(errors))
+    return campaigns

@@ -1,0 +1,223 @@
+"""Channels deliver a batch of messages. Email goes through SendGrid's v3 mail/send.
+
+A channel sends one request per batch and reports the batch's outcome; the ledger
+bookkeeping around it lives in `outbound.sending`. SMS can follow as another `Channel`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import http.client
+import json
+import logging
+import time as time_mod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+from urllib.error import URLError
+
+import sendgrid
+from python_http_client.exceptions import HTTPError
+
+from outbound.campaigns import MAX_PERSONALIZATIONS
+
+log = logging.getLogger(__name__)
+# The HTTP library logs request payloads and headers (addresses, the API key) at DEBUG.
+logging.getLogger("python_http_client.client").setLevel(logging.INFO)
+
+DEFAULT_SENDGRID_HOST = "https://api.sendgrid.com"
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """One personalization: the ledger row it belongs to, the address, template data."""
+
+    ledger_id: str
+    address: str
+    data: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Content:
+    """What every message of a batch shares: a dynamic template, or rendered parts.
+
+    Rendered parts carry substitution tags (`-first_name-`) that SendGrid fills per
+    personalization, so one request serves up to 1000 different recipients.
+    """
+
+    template_id: str | None = None
+    subject: str | None = None
+    html: str | None = None
+    text: str | None = None
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    ok: bool
+    attempts: int
+    status_code: int | None = None
+    error: str | None = None
+    provider_message_id: str | None = None
+
+
+class DeliveryUnknown(RuntimeError):
+    """The request may or may not have reached the provider (connection lost mid-request).
+
+    The run stops; the batch's ledger rows stay `pending` and are reported as `unknown`
+    by the next run instead of being sent again.
+    """
+
+
+class Channel(Protocol):
+    name: str
+
+    def send_batch(
+        self,
+        recipients: list[Recipient],
+        content: Content,
+        categories: list[str],
+        custom_args: dict[str, str],
+    ) -> BatchOutcome: ...
+
+
+def substitution_tag(name: str) -> str:
+    return f"-{name}-"
+
+
+def _sendgrid_error_text(body: bytes | str | None) -> str:
+    """SendGrid's `errors[].message` (+ field), or the raw body when it is not that JSON."""
+    raw = body.decode("utf-8", "replace") if isinstance(body, bytes) else (body or "")
+    try:
+        errors = json.loads(raw).get("errors", [])
+        parts = [
+            f"{e.get('message', '')}" + (f" (field {e['field']})" if e.get("field") else "")
+            for e in errors
+        ]
+        if parts:
+            return "; ".join(parts)
+    except (ValueError, AttributeError):
+        pass
+    return raw[:500]
+
+
+@dataclass
+class SendGridEmail:
+    """Email through the real `sendgrid` client; `host` may point at a local stand-in."""
+
+    api_key: str
+    from_email: str
+    from_name: str | None = None
+    host: str = DEFAULT_SENDGRID_HOST
+    sandbox: bool = False
+    max_attempts: int = 5
+    base_delay: float = 1.0
+    max_delay: float = 120.0
+    timeout: float = 30.0
+    sleep: Callable[[float], None] = time_mod.sleep
+    clock: Callable[[], float] = time_mod.time
+    name: str = "email"
+
+    def __post_init__(self) -> None:
+        self.client = sendgrid.SendGridAPIClient(api_key=self.api_key, host=self.host)
+        # The client passes its own timeout to every request it builds.
+        self.client.client.timeout = self.timeout
+
+    def request_body(
+        self,
+        recipients: list[Recipient],
+        content: Content,
+        categories: list[str],
+        custom_args: dict[str, str],
+    ) -> dict:
+        if not 1 <= len(recipients) <= MAX_PERSONALIZATIONS:
+            raise ValueError(
+                f"a SendGrid request holds 1..{MAX_PERSONALIZATIONS} personalizations, "
+                f"got {len(recipients)}"
+            )
+        personalizations = []
+        for r in recipients:
+            p: dict = {"to": [{"email": r.address}], "custom_args": {"ledger_id": r.ledger_id}}
+            if content.template_id:
+                p["dynamic_template_data"] = r.data
+            elif r.data:
+                # Substituted into the HTML part too, so markup characters are escaped;
+                # apostrophes (O'Brien) are harmless in text and stay readable.
+                p["substitutions"] = {
+                    substitution_tag(k): html.escape(v, quote=False) for k, v in r.data.items()
+                }
+            personalizations.append(p)
+        body: dict = {
+            "from": {
+                "email": self.from_email,
+                **({"name": self.from_name} if self.from_name else {}),
+            },
+            "personalizations": personalizations,
+            "categories": categories[:10],
+            "custom_args": custom_args,
+            "mail_settings": {"sandbox_mode": {"enable": self.sandbox}},
+        }
+        if content.template_id:
+            body["template_id"] = content.template_id
+        else:
+            body["subject"] = content.subject
+            body["content"] = [
+                {"type": "text/plain", "value": content.text},
+                {"type": "text/html", "value": content.html},
+            ]
+        return body
+
+    def _retry_delay(self, attempt: int, headers) -> float:
+        delay = self.base_delay * 2 ** (attempt - 1)
+        reset = headers.get("X-RateLimit-Reset") if headers is not None else None
+        if reset:
+            # SendGrid sends the epoch second at which the rate limit resets.
+            with contextlib.suppress(ValueError):
+                delay = max(delay, float(reset) - self.clock())
+        return min(delay, self.max_delay)
+
+    def send_batch(
+        self,
+        recipients: list[Recipient],
+        content: Content,
+        categories: list[str],
+        custom_args: dict[str, str],
+    ) -> BatchOutcome:
+        body = self.request_body(recipients, content, categories, custom_args)
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                response = self.client.send(body)
+            except HTTPError as e:
+                code = int(e.status_code)
+                retryable = code == 429 or code >= 500
+                if retryable and attempt < self.max_attempts:
+                    delay = self._retry_delay(attempt, e.headers)
+                    log.warning(
+                        "SendGrid answered %s (attempt %d/%d, %d messages); retrying in %.1fs",
+                        code,
+                        attempt,
+                        self.max_attempts,
+                        len(recipients),
+                        delay,
+                    )
+                    self.sleep(delay)
+                    continue
+                text = _sendgrid_error_text(e.body)
+                if retryable:
+                    text = f"gave up after {attempt} attempts: {text}"
+                return BatchOutcome(False, attempt, code, f"HTTP {code}: {text}")
+            except URLError as e:
+                # Refused before anything was sent: safe to try again.
+                if isinstance(e.reason, ConnectionRefusedError) and attempt < self.max_attempts:
+                    self.sleep(self._retry_delay(attempt, None))
+                    continue
+                raise DeliveryUnknown(f"request failed: {type(e.reason).__name__}") from None
+            except (TimeoutError, http.client.HTTPException, ConnectionError) as e:
+                raise DeliveryUnknown(f"connection lost mid-request: {type(e).__name__}") from None
+            return BatchOutcome(
+                True,
+                attempt,
+                response.status_code,
+                provider_message_id=response.headers.get("X-Message-Id"),
+            )
+        raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover

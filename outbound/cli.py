@@ -1,0 +1,131 @@
+"""Plain functions behind `audiences campaigns list | dry-run | send`.
+
+Each prints to stdout and returns the exit code; the `audiences` argparse dispatch calls
+them. Only ids and counts are printed, never names or addresses.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+
+from clinic_audiences.config import parse_as_of
+from outbound import ledger as ledger_mod
+from outbound.campaigns import CampaignError, Daily, Weekly
+from outbound.run import (
+    OutboundSettings,
+    Planned,
+    SenderSettings,
+    campaigns_for,
+    make_plan,
+    send_planned,
+    state_engine,
+)
+from outbound.selection import RunClock, summarise
+from outbound.templates import TemplateError
+
+CSV_COLUMNS = ["campaign", "patient_id", "channel", "decision", "reason"]
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def _schedule_text(schedule) -> str:
+    if isinstance(schedule, Daily):
+        return "daily"
+    if isinstance(schedule, Weekly):
+        return "weekly " + ",".join(schedule.days)
+    return f"once {schedule.on.isoformat()}"
+
+
+def cmd_list() -> int:
+    try:
+        campaigns = campaigns_for(OutboundSettings.from_env())
+    except (CampaignError, ValueError) as e:
+        return _fail(str(e))
+    print(f"{'campaign':<34} {'segment':<34} {'priority':>8}  {'enabled':<7}  schedule")
+    for c in sorted(campaigns, key=lambda c: (-c.priority, c.slug)):
+        enabled = "play" if c.enabled else "paused"
+        schedule = _schedule_text(c.schedule)
+        print(f"{c.slug:<34} {c.segment:<34} {c.priority:>8}  {enabled:<7}  {schedule}")
+    return 0
+
+
+def _plan(as_of: str | None):
+    settings = OutboundSettings.from_env()
+    campaigns = campaigns_for(settings)
+    clock = RunClock.at(datetime.now(UTC), settings.timezone, parse_as_of(as_of, settings.timezone))
+    engine = state_engine(settings)
+    planned = make_plan(settings, campaigns, clock, engine)
+    return settings, campaigns, clock, engine, planned
+
+
+def print_summary(planned: Planned, clock: RunClock) -> None:
+    summary = summarise(planned.plan)
+    at = clock.local_now.isoformat(timespec="minutes")
+    print(f"send plan for {clock.as_of.isoformat()} at {at}")
+    if summary.is_empty():
+        print("no campaign is due, or no due campaign has members")
+        return
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_hide_dataframe_shape=True, tbl_width_chars=200):
+        print(summary)
+
+
+def cmd_dry_run(as_of: str | None, out: str | None) -> int:
+    try:
+        _, _, clock, _, planned = _plan(as_of)
+    except (CampaignError, TemplateError, ValueError, LookupError) as e:
+        return _fail(str(e))
+    print_summary(planned, clock)
+    if out:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        planned.plan.select(CSV_COLUMNS).write_csv(path)
+        print(f"wrote {planned.plan.height} rows to {path}")
+    return 0
+
+
+def cmd_send(as_of: str | None) -> int:
+    sender = SenderSettings.from_env()
+    try:
+        settings, campaigns, clock, engine, planned = _plan(as_of)
+        channel = sender.channel() if sender.api_key else None
+    except (CampaignError, TemplateError, ValueError, LookupError) as e:
+        return _fail(str(e))
+    print_summary(planned, clock)
+    if channel is None:
+        print("SENDGRID_API_KEY is not set: dry run, nothing was sent and the ledger is unchanged")
+        return 0
+    try:
+        report = send_planned(
+            settings, campaigns, planned, clock, engine, channel, sandbox=sender.sandbox
+        )
+    except TemplateError as e:
+        return _fail(str(e))
+    mode = " (SendGrid sandbox mode: nothing delivered)" if sender.sandbox else ""
+    print(f"send run {report.run_id}{mode}")
+    for rep in report.campaigns.values():
+        line = (
+            f"  {rep.campaign}: planned {rep.planned}, already in ledger {rep.already_in_ledger}, "
+            f"sent {rep.sent}, failed {rep.failed}, requests {rep.requests}"
+        )
+        if rep.digest:
+            line += f"; staff digest {rep.digest}"
+        print(line)
+    if report.unknown:
+        print(
+            f"{report.unknown} message(s) left pending by an earlier run are now 'unknown': "
+            "they may have been delivered and will not be resent automatically"
+        )
+    if report.failed:
+        errors = ledger_mod.ledger_errors(engine, clock.as_of)
+        print(f"{len(errors)} ledger row(s) failed today; see outbound_ledger.error by id")
+    if report.stopped:
+        print(f"run stopped: {report.stopped}; the batch in flight stays pending (unknown)")
+        return 1
+    return 0

@@ -1,0 +1,350 @@
+"""Who gets which message in a run: candidates, then suppression in a fixed order.
+
+`plan_sends` is pure: frames and campaign objects in, the plan out. Suppression order
+(DESIGN.md section 7), each step seeing only the candidates the earlier steps kept:
+
+1. `opted_out` / `no_consent` — an opt-out for the channel or `all` (extract or learned),
+   consent explicitly false, or (campaigns requiring it) consent not explicitly true;
+2. `no_address` — no usable address for the channel;
+3. `frequency_cap` — messaged by any campaign within the cap window (staff digests and
+   failed / sandbox sends do not count);
+4. `lower_priority` — a higher-priority campaign claims the patient in this run (equal
+   priorities: the campaign slug that sorts first wins);
+5. `quiet_hours` — outside the campaign's send window or inside its quiet hours: decision
+   `deferred`, the patient stays a candidate for the next run.
+
+One patient gets at most one message per run, whatever the cap allows over the window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+import polars as pl
+
+from outbound.campaigns import Campaign, FrequencyCap
+from outbound.ledger import DELIVERED_OR_MAYBE, STAFF_RECIPIENT
+
+SEND, SUPPRESSED, DEFERRED = "send", "suppressed", "deferred"
+OPTED_OUT, NO_CONSENT, NO_ADDRESS = "opted_out", "no_consent", "no_address"
+FREQUENCY_CAP, LOWER_PRIORITY, QUIET_HOURS = "frequency_cap", "lower_priority", "quiet_hours"
+SUPPRESSION_ORDER = (OPTED_OUT, NO_CONSENT, NO_ADDRESS, FREQUENCY_CAP, LOWER_PRIORITY, QUIET_HOURS)
+STAFF_CHANNEL = "staff_email"
+
+# has_email in the marts: non-blank and of the form x@y.z.
+EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+
+# How each channel finds its address and consent column in the patient contacts; SMS
+# joins here when its sender exists.
+CHANNEL_ADDRESS = {
+    "email": ("email", "accepted_email_marketing"),
+    "sms": ("mobile", "accepted_sms_marketing"),
+}
+
+PLAN_SCHEMA = {
+    "campaign": pl.String,
+    "segment_slug": pl.String,
+    "patient_id": pl.String,
+    "case_id": pl.String,
+    "channel": pl.String,
+    "priority": pl.Int64,
+    "decision": pl.String,
+    "reason": pl.String,
+    "detail": pl.String,
+}
+
+MEMBERS_SCHEMA = {"segment_slug": pl.String, "patient_id": pl.String, "case_id": pl.String}
+CONTACTS_SCHEMA = {
+    "patient_id": pl.String,
+    "first_name": pl.String,
+    "email": pl.String,
+    "mobile": pl.String,
+    "accepted_email_marketing": pl.Boolean,
+    "accepted_sms_marketing": pl.Boolean,
+}
+OPT_OUTS_SCHEMA = {"patient_id": pl.String, "channel": pl.String}
+HISTORY_SCHEMA = {
+    "campaign": pl.String,
+    "recipient": pl.String,
+    "send_date": pl.Date,
+    "status": pl.String,
+}
+
+
+@dataclass(frozen=True)
+class RunClock:
+    """The run's as-of date and wall-clock time in the clinic time zone."""
+
+    as_of: date
+    local_time: time
+    local_now: datetime
+
+    @classmethod
+    def at(cls, run_at: datetime, timezone: str, as_of: date | None = None) -> RunClock:
+        if run_at.tzinfo is None:
+            raise ValueError("run_at must carry a time zone (an aware datetime)")
+        local = run_at.astimezone(ZoneInfo(timezone))
+        day = as_of or local.date()
+        # With an explicit as-of date the run is evaluated at the same clock time that day.
+        local_now = datetime.combine(day, local.timetz().replace(tzinfo=None), local.tzinfo)
+        local_now = local_now.replace(tzinfo=ZoneInfo(timezone))
+        return cls(as_of=day, local_time=local.time(), local_now=local_now)
+
+
+def next_window_opens(campaign: Campaign, local_now: datetime) -> datetime:
+    """The first moment after `local_now` at which the campaign may send."""
+    boundaries = [campaign.send_window.start]
+    if campaign.quiet_hours is not None:
+        boundaries.append(campaign.quiet_hours.end)
+    options = []
+    for offset in (0, 1, 2):
+        day = local_now.date() + timedelta(days=offset)
+        for b in boundaries:
+            moment = datetime.combine(day, b).replace(tzinfo=local_now.tzinfo)
+            if moment > local_now and campaign.in_window(b):
+                options.append(moment)
+    return min(options)
+
+
+def _empty(schema: dict) -> pl.DataFrame:
+    return pl.DataFrame(schema=schema)
+
+
+def _campaign_table(campaigns: list[Campaign], clock: RunClock, cap: FrequencyCap) -> pl.DataFrame:
+    rows = []
+    for c in campaigns:
+        cc = c.frequency_cap or cap
+        open_now = c.in_window(clock.local_time)
+        rows.append(
+            {
+                "campaign": c.slug,
+                "segment_slug": c.segment,
+                "priority": c.priority,
+                "channel": c.channel,
+                "notify_patient": c.notify_patient,
+                "staff_digest": c.staff_digest is not None,
+                "requires_explicit_consent": c.requires_explicit_consent,
+                "cap_max": cc.max_messages,
+                "cap_window": cc.window_days,
+                "open_now": open_now,
+                "next_window": None
+                if open_now
+                else next_window_opens(c, clock.local_now).isoformat(timespec="minutes"),
+            }
+        )
+    return pl.DataFrame(
+        rows,
+        schema={
+            "campaign": pl.String,
+            "segment_slug": pl.String,
+            "priority": pl.Int64,
+            "channel": pl.String,
+            "notify_patient": pl.Boolean,
+            "staff_digest": pl.Boolean,
+            "requires_explicit_consent": pl.Boolean,
+            "cap_max": pl.Int64,
+            "cap_window": pl.Int64,
+            "open_now": pl.Boolean,
+            "next_window": pl.String,
+        },
+    )
+
+
+def due_campaigns(campaigns: list[Campaign], as_of: date) -> list[Campaign]:
+    """Enabled campaigns whose schedule includes the as-of date."""
+    return [c for c in campaigns if c.enabled and c.runs_on(as_of)]
+
+
+def build_candidates(campaigns: list[Campaign], members: pl.DataFrame, as_of: date) -> pl.DataFrame:
+    """One row per (due campaign, member): the campaigns' segment members, before suppression.
+
+    A patient with several cases in a case segment is one patient candidate (the first
+    case id) but every case is listed for the staff digest.
+    """
+    table = pl.DataFrame(
+        [
+            {
+                "campaign": c.slug,
+                "segment_slug": c.segment,
+                "priority": c.priority,
+                "channel": c.channel,
+            }
+            for c in due_campaigns(campaigns, as_of)
+        ],
+        schema={
+            "campaign": pl.String,
+            "segment_slug": pl.String,
+            "priority": pl.Int64,
+            "channel": pl.String,
+        },
+    )
+    return (
+        members.select(list(MEMBERS_SCHEMA))
+        .cast(MEMBERS_SCHEMA)
+        .join(table.select("campaign", "segment_slug", "priority", "channel"), on="segment_slug")
+        .select("campaign", "segment_slug", "patient_id", "case_id", "channel", "priority")
+        .unique()
+        .sort("campaign", "patient_id", "case_id", nulls_last=True)
+    )
+
+
+def plan_sends(
+    campaigns: list[Campaign],
+    candidates: pl.DataFrame,
+    contacts: pl.DataFrame,
+    opt_outs: pl.DataFrame,
+    history: pl.DataFrame,
+    clock: RunClock,
+    cap: FrequencyCap | None = None,
+) -> pl.DataFrame:
+    """The plan: one row per patient candidate and per staff-digest case, with a decision.
+
+    `candidates` comes from `build_candidates`; `contacts` holds every patient's address
+    and consent; `opt_outs` the (patient_id, channel) opt-outs in force at the as-of date;
+    `history` the ledger rows (campaign, recipient, send_date, status).
+    """
+    due = due_campaigns(campaigns, clock.as_of)
+    table = _campaign_table(due, clock, cap or FrequencyCap())
+    cand = candidates.select("campaign", "patient_id", "case_id").join(table, on="campaign")
+
+    # Patient messages: one candidate per (campaign, patient), first case id.
+    patients = (
+        cand.filter(pl.col("notify_patient"))
+        .group_by("campaign", "patient_id")
+        .agg(pl.col("case_id").drop_nulls().min(), pl.exclude("case_id").first())
+    )
+    patients = patients.join(
+        contacts.select(list(CONTACTS_SCHEMA)).cast(CONTACTS_SCHEMA), on="patient_id", how="left"
+    )
+    address_col, consent_col = CHANNEL_ADDRESS["email"]
+    opted = (
+        opt_outs.select("patient_id", "channel")
+        .cast(OPT_OUTS_SCHEMA)
+        .filter(pl.col("channel").is_in(["email", "all"]))
+        .select("patient_id", pl.lit(True).alias("has_opt_out"))
+        .unique()
+    )
+    patients = patients.join(opted, on="patient_id", how="left")
+
+    hist_window = int(table["cap_window"].max() or 0) if table.height else 0
+    earliest = clock.as_of - timedelta(days=max(hist_window - 1, 0))
+    counted = (
+        history.select(list(HISTORY_SCHEMA))
+        .cast(HISTORY_SCHEMA)
+        .filter(
+            pl.col("status").is_in(list(DELIVERED_OR_MAYBE)),
+            pl.col("recipient") != STAFF_RECIPIENT,
+            pl.col("send_date").is_between(earliest, clock.as_of),
+        )
+        .rename({"recipient": "patient_id", "campaign": "hist_campaign"})
+    )
+    prior = (
+        patients.select("campaign", "patient_id", "cap_window")
+        .join(counted, on="patient_id")
+        .filter(
+            pl.col("cap_window") > 0,
+            pl.col("send_date") >= pl.lit(clock.as_of) - pl.duration(days=pl.col("cap_window") - 1),
+            # A candidate's own row for today is this same message (a re-run), not a prior one.
+            ~(
+                (pl.col("hist_campaign") == pl.col("campaign"))
+                & (pl.col("send_date") == clock.as_of)
+            ),
+        )
+        .group_by("campaign", "patient_id")
+        .agg(pl.len().alias("prior_messages"))
+    )
+    patients = patients.join(prior, on=["campaign", "patient_id"], how="left")
+
+    consent = pl.col(consent_col)
+    address = pl.col(address_col).str.strip_chars()
+    step = (
+        pl.when(pl.col("has_opt_out").fill_null(False) | (consent == False))  # noqa: E712
+        .then(pl.lit(OPTED_OUT))
+        .when(pl.col("requires_explicit_consent") & ~consent.fill_null(False))
+        .then(pl.lit(NO_CONSENT))
+        .when(~address.str.contains(EMAIL_PATTERN).fill_null(False))
+        .then(pl.lit(NO_ADDRESS))
+        .when(pl.col("prior_messages").fill_null(0) >= pl.col("cap_max"))
+        .then(pl.lit(FREQUENCY_CAP))
+        .otherwise(pl.lit(None, dtype=pl.String))
+    )
+    patients = patients.with_columns(step.alias("reason"))
+
+    # Priority among the patient's surviving candidates (one message per patient per run).
+    survivors = (
+        patients.filter(pl.col("reason").is_null())
+        .sort(["patient_id", "priority", "campaign"], descending=[False, True, False])
+        .with_columns(
+            pl.col("campaign").first().over("patient_id").alias("winner"),
+        )
+        .select("campaign", "patient_id", "winner")
+    )
+    patients = patients.join(survivors, on=["campaign", "patient_id"], how="left")
+    patients = patients.with_columns(
+        pl.when(pl.col("reason").is_null() & (pl.col("winner") != pl.col("campaign")))
+        .then(pl.lit(LOWER_PRIORITY))
+        .when(pl.col("reason").is_null() & ~pl.col("open_now"))
+        .then(pl.lit(QUIET_HOURS))
+        .otherwise(pl.col("reason"))
+        .alias("reason")
+    )
+    patient_plan = patients.select(
+        "campaign",
+        "segment_slug",
+        "patient_id",
+        "case_id",
+        "channel",
+        "priority",
+        pl.when(pl.col("reason").is_null())
+        .then(pl.lit(SEND))
+        .when(pl.col("reason") == QUIET_HOURS)
+        .then(pl.lit(DEFERRED))
+        .otherwise(pl.lit(SUPPRESSED))
+        .alias("decision"),
+        pl.col("reason").fill_null(""),
+        pl.when(pl.col("reason") == LOWER_PRIORITY)
+        .then(pl.lit("claimed by ") + pl.col("winner"))
+        .when(pl.col("reason") == QUIET_HOURS)
+        .then(pl.lit("next window ") + pl.col("next_window"))
+        .otherwise(pl.lit(""))
+        .alias("detail"),
+    )
+
+    # Staff digests list every case of the segment; only the send window applies to them.
+    staff_plan = cand.filter(pl.col("staff_digest")).select(
+        "campaign",
+        "segment_slug",
+        "patient_id",
+        "case_id",
+        pl.lit(STAFF_CHANNEL).alias("channel"),
+        "priority",
+        pl.when(pl.col("open_now"))
+        .then(pl.lit(SEND))
+        .otherwise(pl.lit(DEFERRED))
+        .alias("decision"),
+        pl.when(pl.col("open_now")).then(pl.lit("")).otherwise(pl.lit(QUIET_HOURS)).alias("reason"),
+        pl.when(pl.col("open_now"))
+        .then(pl.lit(""))
+        .otherwise(pl.lit("next window ") + pl.col("next_window"))
+        .alias("detail"),
+    )
+    return pl.concat([patient_plan.cast(PLAN_SCHEMA), staff_plan.cast(PLAN_SCHEMA)]).sort(
+        "campaign", "channel", "patient_id", "case_id", nulls_last=True
+    )
+
+
+def summarise(plan: pl.DataFrame) -> pl.DataFrame:
+    """Per campaign and channel: eligible, suppressed by reason, deferred, to send."""
+    reasons = [r for r in SUPPRESSION_ORDER if r != QUIET_HOURS]
+    return (
+        plan.group_by("campaign", "channel")
+        .agg(
+            pl.len().alias("eligible"),
+            *[(pl.col("reason") == r).sum().alias(r) for r in reasons],
+            (pl.col("decision") == DEFERRED).sum().alias("deferred"),
+            (pl.col("decision") == SEND).sum().alias("to_send"),
+        )
+        .sort("campaign", "channel")
+    )

@@ -1,0 +1,78 @@
+"""Local Jinja templates: rendered once per campaign into subject, HTML and text.
+
+Per-recipient values are not rendered here: `{{ r.first_name }}` becomes the SendGrid
+substitution tag `-first_name-`, filled per personalization, so one request can carry up
+to 1000 recipients. Staff digests are rendered in full (they go to staff, not patients).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import jinja2
+
+from outbound.campaigns import TEMPLATES_DIR, Campaign, LocalTemplate
+from outbound.channels import Content, substitution_tag
+
+# Fields a template may use per recipient (`r.<field>`); the sender fills each one.
+RECIPIENT_FIELDS = (
+    "first_name",
+    "case_name",
+    "expiry_date",
+    "days_until_expiry",
+    "sessions_left",
+    "invoiceable_left",
+    "balance_due",
+    "oldest_open_invoice_days",
+    "last_appointment_type",
+)
+
+
+class TemplateError(ValueError):
+    pass
+
+
+def _environment(folder: Path) -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(folder)),
+        undefined=jinja2.StrictUndefined,
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default=False),
+        keep_trailing_newline=False,
+    )
+
+
+def _render(template: LocalTemplate, context: Mapping[str, object], where: str) -> Content:
+    env = _environment(TEMPLATES_DIR / template.local)
+    parts = {}
+    for part, file in (("subject", "subject.txt"), ("html", "body.html"), ("text", "body.txt")):
+        try:
+            parts[part] = env.get_template(file).render(**context).strip()
+        except jinja2.TemplateError as e:
+            raise TemplateError(
+                f"outbound/templates/{template.local}/{file} ({where}): {e}; "
+                f"per-recipient fields are r.{', r.'.join(RECIPIENT_FIELDS)}"
+            ) from None
+    return Content(subject=parts["subject"], html=parts["html"], text=parts["text"])
+
+
+def campaign_content(campaign: Campaign) -> Content:
+    """What every message of the campaign shares; per-recipient fields as substitution tags."""
+    if not isinstance(campaign.template, LocalTemplate):
+        return Content(template_id=campaign.template.sendgrid_template_id)
+    tags = {f: jinja2.utils.markupsafe.Markup(substitution_tag(f)) for f in RECIPIENT_FIELDS}
+    return _render(
+        campaign.template,
+        {"campaign": campaign, "r": tags},
+        f"campaign {campaign.slug}",
+    )
+
+
+def digest_content(campaign: Campaign, cases: list[dict[str, object]]) -> Content:
+    """The staff digest listing the campaign's cases (ids and case facts, no contact details)."""
+    assert campaign.staff_digest is not None
+    return _render(
+        campaign.staff_digest.template,
+        {"campaign": campaign, "cases": cases},
+        f"staff digest of {campaign.slug}",
+    )
