@@ -79,6 +79,9 @@ members = sa.Table(
     sa.Column("last_touch_by", sa.String(320)),
     sa.Column("left_segment", sa.Boolean, nullable=False, default=False),
     sa.Column("left_at", UTCDateTime),
+    # Creation time of the booking that last moved this member automatically, so that
+    # each booking moves a member at most once and a later staff decision sticks.
+    sa.Column("booking_seen_at", UTCDateTime),
     # Bumped by every change; writers update only when it still holds the value they read.
     sa.Column("version", sa.Integer, nullable=False),
     sa.Index("ix_workflow_members_stage", "worklist_slug", "stage"),
@@ -100,7 +103,8 @@ events = sa.Table(
     sa.Column("note", sa.Text),
     # The member row's version this event produced: history order within a member.
     sa.Column("member_version", sa.Integer, nullable=False),
-    sa.Index("ix_workflow_events_member", "worklist_slug", "member_id", "event_id"),
+    # Two writers can never both record the same change of a member.
+    sa.UniqueConstraint("worklist_slug", "member_id", "member_version"),
 )
 
 

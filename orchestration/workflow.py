@@ -1,0 +1,85 @@
+"""Work-list assets: one per work list, downstream of its segment (DESIGN.md section 6).
+
+Only wiring: the sync itself lives in `workflow.run`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import dagster as dg
+
+from orchestration.resources import ClinicSettingsResource, WarehouseResource
+from workflow.api import SyncResult
+from workflow.catalog import load_worklists
+from workflow.run import materialize_worklist
+from workflow.spec import WorkListInfo
+
+
+def _metadata(info: WorkListInfo, result: SyncResult) -> dict[str, dg.MetadataValue]:
+    counts = result.counts
+    assert counts is not None
+    lines = ["| stage | members | left segment |", "|---|---:|---:|"]
+    lines += [
+        f"| {s}{' (terminal)' if s in counts.terminal else ''} | {counts.active.get(s, 0)} "
+        f"| {counts.left_segment.get(s, 0)} |"
+        for s in counts.stages
+    ]
+    meta: dict[str, dg.MetadataValue] = {
+        "members": dg.MetadataValue.int(sum(counts.active.values())),
+        "open": dg.MetadataValue.int(counts.open),
+        "left_segment": dg.MetadataValue.int(sum(counts.left_segment.values())),
+        "entered_this_run": dg.MetadataValue.int(result.entered),
+        "left_this_run": dg.MetadataValue.int(result.left),
+        "came_back_this_run": dg.MetadataValue.int(result.came_back),
+        "booked_this_run": dg.MetadataValue.int(result.booked),
+        "stages": dg.MetadataValue.md("\n".join(lines)),
+    }
+    for stage in counts.stages:
+        meta[f"stage: {stage}"] = dg.MetadataValue.int(counts.active.get(stage, 0))
+    if result.frozen:
+        meta["note"] = dg.MetadataValue.text("snapshot segment: membership frozen")
+    return meta
+
+
+def build_worklist_asset(info: WorkListInfo) -> dg.AssetsDefinition:
+    deps = [dg.AssetKey(["segments", info.segment_slug])]
+    if info.spec.on_booking:
+        deps.append(dg.AssetKey(["marts", "appointments"]))
+    stages = " → ".join(info.spec.stages)
+
+    @dg.asset(
+        key=dg.AssetKey(["worklists", info.slug]),
+        deps=deps,
+        group_name="workflow",
+        description=f"Work list over segment `{info.segment_slug}`: {stages}.",
+        kinds={"python"},
+        tags={"visibility": info.visibility},
+    )
+    def worklist_asset(
+        context: dg.AssetExecutionContext,
+        warehouse: WarehouseResource,
+        settings: ClinicSettingsResource,
+    ) -> dg.MaterializeResult:
+        result = materialize_worklist(
+            info,
+            duckdb_path=warehouse.duckdb_path,
+            state_db_url=settings.state_db_url,
+            clinic_timezone=settings.clinic_timezone,
+            as_of=settings.as_of or None,
+        )
+        # Counts only: member ids stay in the state store, names never leave the warehouse.
+        context.log.info(
+            f"{info.slug}: entered {result.entered}, left {result.left}, "
+            f"came back {result.came_back}, booked {result.booked}"
+        )
+        return dg.MaterializeResult(metadata=_metadata(info, result))
+
+    return worklist_asset
+
+
+def build_workflow_defs(worklists: Iterable[WorkListInfo]) -> dg.Definitions:
+    return dg.Definitions(assets=[build_worklist_asset(info) for info in worklists])
+
+
+defs = build_workflow_defs(load_worklists().values())

@@ -1,0 +1,615 @@
+"""The Python API over work lists: sync membership, move, assign, note, read.
+
+Every change of a member is one transaction that updates its row only if the row still
+has the `version` the writer read (compare-and-set) and appends one event carrying the new
+version. A writer that loses the race re-reads and decides again, so two people moving
+the same member one after the other both land, in order, and the second event's
+`from_stage` is the first one's `to_stage`. Callers that must not act on a stale view (a
+board showing version 4) pass `expected_version` and get `ConcurrentChangeError` instead.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine, Row
+
+from workflow.engine import (
+    Member,
+    MemberState,
+    plan_booking_moves,
+    plan_membership,
+)
+from workflow.spec import WorkflowSpec, WorkListInfo
+from workflow.store import events, lists, members
+
+SYSTEM_ACTOR = "system"
+# Enough for any realistic burst of staff on one member; each failed attempt means
+# someone else's change landed, so this bounds starvation rather than normal use.
+MAX_ATTEMPTS = 50
+
+
+class WorkListAccessError(PermissionError):
+    """Acting on (or looking at) a private work list one does not own."""
+
+
+class MemberNotFoundError(LookupError):
+    """A member id that is not on the work list."""
+
+
+class ConcurrentChangeError(RuntimeError):
+    """The member changed since the caller looked (with `expected_version`)."""
+
+
+@dataclass(frozen=True)
+class MemberView:
+    worklist_slug: str
+    member_id: str
+    patient_id: str
+    case_id: str | None
+    stage: str
+    assignee: str | None
+    due_date: date | None
+    entered_at: datetime
+    stage_since: datetime
+    last_touch_at: datetime | None
+    last_touch_by: str | None
+    left_segment: bool
+    left_at: datetime | None
+    version: int
+
+
+@dataclass(frozen=True)
+class Event:
+    member_id: str
+    member_version: int
+    at: datetime
+    actor: str
+    kind: str
+    from_stage: str | None
+    to_stage: str | None
+    assignee: str | None
+    note: str | None
+
+
+@dataclass(frozen=True)
+class StageCounts:
+    """Members per stage, in stage order; members who left the segment counted apart."""
+
+    stages: list[str]
+    terminal: list[str]
+    active: dict[str, int]
+    left_segment: dict[str, int]
+
+    @property
+    def open(self) -> int:
+        return sum(n for s, n in self.active.items() if s not in self.terminal)
+
+
+@dataclass
+class SyncResult:
+    entered: int = 0
+    left: int = 0
+    came_back: int = 0
+    booked: int = 0
+    frozen: bool = False
+    counts: StageCounts | None = field(default=None)
+
+
+def _now(now: datetime | None) -> datetime:
+    return now if now is not None else datetime.now(UTC)
+
+
+# --- visibility -------------------------------------------------------------------------
+
+
+def check_access(info: WorkListInfo, user: str | None) -> None:
+    """Refuse anyone but the owner on a private work list."""
+    if info.visibility != "private":
+        return
+    if user is None:
+        raise WorkListAccessError(
+            f"work list {info.slug!r} is private; say who you are (--user / --by) "
+            "and only its owner can see or change it"
+        )
+    if user.strip().casefold() != (info.owner or "").strip().casefold():
+        raise WorkListAccessError(
+            f"work list {info.slug!r} is private to its owner; {user!r} may not see or "
+            "change it (ask the owner to make it `visibility: shared`)"
+        )
+
+
+# --- reading ----------------------------------------------------------------------------
+
+
+def _view(row: Row[Any]) -> MemberView:
+    return MemberView(
+        worklist_slug=row.worklist_slug,
+        member_id=row.member_id,
+        patient_id=row.patient_id,
+        case_id=row.case_id,
+        stage=row.stage,
+        assignee=row.assignee,
+        due_date=row.due_date,
+        entered_at=row.entered_at,
+        stage_since=row.stage_since,
+        last_touch_at=row.last_touch_at,
+        last_touch_by=row.last_touch_by,
+        left_segment=bool(row.left_segment),
+        left_at=row.left_at,
+        version=row.version,
+    )
+
+
+def read_member(conn: Connection, slug: str, member_id: str) -> MemberView:
+    row = conn.execute(
+        sa.select(members).where(members.c.worklist_slug == slug, members.c.member_id == member_id)
+    ).first()
+    if row is None:
+        raise MemberNotFoundError(
+            f"{member_id!r} is not on work list {slug!r}; "
+            f"list its members with `audiences worklist show {slug}`"
+        )
+    return _view(row)
+
+
+def list_members(
+    engine: Engine,
+    info: WorkListInfo,
+    user: str | None = None,
+    stage: str | None = None,
+    assignee: str | None = None,
+) -> list[MemberView]:
+    """Members in stage order then member id; those still in the segment first."""
+    check_access(info, user)
+    query = sa.select(members).where(members.c.worklist_slug == info.slug)
+    if stage is not None:
+        query = query.where(members.c.stage == info.spec.resolve_stage(stage))
+    if assignee is not None:
+        query = query.where(members.c.assignee == assignee)
+    with engine.connect() as conn:
+        rows = [_view(r) for r in conn.execute(query)]
+    order = {s: i for i, s in enumerate(info.spec.stages)}
+    # Stages dropped from the definition since a member was put there sort last.
+    return sorted(
+        rows, key=lambda m: (m.left_segment, order.get(m.stage, len(order)), m.stage, m.member_id)
+    )
+
+
+def stage_counts(engine: Engine, info: WorkListInfo, user: str | None = None) -> StageCounts:
+    check_access(info, user)
+    query = (
+        sa.select(members.c.stage, members.c.left_segment, sa.func.count().label("n"))
+        .where(members.c.worklist_slug == info.slug)
+        .group_by(members.c.stage, members.c.left_segment)
+    )
+    active = dict.fromkeys(info.spec.stages, 0)
+    left = dict.fromkeys(info.spec.stages, 0)
+    with engine.connect() as conn:
+        for row in conn.execute(query):
+            target = left if row.left_segment else active
+            target[row.stage] = target.get(row.stage, 0) + row.n
+    return StageCounts(list(info.spec.stages), list(info.spec.terminal), active, left)
+
+
+def history(
+    engine: Engine, info: WorkListInfo, member_id: str, user: str | None = None
+) -> list[Event]:
+    """Every event of a member, oldest first."""
+    check_access(info, user)
+    with engine.connect() as conn:
+        read_member(conn, info.slug, member_id)
+        rows = conn.execute(
+            sa.select(events)
+            .where(events.c.worklist_slug == info.slug, events.c.member_id == member_id)
+            .order_by(events.c.member_version)
+        ).all()
+    return [
+        Event(
+            member_id=r.member_id,
+            member_version=r.member_version,
+            at=r.at,
+            actor=r.actor,
+            kind=r.kind,
+            from_stage=r.from_stage,
+            to_stage=r.to_stage,
+            assignee=r.assignee,
+            note=r.note,
+        )
+        for r in rows
+    ]
+
+
+# --- changing one member ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Change:
+    """A decided change of one member: new column values and the event that records it."""
+
+    kind: str
+    values: dict[str, Any]
+    from_stage: str | None = None
+    to_stage: str | None = None
+    assignee: str | None = None
+    note: str | None = None
+
+
+def write_if_unchanged(
+    conn: Connection, seen: MemberView, change: Change, actor: str, at: datetime
+) -> bool:
+    """Apply `change` only if the member still has the version `seen` has.
+
+    Returns False (and writes nothing) when someone else changed the member first.
+    """
+    new_version = seen.version + 1
+    result = conn.execute(
+        members.update()
+        .where(
+            members.c.worklist_slug == seen.worklist_slug,
+            members.c.member_id == seen.member_id,
+            members.c.version == seen.version,
+        )
+        .values(**change.values, version=new_version)
+    )
+    if result.rowcount != 1:
+        return False
+    conn.execute(
+        events.insert().values(
+            worklist_slug=seen.worklist_slug,
+            member_id=seen.member_id,
+            at=at,
+            actor=actor,
+            kind=change.kind,
+            from_stage=change.from_stage,
+            to_stage=change.to_stage,
+            assignee=change.assignee,
+            note=change.note,
+            member_version=new_version,
+        )
+    )
+    return True
+
+
+def change_member(
+    engine: Engine,
+    slug: str,
+    member_id: str,
+    decide: Callable[[MemberView], Change | None],
+    actor: str,
+    now: datetime | None = None,
+    expected_version: int | None = None,
+) -> MemberView | None:
+    """Read, decide, compare-and-set; on a lost race read again and decide again.
+
+    `decide` sees the member as it is now and returns the change to make, or None for
+    nothing to do. Returns the member after the change (None when nothing was done).
+    """
+    for _ in range(MAX_ATTEMPTS):
+        with engine.begin() as conn:
+            seen = read_member(conn, slug, member_id)
+            if expected_version is not None and seen.version != expected_version:
+                raise ConcurrentChangeError(
+                    f"{member_id!r} on {slug!r} changed since you looked (version "
+                    f"{expected_version}, now {seen.version}); reload and try again"
+                )
+            change = decide(seen)
+            if change is None:
+                return None
+            if write_if_unchanged(conn, seen, change, actor, _now(now)):
+                return read_member(conn, slug, member_id)
+    raise ConcurrentChangeError(
+        f"{member_id!r} on {slug!r} kept changing under {MAX_ATTEMPTS} attempts; try again"
+    )
+
+
+def _touch(actor: str, at: datetime) -> dict[str, Any]:
+    return {"last_touch_at": at, "last_touch_by": actor}
+
+
+def _authorise(info: WorkListInfo, by: str) -> str:
+    """The acting user, once they are known and allowed to change this list."""
+    by = (by or "").strip()
+    if not by:
+        raise ValueError("say who is making the change (--by USER)")
+    check_access(info, by)
+    return by
+
+
+def _staff_change(
+    engine: Engine,
+    info: WorkListInfo,
+    member_id: str,
+    by: str,
+    at: datetime,
+    decide: Callable[[MemberView], Change],
+    expected_version: int | None = None,
+) -> MemberView:
+    result = change_member(engine, info.slug, member_id, decide, by, at, expected_version)
+    # Staff changes always decide to write, so a result is always there.
+    assert result is not None
+    return result
+
+
+def move(
+    engine: Engine,
+    info: WorkListInfo,
+    member_id: str,
+    stage: str,
+    by: str,
+    note: str | None = None,
+    expected_version: int | None = None,
+    now: datetime | None = None,
+) -> MemberView:
+    """Move a member to `stage` (matched case-insensitively); refuses unknown stages."""
+    by = _authorise(info, by)
+    target = info.spec.resolve_stage(stage)
+    at = _now(now)
+
+    def decide(seen: MemberView) -> Change:
+        # Moving to the stage one is in is still recorded: it is a deliberate touch.
+        return Change(
+            kind="moved",
+            values={"stage": target, "stage_since": at, **_touch(by, at)},
+            from_stage=seen.stage,
+            to_stage=target,
+            note=note,
+        )
+
+    return _staff_change(engine, info, member_id, by, at, decide, expected_version)
+
+
+def assign(
+    engine: Engine,
+    info: WorkListInfo,
+    member_id: str,
+    assignee: str | None,
+    by: str,
+    expected_version: int | None = None,
+    now: datetime | None = None,
+) -> MemberView:
+    """Assign a member to a user (None unassigns)."""
+    by = _authorise(info, by)
+    assignee = (assignee or "").strip() or None
+    if info.visibility == "private" and assignee is not None:
+        # Nobody but the owner can see a private list, so nobody else can work it.
+        check_access(info, assignee)
+    at = _now(now)
+
+    def decide(seen: MemberView) -> Change:
+        return Change(
+            kind="assigned",
+            values={"assignee": assignee, **_touch(by, at)},
+            assignee=assignee,
+        )
+
+    return _staff_change(engine, info, member_id, by, at, decide, expected_version)
+
+
+def add_note(
+    engine: Engine,
+    info: WorkListInfo,
+    member_id: str,
+    text: str,
+    by: str,
+    now: datetime | None = None,
+) -> MemberView:
+    by = _authorise(info, by)
+    if not text or not text.strip():
+        raise ValueError("a note needs some text")
+    at = _now(now)
+
+    def decide(seen: MemberView) -> Change:
+        return Change(kind="note", values=_touch(by, at), note=text)
+
+    return _staff_change(engine, info, member_id, by, at, decide)
+
+
+def set_due_date(
+    engine: Engine,
+    info: WorkListInfo,
+    member_id: str,
+    due: date | None,
+    by: str,
+    now: datetime | None = None,
+) -> MemberView:
+    by = _authorise(info, by)
+    at = _now(now)
+
+    def decide(seen: MemberView) -> Change:
+        return Change(
+            kind="due",
+            values={"due_date": due, **_touch(by, at)},
+            note=None if due is None else f"due {due.isoformat()}",
+        )
+
+    return _staff_change(engine, info, member_id, by, at, decide)
+
+
+# --- sync -------------------------------------------------------------------------------
+
+
+def _record_list(conn: Connection, info: WorkListInfo, at: datetime) -> bool:
+    """Upsert the work list's registry row; True when this is its first sync."""
+    values = {
+        "segment_slug": info.segment_slug,
+        "owner": info.owner,
+        "visibility": info.visibility,
+        "mode": info.mode,
+        "entity": info.entity,
+        "spec_json": info.spec.model_dump_json(),
+        "last_synced_at": at,
+    }
+    updated = conn.execute(lists.update().where(lists.c.slug == info.slug).values(**values))
+    if updated.rowcount == 1:
+        return False
+    conn.execute(lists.insert().values(slug=info.slug, first_synced_at=at, **values))
+    return True
+
+
+def _states(conn: Connection, slug: str) -> dict[str, MemberState]:
+    rows = conn.execute(
+        sa.select(
+            members.c.member_id,
+            members.c.patient_id,
+            members.c.stage,
+            members.c.left_segment,
+            members.c.entered_at,
+            members.c.booking_seen_at,
+        ).where(members.c.worklist_slug == slug)
+    )
+    return {
+        r.member_id: MemberState(
+            member_id=r.member_id,
+            patient_id=r.patient_id,
+            stage=r.stage,
+            left_segment=bool(r.left_segment),
+            entered_at=r.entered_at,
+            booking_seen_at=r.booking_seen_at,
+        )
+        for r in rows
+    }
+
+
+def sync_worklist(
+    engine: Engine,
+    info: WorkListInfo,
+    current: Iterable[Member],
+    latest_booking: Mapping[str, datetime] | None = None,
+    now: datetime | None = None,
+) -> SyncResult:
+    """Bring a work list in line with its segment's current members (one materialisation).
+
+    New members enter the first stage (with the default assignee); members who left
+    are marked `left_segment`; members who came back resume their stage. A snapshot list
+    takes its members on the first sync only. Then, with `on_booking`, members who booked
+    move to that stage as `system`. A sync interrupted half-way is completed by the next
+    one, because every plan is worked out afresh from the stored state.
+    """
+    at = _now(now)
+    current_by_id: dict[str, Member] = {}
+    for m in current:
+        current_by_id.setdefault(m.member_id, m)
+
+    with engine.begin() as conn:
+        first = _record_list(conn, info, at)
+        existing = _states(conn, info.slug)
+    frozen = info.mode == "snapshot" and not first
+    plan = plan_membership(current_by_id, existing, frozen)
+    result = SyncResult(frozen=frozen)
+
+    if plan.enter:
+        first_stage = info.spec.first_stage
+        assignee = info.spec.default_assignee
+        with engine.begin() as conn:
+            conn.execute(
+                members.insert(),
+                [
+                    {
+                        "worklist_slug": info.slug,
+                        "member_id": m.member_id,
+                        "patient_id": m.patient_id,
+                        "case_id": m.case_id,
+                        "stage": first_stage,
+                        "assignee": assignee,
+                        "entered_at": at,
+                        "stage_since": at,
+                        "left_segment": False,
+                        "version": 1,
+                    }
+                    for m in plan.enter
+                ],
+            )
+            conn.execute(
+                events.insert(),
+                [
+                    {
+                        "worklist_slug": info.slug,
+                        "member_id": m.member_id,
+                        "at": at,
+                        "actor": SYSTEM_ACTOR,
+                        "kind": "entered",
+                        "from_stage": None,
+                        "to_stage": first_stage,
+                        "assignee": assignee,
+                        "note": None,
+                        "member_version": 1,
+                    }
+                    for m in plan.enter
+                ],
+            )
+        result.entered = len(plan.enter)
+
+    def mark_left(seen: MemberView) -> Change | None:
+        if seen.left_segment:
+            return None
+        return Change(kind="left_segment", values={"left_segment": True, "left_at": at})
+
+    def mark_back(seen: MemberView) -> Change | None:
+        if not seen.left_segment:
+            return None
+        return Change(
+            kind="returned", values={"left_segment": False, "left_at": None}, to_stage=seen.stage
+        )
+
+    for mid in plan.leave:
+        if change_member(engine, info.slug, mid, mark_left, SYSTEM_ACTOR, at):
+            result.left += 1
+    for mid in plan.come_back:
+        if change_member(engine, info.slug, mid, mark_back, SYSTEM_ACTOR, at):
+            result.came_back += 1
+
+    if info.spec.on_booking and latest_booking:
+        with engine.connect() as conn:
+            after_membership = _states(conn, info.slug)
+        for booking in plan_booking_moves(info.spec, after_membership, latest_booking):
+
+            def book(seen: MemberView, booking: Any = booking) -> Change | None:
+                # Re-checked on the fresh row: staff may have moved them meanwhile.
+                if seen.stage == booking.to_stage:
+                    return None
+                return Change(
+                    kind="moved",
+                    values={
+                        "stage": booking.to_stage,
+                        "stage_since": at,
+                        "booking_seen_at": booking.booked_at,
+                        **_touch(SYSTEM_ACTOR, at),
+                    },
+                    from_stage=seen.stage,
+                    to_stage=booking.to_stage,
+                    note="booked an appointment (on_booking)",
+                )
+
+            if change_member(engine, info.slug, booking.member_id, book, SYSTEM_ACTOR, at):
+                result.booked += 1
+
+    result.counts = stage_counts(engine, info, info.owner)
+    return result
+
+
+def stored_worklist(engine: Engine, slug: str) -> WorkListInfo | None:
+    """The work list as last synced (for lists whose definition is gone or not loadable)."""
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(lists).where(lists.c.slug == slug)).first()
+    if row is None:
+        return None
+    return WorkListInfo(
+        slug=row.slug,
+        segment_slug=row.segment_slug,
+        owner=row.owner,
+        visibility=row.visibility,
+        mode=row.mode,
+        entity=row.entity,
+        spec=WorkflowSpec.model_validate(json.loads(row.spec_json)),
+    )
+
+
+def stored_worklist_slugs(engine: Engine) -> list[str]:
+    with engine.connect() as conn:
+        return sorted(conn.execute(sa.select(lists.c.slug)).scalars())

@@ -1,0 +1,196 @@
+"""Which work lists exist: segments with a `workflow:` block, and named work lists.
+
+A named work list is a YAML file (in `WORKLISTS_PATH`) that puts a workflow over an
+existing segment, e.g. a billing team's own stages over a shared segment:
+
+```yaml
+# WORKLISTS_PATH/billing-chase.yaml  -> work list slug `billing-chase`
+segment: outstanding-balances
+visibility: private          # optional; defaults to the segment's
+owner: kim@clinic.example    # optional; defaults to the segment's owner
+workflow:
+  stages: [To chase, Promised, Paid, Written off]
+  terminal: [Paid, Written off]
+```
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from workflow.spec import WorkflowSpec, WorkListInfo
+
+WORKLISTS_PATH_ENV = "WORKLISTS_PATH"
+
+
+class WorkListDefinitionError(ValueError):
+    """A work list definition that cannot be used; the message names file and path."""
+
+
+class NamedWorkList(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    segment: str
+    name: str | None = None
+    description: str = ""
+    visibility: Literal["shared", "private"] | None = None
+    owner: str | None = None
+    workflow: WorkflowSpec
+
+
+def _pydantic_message(file: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        path = ".".join(
+            f"[{p}]" if isinstance(p, int) else str(p) for p in err["loc"]
+        ).replace(".[", "[")
+        lines.append(f"{file}: {path or '(top level)'}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def worklist_from_segment(
+    slug: str, definition: Any, file: str | Path | None = None
+) -> WorkListInfo | None:
+    """The work list a segment definition carries, or None when it has no `workflow:`.
+
+    Accepts the segment model's own workflow object (anything with `model_dump()`) or a
+    plain mapping, and validates it as a `WorkflowSpec`.
+    """
+    wf = getattr(definition, "workflow", None)
+    if wf is None:
+        return None
+    raw = wf.model_dump() if hasattr(wf, "model_dump") else wf
+    where = str(file) if file else f"segment {slug!r}"
+    try:
+        spec = WorkflowSpec.model_validate(raw)
+    except ValidationError as exc:
+        message = _pydantic_message(where, exc).replace(f"{where}: ", f"{where}: workflow.")
+        raise WorkListDefinitionError(message) from None
+    try:
+        return WorkListInfo(
+            slug=slug,
+            segment_slug=slug,
+            owner=definition.owner,
+            visibility=definition.visibility,
+            mode=definition.mode,
+            entity=definition.entity,
+            spec=spec,
+        )
+    except ValidationError as exc:
+        raise WorkListDefinitionError(_pydantic_message(where, exc)) from None
+
+
+def read_named_worklist(path: Path, segments: dict[str, Any]) -> WorkListInfo:
+    """Validate one named work list file against the segments it may refer to."""
+    file = str(path)
+    slug = path.name.removesuffix(".yaml").removesuffix(".yml")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise WorkListDefinitionError(f"{file}: cannot read as YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise WorkListDefinitionError(f"{file}: expected a mapping with `segment:` and "
+                                      "`workflow:` keys")  # fmt: skip
+    try:
+        named = NamedWorkList.model_validate(raw)
+    except ValidationError as exc:
+        raise WorkListDefinitionError(_pydantic_message(file, exc)) from None
+    segment = segments.get(named.segment)
+    if segment is None:
+        known = ", ".join(sorted(segments)) or "(none)"
+        raise WorkListDefinitionError(
+            f"{file}: segment: no segment named {named.segment!r}; known segments: {known}"
+        )
+    owner = named.owner or segment.owner
+    visibility = named.visibility or segment.visibility
+    if segment.visibility == "private" and (visibility != "private" or owner != segment.owner):
+        raise WorkListDefinitionError(
+            f"{file}: visibility: segment {named.segment!r} is private to its owner, so a "
+            "work list over it must be private to the same owner"
+        )
+    try:
+        return WorkListInfo(
+            slug=slug,
+            segment_slug=named.segment,
+            owner=owner,
+            visibility=visibility,
+            mode=segment.mode,
+            entity=segment.entity,
+            spec=named.workflow,
+        )
+    except ValidationError as exc:
+        raise WorkListDefinitionError(_pydantic_message(file, exc)) from None
+
+
+def build_worklists(
+    segments: Iterable[tuple[str, Any, str | Path | None]],
+    named_files: Iterable[Path] = (),
+) -> dict[str, WorkListInfo]:
+    """All work lists from (slug, definition, file) triples and named work list files.
+
+    A named work list may not reuse a slug that a segment's own work list already has.
+    """
+    by_slug: dict[str, Any] = {}
+    result: dict[str, WorkListInfo] = {}
+    for slug, definition, file in segments:
+        by_slug[slug] = definition
+        info = worklist_from_segment(slug, definition, file)
+        if info is not None:
+            result[slug] = info
+    problems = []
+    for path in named_files:
+        try:
+            info = read_named_worklist(path, by_slug)
+        except WorkListDefinitionError as exc:
+            problems.append(str(exc))
+            continue
+        if info.slug in result:
+            problems.append(
+                f"{path}: work list slug {info.slug!r} is already taken by the segment "
+                f"{result[info.slug].segment_slug!r}'s workflow; rename the file"
+            )
+            continue
+        result[info.slug] = info
+    if problems:
+        raise WorkListDefinitionError("\n".join(problems))
+    return result
+
+
+def named_worklist_files(folder: Path | None) -> list[Path]:
+    if folder is None or not folder.is_dir():
+        return []
+    return sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
+
+
+def load_worklists(
+    segment_folders: list[Path] | None = None, worklists_folder: Path | None = None
+) -> dict[str, WorkListInfo]:
+    """Work lists from the segment library (shipped + `SEGMENTS_PATH`) and `WORKLISTS_PATH`."""
+    from segments.validation import load_segments
+
+    if segment_folders is None:
+        segment_folders = default_segment_folders()
+    if worklists_folder is None and os.environ.get(WORKLISTS_PATH_ENV):
+        worklists_folder = Path(os.environ[WORKLISTS_PATH_ENV])
+    # Shape-only validation: the full field check needs the warehouse catalogue and is
+    # the segments stage's job; a work list only needs the workflow block and metadata.
+    loaded = load_segments(segment_folders, None)
+    return build_worklists(
+        ((s.slug, s.definition, s.path) for s in loaded), named_worklist_files(worklists_folder)
+    )
+
+
+def default_segment_folders() -> list[Path]:
+    import segments
+
+    folders = [Path(segments.__file__).parent / "definitions"]
+    extra = os.environ.get("SEGMENTS_PATH")
+    if extra:
+        folders.append(Path(extra))
+    return [f for f in folders if f.is_dir()]
