@@ -61,3 +61,9 @@ def create_empty_raw_tables(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(
             f"CREATE TABLE IF NOT EXISTS raw.{ent.name}__rejected ({rejected_columns_ddl()})"
         )
+
+
+def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None):
+    """The single value a query returns (DuckDB 2 relations have no fetchone())."""
+    rows = con.execute(sql, params or []).fetchall()  # fetch all: DuckDB 2 needs it finished
+    return rows[0][0] if rows else None

@@ -29,8 +29,29 @@ class ClinicSettingsResource(dg.ConfigurableResource):
     state_db_url: str = DEFAULT_STATE_DB_URL
 
 
-def env_or(name: str, default: str) -> dg.EnvVar | str:
-    """An EnvVar when the variable is set, so the UI shows where a value came from."""
-    import os
+def resources_from_env(**settings_overrides: str) -> dict[str, dg.ConfigurableResource]:
+    """The resources of the code location, configured from the environment."""
+    from clinic_audiences.config import Settings
 
-    return dg.EnvVar(name) if os.environ.get(name) else default
+    env = Settings.from_env()
+    values = {
+        "clinic_timezone": env.clinic_timezone,
+        "extracts_root": str(env.extracts_root),
+        "state_db_url": env.state_db_url,
+        **settings_overrides,
+    }
+    return {
+        "warehouse": WarehouseResource(duckdb_path=str(env.duckdb_path)),
+        "settings": ClinicSettingsResource(**values),
+    }
+
+
+AS_OF_TAG = "clinic-audiences/as_of"
+
+
+def run_as_of(tags: dict[str, str], settings: ClinicSettingsResource):
+    """The as-of date of a run: the run's tag (set by the sensor or CLI), else the
+    settings' `as_of`, else today in the clinic time zone."""
+    from clinic_audiences.config import parse_as_of
+
+    return parse_as_of(tags.get(AS_OF_TAG) or settings.as_of or None, settings.clinic_timezone)

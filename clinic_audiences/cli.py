@@ -1,0 +1,235 @@
+"""`audiences`: the command line for everything the Dagster UI does, and a bit more.
+
+Each sub-command is a thin shell around a function of the package that owns the
+behaviour; errors the user can fix are printed as one clear line (exit code 2), never as
+a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from datetime import date
+from pathlib import Path
+
+from rich.console import Console
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed without a traceback."""
+
+
+def _as_of(value: str | None) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise UserError(f"--as-of {value!r} is not a date; write it as YYYY-MM-DD") from None
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from extract.synthetic import generate_clinic
+
+    if args.patients < 1:
+        raise UserError("--patients must be at least 1")
+    summary = generate_clinic(
+        args.patients,
+        Path(args.out),
+        seed=args.seed,
+        fmt=args.format,
+        as_of=_as_of(args.as_of),
+        progress=lambda msg: console.print(f"  {msg}"),
+    )
+    console.print(
+        f"Generated a {summary.fmt} extract of {args.patients:,} patients as of "
+        f"{summary.as_of} in {summary.out_dir} ({summary.seconds:.1f}s):"
+    )
+    for entity, rows in summary.rows.items():
+        console.print(f"  {entity:<20} {rows:>12,}")
+    return 0
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from extract.cliniko_api import ExtractError, extract_from_env
+
+    try:
+        counts = extract_from_env(
+            Path(args.out), progress=lambda msg: console.print(f"  {msg}")
+        )
+    except ExtractError as err:
+        raise UserError(str(err)) from None
+    console.print(f"Extracted Cliniko resources into {args.out}:")
+    for resource, rows in counts.items():
+        console.print(f"  {resource:<26} {rows:>10,}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from clinic_audiences.runner import run_pipeline
+
+    extracts = Path(args.extracts)
+    if not extracts.is_dir():
+        raise UserError(f"--extracts {extracts}: no such folder")
+    as_of = _as_of(args.as_of)
+    return run_pipeline(extracts, args.format, as_of, console=console)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from clinic_audiences.runner import run_demo
+
+    return run_demo(args.patients, _as_of(args.as_of), console=console)
+
+
+def _delegate(module: str, function: str, *call_args: object) -> int:
+    """Call a command function of another package (imported only when used)."""
+    import importlib
+
+    try:
+        fn: Callable[..., int] = getattr(importlib.import_module(module), function)
+    except (ImportError, AttributeError):
+        raise UserError(f"this command is not available in this installation ({module}.{function})") from None
+    return int(fn(*call_args) or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="audiences",
+        description="Patient segmentation and workflow automation for health clinics.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("generate", help="write a realistic synthetic clinic extract")
+    p.add_argument("--patients", type=int, required=True, help="number of patients")
+    p.add_argument("--out", required=True, help="folder to write the extract into")
+    p.add_argument("--seed", type=int, default=42, help="random seed (same seed, same data)")
+    p.add_argument("--format", choices=("csv", "cliniko"), default="csv")
+    p.add_argument("--as-of", help="date the history leads up to (YYYY-MM-DD; default today)")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("extract", help="pull an extract from a practice management system")
+    p.add_argument("system", choices=("cliniko",))
+    p.add_argument("--out", required=True, help="folder to write the pages into")
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("run", help="materialise every asset on an extract folder")
+    p.add_argument("--extracts", required=True, help="the extract folder")
+    p.add_argument("--format", choices=("csv", "cliniko"), default="csv")
+    p.add_argument("--as-of", help="as-of date (YYYY-MM-DD; default today in CLINIC_TIMEZONE)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="generate a demo clinic and run everything on it")
+    p.add_argument("--patients", type=int, default=5000)
+    p.add_argument("--as-of", help="as-of date (YYYY-MM-DD; default today)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("validate", help="validate segment definition files")
+    p.add_argument("paths", nargs="*", help="files or folders (default: every definition)")
+    p.set_defaults(func=lambda a: _delegate("segments.cli", "cmd_validate", a.paths))
+
+    p = sub.add_parser("preview", help="count and sample a segment file against the warehouse")
+    p.add_argument("file")
+    p.add_argument("--as-of")
+    p.set_defaults(func=lambda a: _delegate("segments.cli", "cmd_preview", a.file, a.as_of))
+
+    p = sub.add_parser("members", help="list a segment's current members")
+    p.add_argument("slug")
+    p.add_argument("--format", choices=("csv", "json"), default="csv")
+    p.add_argument("--user", help="who is asking (private segments are visible to their owner)")
+    p.set_defaults(
+        func=lambda a: _delegate("segments.cli", "cmd_members", a.slug, a.format, a.user)
+    )
+
+    p = sub.add_parser("segments", help="list or re-snapshot segments")
+    seg = p.add_subparsers(dest="segments_command", required=True, metavar="ACTION")
+    q = seg.add_parser("list", help="list the segments you can see")
+    q.add_argument("--user")
+    q.set_defaults(func=lambda a: _delegate("segments.cli", "cmd_segments_list", a.user))
+    q = seg.add_parser("resnapshot", help="refreeze a snapshot segment on its next run")
+    q.add_argument("slug")
+    q.set_defaults(func=lambda a: _delegate("segments.cli", "cmd_resnapshot", a.slug))
+
+    p = sub.add_parser("campaigns", help="outbound campaigns: list, dry-run, send")
+    camp = p.add_subparsers(dest="campaigns_command", required=True, metavar="ACTION")
+    q = camp.add_parser("list", help="list campaigns")
+    q.set_defaults(func=lambda a: _delegate("outbound.cli", "cmd_list"))
+    q = camp.add_parser("dry-run", help="plan today's sends without sending")
+    q.add_argument("--as-of")
+    q.add_argument("--out", help="write the full plan to this CSV file")
+    q.set_defaults(func=lambda a: _delegate("outbound.cli", "cmd_dry_run", a.as_of, a.out))
+    q = camp.add_parser("send", help="send today's plan (needs SENDGRID_API_KEY)")
+    q.add_argument("--as-of")
+    q.set_defaults(func=lambda a: _delegate("outbound.cli", "cmd_send", a.as_of))
+
+    p = sub.add_parser("worklist", help="work through segment members in stages")
+    wl = p.add_subparsers(dest="worklist_command", required=True, metavar="ACTION")
+    q = wl.add_parser("show", help="one line per member")
+    q.add_argument("slug")
+    q.add_argument("--stage")
+    q.add_argument("--assignee")
+    q.add_argument("--format", choices=("table", "csv"), default="table")
+    q.add_argument("--user")
+    q.set_defaults(
+        func=lambda a: _delegate(
+            "workflow.cli", "cmd_show", a.slug, a.stage, a.assignee, a.format, a.user
+        )
+    )
+    q = wl.add_parser("move", help="move a member to a stage")
+    q.add_argument("slug")
+    q.add_argument("member_id")
+    q.add_argument("stage")
+    q.add_argument("--by", required=True)
+    q.add_argument("--note")
+    q.set_defaults(
+        func=lambda a: _delegate(
+            "workflow.cli", "cmd_move", a.slug, a.member_id, a.stage, a.by, a.note
+        )
+    )
+    q = wl.add_parser("assign", help="assign a member to a user")
+    q.add_argument("slug")
+    q.add_argument("member_id")
+    q.add_argument("user")
+    q.add_argument("--by", required=True)
+    q.set_defaults(
+        func=lambda a: _delegate("workflow.cli", "cmd_assign", a.slug, a.member_id, a.user, a.by)
+    )
+    q = wl.add_parser("note", help="add a note to a member")
+    q.add_argument("slug")
+    q.add_argument("member_id")
+    q.add_argument("text")
+    q.add_argument("--by", required=True)
+    q.set_defaults(
+        func=lambda a: _delegate("workflow.cli", "cmd_note", a.slug, a.member_id, a.text, a.by)
+    )
+    q = wl.add_parser("history", help="every change of a member, in order")
+    q.add_argument("slug")
+    q.add_argument("member_id")
+    q.add_argument("--user")
+    q.set_defaults(
+        func=lambda a: _delegate("workflow.cli", "cmd_history", a.slug, a.member_id, a.user)
+    )
+    q = wl.add_parser("counts", help="members per stage")
+    q.add_argument("slug")
+    q.add_argument("--user")
+    q.set_defaults(func=lambda a: _delegate("workflow.cli", "cmd_counts", a.slug, a.user))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as err:
+        err_console.print(f"error: {err}", style="red", markup=False)
+        return 2
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

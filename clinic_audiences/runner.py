@@ -1,0 +1,171 @@
+"""Running the whole asset graph in-process, as `audiences run` and `make demo` do."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from datetime import date
+from pathlib import Path
+
+import dagster as dg
+from rich.console import Console
+from rich.table import Table
+
+from clinic_audiences.config import Settings, today_in
+from ingest.entities import ENTITIES
+from ingest.warehouse import connect, scalar
+
+RUN_EVENTS = {"STEP_START", "STEP_SUCCESS", "STEP_FAILURE", "ASSET_CHECK_EVALUATION"}
+
+
+class ProgressHandler(logging.Handler):
+    """Turns Dagster's structured events into one line per step on the console."""
+
+    def __init__(self, console: Console) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.console = console
+        self.started: dict[str, float] = {}
+        self.failures: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        meta = getattr(record, "dagster_meta", None) or {}
+        event = meta.get("dagster_event")
+        if event is None or event.event_type_value not in RUN_EVENTS:
+            return
+        step = meta.get("step_key") or "?"
+        kind = event.event_type_value
+        if kind == "STEP_START":
+            self.started[step] = time.perf_counter()
+            self.console.print(f"  … {step}", style="dim")
+        elif kind == "STEP_SUCCESS":
+            took = time.perf_counter() - self.started.get(step, time.perf_counter())
+            self.console.print(f"  ✓ {step} ({took:.1f}s)", style="green")
+        elif kind == "STEP_FAILURE":
+            error = event.step_failure_data.error if event.step_failure_data else None
+            message = (error.message.strip() if error else "failed").splitlines()[0]
+            # A dg.Failure carries the user-facing description in its message.
+            self.failures.append(f"{step}: {message}")
+            self.console.print(f"  ✗ {step}: {message}", style="red", markup=False)
+        elif kind == "ASSET_CHECK_EVALUATION":
+            data = event.event_specific_data
+            if data is not None and not data.passed:
+                name = f"{data.asset_key.to_user_string()}:{data.check_name}"
+                self.failures.append(f"check failed: {name}")
+                self.console.print(f"  ✗ check {name}", style="red", markup=False)
+
+
+def progress_logger(console: Console, handler: ProgressHandler) -> dg.LoggerDefinition:
+    @dg.logger(description="One console line per step, for the `audiences` CLI.")
+    def _progress(_init_context) -> logging.Logger:
+        log = logging.getLogger("clinic_audiences.progress")
+        log.setLevel(logging.DEBUG)
+        log.propagate = False
+        log.handlers = [handler]
+        return log
+
+    return _progress
+
+
+def dagster_instance() -> dg.DagsterInstance:
+    """The persistent instance when DAGSTER_HOME is set (so `dagster dev` shows CLI runs),
+    else an ephemeral one."""
+    if os.environ.get("DAGSTER_HOME"):
+        Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+        return dg.DagsterInstance.get()
+    return dg.DagsterInstance.ephemeral()
+
+
+def run_pipeline(
+    extracts: Path, fmt: str, as_of: date | None, console: Console
+) -> int:
+    from orchestration.definitions import build_definitions
+    from orchestration.ingest import EXTRACTS_TAG, FORMAT_TAG
+    from orchestration.resources import AS_OF_TAG, resources_from_env
+
+    settings = Settings.from_env()
+    as_of = as_of or today_in(settings.clinic_timezone)
+    handler = ProgressHandler(console)
+    resources = resources_from_env(
+        extracts_dir=str(extracts.resolve()), extract_format=fmt, as_of=as_of.isoformat()
+    )
+    defs = build_definitions(
+        resources=resources, loggers={"progress": progress_logger(console, handler)}
+    )
+    job = defs.resolve_job_def("daily_refresh")
+    console.print(
+        f"Running every asset on {extracts} ({fmt}) as of {as_of}, "
+        f"warehouse {settings.duckdb_path}, time zone {settings.clinic_timezone}"
+    )
+    started = time.perf_counter()
+    with dagster_instance() as instance:
+        result = job.execute_in_process(
+            instance=instance,
+            raise_on_error=False,
+            # Only the progress logger: one line per step instead of Dagster's debug stream.
+            run_config={"loggers": {"progress": {}}},
+            tags={EXTRACTS_TAG: str(extracts.resolve()), FORMAT_TAG: fmt, AS_OF_TAG: as_of.isoformat()},
+        )
+    seconds = time.perf_counter() - started
+    print_summary(settings.duckdb_path, console)
+    if not result.success or handler.failures:
+        console.print(f"Run failed after {seconds:.1f}s:", style="red")
+        for failure in handler.failures:
+            console.print(f"  {failure}", style="red", markup=False)
+        return 1
+    console.print(f"Run succeeded in {seconds:.1f}s.", style="green")
+    return 0
+
+
+def print_summary(duckdb_path: Path, console: Console) -> None:
+    if not Path(duckdb_path).exists():
+        return
+    with connect(duckdb_path, read_only=True) as con:
+        tables = {
+            (s, t)
+            for s, t in con.sql(
+                "select table_schema, table_name from information_schema.tables"
+            ).fetchall()
+        }
+        table = Table(title="Ingest", show_edge=False)
+        table.add_column("entity")
+        table.add_column("loaded", justify="right")
+        table.add_column("rejected", justify="right")
+        for ent in ENTITIES:
+            if ("raw", ent.name) not in tables:
+                continue
+            loaded = scalar(con, f"select count(*) from raw.{ent.name}")
+            rejected = scalar(con, f"select count(*) from raw.{ent.name}__rejected")
+            table.add_row(ent.name, f"{loaded:,}", f"{rejected:,}")
+        console.print(table)
+        if ("marts", "patient_features") in tables:
+            try:
+                from clinic_audiences.headlines import headline_figures
+            except ImportError:
+                return
+            figures = headline_figures(con)
+            headline = Table(title="Headline figures", show_edge=False, show_header=False)
+            headline.add_column("figure")
+            headline.add_column("value", justify="right")
+            for name, value in figures.items():
+                shown = f"{value:,.2f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value)
+                headline.add_row(name, shown)
+            console.print(headline)
+
+
+def run_demo(patients: int, as_of: date | None, console: Console) -> int:
+    """Generate a demo clinic (once per size and date) and run every asset on it."""
+    from extract.synthetic import generate_clinic
+
+    settings = Settings.from_env()
+    as_of = as_of or today_in(settings.clinic_timezone)
+    folder = Path("var/demo-extract") / f"{patients}-{as_of.isoformat()}"
+    if not (folder / "patients.csv").exists():
+        console.print(f"Generating a demo clinic of {patients:,} patients in {folder} …")
+        generate_clinic(patients, folder, seed=42, fmt="csv", as_of=as_of)
+    code = run_pipeline(folder, "csv", as_of, console)
+    console.print(
+        "\nOpen the Dagster UI with `make ui` (http://127.0.0.1:3000): the asset graph, this "
+        "run and its metadata are there."
+    )
+    return code

@@ -1,0 +1,179 @@
+"""Segment assets: one per definition file, downstream of the marts it reads.
+
+An asset factory over the shipped library and `SEGMENTS_PATH`. Each asset evaluates its
+segment with the one evaluation function (`segments.evaluate`) and records membership and
+history in the warehouse; the logic lives in `segments.library`, this module only wires.
+"""
+
+import re
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from clinic_audiences.config import Settings
+from orchestration.resources import ClinicSettingsResource, WarehouseResource, run_as_of
+from segments.compiler import columns_read
+from segments.evaluate import WarehouseError, WarehouseFrames
+from segments.library import (
+    default_catalogue,
+    library_folders,
+    materialise,
+    state_engine,
+)
+from segments.validation import (
+    Issue,
+    Segment,
+    SegmentValidationError,
+    load_segment,
+    segment_files,
+    slug_of,
+)
+
+SAMPLE_ROWS = 10
+
+# Marts loaded once per run and shared by every segment asset of that run (in-process
+# executor); a new run reloads, so segments always see the marts that run built.
+_frames_by_run: dict[tuple[str, str], WarehouseFrames] = {}
+
+
+class SegmentRunConfig(dg.Config):
+    # Set to re-freeze a snapshot segment's list in this run, on purpose.
+    resnapshot: bool = False
+
+
+def group_name_for(department: str | None) -> str:
+    """A Dagster group name (letters, digits, underscores) from a department tag."""
+    if not department:
+        return "segments"
+    return re.sub(r"[^A-Za-z0-9_]+", "_", department).strip("_") or "segments"
+
+
+def _frames_for(duckdb_path: str, run_id: str, segments: list[Segment]) -> WarehouseFrames:
+    key = (duckdb_path, run_id)
+    if key not in _frames_by_run:
+        _frames_by_run.clear()
+        frames = WarehouseFrames(duckdb_path)
+        frames.prepare([s.definition for s in segments])
+        _frames_by_run[key] = frames
+    return _frames_by_run[key]
+
+
+def _sample_markdown(members: pl.DataFrame) -> str:
+    """Ids only: asset metadata is stored in the event log, so no names or contacts."""
+    if members.is_empty():
+        return "No members."
+    sample = members.head(SAMPLE_ROWS)
+    lines = ["| patient_id | case_id |", "|---|---|"]
+    lines += [f"| {p} | {c or ''} |" for p, c in sample.select("patient_id", "case_id").rows()]
+    if members.height > SAMPLE_ROWS:
+        lines.append(f"\n… and {members.height - SAMPLE_ROWS} more")
+    return "\n".join(lines)
+
+
+def _mart_deps(segment: Segment | None) -> list[dg.AssetKey]:
+    if segment is None:
+        return [dg.AssetKey(["marts", "patient_features"])]
+    return [dg.AssetKey(["marts", table]) for table in sorted(columns_read(segment.definition))]
+
+
+def build_segment_asset(
+    slug: str, path: Path, segment: Segment | None, problems: list[Issue], library: list[Segment]
+) -> dg.AssetsDefinition:
+    """The asset of one definition file. A file that does not validate still gets its asset,
+    which fails with the file's problems, so one typo does not take the code location down."""
+    d = segment.definition if segment else None
+    department = (d.department or (d.workflow.department if d.workflow else None)) if d else None
+    description = (d.description or d.name) if d else f"{path.name} (invalid definition)"
+
+    @dg.asset(
+        key=dg.AssetKey(["segments", slug]),
+        deps=_mart_deps(segment),
+        group_name=group_name_for(department),
+        description=description,
+        kinds={"polars", "duckdb"},
+        tags={"department": group_name_for(department)} if department else None,
+        metadata={"definition_file": str(path)},
+        pool="warehouse",
+    )
+    def _segment_asset(
+        context: dg.AssetExecutionContext,
+        config: SegmentRunConfig,
+        warehouse: WarehouseResource,
+        settings: ClinicSettingsResource,
+    ) -> dg.MaterializeResult:
+        if problems:
+            raise dg.Failure(description="\n".join(str(p) for p in problems))
+        assert segment is not None
+        duckdb_path = Path(warehouse.duckdb_path)
+        try:
+            catalogue = default_catalogue(duckdb_path)
+            checked = load_segment(segment.path, catalogue)
+        except SegmentValidationError as exc:
+            raise dg.Failure(description=str(exc)) from None
+        as_of = run_as_of(context.run.tags, settings)
+        try:
+            frames = _frames_for(warehouse.duckdb_path, context.run_id, library)
+            result = materialise(
+                checked,
+                frames,
+                catalogue,
+                duckdb_path,
+                state_engine(settings.state_db_url),
+                as_of,
+                settings.clinic_timezone,
+                resnapshot=config.resnapshot,
+            )
+        except WarehouseError as exc:
+            raise dg.Failure(description=str(exc)) from None
+        change = result.change
+        # Counts only in the log: who is in a segment is patient data.
+        context.log.info(
+            f"{slug}: {change.members} member(s), {change.entered} entered, "
+            f"{change.exited} exited (as of {as_of.isoformat()})"
+        )
+        metadata: dict[str, object] = {
+            "members": dg.MetadataValue.int(change.members),
+            "entered": dg.MetadataValue.int(change.entered),
+            "exited": dg.MetadataValue.int(change.exited),
+            "as_of": dg.MetadataValue.text(as_of.isoformat()),
+            "previous_as_of": dg.MetadataValue.text(
+                change.previous_as_of.isoformat() if change.previous_as_of else "first run"
+            ),
+            "mode": dg.MetadataValue.text(checked.definition.mode),
+            "sample": dg.MetadataValue.md(_sample_markdown(result.members)),
+        }
+        if checked.definition.mode == "snapshot":
+            metadata["snapshot_frozen_this_run"] = dg.MetadataValue.bool(result.snapshotted)
+        return dg.MaterializeResult(metadata=metadata)
+
+    return _segment_asset
+
+
+def build_segment_assets(folders: list[Path]) -> list[dg.AssetsDefinition]:
+    """One asset per definition file in `folders`. Duplicate slugs are refused here,
+    since two files cannot both own `segments/<slug>`."""
+    entries: list[tuple[str, Path, Segment | None, list[Issue]]] = []
+    seen: dict[str, Path] = {}
+    for folder in folders:
+        for path in segment_files(folder):
+            slug = slug_of(path)
+            if slug in seen:
+                raise SegmentValidationError(
+                    [Issue(str(path), "", f"slug {slug!r} is already defined by {seen[slug]}; "
+                           "rename one of the files")]
+                )  # fmt: skip
+            seen[slug] = path
+            try:
+                entries.append((slug, path, load_segment(path, None), []))
+            except SegmentValidationError as exc:
+                entries.append((slug, path, None, exc.issues))
+    library = [seg for _, _, seg, _ in entries if seg is not None]
+    return [build_segment_asset(slug, p, seg, probs, library) for slug, p, seg, probs in entries]
+
+
+def build_defs(segments_path: Path | None = None) -> dg.Definitions:
+    return dg.Definitions(assets=build_segment_assets(library_folders(segments_path)))
+
+
+defs = build_defs(Settings.from_env().segments_path)
