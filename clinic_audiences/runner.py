@@ -42,8 +42,13 @@ class ProgressHandler(logging.Handler):
             took = time.perf_counter() - self.started.get(step, time.perf_counter())
             self.console.print(f"  ✓ {step} ({took:.1f}s)", style="green")
         elif kind == "STEP_FAILURE":
-            error = event.step_failure_data.error if event.step_failure_data else None
-            message = (error.message.strip() if error else "failed").splitlines()[0]
+            data = event.step_failure_data
+            user = data.user_failure_data if data else None
+            if user is not None and user.description:
+                message = user.description  # a dg.Failure: already written for the user
+            else:
+                error = data.error if data else None
+                message = (error.message.strip() if error else "failed").splitlines()[0]
             # A dg.Failure carries the user-facing description in its message.
             self.failures.append(f"{step}: {message}")
             self.console.print(f"  ✗ {step}: {message}", style="red", markup=False)

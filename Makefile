@@ -1,0 +1,40 @@
+# Quick start: `make demo` then `make test`. Everything runs from a local virtualenv.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export DUCKDB_PATH ?= var/warehouse.duckdb
+export STATE_DB_URL ?= sqlite:///var/state.db
+export DAGSTER_HOME ?= $(CURDIR)/var/dagster_home
+DEMO_PATIENTS ?= 5000
+
+.PHONY: install demo test ui lint bench clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	@mkdir -p var $(DAGSTER_HOME)
+	$(BIN)/audiences demo --patients $(DEMO_PATIENTS)
+
+test: $(STAMP)
+	$(BIN)/pytest -q -n 2
+
+ui: $(STAMP)
+	@mkdir -p $(DAGSTER_HOME)
+	$(BIN)/dagster dev -w workspace.yaml
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_ingest.py --patients 100000
+
+clean:
+	rm -rf var dbt_project/target dbt_project/logs
