@@ -1,0 +1,267 @@
+"""The segment commands of the `audiences` CLI, as plain functions returning exit codes.
+
+Patient rows are printed to stdout only, as the requested output; nothing about members
+goes to logs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+from clinic_audiences.config import Settings, parse_as_of
+from segments.catalogue import ENTITY_TABLES, Catalogue, CatalogueError
+from segments.compiler import columns_read
+from segments.evaluate import WarehouseError, WarehouseFrames, evaluate
+from segments.library import default_catalogue, load_library, resnapshot, visible_to
+from segments.validation import (
+    Issue,
+    Segment,
+    SegmentValidationError,
+    load_segment,
+    segment_files,
+)
+
+SAMPLE_ROWS = 10
+# Shown in a preview next to the fields the definition uses, so staff recognise people.
+_PREVIEW_NAMES = ("first_name", "last_name")
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(message)
+    return code
+
+
+def _catalogue(settings: Settings) -> Catalogue:
+    return default_catalogue(settings.duckdb_path)
+
+
+def cmd_validate(paths: list[str]) -> int:
+    """Validate definition files or folders (default: the whole library). 0 = all valid."""
+    settings = Settings.from_env()
+    try:
+        catalogue = _catalogue(settings)
+        if not paths:
+            segments = load_library(settings, catalogue)
+        else:
+            segments = _load_paths([Path(p) for p in paths], catalogue)
+    except SegmentValidationError as exc:
+        for issue in exc.issues:
+            print(issue)
+        return _fail(f"{len(exc.issues)} problem(s) found; nothing was run")
+    except (CatalogueError, FileNotFoundError) as exc:
+        return _fail(str(exc), 2)
+    for seg in segments:
+        print(f"ok  {seg.slug}  ({seg.path})")
+    print(f"{len(segments)} definition(s) valid")
+    return 0
+
+
+def _load_paths(paths: list[Path], catalogue: Catalogue) -> list[Segment]:
+    """Files and folders named on the command line; duplicate slugs among them are errors."""
+    issues: list[Issue] = []
+    found: dict[str, Segment] = {}
+    files: list[Path] = []
+    for p in paths:
+        files.extend(segment_files(p) if p.is_dir() else [p])
+    for path in files:
+        try:
+            seg = load_segment(path, catalogue)
+        except SegmentValidationError as exc:
+            issues.extend(exc.issues)
+            continue
+        other = found.get(seg.slug)
+        if other is not None and other.path.resolve() != seg.path.resolve():
+            issues.append(
+                Issue(str(path), "", f"slug {seg.slug!r} is already defined by {other.path}; "
+                      "rename one of the files")
+            )  # fmt: skip
+            continue
+        found[seg.slug] = seg
+    if issues:
+        raise SegmentValidationError(issues)
+    return list(found.values())
+
+
+def _preview_columns(segment: Segment, catalogue: Catalogue) -> list[str]:
+    d = segment.definition
+    fields = catalogue.entity_fields(d.entity)
+    used = sorted(c for c in columns_read(d)[ENTITY_TABLES[d.entity]] if c in fields)
+    names = [c for c in _PREVIEW_NAMES if c in fields] if d.entity == "patient" else ["name"]
+    keys = ("patient_id", "case_id")
+    return [c for c in dict.fromkeys([*names, *used]) if c not in keys]
+
+
+def cmd_preview(file: str, as_of: str | None) -> int:
+    """Count, sample rows and evaluation time of a (possibly unsaved) definition file."""
+    settings = Settings.from_env()
+    try:
+        catalogue = _catalogue(settings)
+        segment = load_segment(file, catalogue)
+        day = parse_as_of(as_of, settings.clinic_timezone)
+    except SegmentValidationError as exc:
+        for issue in exc.issues:
+            print(issue)
+        return _fail(f"{len(exc.issues)} problem(s) found; nothing was run")
+    except (CatalogueError, ValueError) as exc:
+        return _fail(str(exc), 2)
+    columns = _preview_columns(segment, catalogue)
+    frames = WarehouseFrames(settings.duckdb_path)
+    try:
+        started = time.perf_counter()
+        frames.prepare([segment.definition])
+        loaded = time.perf_counter()
+        members = evaluate(
+            segment.definition, frames, catalogue, day, settings.clinic_timezone, columns
+        )
+        done = time.perf_counter()
+    except WarehouseError as exc:
+        return _fail(str(exc), 2)
+    if segment.definition.entity == "patient":
+        members = members.drop("case_id")
+    print(f"{segment.slug}: {segment.definition.name}  (as of {day.isoformat()})")
+    print(f"members: {members.height}")
+    print(
+        f"evaluated in {(done - loaded) * 1000:.1f} ms "
+        f"(reading the warehouse took {(loaded - started) * 1000:.0f} ms)"
+    )
+    with pl.Config(tbl_rows=SAMPLE_ROWS, tbl_cols=-1, tbl_width_chars=160, fmt_str_lengths=40):
+        print(members.head(SAMPLE_ROWS))
+    return 0
+
+
+def _find_visible(settings: Settings, slug: str, user: str | None) -> Segment | None:
+    for seg in load_library(settings, None):
+        if seg.slug == slug and visible_to(seg, user):
+            return seg
+    return None
+
+
+def cmd_members(slug: str, fmt: str, user: str | None) -> int:
+    """The current members of a materialised segment as CSV or JSON on stdout."""
+    settings = Settings.from_env()
+    if fmt not in ("csv", "json"):
+        return _fail(f"--format {fmt!r} is not supported; use csv or json", 2)
+    try:
+        segment = _find_visible(settings, slug, user)
+    except (SegmentValidationError, FileNotFoundError) as exc:
+        return _fail(str(exc), 2)
+    if segment is None:
+        return _fail(f"no segment {slug!r}; `audiences segments list` shows the slugs")
+    if not settings.duckdb_path.exists():
+        return _fail(f"warehouse {settings.duckdb_path} does not exist; run the pipeline first")
+    con = duckdb.connect(str(settings.duckdb_path), read_only=True)
+    try:
+        members = _membership_with_names(con, slug)
+    finally:
+        con.close()
+    if members is None:
+        return _fail(f"segment {slug!r} has not been materialised yet; run the pipeline first")
+    if fmt == "csv":
+        sys.stdout.write(members.write_csv())
+    else:
+        sys.stdout.write(json.dumps(members.to_dicts(), default=str, indent=1) + "\n")
+    return 0
+
+
+def _membership_with_names(con: duckdb.DuckDBPyConnection, slug: str) -> pl.DataFrame | None:
+    tables = {
+        (r[0], r[1])
+        for r in con.execute(
+            "select table_schema, table_name from information_schema.tables"
+        ).fetchall()
+    }
+    if ("segments", "membership") not in tables:
+        return None
+    has_slug = con.execute(
+        "select count(*) from segments.membership where segment_slug = ?", [slug]
+    ).fetchone()[0]
+    if not has_slug:
+        ran = con.execute(
+            "select count(*) from segments.membership_history where segment_slug = ?", [slug]
+        ).fetchone()[0]
+        if not ran:
+            return None
+    if ("marts", "patient_features") in tables:
+        query = (
+            "select m.patient_id, m.case_id, p.first_name, p.last_name, m.entered_at, m.as_of "
+            "from segments.membership m left join marts.patient_features p using (patient_id) "
+            "where m.segment_slug = ? order by m.patient_id, m.case_id"
+        )
+    else:
+        query = (
+            "select patient_id, case_id, entered_at, as_of from segments.membership "
+            "where segment_slug = ? order by patient_id, case_id"
+        )
+    return con.execute(query, [slug]).pl()
+
+
+def cmd_segments_list(user: str | None) -> int:
+    """The library's segments visible to `user` (others' private segments are left out)."""
+    settings = Settings.from_env()
+    try:
+        segments = [s for s in load_library(settings, None) if visible_to(s, user)]
+    except (SegmentValidationError, FileNotFoundError) as exc:
+        return _fail(str(exc), 2)
+    counts: dict[str, int] = {}
+    if settings.duckdb_path.exists():
+        con = duckdb.connect(str(settings.duckdb_path), read_only=True)
+        try:
+            has_table = con.execute(
+                "select count(*) from information_schema.tables "
+                "where table_schema = 'segments' and table_name = 'membership'"
+            ).fetchone()[0]
+            if has_table:
+                counts = dict(
+                    con.execute(
+                        "select segment_slug, count(*) from segments.membership group by 1"
+                    ).fetchall()
+                )
+        finally:
+            con.close()
+    rows = [
+        {
+            "slug": s.slug,
+            "name": s.definition.name,
+            "entity": s.definition.entity,
+            "mode": s.definition.mode,
+            "visibility": s.definition.visibility,
+            "department": s.definition.department or "",
+            "members": counts.get(s.slug),
+        }
+        for s in segments
+    ]
+    table = pl.DataFrame(
+        rows,
+        schema={
+            "slug": pl.String, "name": pl.String, "entity": pl.String, "mode": pl.String,
+            "visibility": pl.String, "department": pl.String, "members": pl.Int64,
+        },
+    )  # fmt: skip
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200, fmt_str_lengths=60):
+        print(table)
+    return 0
+
+
+def cmd_resnapshot(slug: str, as_of: str | None = None) -> int:
+    """Re-freeze a snapshot segment's list on purpose."""
+    try:
+        count = resnapshot(slug, as_of)
+    except (KeyError, ValueError, CatalogueError, WarehouseError) as exc:
+        return _fail(str(exc.args[0]) if isinstance(exc, KeyError) else str(exc))
+    print(f"{slug}: snapshot re-frozen with {count} member(s); the next run writes them")
+    return 0
+
+
+__all__ = [
+    "cmd_members",
+    "cmd_preview",
+    "cmd_resnapshot",
+    "cmd_segments_list",
+    "cmd_validate",
+]

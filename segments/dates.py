@@ -1,0 +1,73 @@
+"""Relative dates of the segment language (DESIGN.md section 5).
+
+A date value is `today`, `-N days|weeks|months|years`, `+N ...` or an ISO date, always
+resolved against the as-of date D so that a definition means the same thing on every run
+and `--as-of` reproduces an old run exactly.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+from datetime import date, datetime, timedelta
+
+_RELATIVE = re.compile(
+    r"^\s*(?P<sign>[+-])\s*(?P<n>\d+)\s*(?P<unit>day|week|month|year)s?\s*$", re.IGNORECASE
+)
+
+DATE_VALUE_HELP = (
+    "write 'today', a signed offset such as '-6 months', '+7 days', '-2 weeks', '-1 year', "
+    "or an ISO date such as '2024-03-31'"
+)
+
+
+class BadDate(ValueError):
+    """A date value that is neither relative nor ISO; the message says how to write it."""
+
+
+def add_months(d: date, months: int) -> date:
+    """Calendar month step clamped to the month's last day (31 Aug - 6 months = 28/29 Feb)."""
+    index = d.year * 12 + (d.month - 1) + months
+    year, month = divmod(index, 12)
+    month += 1
+    last_day = calendar.monthrange(year, month)[1]
+    return date(year, month, min(d.day, last_day))
+
+
+def parse_date_value(value: object) -> tuple[str, int] | date:
+    """Check a date value without an as-of date: ('unit', signed n), ('today', 0) or a date.
+
+    Validation calls this so that a bad date is reported before anything runs.
+    """
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    if not isinstance(value, str):
+        raise BadDate(f"{value!r} is not a date; {DATE_VALUE_HELP}")
+    text = value.strip()
+    if text.lower() == "today":
+        return ("day", 0)
+    m = _RELATIVE.match(text)
+    if m:
+        n = int(m.group("n"))
+        return (m.group("unit").lower(), -n if m.group("sign") == "-" else n)
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise BadDate(f"{value!r} is not a date; {DATE_VALUE_HELP}") from None
+
+
+def resolve_date(value: object, as_of: date) -> date:
+    """The calendar date a date value stands for on as-of date `as_of`."""
+    parsed = parse_date_value(value)
+    if isinstance(parsed, date):
+        return parsed
+    unit, n = parsed
+    if unit == "day":
+        return as_of + timedelta(days=n)
+    if unit == "week":
+        return as_of + timedelta(weeks=n)
+    if unit == "month":
+        return add_months(as_of, n)
+    return add_months(as_of, 12 * n)

@@ -1,0 +1,155 @@
+"""The segment library and what runs a segment: shared by the Dagster assets and the CLI.
+
+The library is the shipped `segments/definitions/` plus the user's `SEGMENTS_PATH`
+folder. Materialising a segment evaluates it (or, for a snapshot segment, reads its frozen
+list) and records the result in the warehouse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import duckdb
+import polars as pl
+from sqlalchemy.engine import Engine
+
+from clinic_audiences.config import Settings
+from segments.catalogue import (
+    DEFAULT_CATALOGUE_PATH,
+    Catalogue,
+    CatalogueError,
+    catalogue_from_warehouse,
+    load_catalogue,
+)
+from segments.evaluate import WarehouseFrames, evaluate
+from segments.membership import (
+    MembershipChange,
+    load_snapshot,
+    record_membership,
+    save_snapshot,
+)
+from segments.validation import Segment, load_segments
+from state import connect_state, migrate
+
+SHIPPED_DEFINITIONS = Path(__file__).resolve().parent / "definitions"
+
+
+def library_folders(segments_path: Path | None) -> list[Path]:
+    folders = [SHIPPED_DEFINITIONS]
+    if segments_path is not None:
+        if not segments_path.is_dir():
+            raise FileNotFoundError(
+                f"SEGMENTS_PATH {segments_path} is not a folder; point it at a folder of "
+                "segment .yaml files or unset it"
+            )
+        folders.append(segments_path)
+    return folders
+
+
+def default_catalogue(duckdb_path: Path | None = None) -> Catalogue:
+    """The marts' dbt docs; failing that, the marts as the warehouse has them."""
+    if DEFAULT_CATALOGUE_PATH.exists():
+        return load_catalogue(DEFAULT_CATALOGUE_PATH)
+    if duckdb_path is not None and Path(duckdb_path).exists():
+        con = duckdb.connect(str(duckdb_path), read_only=True)
+        try:
+            return catalogue_from_warehouse(con)
+        finally:
+            con.close()
+    raise CatalogueError(
+        f"no field catalogue: neither {DEFAULT_CATALOGUE_PATH} nor a warehouse at "
+        f"{duckdb_path} exists"
+    )
+
+
+def load_library(settings: Settings, catalogue: Catalogue | None) -> list[Segment]:
+    return load_segments(library_folders(settings.segments_path), catalogue)
+
+
+def visible_to(segment: Segment, user: str | None) -> bool:
+    """Private segments (and their members) are visible to their owner only."""
+    d = segment.definition
+    if d.visibility == "shared":
+        return True
+    return user is not None and d.owner is not None and user.lower() == d.owner.lower()
+
+
+def state_engine(state_db_url: str) -> Engine:
+    engine = connect_state(state_db_url)
+    migrate(engine, ["segments"])
+    return engine
+
+
+@dataclass(frozen=True)
+class Materialised:
+    members: pl.DataFrame
+    change: MembershipChange
+    # For snapshot segments: whether this run froze a new list.
+    snapshotted: bool
+
+
+def current_members(
+    segment: Segment,
+    frames: WarehouseFrames,
+    catalogue: Catalogue,
+    as_of: date,
+    timezone: str,
+    engine: Engine,
+    resnapshot: bool = False,
+) -> tuple[pl.DataFrame, bool]:
+    """Who is in the segment now; snapshot segments are evaluated only when (re)frozen."""
+    if segment.definition.mode == "snapshot" and not resnapshot:
+        frozen = load_snapshot(engine, segment.slug)
+        if frozen is not None:
+            return frozen, False
+    members = evaluate(segment.definition, frames, catalogue, as_of, timezone)
+    if segment.definition.mode == "snapshot":
+        save_snapshot(engine, segment.slug, members, as_of)
+        return members, True
+    return members, False
+
+
+def materialise(
+    segment: Segment,
+    frames: WarehouseFrames,
+    catalogue: Catalogue,
+    duckdb_path: Path,
+    engine: Engine,
+    as_of: date,
+    timezone: str,
+    resnapshot: bool = False,
+) -> Materialised:
+    members, snapshotted = current_members(
+        segment, frames, catalogue, as_of, timezone, engine, resnapshot
+    )
+    con = duckdb.connect(str(duckdb_path))
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        change = record_membership(con, segment.slug, members, as_of)
+    finally:
+        con.close()
+    return Materialised(members, change, snapshotted)
+
+
+def resnapshot(slug: str, as_of: str | None = None, settings: Settings | None = None) -> int:
+    """Re-freeze a snapshot segment's list now (on purpose); returns the new member count.
+
+    The warehouse membership follows at the segment's next materialisation.
+    """
+    from clinic_audiences.config import parse_as_of
+
+    settings = settings or Settings.from_env()
+    catalogue = default_catalogue(settings.duckdb_path)
+    by_slug = {s.slug: s for s in load_library(settings, catalogue)}
+    if slug not in by_slug:
+        raise KeyError(f"no segment {slug!r}; `audiences segments list` shows the slugs")
+    segment = by_slug[slug]
+    if segment.definition.mode != "snapshot":
+        raise ValueError(f"segment {slug!r} is dynamic; only snapshot segments are frozen")
+    day = parse_as_of(as_of, settings.clinic_timezone)
+    frames = WarehouseFrames(settings.duckdb_path)
+    members = evaluate(segment.definition, frames, catalogue, day, settings.clinic_timezone)
+    save_snapshot(state_engine(settings.state_db_url), slug, members, day)
+    return members.height

@@ -1,0 +1,197 @@
+"""Where segment results go: `segments.membership` / `segments.membership_history` in the
+warehouse, and snapshot lists in the state store.
+
+The warehouse tables live in schema `segments`, which dbt never touches, so they survive
+rebuilds of the marts. Membership history keeps one row per continuous membership: a
+member who enters, stays, exits and re-enters has two intervals. `exited_on` is the as-of
+date of the first run that no longer found the member; an open interval has none.
+
+Snapshot lists are operational state (a frozen list staff work through), so they live in
+the state store, which is never rebuilt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+
+import duckdb
+import polars as pl
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from state import Migration, register_migrations
+
+MEMBER_KEYS = ("patient_id", "case_id")
+
+_WAREHOUSE_DDL = (
+    "create schema if not exists segments",
+    "create table if not exists segments.membership ("
+    " segment_slug varchar not null, patient_id varchar not null, case_id varchar,"
+    " as_of date not null, entered_at date not null)",
+    "create table if not exists segments.membership_history ("
+    " segment_slug varchar not null, patient_id varchar not null, case_id varchar,"
+    " entered_on date not null, exited_on date)",
+)
+
+
+@dataclass(frozen=True)
+class MembershipChange:
+    members: int
+    entered: int
+    exited: int
+    previous_as_of: date | None
+
+
+def ensure_membership_tables(con: duckdb.DuckDBPyConnection) -> None:
+    for ddl in _WAREHOUSE_DDL:
+        con.execute(ddl)
+
+
+# Null-safe key match: patient segments have no case_id.
+_SAME_MEMBER = "a.patient_id = b.patient_id and a.case_id is not distinct from b.case_id"
+
+
+def record_membership(
+    con: duckdb.DuckDBPyConnection, slug: str, members: pl.DataFrame, as_of: date
+) -> MembershipChange:
+    """Replace a segment's membership with `members` and extend its history, atomically.
+
+    Values travel as parameters and as a registered frame, never as SQL text.
+    """
+    ensure_membership_tables(con)
+    current = members.select(
+        pl.col("patient_id").cast(pl.String), pl.col("case_id").cast(pl.String)
+    ).unique()
+    con.register("segment_members_now", current.to_arrow())
+    try:
+        con.execute("begin transaction")
+        prev_as_of = con.execute(
+            "select max(as_of) from segments.membership where segment_slug = ?", [slug]
+        ).fetchone()[0]
+        con.execute(
+            "create or replace temp table segment_members_before as "
+            "select patient_id, case_id, entered_at from segments.membership "
+            "where segment_slug = ?",
+            [slug],
+        )
+        entered = con.execute(
+            "select count(*) from segment_members_now a where not exists ("
+            f"select 1 from segment_members_before b where {_SAME_MEMBER})"
+        ).fetchone()[0]
+        exited = con.execute(
+            "select count(*) from segment_members_before a where not exists ("
+            f"select 1 from segment_members_now b where {_SAME_MEMBER})"
+        ).fetchone()[0]
+        # Close the open interval of everyone who left.
+        con.execute(
+            "update segments.membership_history as a set exited_on = ? "
+            "where a.segment_slug = ? and a.exited_on is null and not exists ("
+            f"select 1 from segment_members_now b where {_SAME_MEMBER})",
+            [as_of, slug],
+        )
+        # Open an interval for everyone who has none open (new, or back again).
+        con.execute(
+            "insert into segments.membership_history "
+            "select ?, a.patient_id, a.case_id, ?, null from segment_members_now a "
+            "where not exists (select 1 from segments.membership_history b "
+            f"where b.segment_slug = ? and b.exited_on is null and {_SAME_MEMBER})",
+            [slug, as_of, slug],
+        )
+        con.execute("delete from segments.membership where segment_slug = ?", [slug])
+        con.execute(
+            "insert into segments.membership "
+            "select ?, a.patient_id, a.case_id, ?, coalesce(b.entered_at, ?) "
+            "from segment_members_now a left join segment_members_before b "
+            f"on {_SAME_MEMBER}",
+            [slug, as_of, as_of],
+        )
+        con.execute("drop table segment_members_before")
+        con.execute("commit")
+    except Exception:
+        con.execute("rollback")
+        raise
+    finally:
+        con.unregister("segment_members_now")
+    return MembershipChange(current.height, entered, exited, prev_as_of)
+
+
+def read_membership(con: duckdb.DuckDBPyConnection, slug: str) -> pl.DataFrame:
+    ensure_membership_tables(con)
+    return con.execute(
+        "select patient_id, case_id, as_of, entered_at from segments.membership "
+        "where segment_slug = ? order by patient_id, case_id",
+        [slug],
+    ).pl()
+
+
+# -- snapshot lists in the state store ---------------------------------------------------
+
+state_meta = sa.MetaData()
+snapshot_runs = sa.Table(
+    "segment_snapshot_runs",
+    state_meta,
+    sa.Column("segment_slug", sa.String(200), primary_key=True),
+    sa.Column("as_of", sa.Date, nullable=False),
+    sa.Column("snapshotted_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("member_count", sa.Integer, nullable=False),
+)
+snapshots = sa.Table(
+    "segment_snapshots",
+    state_meta,
+    sa.Column("segment_slug", sa.String(200), nullable=False, index=True),
+    sa.Column("patient_id", sa.String(200), nullable=False),
+    sa.Column("case_id", sa.String(200), nullable=True),
+    sa.Column("snapshotted_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+def _create_snapshot_tables(conn: Connection) -> None:
+    state_meta.create_all(conn)
+
+
+register_migrations(
+    "segments",
+    [Migration(1, "segment snapshot lists and their runs", _create_snapshot_tables)],
+)
+
+
+def load_snapshot(engine: Engine, slug: str) -> pl.DataFrame | None:
+    """The frozen members of a snapshot segment, or None if it was never snapshotted.
+
+    An empty frame is a snapshot with no members, which stays empty until re-snapshotted.
+    """
+    with engine.connect() as conn:
+        run = conn.execute(
+            sa.select(snapshot_runs.c.segment_slug).where(snapshot_runs.c.segment_slug == slug)
+        ).first()
+        if run is None:
+            return None
+        rows = conn.execute(
+            sa.select(snapshots.c.patient_id, snapshots.c.case_id).where(
+                snapshots.c.segment_slug == slug
+            )
+        ).all()
+    return pl.DataFrame(
+        {"patient_id": [r[0] for r in rows], "case_id": [r[1] for r in rows]},
+        schema={"patient_id": pl.String, "case_id": pl.String},
+    ).sort("patient_id", "case_id")
+
+
+def save_snapshot(engine: Engine, slug: str, members: pl.DataFrame, as_of: date) -> None:
+    """Freeze `members` as the segment's list, replacing any earlier snapshot in one go."""
+    now = datetime.now(UTC)
+    rows = [
+        {"segment_slug": slug, "patient_id": p, "case_id": c, "snapshotted_at": now}
+        for p, c in members.select("patient_id", "case_id").iter_rows()
+    ]
+    with engine.begin() as conn:
+        conn.execute(sa.delete(snapshots).where(snapshots.c.segment_slug == slug))
+        conn.execute(sa.delete(snapshot_runs).where(snapshot_runs.c.segment_slug == slug))
+        if rows:
+            conn.execute(snapshots.insert(), rows)
+        conn.execute(
+            snapshot_runs.insert().values(
+                segment_slug=slug, as_of=as_of, snapshotted_at=now, member_count=len(rows)
+            )
+        )
