@@ -10,6 +10,7 @@ row can always be found again in an editor.
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import duckdb
@@ -27,17 +28,20 @@ class ExtractFileError(Exception):
 
 
 def read_header(path: Path) -> list[str]:
-    with path.open("r", encoding="utf-8-sig", newline="") as fh:
-        try:
-            return next(csv.reader(fh))
-        except StopIteration:
-            raise ExtractFileError(
-                f"{path}: the file is empty; a CSV extract needs at least a header row"
-            ) from None
-        except UnicodeDecodeError:
-            raise ExtractFileError(
-                f"{path}: the header row is not valid UTF-8; re-export the file as UTF-8"
-            ) from None
+    # Decode only the start of the file: a bad byte further down is a per-record problem.
+    with path.open("rb") as fh:
+        start = fh.read(1024 * 1024).decode("utf-8-sig", errors="replace")
+    try:
+        header = next(csv.reader(io.StringIO(start, newline="")))
+    except StopIteration:
+        raise ExtractFileError(
+            f"{path}: the file is empty; a CSV extract needs at least a header row"
+        ) from None
+    if any("\ufffd" in name for name in header):
+        raise ExtractFileError(
+            f"{path}: the header row is not valid UTF-8; re-export the file as UTF-8"
+        )
+    return header
 
 
 def match_columns(path: Path, header: list[str], ent: Entity) -> list[str]:
@@ -58,7 +62,7 @@ def match_columns(path: Path, header: list[str], ent: Entity) -> list[str]:
         key = name.lower()
         if key in seen:
             raise ExtractFileError(
-                f"{path}: column '{name}' appears twice in the header "
+                f"{path}: column '{header[position].strip()}' appears twice in the header "
                 f"(columns {seen[key] + 1} and {position + 1}); keep one of them"
             )
         seen[key] = position
@@ -122,6 +126,7 @@ REJECT_REASONS = {
     "UNQUOTED VALUE": "has a stray or unterminated quote; the record (and text up to the next "
     "quote) could not be split into fields",
     "INVALID UNICODE": "is not valid UTF-8 text; re-export the file as UTF-8",
+    "INVALID ENCODING": "is not valid UTF-8 text; re-export the file as UTF-8",
     "LINE SIZE OVER MAXIMUM": "is longer than the maximum record size",
 }
 
