@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from segments.catalogue import EVENT_SOURCES, Catalogue, Field, FieldType
+from segments.catalogue import ENTITY_TABLES, EVENT_SOURCES, Catalogue, Field, FieldType
 from segments.dates import BadDate, parse_date_value
 from segments.model import (
     COUNT_OPS,
@@ -90,7 +90,7 @@ def closest(name: str, candidates: list[str] | set[str], n: int = 3) -> list[str
 
 def _did_you_mean(name: str, candidates: list[str] | set[str]) -> str:
     near = closest(name, candidates)
-    return f"; did you mean {', '.join(near)}?" if near else ""
+    return f" (did you mean {' or '.join(near)}?)" if near else ""
 
 
 def slug_of(path: Path) -> str:
@@ -163,11 +163,12 @@ def _pydantic_issue(file: str, err: dict[str, Any]) -> Issue:
         msg = f"missing required key {loc[-1]!r}; add it"
     elif kind == "literal_error":
         options = re.findall(r"'([^']*)'", err.get("ctx", {}).get("expected", ""))
-        msg = f"{given!r} is not allowed here{_did_you_mean(str(given), options)}; use one of " + (
-            ", ".join(options)
-        )
+        hint = _did_you_mean(str(given), options)
+        msg = f"{given!r} is not a valid choice{hint}; use one of {', '.join(options)}"
     elif kind == "too_short" and path.endswith("conditions"):
         msg = "empty group: add at least one condition or remove the group"
+    elif kind == "too_short":
+        msg = f"{loc[-1]} is empty; list at least one"
     elif kind == "condition_kind":
         unknown = sorted(set(given) - set(KNOWN_KEYS)) if isinstance(given, dict) else []
         hints = "".join(f" Unknown key {k!r}{_did_you_mean(k, KNOWN_KEYS)}." for k in unknown)
@@ -180,6 +181,11 @@ def _pydantic_issue(file: str, err: dict[str, Any]) -> Issue:
         msg = f"expected {wanted}, got {given!r}"
     elif kind == "value_error":
         msg = str(err["msg"]).removeprefix("Value error, ")
+        # Model-level checks name the offending key first (`terminal[0] 'C' is ...`):
+        # move it into the path so the path points at the exact spot.
+        first = re.match(r"^([a-z_]+)(\[\d+\])? ", msg)
+        if first and first.group(1) in KNOWN_KEYS:
+            path = f"{path}.{first.group(1)}{first.group(2) or ''}"
     else:
         msg = err["msg"]
     return Issue(file, path, msg)
@@ -264,13 +270,7 @@ class _Checker:
     def field_condition(self, c: FieldCondition, path: str, fields: dict[str, Field]) -> None:
         field = fields.get(c.field)
         if field is None:
-            near = closest(c.field, fields)
-            hint = f"; did you mean {', '.join(near)}?" if near else ""
-            self.add(
-                f"{path}.field",
-                f"unknown field {c.field!r}{hint} (the catalogue lists the valid fields: "
-                "`audiences validate` docs in docs/segments.md)",
-            )
+            self.add(f"{path}.field", self.unknown_field(c.field, fields))
             return
         allowed = OPS_BY_TYPE[field.type]
         if c.op not in allowed:
@@ -307,6 +307,15 @@ class _Checker:
             self.within_km(value, vpath)
         else:
             self.scalar(value, field.type, c.field, vpath)
+
+    def unknown_field(self, name: str, fields: dict[str, Field]) -> str:
+        msg = f"unknown field {name!r}{_did_you_mean(name, fields)}"
+        assert self.catalogue is not None
+        for entity in ENTITY_TABLES:
+            other = self.catalogue.entity_fields(entity)
+            if other is not fields and name in other and name not in fields:
+                return f"{msg}; {name!r} is a field of {entity} segments (`entity: {entity}`)"
+        return f"{msg}; the fields are listed in docs/segments.md and the marts' dbt docs"
 
     def within_km(self, value: Any, path: str) -> None:
         example = "{lat: -33.87, lon: 151.21, km: 5}"
