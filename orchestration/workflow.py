@@ -3,7 +3,6 @@
 Only wiring: the sync itself lives in `workflow.run`.
 """
 
-from __future__ import annotations
 
 from collections.abc import Iterable
 

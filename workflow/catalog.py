@@ -171,8 +171,17 @@ def named_worklist_files(folder: Path | None) -> list[Path]:
 def load_worklists(
     segment_folders: list[Path] | None = None, worklists_folder: Path | None = None
 ) -> dict[str, WorkListInfo]:
-    """Work lists from the segment library (shipped + `SEGMENTS_PATH`) and `WORKLISTS_PATH`."""
-    from segments.validation import load_segments
+    """Work lists from the segment library (shipped + `SEGMENTS_PATH`) and `WORKLISTS_PATH`.
+
+    Without the segments package (a deployment of the workflow stage alone) there are no
+    definitions to read, and the set is empty.
+    """
+    try:
+        from segments.validation import load_segments
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and exc.name.startswith("segments"):
+            return {}
+        raise
 
     if segment_folders is None:
         segment_folders = default_segment_folders()
@@ -187,10 +196,16 @@ def load_worklists(
 
 
 def default_segment_folders() -> list[Path]:
+    """The shipped library and `SEGMENTS_PATH`, as the segments stage reads them."""
     import segments
 
     folders = [Path(segments.__file__).parent / "definitions"]
     extra = os.environ.get("SEGMENTS_PATH")
     if extra:
+        if not Path(extra).is_dir():
+            raise WorkListDefinitionError(
+                f"SEGMENTS_PATH {extra} is not a folder; point it at a folder of segment "
+                ".yaml files or unset it"
+            )
         folders.append(Path(extra))
     return [f for f in folders if f.is_dir()]

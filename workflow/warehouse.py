@@ -24,8 +24,8 @@ def read_segment_members(duckdb_path: str | Path, segment_slug: str, entity: str
     """Current members of a segment from `segments.membership` (its latest `as_of`).
 
     For a case segment the member is the case (`case_id`); for a patient segment, the
-    patient. A segment that has never been materialised is an error rather than an empty
-    list, so that a missing upstream run cannot mark every member as having left.
+    patient. A missing `segments.membership` table is an error rather than an empty list,
+    so that a warehouse without segment runs cannot mark every member as having left.
     """
     with connect(duckdb_path, read_only=True) as con:
         if not _table_columns(con, "segments", "membership"):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
+
 import pytest
 from sqlalchemy.engine import Engine
-from workflow_testkit import day, worklist
 
 from workflow.api import (
     WorkListAccessError,
@@ -17,7 +19,7 @@ from workflow.api import (
     sync_worklist,
 )
 from workflow.engine import Member
-from workflow.spec import UnknownStageError
+from workflow.spec import UnknownStageError, WorkListInfo
 
 
 def members(*ids: str) -> list[Member]:
@@ -28,7 +30,9 @@ def rows(engine: Engine, wl, **kw) -> list[tuple[str, str, bool]]:  # noqa: ANN0
     return [(m.member_id, m.stage, m.left_segment) for m in list_members(engine, wl, **kw)]
 
 
-def test_enter_move_leave_and_come_back_over_four_runs(engine: Engine) -> None:
+def test_enter_move_leave_and_come_back_over_four_runs(
+    engine: Engine, day: Callable[..., datetime], worklist: Callable[..., WorkListInfo]
+) -> None:
     wl = worklist()
 
     # Run 1: the segment is p1, p2, p3 -> all enter the first stage with the default assignee.
@@ -87,7 +91,9 @@ def test_enter_move_leave_and_come_back_over_four_runs(engine: Engine) -> None:
     assert p1.left_at is None
 
 
-def test_members_left_are_counted_apart_by_stage(engine: Engine) -> None:
+def test_members_left_are_counted_apart_by_stage(
+    engine: Engine, day: Callable[..., datetime], worklist: Callable[..., WorkListInfo]
+) -> None:
     wl = worklist()
     sync_worklist(engine, wl, members("a", "b", "c"), now=day(0))
     move(engine, wl, "b", "Booked", by="ann", now=day(0, 1))
@@ -101,7 +107,9 @@ def test_members_left_are_counted_apart_by_stage(engine: Engine) -> None:
     assert [(m.member_id, m.left_at) for m in left] == [("c", day(1)), ("b", day(1))]
 
 
-def test_snapshot_list_keeps_its_first_members(engine: Engine) -> None:
+def test_snapshot_list_keeps_its_first_members(
+    engine: Engine, day: Callable[..., datetime], worklist: Callable[..., WorkListInfo]
+) -> None:
     wl = worklist("event-attendees", mode="snapshot")
     sync_worklist(engine, wl, members("a", "b"), now=day(0))
     again = sync_worklist(engine, wl, members("b", "c"), now=day(1))
@@ -110,7 +118,9 @@ def test_snapshot_list_keeps_its_first_members(engine: Engine) -> None:
     assert rows(engine, wl) == [("a", "To call", False), ("b", "To call", False)]
 
 
-def test_unknown_stage_is_refused_and_nothing_is_written(engine: Engine) -> None:
+def test_unknown_stage_is_refused_and_nothing_is_written(
+    engine: Engine, day: Callable[..., datetime], worklist: Callable[..., WorkListInfo]
+) -> None:
     wl = worklist()
     sync_worklist(engine, wl, members("p1"), now=day(0))
     with pytest.raises(UnknownStageError) as err:
@@ -123,7 +133,9 @@ def test_unknown_stage_is_refused_and_nothing_is_written(engine: Engine) -> None
     assert rows(engine, wl) == [("p1", "To call", False)]
 
 
-def test_private_list_is_refused_to_everyone_but_its_owner(engine: Engine) -> None:
+def test_private_list_is_refused_to_everyone_but_its_owner(
+    engine: Engine, day: Callable[..., datetime], worklist: Callable[..., WorkListInfo]
+) -> None:
     wl = worklist("my-pipeline", visibility="private", owner="dr.lee@clinic.example")
     sync_worklist(engine, wl, members("p1"), now=day(0))
 
@@ -141,16 +153,16 @@ def test_private_list_is_refused_to_everyone_but_its_owner(engine: Engine) -> No
     for attempt in refused:
         with pytest.raises(WorkListAccessError, match="private"):
             attempt()
-    assert [e.kind for e in history(engine, wl, "p1", user="dr.lee@clinic.example")] == [
-        "entered"
-    ]
+    assert [e.kind for e in history(engine, wl, "p1", user="dr.lee@clinic.example")] == ["entered"]
 
     # The owner (any letter case) can work the list.
     move(engine, wl, "p1", "Booked", by="Dr.Lee@clinic.example", now=day(0, 1))
     assert rows(engine, wl, user="dr.lee@clinic.example") == [("p1", "Booked", False)]
 
 
-def test_assign_and_note_are_recorded_and_filterable(engine: Engine) -> None:
+def test_assign_and_note_are_recorded_and_filterable(
+    engine: Engine, day: Callable[..., datetime], worklist: Callable[..., WorkListInfo]
+) -> None:
     wl = worklist()
     sync_worklist(engine, wl, members("p1", "p2"), now=day(0))
     assign(engine, wl, "p2", "kim@clinic.example", by="ann", now=day(0, 1))

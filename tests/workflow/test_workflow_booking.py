@@ -1,0 +1,117 @@
+"""`on_booking`: members who book move to the booking stage, recorded as `system`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy.engine import Engine
+
+from workflow.api import history, list_members, move, sync_worklist
+from workflow.engine import Member
+from workflow.run import materialize_worklist
+from workflow.spec import WorkflowSpec, WorkListInfo
+
+
+def test_booking_moves_a_member_once_and_staff_can_override(
+    engine: Engine, day: Callable[..., datetime], worklist: Callable[..., WorkListInfo]
+) -> None:
+    wl = worklist()
+    sync_worklist(engine, wl, [Member("p1", "p1"), Member("p2", "p2")], now=day(0))
+
+    # p1 booked 5 hours after entering (day 0, 09:00 + 5h); p2's booking predates their entry.
+    bookings = {"p1": day(0, 5), "p2": day(-1)}
+    # Run 2: booking made p1 leave the segment (it excludes patients with a next appointment).
+    r2 = sync_worklist(engine, wl, [Member("p2", "p2")], bookings, now=day(1))
+    assert (r2.left, r2.booked) == (1, 1)
+    assert [(m.member_id, m.stage, m.left_segment) for m in list_members(engine, wl)] == [
+        ("p2", "To call", False),
+        ("p1", "Booked", True),
+    ]
+    assert [(e.actor, e.kind, e.from_stage, e.to_stage) for e in history(engine, wl, "p1")] == [
+        ("system", "entered", None, "To call"),
+        ("system", "left_segment", None, None),
+        ("system", "moved", "To call", "Booked"),
+    ]
+
+    # Staff learn the booking is tentative and move p1 back; the same booking does not
+    # move them again on the next run.
+    move(engine, wl, "p1", "To call", by="ann", now=day(1, 2))
+    r3 = sync_worklist(engine, wl, [Member("p2", "p2")], bookings, now=day(2))
+    assert r3.booked == 0
+    assert [m.stage for m in list_members(engine, wl) if m.member_id == "p1"] == ["To call"]
+
+    # A newer booking (day 2, 10:00) does.
+    r4 = sync_worklist(engine, wl, [Member("p2", "p2")], {"p1": day(2, 1)}, now=day(3))
+    assert r4.booked == 1
+    assert [m.stage for m in list_members(engine, wl) if m.member_id == "p1"] == ["Booked"]
+
+
+def test_without_on_booking_bookings_change_nothing(
+    engine: Engine, day: Callable[..., datetime], worklist: Callable[..., WorkListInfo]
+) -> None:
+    wl = worklist(spec=WorkflowSpec(stages=["To call", "Booked"]))
+    sync_worklist(engine, wl, [Member("p1", "p1")], now=day(0))
+    result = sync_worklist(engine, wl, [Member("p1", "p1")], {"p1": day(0, 5)}, now=day(1))
+    assert result.booked == 0
+    assert [m.stage for m in list_members(engine, wl)] == ["To call"]
+
+
+def test_materialise_from_a_real_warehouse_with_clinic_time_zone(
+    tmp_path: Path,
+    state_url: str,
+    engine: Engine,
+    add_appointments: Callable[..., None],
+    build_warehouse: Callable[..., None],
+    day: Callable[..., datetime],
+    worklist: Callable[..., WorkListInfo],
+) -> None:
+    db = tmp_path / "warehouse.duckdb"
+    wl = worklist()
+    build_warehouse(db, [("p1", None), ("p2", None), ("p3", None), ("p4", None)], "2026-03-09")
+    first = materialize_worklist(wl, db, state_url, "Australia/Sydney", "2026-03-09", now=day(0))
+    assert first.entered == 4
+    # Entered at T0 = 2026-03-02 09:00 UTC. As of 2026-03-10 in Sydney (UTC+11 in March):
+    add_appointments(db, [
+        # p1: starts 2026-03-09 14:00 UTC = 03-10 01:00 Sydney -> upcoming; created after entry.
+        ("a1", "p1", "2026-03-09 14:00+00", "2026-03-03 08:00+00", None),
+        # p2: starts 2026-03-09 12:00 UTC = 03-09 23:00 Sydney -> already past at D.
+        ("a2", "p2", "2026-03-09 12:00+00", "2026-03-03 08:00+00", None),
+        # p3: upcoming but cancelled.
+        ("a3", "p3", "2026-03-20 00:00+00", "2026-03-03 08:00+00", "2026-03-04 00:00+00"),
+        # p4: upcoming, but booked before entering the work list.
+        ("a4", "p4", "2026-03-20 00:00+00", "2026-03-01 08:00+00", None),
+        # p5 is not on the list at all.
+        ("a5", "p5", "2026-03-20 00:00+00", "2026-03-03 08:00+00", None),
+    ])  # fmt: skip
+    second = materialize_worklist(wl, db, state_url, "Australia/Sydney", "2026-03-10", now=day(8))
+    assert (second.entered, second.left, second.booked) == (0, 0, 1)
+    assert [(m.member_id, m.stage) for m in list_members(engine, wl)] == [
+        ("p2", "To call"),
+        ("p3", "To call"),
+        ("p4", "To call"),
+        ("p1", "Booked"),
+    ]
+    assert second.counts is not None
+    assert second.counts.active["Booked"] == 1
+    assert second.counts.open == 3
+
+
+def test_case_work_list_members_are_cases(
+    tmp_path: Path,
+    state_url: str,
+    engine: Engine,
+    build_warehouse: Callable[..., None],
+    day: Callable[..., datetime],
+    worklist: Callable[..., WorkListInfo],
+) -> None:
+    db = tmp_path / "warehouse.duckdb"
+    wl = worklist(entity="case", spec=WorkflowSpec(stages=["Check pre-op", "Done"]))
+    build_warehouse(db, [("p1", "c1"), ("p1", "c2"), ("p2", "c3")], "2026-03-09")
+    materialize_worklist(wl, db, state_url, "UTC", "2026-03-09", now=day(0))
+    assert [(m.member_id, m.patient_id, m.case_id) for m in list_members(engine, wl)] == [
+        ("c1", "p1", "c1"),
+        ("c2", "p1", "c2"),
+        ("c3", "p2", "c3"),
+    ]
