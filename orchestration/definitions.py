@@ -11,12 +11,14 @@ from __future__ import annotations
 import dagster as dg
 
 from orchestration import ingest
+from orchestration import workflow as workflow_stage
 from orchestration.resources import resources_from_env
 from orchestration.schedules import daily_schedule, everything_job
 from orchestration.sensors import new_extract_folder_sensor
 
 STAGES: list[dg.Definitions] = [
     ingest.defs,
+    workflow_stage.defs,
 ]
 
 
