@@ -61,15 +61,46 @@ learned_opt_outs = sa.Table(
 )
 
 
+# Migrations describe each step with its own frozen table definitions, so that a later
+# change to the tables above never rewrites what version 1 created.
 def _create_ledger(conn: Connection) -> None:
-    ledger.create(conn)
-    sa.Index("ix_outbound_ledger_patient_date", ledger.c.patient_id, ledger.c.send_date).create(
-        conn
+    md = sa.MetaData()
+    table = sa.Table(
+        "outbound_ledger",
+        md,
+        sa.Column("id", sa.String(36), primary_key=True),
+        sa.Column("campaign", sa.String(200), nullable=False),
+        sa.Column("recipient", sa.String(200), nullable=False),
+        sa.Column("patient_id", sa.String(200), nullable=True),
+        sa.Column("case_id", sa.String(200), nullable=True),
+        sa.Column("segment_slug", sa.String(200), nullable=False),
+        sa.Column("channel", sa.String(32), nullable=False),
+        sa.Column("send_date", sa.Date, nullable=False),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("error", sa.Text, nullable=True),
+        sa.Column("provider_message_id", sa.String(200), nullable=True),
+        sa.Column("run_id", sa.String(36), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.UniqueConstraint(
+            "campaign", "recipient", "send_date", name="uq_outbound_ledger_message"
+        ),
+        sa.Index("ix_outbound_ledger_patient_date", "patient_id", "send_date"),
     )
+    md.create_all(conn, tables=[table])
 
 
 def _create_opt_outs(conn: Connection) -> None:
-    learned_opt_outs.create(conn)
+    md = sa.MetaData()
+    table = sa.Table(
+        "outbound_opt_outs",
+        md,
+        sa.Column("patient_id", sa.String(200), primary_key=True),
+        sa.Column("channel", sa.String(32), primary_key=True),
+        sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("source", sa.String(200), nullable=True),
+    )
+    md.create_all(conn, tables=[table])
 
 
 register_migrations(
@@ -206,15 +237,21 @@ def read_ledger(engine: Engine, since: date | None = None) -> pl.DataFrame:
     q = sa.select(*cols)
     if since is not None:
         q = q.where(ledger.c.send_date >= since)
+    names = list(LEDGER_EXPORT_SCHEMA)
+    stamps = {names.index("created_at"), names.index("updated_at")}
     with engine.connect() as conn:
-        rows = [tuple(r) for r in conn.execute(q)]
-    frame = pl.DataFrame(rows, schema=list(LEDGER_EXPORT_SCHEMA), orient="row")
-    return frame.with_columns(
-        [
-            pl.col(c).dt.replace_time_zone("UTC") if dt == pl.Datetime("us", "UTC") else pl.col(c)
-            for c, dt in LEDGER_EXPORT_SCHEMA.items()
+        # SQLite hands back naive UTC datetimes, PostgreSQL aware ones: make both aware.
+        rows = [
+            tuple(_as_utc(v) if i in stamps else v for i, v in enumerate(r))
+            for r in conn.execute(q)
         ]
-    ).cast(LEDGER_EXPORT_SCHEMA)
+    return pl.DataFrame(rows, schema=LEDGER_EXPORT_SCHEMA, orient="row")
+
+
+def _as_utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def ledger_errors(engine: Engine, send_date: date) -> dict[str, str]:

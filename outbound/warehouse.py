@@ -19,11 +19,11 @@ SCHEMA = "outbound"
 
 
 def table_exists(con: duckdb.DuckDBPyConnection, schema: str, name: str) -> bool:
-    row = con.execute(
+    rows = con.execute(
         "select count(*) from information_schema.tables where table_schema = ? and table_name = ?",
         [schema, name],
-    ).fetchone()
-    return bool(row and row[0])
+    ).fetchall()
+    return bool(rows[0][0])
 
 
 def _require(con: duckdb.DuckDBPyConnection, schema: str, name: str, produced_by: str) -> None:

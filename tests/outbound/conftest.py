@@ -1,0 +1,222 @@
+"""Fixtures for outbound tests: state stores, a tiny warehouse, a local SendGrid stand-in."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+import sqlalchemy as sa
+
+import outbound.ledger  # noqa: F401  (registers the outbound migrations)
+from ingest.warehouse import create_empty_raw_tables
+from state import connect_state, migrate
+
+PG_ENV = "STATE_DB_TEST_POSTGRES_URL"
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgresql", marks=pytest.mark.postgres),
+    ]
+)
+def state_url(request, tmp_path) -> Iterator[str]:
+    """A fresh, empty state store: a SQLite file, or a throwaway database on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'state.db'}"
+        return
+    base = os.environ.get(PG_ENV)
+    if not base:
+        pytest.skip(f"{PG_ENV} is not set; the PostgreSQL variant of the state store is skipped")
+    name = f"outbound_test_{uuid.uuid4().hex[:12]}"
+    admin = connect_state(base).execution_options(isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'create database "{name}"'))
+    url = base.rsplit("/", 1)[0] + "/" + name
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'drop database if exists "{name}" with (force)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def engine(state_url: str) -> Iterator[sa.Engine]:
+    eng = connect_state(state_url)
+    migrate(eng)
+    yield eng
+    eng.dispose()
+
+
+PATIENT_COLUMNS = [
+    "patient_id",
+    "first_name",
+    "email",
+    "mobile",
+    "accepted_email_marketing",
+    "accepted_sms_marketing",
+]
+
+
+def _insert(con, table: str, columns: list[str], rows) -> None:
+    rows = list(rows)
+    if not rows:
+        return
+    frame = pl.DataFrame(rows, schema=columns, orient="row", infer_schema_length=None)
+    con.register("_rows", frame.to_arrow())
+    try:
+        cols = ", ".join(columns)
+        con.execute(f"insert into {table} ({cols}) select {cols} from _rows")
+    finally:
+        con.unregister("_rows")
+
+
+def build_warehouse(
+    path: Path,
+    patients: list[tuple],
+    membership: list[tuple],
+    opt_outs: list[tuple] = (),
+    case_features: list[tuple] | None = None,
+) -> Path:
+    """A DuckDB file with the raw layout and hand-written rows.
+
+    patients: (patient_id, first_name, email, mobile, accepted_email_marketing,
+    accepted_sms_marketing); membership: (segment_slug, patient_id, case_id, as_of);
+    opt_outs: (patient_id, channel, opted_out_at); case_features: (case_id, patient_id,
+    name, expiry_date, days_until_expiry, sessions_left, invoiceable_left).
+    """
+    con = duckdb.connect(str(path))
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        create_empty_raw_tables(con)
+        # Frames rather than executemany: row-at-a-time inserts are slow in DuckDB.
+        _insert(con, "raw.patients", PATIENT_COLUMNS, patients)
+        _insert(con, "raw.opt_outs", ["patient_id", "channel", "opted_out_at"], opt_outs)
+        con.execute("create schema if not exists segments")
+        con.execute(
+            "create table segments.membership (segment_slug varchar, patient_id varchar, "
+            "case_id varchar, as_of date, entered_at timestamptz)"
+        )
+        _insert(
+            con,
+            "segments.membership",
+            ["segment_slug", "patient_id", "case_id", "as_of"],
+            membership,
+        )
+        if case_features is not None:
+            con.execute("create schema if not exists marts")
+            con.execute(
+                "create table marts.case_features (case_id varchar, patient_id varchar, "
+                "name varchar, expiry_date date, days_until_expiry integer, "
+                "sessions_left integer, invoiceable_left decimal(18, 2))"
+            )
+            _insert(
+                con,
+                "marts.case_features",
+                [
+                    "case_id",
+                    "patient_id",
+                    "name",
+                    "expiry_date",
+                    "days_until_expiry",
+                    "sessions_left",
+                    "invoiceable_left",
+                ],
+                case_features,
+            )
+    finally:
+        con.close()
+    return path
+
+
+@dataclass
+class Reply:
+    status: int = 202
+    headers: dict[str, str] = field(default_factory=dict)
+    body: str = ""
+    # Read the request, then close the socket without answering (a lost connection).
+    drop: bool = False
+
+
+@dataclass
+class FakeSendGrid:
+    """What a local stand-in for SendGrid received, and how it answers each request."""
+
+    url: str
+    requests: list[dict] = field(default_factory=list)
+    headers: list[dict] = field(default_factory=list)
+    # Called with the 0-based request number and the parsed body; None → 202.
+    script: Callable[[int, dict], Reply | None] = lambda n, body: None
+
+    @property
+    def ledger_ids(self) -> list[str]:
+        return [p["custom_args"]["ledger_id"] for r in self.requests for p in r["personalizations"]]
+
+    @property
+    def addresses(self) -> list[str]:
+        return [p["to"][0]["email"] for r in self.requests for p in r["personalizations"]]
+
+
+@pytest.fixture
+def make_warehouse():
+    """`build_warehouse`, for tests (importlib mode: helpers travel as fixtures)."""
+    return build_warehouse
+
+
+@pytest.fixture
+def reply():
+    """The `Reply` class, for scripting the SendGrid stand-in's answers."""
+    return Reply
+
+
+@pytest.fixture
+def fake_sendgrid() -> Iterator[FakeSendGrid]:
+    state = FakeSendGrid(url="")
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:  # keep test output quiet
+            pass
+
+        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            length = int(self.headers.get("Content-Length", "0"))
+            body = json.loads(self.rfile.read(length))
+            with lock:
+                n = len(state.requests)
+                state.requests.append(body)
+                state.headers.append(dict(self.headers))
+            if self.path != "/v3/mail/send":
+                reply = Reply(404, body='{"errors": [{"message": "not found"}]}')
+            else:
+                reply = state.script(n, body) or Reply(202, {"X-Message-Id": f"msg-{n}"})
+            if reply.drop:
+                self.close_connection = True
+                self.connection.shutdown(2)
+                return
+            payload = reply.body.encode()
+            self.send_response(reply.status)
+            for k, v in reply.headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
