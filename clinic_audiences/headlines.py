@@ -49,7 +49,7 @@ def headline_figures(con: duckdb.DuckDBPyConnection) -> dict[str, object]:
             "the feature warehouse is not built yet (marts.* missing): run `dbt build` in "
             f"dbt_project/ or materialise the marts assets ({exc})"
         ) from None
-    row = result.fetchone()
+    (row,) = result.fetchall()
     figures = dict(zip(result.columns, row, strict=True))
     figures["total_balance_due"] = Decimal(figures["total_balance_due"])
     return figures

@@ -1,0 +1,6 @@
+-- The one as-of date and time zone every mart of this build was computed for, so a
+-- reader of the warehouse can tell what "days since" and "upcoming" were relative to.
+select
+    {{ as_of_date() }} as as_of,
+    cast('{{ clinic_timezone() }}' as varchar) as clinic_timezone,
+    now() as built_at
