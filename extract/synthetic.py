@@ -134,9 +134,13 @@ def _weighted(rng: np.random.Generator, pairs: tuple, n: int) -> np.ndarray:
 
 
 def _ids(entity_name: str, index: np.ndarray, legacy: np.ndarray) -> pl.Series:
-    """Cliniko-style string ids: small integers for legacy records, 19 digits after."""
+    """Cliniko-style ids: small integers for legacy records, 19 digits after.
+
+    Held as Int64 while generating (cheap to gather into millions of rows); the text
+    written is the same digits, and the Cliniko writer turns them into JSON strings.
+    """
     base = _ID_BASE[entity_name]
-    return pl.Series(np.where(legacy, index + 1, base + index * _ID_STRIDE)).cast(pl.String)
+    return pl.Series(np.where(legacy, index + 1, base + index * _ID_STRIDE))
 
 
 def _timestamps(secs: np.ndarray, valid: np.ndarray | None = None) -> pl.Series:
@@ -250,7 +254,7 @@ def _build_clinic(n_patients: int, seed: int, as_of: date) -> _Clinic:
     sites = cat.SITES
 
     locations = pl.DataFrame({
-        "location_id": [str(i + 1) for i in range(len(sites))],
+        "location_id": list(range(1, len(sites) + 1)),
         "name": [s.name for s in sites],
         "city": [s.city for s in sites],
         "state": [s.state for s in sites],
@@ -261,7 +265,7 @@ def _build_clinic(n_patients: int, seed: int, as_of: date) -> _Clinic:
         "_address": [s.address for s in sites],
     })
     appointment_types = pl.DataFrame({
-        "appointment_type_id": [str(i + 1) for i in range(len(cat.SERVICES))],
+        "appointment_type_id": list(range(1, len(cat.SERVICES) + 1)),
         "name": [s.name for s in cat.SERVICES],
         "category": [s.category for s in cat.SERVICES],
         "duration_minutes": [s.duration_minutes for s in cat.SERVICES],
@@ -294,7 +298,7 @@ def _build_clinic(n_patients: int, seed: int, as_of: date) -> _Clinic:
         "_location_id": locations["location_id"].gather(site),
     })
     contacts = pl.DataFrame({
-        "contact_id": [str(i + 1) for i in range(len(cat.GPS))],
+        "contact_id": list(range(1, len(cat.GPS) + 1)),
         "first_name": [g[0] for g in cat.GPS],
         "last_name": [g[1] for g in cat.GPS],
         "company_name": [g[2] for g in cat.GPS],
@@ -457,7 +461,6 @@ def _generate_chunk(clinic: _Clinic, rng: np.random.Generator, first_index: int,
     course_case[case_rows] = np.arange(len(case_rows))
     vcase = np.where(day <= expiry[vc], course_case[vc], -1)
 
-
     # ---- patients, now that their visits are known
     last_day = _group_reduce(np.maximum, n, vp, day, -(10**6))
     first_created = _group_reduce(np.minimum, n, vp, created, 2**62)
@@ -478,7 +481,7 @@ def _generate_chunk(clinic: _Clinic, rng: np.random.Generator, first_index: int,
     )
     event_day = np.array([c.day if c.day is not None else 0 for c in campaigns])
     is_event = np.array([c.day is not None for c in campaigns])[lead_campaign]
-    # Seminars end 18:00 Sydney (08:00 UTC); attendees are entered that evening.
+    # Seminar attendees are entered in the early evening (Sydney) of the event.
     lead_created = np.where(
         is_event,
         (today + event_day[lead_campaign]) * DAY + 8 * HOUR + rng.integers(0, 3 * HOUR, n_l),
@@ -496,7 +499,9 @@ def _generate_chunk(clinic: _Clinic, rng: np.random.Generator, first_index: int,
     created_at = np.where(has_visits, first_created - rng.integers(0, 3 * DAY, n), now)
     patient_lead_created = np.full(n, now, dtype=np.int64)
     patient_lead_created[lead_rows] = lead_created
-    created_at = np.where(prospect, patient_lead_created, created_at)
+    # A person enters the system with their first lead, or their first booking.
+    created_at = np.where(prospect, patient_lead_created,
+                          np.minimum(created_at, patient_lead_created))
     legacy_patient = created_at < now - LEGACY_DAYS * DAY
     patient_index = first_index + np.arange(n, dtype=np.int64)
     patient_ids = _ids("patients", patient_index, legacy_patient)
@@ -523,7 +528,7 @@ def _generate_chunk(clinic: _Clinic, rng: np.random.Generator, first_index: int,
     # ---- appointments
     appt_index = clinic.next_index("appointments", n_v)
     appt_ids = _ids("appointments", appt_index, starts < now - LEGACY_DAYS * DAY)
-    case_ids = _ids("cases", case_index, (today + issue[case_rows]) < today - LEGACY_DAYS)
+    case_ids = _ids("cases", case_index, issue[case_rows] < -LEGACY_DAYS)
     vcase_ids = _nullable(case_ids.gather(np.maximum(vcase, 0)), vcase >= 0)
     vprac_ids = clinic.prac_ids.gather(vprac)
     appointments = pl.DataFrame({
@@ -637,7 +642,7 @@ def _generate_chunk(clinic: _Clinic, rng: np.random.Generator, first_index: int,
     })
 
     leads = pl.DataFrame({
-        "lead_id": pl.Series(clinic.next_index("leads", n_l) + 1).cast(pl.String),
+        "lead_id": pl.Series(clinic.next_index("leads", n_l) + 1),
         "patient_id": patient_ids.gather(lead_rows),
         "campaign_name": _lookup([c.name for c in campaigns], lead_campaign),
         "created_at": _timestamps(lead_created),
@@ -806,7 +811,7 @@ def _waitlist_frame(clinic: _Clinic, rng: np.random.Generator, patient_ids: pl.S
     removed = np.minimum(added + rng.integers(DAY, 30 * DAY, n_w), now - 60)
     is_removed = (rng.random(n_w) < 0.4) & (removed > added)
     return pl.DataFrame({
-        "waitlist_id": pl.Series(clinic.next_index("waitlist", n_w) + 1).cast(pl.String),
+        "waitlist_id": pl.Series(clinic.next_index("waitlist", n_w) + 1),
         "patient_id": patient_ids.gather(rows),
         "appointment_type_id": clinic.type_ids.gather(service),
         "practitioner_id": _nullable(clinic.prac_ids.gather(prac), rng.random(n_w) < 0.5),

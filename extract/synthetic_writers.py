@@ -232,13 +232,15 @@ class ClinikoSink:
         rows = {}
         for name, parts in self.parts.items():
             frame = pl.concat(parts) if parts else _empty(name)
+            # Cliniko ids are JSON strings, never numbers.
+            frame = frame.with_columns(pl.col(r"^_?.*_id$").cast(pl.String))
             rows[name] = frame.height
             if name in CLINIKO_RESOURCES:
                 resource = CLINIKO_RESOURCES[name]
                 write_pages(self.out_dir / resource, resource, _cliniko_records(name, frame))
             else:
                 csv.write(name, frame)
-        contacts = self.contacts.select(
+        contacts = self.contacts.with_columns(pl.col("contact_id").cast(pl.String)).select(
             pl.col("contact_id").alias("id"), pl.lit("Dr").alias("title"), "first_name",
             "last_name", "company_name", _link("contacts", "contact_id").struct.field("links"),
         )
