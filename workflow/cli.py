@@ -24,6 +24,7 @@ owner may see or change.
 from __future__ import annotations
 
 import csv
+import os
 import sys
 from collections.abc import Callable
 from datetime import datetime
@@ -86,6 +87,12 @@ def _run(action: Callable[[_Context], int]) -> int:
     ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return FAILED
+    except BrokenPipeError:
+        # The reader (`| head`) has had enough; send the rest of the output nowhere so the
+        # interpreter's final flush does not fail.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return OK
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
