@@ -42,6 +42,8 @@ class FakeTime:
         return self.now
 
     def sleep(self, seconds: float) -> None:
+        # A limiter that never frees a slot would otherwise spin here for ever.
+        assert len(self.sleeps) < 1000, "sleeping in a loop"
         self.sleeps.append(seconds)
         self.now += seconds
 
@@ -108,8 +110,13 @@ class ClinikoHandler(BaseHTTPRequestHandler):
             self._reply(fault.status, b'{"message": "scripted fault"}', fault.headers)
             return
         expected = "Basic " + base64.b64encode(f"{fake.api_key}:".encode()).decode()
-        if self.headers.get("Authorization") != expected:
-            self._reply(401, b'{"message": "Unauthorized"}', {})
+        presented = self.headers.get("Authorization", "")
+        if presented != expected:
+            # Echo the key back, as a careless error page might, so that the extractor's
+            # scrubbing of Cliniko's message is what keeps it out of the error text.
+            key = base64.b64decode(presented.removeprefix("Basic ")).decode().rstrip(":")
+            body = json.dumps({"message": f"API key {key} is not valid"}).encode()
+            self._reply(401, body, {})
             return
         if resource not in fake.records:
             self._reply(404, b'{"message": "Not found"}', {})
@@ -321,6 +328,7 @@ def test_401_fails_at_once_with_a_hint_and_without_the_key(
     assert "HTTP 401" in message
     assert "check CLINIKO_API_KEY" in message
     assert "patients page 1" in message
+    assert "Cliniko says: API key *** is not valid" in message
     assert wrong_key not in message
     assert cliniko.seen == [("patients", 1)]  # no retry
     assert fake_time.sleeps == []
@@ -437,6 +445,7 @@ def test_a_page_written_after_the_last_state_save_is_fetched_again(
     with pytest.raises(ExtractError):
         run(cliniko, fake_time, tmp_path, ["patients"])
     (tmp_path / "patients" / "page-00002.json").write_text('{"patients": [{"id": "stale"}]}')
+    (tmp_path / "patients" / ".page-00007.json.tmp").write_text('{"patients": [')
     cliniko.fail_forever.clear()
     cliniko.seen.clear()
 
@@ -446,6 +455,11 @@ def test_a_page_written_after_the_last_state_save_is_fetched_again(
     assert counts == {"patients": 5}
     saved = (tmp_path / "patients" / "page-00002.json").read_bytes()
     assert saved == cliniko.bodies_sent[("patients", 2)]
+    assert sorted(p.name for p in (tmp_path / "patients").iterdir()) == [
+        "page-00001.json",
+        "page-00002.json",
+        "page-00003.json",
+    ]
 
 
 def test_pages_from_an_unknown_run_need_restart(
@@ -520,8 +534,10 @@ def test_sliding_window_makes_the_201st_request_in_a_minute_wait() -> None:
 
 
 def test_extract_waits_before_the_201st_request(
-    cliniko: FakeCliniko, fake_time: FakeTime, tmp_path: Path
+    cliniko: FakeCliniko, fake_time: FakeTime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # 400 fsyncs cost seconds on a busy disk and say nothing about rate limiting.
+    monkeypatch.setattr("extract.cliniko_api.os.fsync", lambda fd: None)
     # 201 patients, one per page -> 201 requests. Each request moves the fake clock 0.25 s,
     # so request k starts at START + 0.25 (k - 1): the 200th at +49.75, and the 201st at
     # +50.0 finds the window full until the first start (+0.0) expires at +60.0 -> 10 s.
