@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 CAMPAIGNS_DIR = Path(__file__).parent / "campaigns"
 TEMPLATES_DIR = Path(__file__).parent / "templates"
@@ -94,6 +103,21 @@ class SendGridTemplate(_Strict):
     sendgrid_template_id: str = Field(pattern=r"^d-[0-9a-f]{32}$")
 
 
+def _template_kind(value: object) -> str:
+    if isinstance(value, dict):
+        return "sendgrid-template" if "sendgrid_template_id" in value else "local-template"
+    return "sendgrid-template" if isinstance(value, SendGridTemplate) else "local-template"
+
+
+Template = Annotated[
+    Annotated[LocalTemplate, Tag("local-template")]
+    | Annotated[SendGridTemplate, Tag("sendgrid-template")],
+    Discriminator(_template_kind),
+]
+# Union tags pydantic puts in error locations; users only know the key path.
+_UNION_TAGS = {"day", "week", "once", "local-template", "sendgrid-template"}
+
+
 class FrequencyCap(_Strict):
     """At most `max_messages` per patient within `window_days` days (today included)."""
 
@@ -121,7 +145,7 @@ class Campaign(_Strict):
     description: str = ""
     segment: str
     channel: Literal["email"] = "email"
-    template: LocalTemplate | SendGridTemplate
+    template: Template
     # Higher wins when several campaigns claim the same patient in one run.
     priority: int = Field(ge=0, le=1000)
     schedule: Schedule
@@ -165,14 +189,15 @@ class Campaign(_Strict):
 
 def _location(loc: tuple) -> str:
     out = ""
+    previous = None
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("Daily", "Weekly", "Once", "LocalTemplate", "SendGridTemplate"):
-            # pydantic names the union member it tried; the user only knows the key path.
-            continue
+        elif part in _UNION_TAGS and previous in ("schedule", "template"):
+            pass
         else:
             out += f".{part}" if out else str(part)
+        previous = part
     return out or "(top level)"
 
 

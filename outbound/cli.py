@@ -6,9 +6,11 @@ them. Only ids and counts are printed, never names or addresses.
 
 from __future__ import annotations
 
+import os
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import polars as pl
 
@@ -56,10 +58,27 @@ def cmd_list() -> int:
     return 0
 
 
+def run_clock(as_of: str | None, timezone: str) -> RunClock:
+    """The as-of date (default today) at the current clinic time, or OUTBOUND_RUN_TIME.
+
+    OUTBOUND_RUN_TIME (HH:MM, clinic time) pins the clock so that a dry run with --as-of
+    is reproducible, quiet hours included.
+    """
+    day = parse_as_of(as_of, timezone)
+    pinned = os.environ.get("OUTBOUND_RUN_TIME")
+    if not pinned:
+        return RunClock.at(datetime.now(UTC), timezone, day)
+    try:
+        at = time.fromisoformat(pinned)
+    except ValueError:
+        raise ValueError(f"OUTBOUND_RUN_TIME={pinned!r} is not a time; write HH:MM") from None
+    return RunClock.at(datetime.combine(day, at, ZoneInfo(timezone)), timezone, day)
+
+
 def _plan(as_of: str | None):
     settings = OutboundSettings.from_env()
     campaigns = campaigns_for(settings)
-    clock = RunClock.at(datetime.now(UTC), settings.timezone, parse_as_of(as_of, settings.timezone))
+    clock = run_clock(as_of, settings.timezone)
     engine = state_engine(settings)
     planned = make_plan(settings, campaigns, clock, engine)
     return settings, campaigns, clock, engine, planned

@@ -1,0 +1,155 @@
+"""`audiences campaigns list | dry-run | send` through the plain CLI functions."""
+
+from __future__ import annotations
+
+import csv
+from datetime import date
+
+import pytest
+import sqlalchemy as sa
+
+from outbound import cli
+from outbound import ledger as L
+from state import connect_state
+
+AS_OF = "2026-11-26"  # Thursday
+
+CAMPAIGN = """
+name: Reactivation
+segment: lapsed-physio-6-12mo
+template: {local: reactivation}
+priority: 50
+schedule: {every: day}
+send_window: {start: "09:00", end: "17:00"}
+"""
+BILLING = """
+name: Billing
+segment: invoices-outstanding-30d
+template: {local: invoice_reminder}
+priority: 80
+schedule: {every: week, days: [thu]}
+enabled: true
+"""
+PAUSED = BILLING.replace("enabled: true", "enabled: false").replace("[thu]", "[mon, wed]")
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch, make_warehouse):
+    patients = [
+        ("p1", "Ann", "ann@clinic.example", None, None, None),
+        ("p2", "Bob", "bob@clinic.example", None, None, None),
+        ("p3", "Cy", None, None, None, None),
+        ("p4", "Di", "di@clinic.example", None, False, None),
+    ]
+    day = date.fromisoformat(AS_OF)
+    membership = [("lapsed-physio-6-12mo", p, None, day) for p in ("p1", "p2", "p3", "p4")] + [
+        ("invoices-outstanding-30d", "p2", None, day)
+    ]
+    db = make_warehouse(tmp_path / "wh.duckdb", patients, membership)
+    campaigns = tmp_path / "campaigns"
+    campaigns.mkdir()
+    (campaigns / "reactivation.yaml").write_text(CAMPAIGN)
+    (campaigns / "billing.yaml").write_text(BILLING)
+    (campaigns / "billing-paused.yaml").write_text(PAUSED)
+    state = f"sqlite:///{tmp_path / 'state.db'}"
+    monkeypatch.setenv("DUCKDB_PATH", str(db))
+    monkeypatch.setenv("STATE_DB_URL", state)
+    monkeypatch.setenv("CLINIC_TIMEZONE", "Australia/Sydney")
+    monkeypatch.setenv("CAMPAIGNS_PATH", str(campaigns))
+    monkeypatch.setenv("OUTBOUND_RUN_TIME", "10:00")
+    monkeypatch.delenv("SENDGRID_API_KEY", raising=False)
+    monkeypatch.delenv("SEGMENTS_PATH", raising=False)
+    return tmp_path, state
+
+
+def test_list(env, capsys):
+    assert cli.cmd_list() == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["campaign", "segment", "priority", "enabled", "schedule"]
+    assert out[1].split() == ["billing", "invoices-outstanding-30d", "80", "play", "weekly", "thu"]
+    assert out[2].split() == [
+        "billing-paused",
+        "invoices-outstanding-30d",
+        "80",
+        "paused",
+        "weekly",
+        "mon,wed",
+    ]
+    assert out[3].split() == ["reactivation", "lapsed-physio-6-12mo", "50", "play", "daily"]
+
+
+def test_dry_run_prints_counts_and_writes_the_csv(env, capsys):
+    tmp_path, _ = env
+    out_csv = tmp_path / "plan.csv"
+    assert cli.cmd_dry_run(AS_OF, str(out_csv)) == 0
+    text = capsys.readouterr().out
+    assert "send plan for 2026-11-26 at 2026-11-26T10:00+11:00" in text
+    with out_csv.open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["campaign", "patient_id", "channel", "decision", "reason"]
+    got = {(r["campaign"], r["patient_id"]): (r["decision"], r["reason"]) for r in rows}
+    # billing (80) claims p2 over reactivation (50); p3 has no email; p4 said no to email.
+    assert got == {
+        ("billing", "p2"): ("send", ""),
+        ("reactivation", "p1"): ("send", ""),
+        ("reactivation", "p2"): ("suppressed", "lower_priority"),
+        ("reactivation", "p3"): ("suppressed", "no_address"),
+        ("reactivation", "p4"): ("suppressed", "opted_out"),
+    }
+
+
+def test_dry_run_in_quiet_hours_defers(env, capsys, monkeypatch):
+    tmp_path, _ = env
+    monkeypatch.setenv("OUTBOUND_RUN_TIME", "18:30")  # reactivation window closes at 17:00
+    out_csv = tmp_path / "plan.csv"
+    assert cli.cmd_dry_run(AS_OF, str(out_csv)) == 0
+    rows = list(csv.DictReader(out_csv.open()))
+    got = {(r["campaign"], r["patient_id"]): r["decision"] for r in rows}
+    assert got[("reactivation", "p1")] == "deferred"
+    assert got[("billing", "p2")] == "send"  # default window 08:00-20:00
+
+
+def test_send_without_a_key_is_a_dry_run(env, capsys):
+    _, state = env
+    assert cli.cmd_send(AS_OF) == 0
+    assert "SENDGRID_API_KEY is not set: dry run" in capsys.readouterr().out
+    engine = connect_state(state)
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(L.ledger)).scalar() == 0
+
+
+def test_send_then_send_again(env, capsys, monkeypatch, fake_sendgrid):
+    _, state = env
+    monkeypatch.setenv("SENDGRID_API_KEY", "test-key")
+    monkeypatch.setenv("SENDGRID_API_HOST", fake_sendgrid.url)
+    monkeypatch.setenv("OUTBOUND_FROM_EMAIL", "clinic@clinic.example")
+    assert cli.cmd_send(AS_OF) == 0
+    out = capsys.readouterr().out
+    assert "billing: planned 1, already in ledger 0, sent 1, failed 0, requests 1" in out
+    assert "reactivation: planned 1, already in ledger 0, sent 1, failed 0, requests 1" in out
+    # No names or addresses on stdout.
+    assert "ann@" not in out and "Ann" not in out
+    assert sorted(fake_sendgrid.addresses) == ["ann@clinic.example", "bob@clinic.example"]
+    assert cli.cmd_send(AS_OF) == 0
+    out = capsys.readouterr().out
+    assert "reactivation: planned 1, already in ledger 1, sent 0" in out
+    assert len(fake_sendgrid.requests) == 2
+
+
+def test_send_with_a_key_but_no_sender_address_is_an_error(env, capsys, monkeypatch):
+    monkeypatch.setenv("SENDGRID_API_KEY", "test-key")
+    monkeypatch.delenv("OUTBOUND_FROM_EMAIL", raising=False)
+    assert cli.cmd_send(AS_OF) == 2
+    assert "OUTBOUND_FROM_EMAIL is not set" in capsys.readouterr().err
+
+
+def test_bad_campaign_file_is_reported(env, capsys):
+    tmp_path, _ = env
+    (tmp_path / "campaigns" / "broken.yaml").write_text(
+        CAMPAIGN.replace("priority: 50", "priority: -1")
+    )
+    assert cli.cmd_dry_run(AS_OF, None) == 2
+    assert (
+        "broken.yaml: priority: Input should be greater than or equal to 0"
+        in capsys.readouterr().err
+    )
