@@ -13,6 +13,7 @@ import polars as pl
 
 from clinic_audiences.config import Settings
 from orchestration.resources import ClinicSettingsResource, WarehouseResource, run_as_of
+from segments.catalogue import Catalogue
 from segments.compiler import columns_read
 from segments.evaluate import WarehouseError, WarehouseFrames
 from segments.library import (
@@ -49,14 +50,25 @@ def group_name_for(department: str | None) -> str:
     return re.sub(r"[^A-Za-z0-9_]+", "_", department).strip("_") or "segments"
 
 
-def _frames_for(duckdb_path: str, run_id: str, segments: list[Segment]) -> WarehouseFrames:
+def _frames_for(
+    duckdb_path: str, run_id: str, segments: list[Segment], catalogue: Catalogue
+) -> WarehouseFrames:
     key = (duckdb_path, run_id)
     if key not in _frames_by_run:
         _frames_by_run.clear()
         frames = WarehouseFrames(duckdb_path)
-        frames.prepare([s.definition for s in segments])
+        # One read of every column the run's valid segments need; invalid ones fail alone.
+        frames.prepare([s.definition for s in segments if _is_valid(s, catalogue)])
         _frames_by_run[key] = frames
     return _frames_by_run[key]
+
+
+def _is_valid(segment: Segment, catalogue: Catalogue) -> bool:
+    try:
+        load_segment(segment.path, catalogue)
+    except SegmentValidationError:
+        return False
+    return True
 
 
 def _sample_markdown(members: pl.DataFrame) -> str:
@@ -113,7 +125,7 @@ def build_segment_asset(
             raise dg.Failure(description=str(exc)) from None
         as_of = run_as_of(context.run.tags, settings)
         try:
-            frames = _frames_for(warehouse.duckdb_path, context.run_id, library)
+            frames = _frames_for(warehouse.duckdb_path, context.run_id, library, catalogue)
             result = materialise(
                 checked,
                 frames,

@@ -180,11 +180,11 @@ def _membership_with_names(con: duckdb.DuckDBPyConnection, slug: str) -> pl.Data
         return None
     has_slug = con.execute(
         "select count(*) from segments.membership where segment_slug = ?", [slug]
-    ).fetchone()[0]
+    ).fetchall()[0][0]
     if not has_slug:
         ran = con.execute(
             "select count(*) from segments.membership_history where segment_slug = ?", [slug]
-        ).fetchone()[0]
+        ).fetchall()[0][0]
         if not ran:
             return None
     if ("marts", "patient_features") in tables:
@@ -198,7 +198,7 @@ def _membership_with_names(con: duckdb.DuckDBPyConnection, slug: str) -> pl.Data
             "select patient_id, case_id, entered_at, as_of from segments.membership "
             "where segment_slug = ? order by patient_id, case_id"
         )
-    return con.execute(query, [slug]).pl()
+    return con.sql(query, params=[slug]).pl()
 
 
 def cmd_segments_list(user: str | None) -> int:
@@ -215,7 +215,7 @@ def cmd_segments_list(user: str | None) -> int:
             has_table = con.execute(
                 "select count(*) from information_schema.tables "
                 "where table_schema = 'segments' and table_name = 'membership'"
-            ).fetchone()[0]
+            ).fetchall()[0][0]
             if has_table:
                 counts = dict(
                     con.execute(

@@ -68,7 +68,7 @@ def record_membership(
         con.execute("begin transaction")
         prev_as_of = con.execute(
             "select max(as_of) from segments.membership where segment_slug = ?", [slug]
-        ).fetchone()[0]
+        ).fetchall()[0][0]
         con.execute(
             "create or replace temp table segment_members_before as "
             "select patient_id, case_id, entered_at from segments.membership "
@@ -78,11 +78,11 @@ def record_membership(
         entered = con.execute(
             "select count(*) from segment_members_now a where not exists ("
             f"select 1 from segment_members_before b where {_SAME_MEMBER})"
-        ).fetchone()[0]
+        ).fetchall()[0][0]
         exited = con.execute(
             "select count(*) from segment_members_before a where not exists ("
             f"select 1 from segment_members_now b where {_SAME_MEMBER})"
-        ).fetchone()[0]
+        ).fetchall()[0][0]
         # Close the open interval of everyone who left.
         con.execute(
             "update segments.membership_history as a set exited_on = ? "
@@ -114,15 +114,6 @@ def record_membership(
     finally:
         con.unregister("segment_members_now")
     return MembershipChange(current.height, entered, exited, prev_as_of)
-
-
-def read_membership(con: duckdb.DuckDBPyConnection, slug: str) -> pl.DataFrame:
-    ensure_membership_tables(con)
-    return con.execute(
-        "select patient_id, case_id, as_of, entered_at from segments.membership "
-        "where segment_slug = ? order by patient_id, case_id",
-        [slug],
-    ).pl()
 
 
 # -- snapshot lists in the state store ---------------------------------------------------
