@@ -210,6 +210,9 @@ def run(
     )
 
 
+THREE_PAGES = ["page-00001.json", "page-00002.json", "page-00003.json"]
+
+
 def page_files(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.glob("*.json"))
 
@@ -234,11 +237,7 @@ def test_pulls_every_page_of_each_resource_and_saves_it_as_returned(
     # The first request builds the URL; later ones follow links.next as given.
     assert cliniko.queries[0] == "per_page=2&page=1"
     assert cliniko.queries[1] == "page=2&per_page=2"
-    assert page_files(tmp_path / "patients") == [
-        "page-00001.json",
-        "page-00002.json",
-        "page-00003.json",
-    ]
+    assert page_files(tmp_path / "patients") == THREE_PAGES
     for number in (1, 2, 3):
         saved = (tmp_path / "patients" / f"page-{number:05d}.json").read_bytes()
         assert saved == cliniko.bodies_sent[("patients", number)]
@@ -298,11 +297,7 @@ def test_429_waits_for_the_reset_then_retries_the_same_page(
     assert counts == {"patients": 5}
     assert fake_time.sleeps == [30.0, 7.0, 3.0]
     assert cliniko.seen == [("patients", 1)] + [("patients", 2)] * 4 + [("patients", 3)]
-    assert page_files(tmp_path / "patients") == [
-        "page-00001.json",
-        "page-00002.json",
-        "page-00003.json",
-    ]
+    assert page_files(tmp_path / "patients") == THREE_PAGES
 
 
 def test_server_errors_and_dropped_connections_back_off_then_succeed(
@@ -386,11 +381,7 @@ def test_gives_up_after_six_attempts_then_resumes_from_the_failed_page(
     # patients: 2 (page 1, first run) + 2 + 1 = 5
     assert counts == {"patients": 5, "invoices": 6}
     assert (tmp_path / "patients" / "page-00001.json").read_bytes() == page_1
-    assert page_files(tmp_path / "patients") == [
-        "page-00001.json",
-        "page-00002.json",
-        "page-00003.json",
-    ]
+    assert page_files(tmp_path / "patients") == THREE_PAGES
 
 
 class Crash(Exception):
@@ -429,11 +420,7 @@ def test_crash_after_a_saved_page_resumes_with_the_next_and_skips_finished_resou
     assert counts == {"patients": 5, "invoices": 6}
     assert "patients: already complete (3 pages, 5 records), skipped" in messages
     assert "invoices: resuming after page 2" in messages
-    assert page_files(tmp_path / "invoices") == [
-        "page-00001.json",
-        "page-00002.json",
-        "page-00003.json",
-    ]
+    assert page_files(tmp_path / "invoices") == THREE_PAGES
 
 
 def test_a_page_written_after_the_last_state_save_is_fetched_again(
@@ -455,11 +442,7 @@ def test_a_page_written_after_the_last_state_save_is_fetched_again(
     assert counts == {"patients": 5}
     saved = (tmp_path / "patients" / "page-00002.json").read_bytes()
     assert saved == cliniko.bodies_sent[("patients", 2)]
-    assert sorted(p.name for p in (tmp_path / "patients").iterdir()) == [
-        "page-00001.json",
-        "page-00002.json",
-        "page-00003.json",
-    ]
+    assert sorted(p.name for p in (tmp_path / "patients").iterdir()) == THREE_PAGES
 
 
 def test_pages_from_an_unknown_run_need_restart(
@@ -474,11 +457,7 @@ def test_pages_from_an_unknown_run_need_restart(
 
     counts = run(cliniko, fake_time, tmp_path, ["patients"], restart=True)
     assert counts == {"patients": 5}
-    assert page_files(tmp_path / "patients") == [
-        "page-00001.json",
-        "page-00002.json",
-        "page-00003.json",
-    ]
+    assert page_files(tmp_path / "patients") == THREE_PAGES
 
 
 def test_restart_fetches_a_complete_resource_again(
