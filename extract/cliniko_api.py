@@ -520,7 +520,9 @@ class ClinikoExtractor:
                         "same API key, try again later"
                     )
                 wait = self._rate_limit_wait(response)
-                self._report(f"{resource}: rate limited by Cliniko, waiting {wait:g} s")
+                message = f"{where}: rate limited by Cliniko (HTTP 429), waiting {wait:g} s"
+                logger.warning(message)
+                self._report(message)
                 self._sleep(wait)
                 continue
             if status >= 500:
