@@ -59,7 +59,9 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
     try:
         counts = extract_from_env(
-            Path(args.out), progress=lambda msg: console.print(f"  {msg}")
+            Path(args.out),
+            progress=lambda msg: console.print(f"  {msg}", markup=False),
+            restart=args.restart,
         )
     except ExtractError as err:
         raise UserError(str(err)) from None
@@ -114,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("extract", help="pull an extract from a practice management system")
     p.add_argument("system", choices=("cliniko",))
     p.add_argument("--out", required=True, help="folder to write the pages into")
+    p.add_argument(
+        "--restart", action="store_true", help="start over instead of resuming an earlier pull"
+    )
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("run", help="materialise every asset on an extract folder")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import tempfile
 from pathlib import Path
 
 import duckdb
@@ -21,6 +22,7 @@ from ingest.entities import SOURCE_FILE, SOURCE_ROW, Entity
 
 _CHUNK = 64 * 1024 * 1024
 _NEWLINE, _QUOTE, _CR = 10, 34, 13
+_CR_STAND_IN = "\U0010fffd"
 
 
 class ExtractFileError(Exception):
@@ -131,15 +133,9 @@ REJECT_REASONS = {
 }
 
 
-def read_csv_text(path: Path, ent: Entity) -> tuple[pl.DataFrame, pl.DataFrame, int]:
-    """Read `path` as text columns named per the contract.
-
-    Returns (rows with every declared column + extras + lineage, malformed records as
-    rejected rows, number of records in the file).
-    """
-    header = read_header(path)
-    names = match_columns(path, header, ent)
-    positional = {f"c{i}": "VARCHAR" for i in range(len(names))}
+def _duckdb_read(path: Path, field_count: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Good records as text columns c0..cN, and DuckDB's rejects (strict RFC 4180)."""
+    positional = {f"c{i}": "VARCHAR" for i in range(field_count)}
     con = duckdb.connect()
     try:
         rows = con.sql(
@@ -152,10 +148,43 @@ def read_csv_text(path: Path, ent: Entity) -> tuple[pl.DataFrame, pl.DataFrame, 
         errors = con.sql(
             "select line, error_type, error_message, csv_line from rejects order by line"
         ).pl()
-    except duckdb.Error as err:
-        raise ExtractFileError(f"{path}: the file could not be read as CSV: {err}") from None
     finally:
         con.close()
+    return rows, errors
+
+
+def read_csv_text(path: Path, ent: Entity) -> tuple[pl.DataFrame, pl.DataFrame, int]:
+    """Read `path` as text columns named per the contract.
+
+    Returns (rows with every declared column + extras + lineage, malformed records as
+    rejected rows, number of records in the file).
+    """
+    header = read_header(path)
+    names = match_columns(path, header, ent)
+    try:
+        rows, errors = _duckdb_read(path, len(names))
+    except duckdb.Error as err:
+        # DuckDB's strict reader stops at a carriage return that does not end a CRLF file
+        # (a file mixing CRLF and LF, or a stray CR in a value). Read a copy with LF line
+        # ends in which each other CR stands in as a private-use character, then put the CRs
+        # back: line numbers and values are unchanged.
+        with path.open("rb") as fh:
+            has_cr = b"\r" in fh.read()
+        if not has_cr:
+            raise ExtractFileError(f"{path}: the file could not be read as CSV: {err}") from None
+        with tempfile.TemporaryDirectory() as tmp:
+            normalised = Path(tmp) / path.name
+            normalised.write_bytes(
+                path.read_bytes().replace(b"\r\n", b"\n").replace(b"\r", _CR_STAND_IN.encode())
+            )
+            try:
+                rows, errors = _duckdb_read(normalised, len(names))
+            except duckdb.Error as err2:
+                raise ExtractFileError(f"{path}: the file could not be read as CSV: {err2}") from None
+        rows = rows.with_columns(pl.all().str.replace_all(_CR_STAND_IN, "\r", literal=True))
+        errors = errors.with_columns(
+            pl.col("csv_line").str.replace_all(_CR_STAND_IN, "\r", literal=True)
+        )
 
     rows = rows.rename({f"c{i}": n for i, n in enumerate(names)})
     starts, blank = logical_line_starts(path)
