@@ -689,6 +689,8 @@ def _patients_frame(clinic: _Clinic, rng: np.random.Generator, n: int, patient_i
     child = rng.random(n) < 0.07
     age_years = np.where(child, rng.uniform(5, 18, n), np.clip(rng.normal(47, 17, n), 18, 94))
     dob = today - (age_years * 365.2425).astype(np.int64)
+    # Born at least two years before their first contact with the clinic.
+    dob = np.minimum(dob, created_at // DAY - 730)
     # A few leap-day birthdays, which date arithmetic downstream must handle.
     years = dob.astype("datetime64[D]").astype("datetime64[Y]").astype(np.int64)
     leap_years = years - (years + 1970) % 4

@@ -165,15 +165,28 @@ def test_references_resolve(t: dict[str, pl.DataFrame]) -> None:
     assert (on_case["ap"] == on_case["patient_id"]).all()
 
 
-def test_same_seed_gives_identical_files_and_another_seed_does_not(tmp_path: Path) -> None:
-    runs = [generate_clinic(300, tmp_path / name, seed=seed, as_of=AS_OF)
+@pytest.mark.parametrize(("fmt", "n_files"), [("csv", 12), ("cliniko", 8 + 5)])
+def test_same_seed_gives_identical_files_and_another_seed_does_not(
+    tmp_path: Path, fmt: str, n_files: int
+) -> None:
+    # csv: one file per entity (12). cliniko: 8 resource folders (7 entities + contacts)
+    # and 5 canonical CSVs beside them (leads, diagnoses, waitlist, opt_outs, invoice_items).
+    runs = [generate_clinic(300, tmp_path / name, seed=seed, as_of=AS_OF, fmt=fmt)
             for name, seed in (("a", 11), ("b", 11), ("c", 12))]
-    files = sorted(p.name for p in runs[0].out_dir.iterdir())
-    assert len(files) == len(ENTITIES)
-    for f in files:
-        assert (runs[0].out_dir / f).read_bytes() == (runs[1].out_dir / f).read_bytes(), f
-    assert (runs[0].out_dir / "appointments.csv").read_bytes() != (
-        runs[2].out_dir / "appointments.csv").read_bytes()
+
+    def contents(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+    assert len(list(runs[0].out_dir.iterdir())) == n_files
+    first, again, other = (contents(r.out_dir) for r in runs)
+    assert first == again
+    assert first != other
+
+
+def test_progress_reports_counts_per_chunk(tmp_path: Path) -> None:
+    lines: list[str] = []
+    generate_clinic(300, tmp_path, as_of=AS_OF, progress=lines.append)
+    assert len(lines) == 1 and "300/300 patients" in lines[0]
 
 
 def test_as_of_defaults_to_today_utc(tmp_path: Path) -> None:
@@ -360,6 +373,8 @@ def test_patients_have_real_world_gaps_and_features(t: dict[str, pl.DataFrame]) 
     assert (~p["accepted_email_marketing"].drop_nulls()).sum() > 0
     assert (~p["accepted_sms_marketing"].drop_nulls()).sum() > 0
     assert (p["created_at"] <= EXTRACT_INSTANT).all()
+    assert (p.drop_nulls("date_of_birth").select(
+        pl.col("date_of_birth") < pl.col("created_at").dt.date()).to_series()).all()
 
 
 def test_upcoming_surgery_consults_with_pre_op(appts: pl.DataFrame) -> None:
