@@ -6,15 +6,11 @@ them. Only ids and counts are printed, never names or addresses.
 
 from __future__ import annotations
 
-import os
 import sys
-from datetime import UTC, datetime, time
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 import polars as pl
 
-from clinic_audiences.config import parse_as_of
 from outbound import ledger as ledger_mod
 from outbound.campaigns import CampaignError, Daily, Weekly
 from outbound.run import (
@@ -23,6 +19,7 @@ from outbound.run import (
     SenderSettings,
     campaigns_for,
     make_plan,
+    run_clock,
     send_planned,
     state_engine,
 )
@@ -56,23 +53,6 @@ def cmd_list() -> int:
         schedule = _schedule_text(c.schedule)
         print(f"{c.slug:<34} {c.segment:<34} {c.priority:>8}  {enabled:<7}  {schedule}")
     return 0
-
-
-def run_clock(as_of: str | None, timezone: str) -> RunClock:
-    """The as-of date (default today) at the current clinic time, or OUTBOUND_RUN_TIME.
-
-    OUTBOUND_RUN_TIME (HH:MM, clinic time) pins the clock so that a dry run with --as-of
-    is reproducible, quiet hours included.
-    """
-    day = parse_as_of(as_of, timezone)
-    pinned = os.environ.get("OUTBOUND_RUN_TIME")
-    if not pinned:
-        return RunClock.at(datetime.now(UTC), timezone, day)
-    try:
-        at = time.fromisoformat(pinned)
-    except ValueError:
-        raise ValueError(f"OUTBOUND_RUN_TIME={pinned!r} is not a time; write HH:MM") from None
-    return RunClock.at(datetime.combine(day, at, ZoneInfo(timezone)), timezone, day)
 
 
 def _plan(as_of: str | None):

@@ -10,13 +10,14 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import polars as pl
 from sqlalchemy.engine import Engine
 
-from clinic_audiences.config import Settings, validate_timezone
+from clinic_audiences.config import Settings, parse_as_of, validate_timezone
 from ingest.warehouse import connect
 from outbound import ledger as ledger_mod
 from outbound.campaigns import (
@@ -147,6 +148,23 @@ def state_engine(settings: OutboundSettings) -> Engine:
     return engine
 
 
+def run_clock(as_of: str | None, timezone: str) -> RunClock:
+    """The as-of date (default today) at the current clinic time, or OUTBOUND_RUN_TIME.
+
+    OUTBOUND_RUN_TIME (HH:MM, clinic time) pins the clock so that a dry run with --as-of
+    is reproducible, quiet hours included.
+    """
+    day = parse_as_of(as_of, timezone)
+    pinned = os.environ.get("OUTBOUND_RUN_TIME")
+    if not pinned:
+        return RunClock.at(datetime.now(UTC), timezone, day)
+    try:
+        at = time.fromisoformat(pinned)
+    except ValueError:
+        raise ValueError(f"OUTBOUND_RUN_TIME={pinned!r} is not a time; write HH:MM") from None
+    return RunClock.at(datetime.combine(day, at, ZoneInfo(timezone)), timezone, day)
+
+
 @dataclass
 class Planned:
     candidates: pl.DataFrame
@@ -154,26 +172,47 @@ class Planned:
     contacts: pl.DataFrame
 
 
+def read_candidates(
+    settings: OutboundSettings, campaigns: list[Campaign], clock: RunClock
+) -> pl.DataFrame:
+    """Members of the due campaigns' segments, one row per (campaign, member)."""
+    slugs = sorted({c.segment for c in due_campaigns(campaigns, clock.as_of)})
+    with connect(settings.duckdb_path, read_only=True) as con:
+        members = read_members(con, slugs, clock.as_of)
+    return build_candidates(campaigns, members, clock.as_of)
+
+
+def read_history(
+    settings: OutboundSettings, campaigns: list[Campaign], clock: RunClock, engine: Engine
+) -> pl.DataFrame:
+    """Ledger rows recent enough to matter for the longest cap window in use."""
+    windows = [settings.cap.window_days] + [
+        c.frequency_cap.window_days for c in campaigns if c.frequency_cap
+    ]
+    return ledger_mod.read_ledger(engine, since=clock.as_of - timedelta(days=max(windows + [1])))
+
+
+def read_opt_outs(settings: OutboundSettings, clock: RunClock, engine: Engine) -> pl.DataFrame:
+    """Opt-outs in force: the extract's (dated on or before the as-of date) and learned ones."""
+    with connect(settings.duckdb_path, read_only=True) as con:
+        extract = read_extract_opt_outs(con, clock.as_of, settings.timezone)
+    return pl.concat([extract, ledger_mod.read_learned_opt_outs(engine)]).unique()
+
+
 def make_plan(
     settings: OutboundSettings,
     campaigns: list[Campaign],
     clock: RunClock,
     engine: Engine,
+    candidates: pl.DataFrame | None = None,
 ) -> Planned:
     validate_timezone(settings.timezone)
-    due = due_campaigns(campaigns, clock.as_of)
-    slugs = sorted({c.segment for c in due})
+    if candidates is None:
+        candidates = read_candidates(settings, campaigns, clock)
     with connect(settings.duckdb_path, read_only=True) as con:
-        members = read_members(con, slugs, clock.as_of)
         contacts = read_contacts(con)
-        extract_opt_outs = read_extract_opt_outs(con, clock.as_of, settings.timezone)
-    opt_outs = pl.concat([extract_opt_outs, ledger_mod.read_learned_opt_outs(engine)])
-    longest = max(
-        [settings.cap.window_days]
-        + [c.frequency_cap.window_days for c in campaigns if c.frequency_cap]
-    )
-    history = ledger_mod.read_ledger(engine, since=clock.as_of - timedelta(days=max(longest, 1)))
-    candidates = build_candidates(campaigns, members, clock.as_of)
+    opt_outs = read_opt_outs(settings, clock, engine)
+    history = read_history(settings, campaigns, clock, engine)
     plan = plan_sends(campaigns, candidates, contacts, opt_outs, history, clock, settings.cap)
     return Planned(candidates=candidates, plan=plan, contacts=contacts)
 

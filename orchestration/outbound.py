@@ -1,0 +1,293 @@
+"""Outbound assets: campaign candidates → send plan (dry-run table) → sent messages.
+
+Only wiring: planning lives in `outbound.selection`, reading / writing in `outbound.run`
+and `outbound.warehouse`. Without SENDGRID_API_KEY `sent_messages` is a dry run.
+"""
+
+from dataclasses import replace
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from clinic_audiences.config import Settings
+from ingest.warehouse import connect
+from orchestration.resources import ClinicSettingsResource, WarehouseResource, run_as_of
+from outbound import ledger as ledger_mod
+from outbound.campaigns import Campaign, CampaignError
+from outbound.checks import opted_out_in_plan, twice_in_cap_window
+from outbound.run import (
+    OutboundSettings,
+    Planned,
+    SenderSettings,
+    campaigns_for,
+    cap_from_env,
+    make_plan,
+    read_candidates,
+    read_history,
+    read_opt_outs,
+    run_clock,
+    send_planned,
+    state_engine,
+)
+from outbound.selection import PLAN_SCHEMA, RunClock, summarise
+from outbound.warehouse import export_ledger, read_contacts, write_table
+
+CANDIDATES = dg.AssetKey(["outbound", "campaign_candidates"])
+SEND_PLAN = dg.AssetKey(["outbound", "send_plan"])
+SENT = dg.AssetKey(["outbound", "sent_messages"])
+GROUP = "outbound"
+
+
+def _settings(warehouse: WarehouseResource, settings: ClinicSettingsResource) -> OutboundSettings:
+    env = OutboundSettings.from_env()
+    return OutboundSettings(
+        duckdb_path=warehouse.duckdb_path,
+        state_db_url=settings.state_db_url,
+        timezone=settings.clinic_timezone,
+        segments_path=env.segments_path,
+        campaigns_dir=env.campaigns_dir,
+        cap=cap_from_env(),
+    )
+
+
+def _campaigns(s: OutboundSettings) -> list[Campaign]:
+    try:
+        return campaigns_for(s)
+    except CampaignError as e:
+        raise dg.Failure(description=str(e)) from None
+
+
+def _clock(context, settings: ClinicSettingsResource) -> RunClock:
+    as_of = run_as_of(context.run.tags, settings)
+    return run_clock(as_of.isoformat(), settings.clinic_timezone)
+
+
+def _markdown(frame: pl.DataFrame) -> str:
+    if frame.is_empty():
+        return "(empty)"
+    cols = frame.columns
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.rows()]
+    return "\n".join(lines)
+
+
+def _segment_deps(segments_path: Path | None) -> list[dg.AssetKey]:
+    """The segment assets the campaigns read; none when the campaign files are broken
+    (the asset then fails with the file's errors instead of taking the code location down)."""
+    try:
+        s = replace(OutboundSettings.from_env(), segments_path=segments_path)
+        campaigns = campaigns_for(s)
+    except (CampaignError, ValueError):
+        return []
+    return [dg.AssetKey(["segments", slug]) for slug in sorted({c.segment for c in campaigns})]
+
+
+def build_outbound_defs(segments_path: Path | None = None) -> dg.Definitions:
+    deps = [
+        *_segment_deps(segments_path),
+        dg.AssetKey(["raw", "patients"]),
+        dg.AssetKey(["raw", "opt_outs"]),
+    ]
+
+    @dg.asset(
+        key=CANDIDATES,
+        deps=deps,
+        group_name=GROUP,
+        kinds={"polars", "duckdb"},
+        pool="warehouse",
+        description="Members of the segments of today's campaigns: one row per (campaign, member).",
+    )
+    def campaign_candidates(
+        context: dg.AssetExecutionContext,
+        warehouse: WarehouseResource,
+        settings: ClinicSettingsResource,
+    ) -> dg.MaterializeResult:
+        s = _settings(warehouse, settings)
+        clock = _clock(context, settings)
+        candidates = read_candidates(s, _campaigns(s), clock)
+        with connect(s.duckdb_path) as con:
+            write_table(
+                con,
+                "campaign_candidates",
+                candidates.with_columns(pl.lit(clock.as_of).alias("as_of")),
+            )
+        per_campaign = (
+            candidates.group_by("campaign").agg(pl.len().alias("candidates")).sort("campaign")
+        )
+        context.log.info(
+            f"{candidates.height} candidate row(s) for {per_campaign.height} campaign(s)"
+        )
+        return dg.MaterializeResult(
+            metadata={
+                "rows": dg.MetadataValue.int(candidates.height),
+                "as_of": dg.MetadataValue.text(clock.as_of.isoformat()),
+                "per_campaign": dg.MetadataValue.md(_markdown(per_campaign)),
+            }
+        )
+
+    @dg.asset(
+        key=SEND_PLAN,
+        deps=[CANDIDATES],
+        group_name=GROUP,
+        kinds={"polars", "duckdb"},
+        pool="warehouse",
+        description="The dry-run table: each candidate with its decision and reason.",
+    )
+    def send_plan(
+        context: dg.AssetExecutionContext,
+        warehouse: WarehouseResource,
+        settings: ClinicSettingsResource,
+    ) -> dg.MaterializeResult:
+        s = _settings(warehouse, settings)
+        clock = _clock(context, settings)
+        campaigns = _campaigns(s)
+        with connect(s.duckdb_path, read_only=True) as con:
+            candidates = con.sql(
+                "select campaign, segment_slug, patient_id, case_id, channel, priority "
+                "from outbound.campaign_candidates"
+            ).pl()
+        planned = make_plan(s, campaigns, clock, state_engine(s), candidates=candidates)
+        with connect(s.duckdb_path) as con:
+            write_table(
+                con,
+                "send_plan",
+                planned.plan.with_columns(
+                    pl.lit(clock.as_of).alias("as_of"),
+                    pl.lit(clock.local_now.isoformat(timespec="minutes")).alias("planned_at"),
+                ),
+            )
+        summary = summarise(planned.plan)
+        by_decision = dict(planned.plan.group_by("decision").len().iter_rows())
+        context.log.info(f"send plan: {by_decision}")
+        return dg.MaterializeResult(
+            metadata={
+                "rows": dg.MetadataValue.int(planned.plan.height),
+                "to_send": dg.MetadataValue.int(by_decision.get("send", 0)),
+                "suppressed": dg.MetadataValue.int(by_decision.get("suppressed", 0)),
+                "deferred": dg.MetadataValue.int(by_decision.get("deferred", 0)),
+                "as_of": dg.MetadataValue.text(clock.as_of.isoformat()),
+                "summary": dg.MetadataValue.md(_markdown(summary)),
+            }
+        )
+
+    def _plan_and_inputs(warehouse, settings, context):
+        s = _settings(warehouse, settings)
+        clock = _clock(context, settings)
+        engine = state_engine(s)
+        with connect(s.duckdb_path, read_only=True) as con:
+            plan = con.sql(f"select {', '.join(PLAN_SCHEMA)} from outbound.send_plan").pl()
+            contacts = read_contacts(con)
+        return s, clock, engine, plan.cast(PLAN_SCHEMA), contacts
+
+    @dg.asset_check(
+        asset=SEND_PLAN, description="Nobody opted out (extract, consent or learned) is planned."
+    )
+    def no_opted_out_patients_in_plan(
+        context: dg.AssetCheckExecutionContext,
+        warehouse: WarehouseResource,
+        settings: ClinicSettingsResource,
+    ) -> dg.AssetCheckResult:
+        s, clock, engine, plan, contacts = _plan_and_inputs(warehouse, settings, context)
+        result = opted_out_in_plan(plan, contacts, read_opt_outs(s, clock, engine))
+        return dg.AssetCheckResult(
+            passed=result.passed,
+            metadata={
+                "offenders": result.offenders,
+                "sample_patient_ids": ", ".join(result.sample),
+            },
+        )
+
+    @dg.asset_check(
+        asset=SEND_PLAN, description="Nobody gets two messages inside the frequency-cap window."
+    )
+    def nobody_twice_in_cap_window(
+        context: dg.AssetCheckExecutionContext,
+        warehouse: WarehouseResource,
+        settings: ClinicSettingsResource,
+    ) -> dg.AssetCheckResult:
+        s, clock, engine, plan, _ = _plan_and_inputs(warehouse, settings, context)
+        history = read_history(s, _campaigns(s), clock, engine)
+        result = twice_in_cap_window(
+            plan, history, clock.as_of, s.cap.window_days, s.cap.max_messages
+        )
+        return dg.AssetCheckResult(
+            passed=result.passed,
+            metadata={
+                "offenders": result.offenders,
+                "sample_patient_ids": ", ".join(result.sample),
+            },
+        )
+
+    @dg.asset(
+        key=SENT,
+        deps=[SEND_PLAN],
+        group_name=GROUP,
+        kinds={"sendgrid", "duckdb"},
+        pool="warehouse",
+        description=(
+            "Sends today's plan through SendGrid (a dry run without SENDGRID_API_KEY) and "
+            "exports the send ledger to outbound.send_ledger for the analytics models."
+        ),
+    )
+    def sent_messages(
+        context: dg.AssetExecutionContext,
+        warehouse: WarehouseResource,
+        settings: ClinicSettingsResource,
+    ) -> dg.MaterializeResult:
+        s, clock, engine, plan, contacts = _plan_and_inputs(warehouse, settings, context)
+        campaigns = _campaigns(s)
+        sender = SenderSettings.from_env()
+        try:
+            channel = sender.channel() if sender.api_key else None
+        except ValueError as e:
+            raise dg.Failure(description=str(e)) from None
+        planned = Planned(candidates=pl.DataFrame(), plan=plan, contacts=contacts)
+        report = send_planned(s, campaigns, planned, clock, engine, channel, sandbox=sender.sandbox)
+        with connect(s.duckdb_path) as con:
+            export_ledger(con, ledger_mod.read_ledger(engine))
+        if report.dry_run:
+            context.log.warning("SENDGRID_API_KEY is not set: dry run, nothing was sent")
+        rows = [
+            (r.campaign, r.planned, r.already_in_ledger, r.sent, r.failed, r.requests, r.digest)
+            for r in report.campaigns.values()
+        ]
+        table = pl.DataFrame(
+            rows,
+            schema=[
+                "campaign",
+                "planned",
+                "already_in_ledger",
+                "sent",
+                "failed",
+                "requests",
+                "staff_digest",
+            ],
+            orient="row",
+        )
+        metadata = {
+            "dry_run": dg.MetadataValue.bool(report.dry_run),
+            "sandbox": dg.MetadataValue.bool(report.sandbox),
+            "sent": dg.MetadataValue.int(report.sent),
+            "failed": dg.MetadataValue.int(report.failed),
+            "requests": dg.MetadataValue.int(report.requests),
+            "unknown_from_earlier_runs": dg.MetadataValue.int(report.unknown),
+            "per_campaign": dg.MetadataValue.md(_markdown(table)),
+        }
+        if report.stopped:
+            raise dg.Failure(
+                description=(
+                    f"send run stopped: {report.stopped}; the batch in flight stays pending and "
+                    "is reported as unknown next run, never resent automatically"
+                ),
+                metadata=metadata,
+            )
+        return dg.MaterializeResult(metadata=metadata)
+
+    return dg.Definitions(
+        assets=[campaign_candidates, send_plan, sent_messages],
+        asset_checks=[no_opted_out_patients_in_plan, nobody_twice_in_cap_window],
+    )
+
+
+defs = build_outbound_defs(Settings.from_env().segments_path)

@@ -1,0 +1,157 @@
+"""The outbound assets wired through Dagster, on a temp warehouse and state store."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import dagster as dg
+import duckdb
+import polars as pl
+import pytest
+
+from orchestration.outbound import CANDIDATES, SEND_PLAN, SENT, build_outbound_defs
+from orchestration.resources import AS_OF_TAG, ClinicSettingsResource, WarehouseResource
+from outbound.checks import opted_out_in_plan, twice_in_cap_window
+
+AS_OF = date(2026, 11, 26)
+CAMPAIGN = """
+name: Reactivation
+segment: lapsed-physio-6-12mo
+template: {local: reactivation}
+priority: 50
+schedule: {every: day}
+"""
+
+
+@pytest.fixture
+def wired(tmp_path, monkeypatch, make_warehouse):
+    patients = [
+        ("p1", "Ann", "ann@clinic.example", None, None, None),
+        ("p2", "Bob", "bob@clinic.example", None, None, None),
+        ("p3", "Cy", "cy@clinic.example", None, None, None),
+    ]
+    membership = [("lapsed-physio-6-12mo", p, None, AS_OF) for p in ("p1", "p2", "p3")]
+    db = make_warehouse(
+        tmp_path / "wh.duckdb", patients, membership, opt_outs=[("p3", "all", None)]
+    )
+    folder = tmp_path / "campaigns"
+    folder.mkdir()
+    (folder / "reactivation.yaml").write_text(CAMPAIGN)
+    monkeypatch.setenv("CAMPAIGNS_PATH", str(folder))
+    monkeypatch.setenv("OUTBOUND_RUN_TIME", "10:00")
+    monkeypatch.delenv("SENDGRID_API_KEY", raising=False)
+    defs = build_outbound_defs(None)
+    resources = {
+        "warehouse": WarehouseResource(duckdb_path=str(db)),
+        "settings": ClinicSettingsResource(
+            clinic_timezone="Australia/Sydney", state_db_url=f"sqlite:///{tmp_path / 's.db'}"
+        ),
+    }
+    return defs, resources, db
+
+
+def materialize(defs, resources):
+    assets = list(defs.assets) + list(defs.asset_checks)
+    return dg.materialize(assets, resources=resources, tags={AS_OF_TAG: AS_OF.isoformat()})
+
+
+def test_keys_and_segment_deps(wired):
+    defs, _, _ = wired
+    by_key = {a.key: a for a in defs.assets}
+    assert set(by_key) == {CANDIDATES, SEND_PLAN, SENT}
+    assert dg.AssetKey(["segments", "lapsed-physio-6-12mo"]) in by_key[CANDIDATES].dependency_keys
+    assert by_key[SENT].dependency_keys == {SEND_PLAN}
+
+
+def test_dry_run_materialisation_plan_table_checks_and_empty_ledger(wired):
+    defs, resources, db = wired
+    result = materialize(defs, resources)
+    assert result.success
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks == {"no_opted_out_patients_in_plan": True, "nobody_twice_in_cap_window": True}
+    meta = result.asset_materializations_for_node("outbound__send_plan")[0].metadata
+    assert meta["to_send"].value == 2 and meta["suppressed"].value == 1
+    sent_meta = result.asset_materializations_for_node("outbound__sent_messages")[0].metadata
+    assert sent_meta["dry_run"].value is True and sent_meta["sent"].value == 0
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        plan = con.sql(
+            "select campaign, patient_id, decision, reason, as_of from outbound.send_plan "
+            "order by patient_id"
+        ).fetchall()
+        assert plan == [
+            ("reactivation", "p1", "send", "", AS_OF),
+            ("reactivation", "p2", "send", "", AS_OF),
+            ("reactivation", "p3", "suppressed", "opted_out", AS_OF),
+        ]
+        # The analytics source always exists, empty until something is sent.
+        assert con.sql("select count(*) from outbound.send_ledger").fetchall() == [(0,)]
+    finally:
+        con.close()
+
+
+def test_sending_materialisation_exports_the_ledger(wired, monkeypatch, fake_sendgrid):
+    defs, resources, db = wired
+    monkeypatch.setenv("SENDGRID_API_KEY", "test-key")
+    monkeypatch.setenv("SENDGRID_API_HOST", fake_sendgrid.url)
+    monkeypatch.setenv("OUTBOUND_FROM_EMAIL", "clinic@clinic.example")
+    assert materialize(defs, resources).success
+    assert sorted(fake_sendgrid.addresses) == ["ann@clinic.example", "bob@clinic.example"]
+    # Same day again: the plan is the same, the ledger holds both, nothing is resent.
+    result = materialize(defs, resources)
+    assert result.success and len(fake_sendgrid.requests) == 1
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks["nobody_twice_in_cap_window"] is True
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        rows = con.sql(
+            "select campaign, patient_id, status, send_date from outbound.send_ledger order by 2"
+        ).fetchall()
+    finally:
+        con.close()
+    assert rows == [("reactivation", "p1", "sent", AS_OF), ("reactivation", "p2", "sent", AS_OF)]
+
+
+def _plan(rows):
+    return pl.DataFrame(
+        rows, schema=["campaign", "patient_id", "channel", "decision"], orient="row"
+    )
+
+
+def test_opt_out_check_fails_on_a_bad_plan():
+    plan = _plan(
+        [
+            ("a", "p1", "email", "send"),
+            ("a", "p2", "email", "send"),
+            ("a", "p3", "email", "suppressed"),
+            ("a", "p4", "staff_email", "send"),  # staff digests list opted-out cases too
+        ]
+    )
+    contacts = pl.DataFrame(
+        {
+            "patient_id": ["p1", "p2", "p3", "p4"],
+            "accepted_email_marketing": [None, False, None, None],
+        }
+    )
+    opt_outs = pl.DataFrame({"patient_id": ["p3", "p4", "p1"], "channel": ["email", "all", "sms"]})
+    r = opted_out_in_plan(plan, contacts, opt_outs)
+    # p2 said no to email and is planned; p3 is suppressed; p4 is a staff row; p1's is SMS.
+    assert (r.passed, r.offenders, r.sample) == (False, 1, ["p2"])
+
+
+def test_cap_check_counts_the_ledger_but_not_the_same_message_twice():
+    plan = _plan(
+        [("a", "p1", "email", "send"), ("a", "p2", "email", "send"), ("b", "p3", "email", "send")]
+    )
+    history = pl.DataFrame(
+        {
+            "campaign": ["a", "x", "x", "b"],
+            "recipient": ["p1", "p2", "p3", "p3"],
+            "send_date": [AS_OF, date(2026, 11, 20), date(2026, 11, 19), date(2026, 11, 26)],
+            "status": ["sent", "sent", "sent", "failed"],
+        }
+    )
+    r = twice_in_cap_window(plan, history, AS_OF, 7)
+    # p1: today's row is this very message (re-run) → 1. p2: 20 Nov is inside 20..26 Nov
+    # → 2. p3: 19 Nov is outside, and today's row failed → 1.
+    assert (r.passed, r.sample) == (False, ["p2"])
