@@ -545,24 +545,8 @@ def sync_worklist(
             )
         result.entered = len(plan.enter)
 
-    def mark_left(seen: MemberView) -> Change | None:
-        if seen.left_segment:
-            return None
-        return Change(kind="left_segment", values={"left_segment": True, "left_at": at})
-
-    def mark_back(seen: MemberView) -> Change | None:
-        if not seen.left_segment:
-            return None
-        return Change(
-            kind="returned", values={"left_segment": False, "left_at": None}, to_stage=seen.stage
-        )
-
-    for mid in plan.leave:
-        if change_member(engine, info.slug, mid, mark_left, SYSTEM_ACTOR, at):
-            result.left += 1
-    for mid in plan.come_back:
-        if change_member(engine, info.slug, mid, mark_back, SYSTEM_ACTOR, at):
-            result.came_back += 1
+    result.left = _set_left_segment(engine, info.slug, plan.leave, True, at)
+    result.came_back = _set_left_segment(engine, info.slug, plan.come_back, False, at)
 
     if info.spec.on_booking and latest_booking:
         with engine.connect() as conn:
@@ -591,6 +575,62 @@ def sync_worklist(
 
     result.counts = stage_counts(engine, info, info.owner)
     return result
+
+
+# Rows per statement when many members change at once: well under SQLite's bound
+# parameter limit, and short transactions for staff working alongside a sync.
+BATCH = 500
+
+
+def _set_left_segment(
+    engine: Engine, slug: str, member_ids: list[str], left: bool, at: datetime
+) -> int:
+    """Mark members as having left (or come back), a batch per transaction.
+
+    The update bumps `version` in the database (`version + 1` on the row as it is when
+    the update gets it), so a staff change racing with the sync is neither lost nor
+    overwritten: whichever commits second simply gets the next version. RETURNING gives
+    the versions this sync produced for the events.
+    """
+    changed = 0
+    for i in range(0, len(member_ids), BATCH):
+        chunk = member_ids[i : i + BATCH]
+        with engine.begin() as conn:
+            rows = conn.execute(
+                members.update()
+                .where(
+                    members.c.worklist_slug == slug,
+                    members.c.member_id.in_(chunk),
+                    members.c.left_segment == (not left),
+                )
+                .values(
+                    left_segment=left,
+                    left_at=at if left else None,
+                    version=members.c.version + 1,
+                )
+                .returning(members.c.member_id, members.c.version, members.c.stage)
+            ).all()
+            if rows:
+                conn.execute(
+                    events.insert(),
+                    [
+                        {
+                            "worklist_slug": slug,
+                            "member_id": r.member_id,
+                            "at": at,
+                            "actor": SYSTEM_ACTOR,
+                            "kind": "left_segment" if left else "returned",
+                            "from_stage": None,
+                            "to_stage": None if left else r.stage,
+                            "assignee": None,
+                            "note": None,
+                            "member_version": r.version,
+                        }
+                        for r in rows
+                    ],
+                )
+            changed += len(rows)
+    return changed
 
 
 def stored_worklist(engine: Engine, slug: str) -> WorkListInfo | None:

@@ -122,3 +122,50 @@ def test_simultaneous_moves_from_many_threads_all_land_in_one_chain(
         previous = e.to_stage
     final = list_members(engine, wl)[0]
     assert (final.stage, final.version) == (previous, workers + 1)
+
+
+def test_staff_moves_racing_a_sync_that_marks_members_as_left_both_land(
+    engine: Engine,
+    second_engine: Engine,
+    day: Callable[..., datetime],
+    worklist: Callable[..., WorkListInfo],
+) -> None:
+    wl = worklist()
+    ids = [f"p{i:02d}" for i in range(60)]
+    sync_worklist(engine, wl, [Member(i, i) for i in ids], now=day(0))
+    start = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def staff() -> None:
+        try:
+            start.wait()
+            for i in ids:
+                move(second_engine, wl, i, "Left voicemail", by="ann", now=day(1))
+        except BaseException as exc:  # noqa: BLE001 - surfaced by the assert below
+            errors.append(exc)
+
+    def nightly_sync() -> None:
+        try:
+            start.wait()
+            # Everybody left the segment in this run.
+            sync_worklist(engine, wl, [], now=day(1))
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=staff), threading.Thread(target=nightly_sync)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+    # Whatever the interleaving, each member has both changes: the staff stage and the
+    # left_segment mark, at versions 1, 2, 3 (entered first, then the two in either order).
+    for m in list_members(engine, wl):
+        assert (m.stage, m.left_segment, m.version) == ("Left voicemail", True, 3), m.member_id
+        events = history(engine, wl, m.member_id)
+        assert [e.member_version for e in events] == [1, 2, 3]
+        assert events[0].kind == "entered"
+        assert sorted(e.kind for e in events[1:]) == ["left_segment", "moved"]
+        moved = next(e for e in events if e.kind == "moved")
+        assert (moved.from_stage, moved.to_stage) == ("To call", "Left voicemail")
