@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from orchestration import dbt as dbt_stage
 from orchestration import ingest
 from orchestration import workflow as workflow_stage
 from orchestration.resources import resources_from_env
@@ -18,6 +19,7 @@ from orchestration.sensors import new_extract_folder_sensor
 
 STAGES: list[dg.Definitions] = [
     ingest.defs,
+    dbt_stage.defs,
     workflow_stage.defs,
 ]
 
