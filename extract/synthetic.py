@@ -558,11 +558,13 @@ def _generate_chunk(clinic: _Clinic, rng: np.random.Generator, first_index: int,
     extra_price = np.where(extra, np.array([p for _, p in cat.EXTRA_ITEMS])[extra_item], 0)
     total = fee + extra_price
     age = -day[iv]
-    # open / paid / closed / void: old invoices are settled, recent ones often open
-    inv_status = np.where(
-        age > 60,
-        rng.choice(4, n_i, p=(0.04, 0.88, 0.05, 0.03)),
-        rng.choice(4, n_i, p=(0.26, 0.70, 0.01, 0.03)),
+    # open / paid / closed / void: recent invoices are often open, a few stay open for
+    # months (the billing worklist), old ones are settled or written off (closed).
+    inv_status = np.select(
+        [age <= 30, age <= 60],
+        [rng.choice(4, n_i, p=(0.25, 0.72, 0.0, 0.03)),
+         rng.choice(4, n_i, p=(0.05, 0.90, 0.02, 0.03))],
+        rng.choice(4, n_i, p=(0.005, 0.92, 0.05, 0.025)),
     )
     partial = (inv_status == 0) & (rng.random(n_i) < 0.4)
     paid = np.select(
@@ -687,7 +689,9 @@ def _patients_frame(clinic: _Clinic, rng: np.random.Generator, n: int, patient_i
     last = np.array(cat.LAST_NAMES)[rng.integers(0, len(cat.LAST_NAMES), n)]
 
     child = rng.random(n) < 0.07
-    age_years = np.where(child, rng.uniform(5, 18, n), np.clip(rng.normal(47, 17, n), 18, 94))
+    # The uniform part keeps birthdays spread over the year where the clip bites.
+    adult = np.clip(rng.normal(47, 17, n), 18, 94) + rng.random(n)
+    age_years = np.where(child, rng.uniform(5, 18, n), adult)
     dob = today - (age_years * 365.2425).astype(np.int64)
     # Born at least two years before their first contact with the clinic.
     dob = np.minimum(dob, created_at // DAY - 730)

@@ -361,6 +361,9 @@ def test_patients_have_real_world_gaps_and_features(t: dict[str, pl.DataFrame]) 
     assert not p.filter(pl.col("mobile").is_null())["has_whatsapp"].any()
     dob = p["date_of_birth"].drop_nulls()
     assert ((dob.dt.month() == 2) & (dob.dt.day() == 29)).sum() >= 1
+    # Birthdays spread over the year: ~1,900 dates over 366 month-days is ~5 a day; no
+    # month-day may hold 1% (19) of them (a clamped age once piled them on the as-of day).
+    assert dob.dt.strftime("%m-%d").value_counts()["count"].max() < 0.01 * dob.len()
     # Birthdays in the next 7 days (26 Nov - 2 Dec): same month-day within that span.
     upcoming = {(11, d) for d in range(26, 31)} | {(12, 1), (12, 2)}
     md = set(zip(dob.dt.month().to_list(), dob.dt.day().to_list(), strict=True))
