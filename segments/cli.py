@@ -15,10 +15,9 @@ import duckdb
 import polars as pl
 
 from clinic_audiences.config import Settings, parse_as_of
-from segments.catalogue import ENTITY_TABLES, Catalogue, CatalogueError
-from segments.compiler import columns_read
-from segments.evaluate import WarehouseError, WarehouseFrames, evaluate
-from segments.library import default_catalogue, load_library, resnapshot, visible_to
+from segments.catalogue import Catalogue, CatalogueError
+from segments.evaluate import WarehouseError, WarehouseFrames
+from segments.library import default_catalogue, load_library, preview, resnapshot, visible_to
 from segments.validation import (
     Issue,
     Segment,
@@ -26,10 +25,6 @@ from segments.validation import (
     load_segment,
     segment_files,
 )
-
-SAMPLE_ROWS = 10
-# Shown in a preview next to the fields the definition uses, so staff recognise people.
-_PREVIEW_NAMES = ("first_name", "last_name")
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -88,15 +83,6 @@ def _load_paths(paths: list[Path], catalogue: Catalogue) -> list[Segment]:
     return list(found.values())
 
 
-def _preview_columns(segment: Segment, catalogue: Catalogue) -> list[str]:
-    d = segment.definition
-    fields = catalogue.entity_fields(d.entity)
-    used = sorted(c for c in columns_read(d)[ENTITY_TABLES[d.entity]] if c in fields)
-    names = [c for c in _PREVIEW_NAMES if c in fields] if d.entity == "patient" else ["name"]
-    keys = ("patient_id", "case_id")
-    return [c for c in dict.fromkeys([*names, *used]) if c not in keys]
-
-
 def cmd_preview(file: str, as_of: str | None) -> int:
     """Count, sample rows and evaluation time of a (possibly unsaved) definition file."""
     settings = Settings.from_env()
@@ -110,28 +96,22 @@ def cmd_preview(file: str, as_of: str | None) -> int:
         return _fail(f"{len(exc.issues)} problem(s) found; nothing was run")
     except (CatalogueError, ValueError) as exc:
         return _fail(str(exc), 2)
-    columns = _preview_columns(segment, catalogue)
     frames = WarehouseFrames(settings.duckdb_path)
     try:
         started = time.perf_counter()
         frames.prepare([segment.definition])
-        loaded = time.perf_counter()
-        members = evaluate(
-            segment.definition, frames, catalogue, day, settings.clinic_timezone, columns
-        )
-        done = time.perf_counter()
+        loaded = time.perf_counter() - started
+        result = preview(segment, frames, catalogue, day, settings.clinic_timezone)
     except WarehouseError as exc:
         return _fail(str(exc), 2)
-    if segment.definition.entity == "patient":
-        members = members.drop("case_id")
     print(f"{segment.slug}: {segment.definition.name}  (as of {day.isoformat()})")
-    print(f"members: {members.height}")
+    print(f"members: {result.count}")
     print(
-        f"evaluated in {(done - loaded) * 1000:.1f} ms "
-        f"(reading the warehouse took {(loaded - started) * 1000:.0f} ms)"
+        f"evaluated in {result.seconds * 1000:.1f} ms "
+        f"(reading the warehouse took {loaded * 1000:.0f} ms)"
     )
-    with pl.Config(tbl_rows=SAMPLE_ROWS, tbl_cols=-1, tbl_width_chars=160, fmt_str_lengths=40):
-        print(members.head(SAMPLE_ROWS))
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=160, fmt_str_lengths=40):
+        print(result.sample)
     return 0
 
 

@@ -7,6 +7,7 @@ list) and records the result in the warehouse.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -18,11 +19,13 @@ from sqlalchemy.engine import Engine
 from clinic_audiences.config import Settings
 from segments.catalogue import (
     DEFAULT_CATALOGUE_PATH,
+    ENTITY_TABLES,
     Catalogue,
     CatalogueError,
     catalogue_from_warehouse,
     load_catalogue,
 )
+from segments.compiler import columns_read
 from segments.evaluate import WarehouseFrames, evaluate
 from segments.membership import (
     MembershipChange,
@@ -74,6 +77,46 @@ def visible_to(segment: Segment, user: str | None) -> bool:
     if d.visibility == "shared":
         return True
     return user is not None and d.owner is not None and user.lower() == d.owner.lower()
+
+
+PREVIEW_SAMPLE_ROWS = 10
+# Shown in a preview next to the fields the definition uses, so staff recognise people.
+_PREVIEW_NAMES = {"patient": ("first_name", "last_name"), "case": ("name",)}
+
+
+@dataclass(frozen=True)
+class Preview:
+    count: int
+    sample: pl.DataFrame
+    seconds: float
+
+
+def preview_columns(segment: Segment, catalogue: Catalogue) -> list[str]:
+    """Names, then the fields the definition reads: what a person checks in a preview."""
+    d = segment.definition
+    fields = catalogue.entity_fields(d.entity)
+    used = sorted(c for c in columns_read(d)[ENTITY_TABLES[d.entity]] if c in fields)
+    names = [c for c in _PREVIEW_NAMES[d.entity] if c in fields]
+    return [c for c in dict.fromkeys([*names, *used]) if c not in ("patient_id", "case_id")]
+
+
+def preview(
+    segment: Segment, frames: WarehouseFrames, catalogue: Catalogue, as_of: date, timezone: str
+) -> Preview:
+    """Count and sample of a segment, timed: what `audiences preview` shows.
+
+    Time the evaluation only; the frames are expected to be loaded (`frames.prepare`).
+    """
+    started = time.perf_counter()
+    members = evaluate(
+        segment.definition, frames, catalogue, as_of, timezone,
+        preview_columns(segment, catalogue),
+    )  # fmt: skip
+    sample = members.head(PREVIEW_SAMPLE_ROWS)
+    seconds = time.perf_counter() - started
+    if segment.definition.entity == "patient":
+        sample = sample.drop("case_id")
+    return Preview(members.height, sample, seconds)
 
 
 def state_engine(state_db_url: str) -> Engine:
