@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import date, datetime
 
 import pytest
 from sqlalchemy.engine import Engine
@@ -15,6 +15,7 @@ from workflow.api import (
     history,
     list_members,
     move,
+    set_due_date,
     stage_counts,
     sync_worklist,
 )
@@ -178,4 +179,20 @@ def test_assign_and_note_are_recorded_and_filterable(
         ("entered", "system", "sam@clinic.example", None),
         ("assigned", "ann", "kim@clinic.example", None),
         ("note", "kim@clinic.example", None, "prefers mornings"),
+    ]
+
+
+def test_due_date_is_set_cleared_and_recorded(
+    engine: Engine, day: Callable[..., datetime], worklist: Callable[..., WorkListInfo]
+) -> None:
+    wl = worklist()
+    sync_worklist(engine, wl, members("p1"), now=day(0))
+    set_due_date(engine, wl, "p1", date(2026, 3, 9), by="ann", now=day(0, 1))
+    assert list_members(engine, wl)[0].due_date == date(2026, 3, 9)
+    set_due_date(engine, wl, "p1", None, by="ann", now=day(0, 2))
+    assert list_members(engine, wl)[0].due_date is None
+    assert [(e.kind, e.note) for e in history(engine, wl, "p1")] == [
+        ("entered", None),
+        ("due", "due 2026-03-09"),
+        ("due", None),
     ]
