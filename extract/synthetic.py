@@ -281,8 +281,11 @@ def _build_clinic(n_patients: int, seed: int, as_of: date) -> _Clinic:
     # The first of each designation stays, so every service remains bookable.
     n_left = max(1, round(0.25 * n_prac))
     left = np.zeros(n_prac, dtype=bool)
-    left[rng.choice(np.arange(n_des, n_prac), n_left, replace=False)] = True
+    leavers = rng.choice(np.arange(n_des, n_prac), n_left, replace=False)
+    left[leavers] = True
     left_day = np.where(left, -rng.integers(20, 1800, n_prac), 10**6)
+    # Someone always left recently: their patients are the orphans front desk calls now.
+    left_day[leavers[0]] = -rng.integers(30, 120)
     female = rng.random(n_prac) < 0.6
     first = np.where(female, np.array(cat.FEMALE_NAMES)[rng.integers(0, 30, n_prac)],
                      np.array(cat.MALE_NAMES)[rng.integers(0, 30, n_prac)])

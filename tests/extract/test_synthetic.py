@@ -252,6 +252,11 @@ def test_practitioners_scale_and_some_left_leaving_orphans(
     assert after.height == 0
     orphans = last_attended.join(left.select("practitioner_id"), on="practitioner_id")
     assert orphans.height >= 10
+    # Some are recent: still active patients, last seen within the year, nothing booked.
+    booked = appts.filter(pl.col("cls") == "upcoming")["patient_id"]
+    recent = orphans.filter((pl.col("local_date") >= AS_OF - timedelta(365))
+                            & ~pl.col("patient_id").is_in(booked))
+    assert recent.height >= 5
 
 
 def test_appointment_types_cover_the_services(t: dict[str, pl.DataFrame]) -> None:
