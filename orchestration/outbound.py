@@ -36,6 +36,9 @@ from outbound.warehouse import export_ledger, read_contacts, write_table
 CANDIDATES = dg.AssetKey(["outbound", "campaign_candidates"])
 SEND_PLAN = dg.AssetKey(["outbound", "send_plan"])
 SENT = dg.AssetKey(["outbound", "sent_messages"])
+# The ledger exported to the warehouse: the dbt source `outbound.send_ledger`, keyed the
+# way the dbt translator keys sources, so the analytics models run after it.
+LEDGER_TABLE = dg.AssetKey(["outbound", "send_ledger"])
 GROUP = "outbound"
 
 
@@ -219,22 +222,33 @@ def build_outbound_defs(segments_path: Path | None = None) -> dg.Definitions:
             },
         )
 
-    @dg.asset(
-        key=SENT,
-        deps=[SEND_PLAN],
-        group_name=GROUP,
-        kinds={"sendgrid", "duckdb"},
+    @dg.multi_asset(
+        specs=[
+            dg.AssetSpec(
+                SENT,
+                deps=[SEND_PLAN],
+                group_name=GROUP,
+                kinds={"sendgrid"},
+                description=(
+                    "Sends today's plan through SendGrid (a dry run without SENDGRID_API_KEY); "
+                    "the ledger in the state store makes re-runs send nothing twice."
+                ),
+            ),
+            dg.AssetSpec(
+                LEDGER_TABLE,
+                deps=[SENT],
+                group_name=GROUP,
+                kinds={"duckdb"},
+                description="The send ledger exported for the analytics models (ids, no texts).",
+            ),
+        ],
         pool="warehouse",
-        description=(
-            "Sends today's plan through SendGrid (a dry run without SENDGRID_API_KEY) and "
-            "exports the send ledger to outbound.send_ledger for the analytics models."
-        ),
     )
     def sent_messages(
         context: dg.AssetExecutionContext,
         warehouse: WarehouseResource,
         settings: ClinicSettingsResource,
-    ) -> dg.MaterializeResult:
+    ):
         s, clock, engine, plan, contacts = _plan_and_inputs(warehouse, settings, context)
         campaigns = _campaigns(s)
         sender = SenderSettings.from_env()
@@ -244,8 +258,9 @@ def build_outbound_defs(segments_path: Path | None = None) -> dg.Definitions:
             raise dg.Failure(description=str(e)) from None
         planned = Planned(candidates=pl.DataFrame(), plan=plan, contacts=contacts)
         report = send_planned(s, campaigns, planned, clock, engine, channel, sandbox=sender.sandbox)
+        ledger = ledger_mod.read_ledger(engine)
         with connect(s.duckdb_path) as con:
-            export_ledger(con, ledger_mod.read_ledger(engine))
+            export_ledger(con, ledger)
         if report.dry_run:
             context.log.warning("SENDGRID_API_KEY is not set: dry run, nothing was sent")
         rows = [
@@ -282,7 +297,16 @@ def build_outbound_defs(segments_path: Path | None = None) -> dg.Definitions:
                 ),
                 metadata=metadata,
             )
-        return dg.MaterializeResult(metadata=metadata)
+        yield dg.MaterializeResult(asset_key=SENT, metadata=metadata)
+        yield dg.MaterializeResult(
+            asset_key=LEDGER_TABLE,
+            metadata={
+                "rows": dg.MetadataValue.int(ledger.height),
+                "by_status": dg.MetadataValue.md(
+                    _markdown(ledger.group_by("status").len().sort("status"))
+                ),
+            },
+        )
 
     return dg.Definitions(
         assets=[campaign_candidates, send_plan, sent_messages],

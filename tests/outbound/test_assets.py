@@ -9,7 +9,7 @@ import duckdb
 import polars as pl
 import pytest
 
-from orchestration.outbound import CANDIDATES, SEND_PLAN, SENT, build_outbound_defs
+from orchestration.outbound import CANDIDATES, LEDGER_TABLE, SEND_PLAN, SENT, build_outbound_defs
 from orchestration.resources import AS_OF_TAG, ClinicSettingsResource, WarehouseResource
 from outbound.checks import opted_out_in_plan, twice_in_cap_window
 
@@ -56,11 +56,14 @@ def materialize(defs, resources):
 
 
 def test_keys_and_segment_deps(wired):
-    defs, _, _ = wired
-    by_key = {a.key: a for a in defs.assets}
-    assert set(by_key) == {CANDIDATES, SEND_PLAN, SENT}
-    assert dg.AssetKey(["segments", "lapsed-physio-6-12mo"]) in by_key[CANDIDATES].dependency_keys
-    assert by_key[SENT].dependency_keys == {SEND_PLAN}
+    defs, resources, _ = wired
+    graph = dg.Definitions(assets=list(defs.assets), resources=resources).resolve_asset_graph()
+    assert set(graph.get_all_asset_keys()) >= {CANDIDATES, SEND_PLAN, SENT, LEDGER_TABLE}
+    assert dg.AssetKey(["segments", "lapsed-physio-6-12mo"]) in graph.get(CANDIDATES).parent_keys
+    assert graph.get(SEND_PLAN).parent_keys == {CANDIDATES}
+    assert graph.get(SENT).parent_keys == {SEND_PLAN}
+    # The dbt source outbound.send_ledger is this asset, downstream of the sending.
+    assert graph.get(LEDGER_TABLE).parent_keys == {SENT}
 
 
 def test_dry_run_materialisation_plan_table_checks_and_empty_ledger(wired):
@@ -71,7 +74,7 @@ def test_dry_run_materialisation_plan_table_checks_and_empty_ledger(wired):
     assert checks == {"no_opted_out_patients_in_plan": True, "nobody_twice_in_cap_window": True}
     meta = result.asset_materializations_for_node("outbound__send_plan")[0].metadata
     assert meta["to_send"].value == 2 and meta["suppressed"].value == 1
-    sent_meta = result.asset_materializations_for_node("outbound__sent_messages")[0].metadata
+    sent_meta = result.asset_materializations_for_node("sent_messages")[0].metadata
     assert sent_meta["dry_run"].value is True and sent_meta["sent"].value == 0
     con = duckdb.connect(str(db), read_only=True)
     try:
