@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection, Engine, Row
 from workflow.engine import (
     Member,
     MemberState,
+    membership_frozen,
     plan_booking_moves,
     plan_membership,
 )
@@ -434,8 +435,11 @@ def set_due_date(
 # --- sync -------------------------------------------------------------------------------
 
 
-def _record_list(conn: Connection, info: WorkListInfo, at: datetime) -> bool:
-    """Upsert the work list's registry row; True when this is its first sync."""
+def _record_list(
+    conn: Connection, info: WorkListInfo, at: datetime
+) -> tuple[bool, datetime | None]:
+    """Upsert the work list's registry row: (first sync?, snapshot followed so far)."""
+    before = conn.execute(sa.select(lists.c.snapshot_at).where(lists.c.slug == info.slug)).first()
     values = {
         "segment_slug": info.segment_slug,
         "owner": info.owner,
@@ -445,11 +449,11 @@ def _record_list(conn: Connection, info: WorkListInfo, at: datetime) -> bool:
         "spec_json": info.spec.model_dump_json(),
         "last_synced_at": at,
     }
-    updated = conn.execute(lists.update().where(lists.c.slug == info.slug).values(**values))
-    if updated.rowcount == 1:
-        return False
+    if before is not None:
+        conn.execute(lists.update().where(lists.c.slug == info.slug).values(**values))
+        return False, before.snapshot_at
     conn.execute(lists.insert().values(slug=info.slug, first_synced_at=at, **values))
-    return True
+    return True, None
 
 
 def _states(conn: Connection, slug: str) -> dict[str, MemberState]:
@@ -482,14 +486,17 @@ def sync_worklist(
     current: Iterable[Member],
     latest_booking: Mapping[str, datetime] | None = None,
     now: datetime | None = None,
+    snapshot_taken_at: datetime | None = None,
 ) -> SyncResult:
     """Bring a work list in line with its segment's current members (one materialisation).
 
     New members enter the first stage (with the default assignee); members who left
     are marked `left_segment`; members who came back resume their stage. A snapshot list
-    takes its members on the first sync only. Then, with `on_booking`, members who booked
-    move to that stage as `system`. A sync interrupted half-way is completed by the next
-    one, because every plan is worked out afresh from the stored state.
+    takes its members on the first sync, and again only after the segment's list was
+    re-frozen on purpose (`snapshot_taken_at` newer than the one it follows). Then, with
+    `on_booking`, members who booked move to that stage as `system`. A sync interrupted
+    half-way is completed by the next one, because every plan is worked out afresh from
+    the stored state.
     """
     at = _now(now)
     current_by_id: dict[str, Member] = {}
@@ -497,9 +504,15 @@ def sync_worklist(
         current_by_id.setdefault(m.member_id, m)
 
     with engine.begin() as conn:
-        first = _record_list(conn, info, at)
+        first, followed_snapshot_at = _record_list(conn, info, at)
         existing = _states(conn, info.slug)
-    frozen = info.mode == "snapshot" and not first
+        frozen = membership_frozen(info.mode, first, followed_snapshot_at, snapshot_taken_at)
+        if info.mode == "snapshot" and not frozen and snapshot_taken_at is not None:
+            conn.execute(
+                lists.update()
+                .where(lists.c.slug == info.slug)
+                .values(snapshot_at=snapshot_taken_at)
+            )
     plan = plan_membership(current_by_id, existing, frozen)
     result = SyncResult(frozen=frozen)
 

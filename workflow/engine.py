@@ -50,6 +50,25 @@ class BookingMove:
     booked_at: datetime
 
 
+def membership_frozen(
+    mode: str,
+    first_sync: bool,
+    followed_snapshot_at: datetime | None,
+    snapshot_taken_at: datetime | None,
+) -> bool:
+    """Whether this sync must leave a work list's membership as it is.
+
+    A dynamic list follows its segment on every run. A snapshot list takes its members
+    on its first sync, and again only when the segment's list was deliberately frozen
+    anew (`snapshot_taken_at`) after the one the work list follows.
+    """
+    if mode != "snapshot" or first_sync:
+        return False
+    if snapshot_taken_at is None:
+        return True
+    return followed_snapshot_at is not None and snapshot_taken_at <= followed_snapshot_at
+
+
 def plan_membership(
     current: Mapping[str, Member],
     existing: Mapping[str, MemberState],

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
 
 from clinic_audiences.config import parse_as_of
 from workflow.api import SyncResult, sync_worklist
@@ -29,6 +32,37 @@ def materialize_worklist(
         )
     engine = open_state(state_db_url)
     try:
-        return sync_worklist(engine, info, current, bookings, now=now)
+        taken = (
+            segment_snapshot_taken_at(engine, info.segment_slug)
+            if info.mode == "snapshot"
+            else None
+        )
+        return sync_worklist(engine, info, current, bookings, now=now, snapshot_taken_at=taken)
     finally:
         engine.dispose()
+
+
+def segment_snapshot_taken_at(engine: Engine, segment_slug: str) -> datetime | None:
+    """When the segments stage last froze this snapshot segment's list (same state store).
+
+    None when the segments stage has not recorded one (or is not installed): the work list
+    then keeps the list it took first.
+    """
+    try:
+        from segments.membership import snapshot_runs
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and exc.name.startswith("segments"):
+            return None
+        raise
+    if not sa.inspect(engine).has_table(snapshot_runs.name):
+        return None
+    with engine.connect() as conn:
+        taken = conn.execute(
+            sa.select(snapshot_runs.c.snapshotted_at).where(
+                snapshot_runs.c.segment_slug == segment_slug
+            )
+        ).scalar()
+    if taken is None:
+        return None
+    # SQLite hands timestamps back without their offset; they are stored in UTC.
+    return taken if taken.tzinfo else taken.replace(tzinfo=UTC)

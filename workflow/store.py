@@ -60,6 +60,9 @@ lists = sa.Table(
     sa.Column("spec_json", sa.Text, nullable=False),
     sa.Column("first_synced_at", UTCDateTime, nullable=False),
     sa.Column("last_synced_at", UTCDateTime, nullable=False),
+    # For snapshot segments: when the segment's list that this work list follows was
+    # frozen; a later (deliberate) re-snapshot lets the work list take the new list.
+    sa.Column("snapshot_at", UTCDateTime),
 )
 
 members = sa.Table(
@@ -112,9 +115,21 @@ def _create_v1(conn: Connection) -> None:
     metadata.create_all(conn, tables=[lists, members, events])
 
 
+def _add_snapshot_at(conn: Connection) -> None:
+    # Version 1 creates tables from the current definitions, so a new database already
+    # has the column; only databases created before it need the ALTER.
+    have = {c["name"] for c in sa.inspect(conn).get_columns("workflow_lists")}
+    if "snapshot_at" not in have:
+        kind = sa.DateTime(timezone=True).compile(dialect=conn.dialect)
+        conn.execute(sa.text(f"alter table workflow_lists add column snapshot_at {kind}"))
+
+
 register_migrations(
     COMPONENT,
-    [Migration(1, "work lists, member stages and the append-only event log", _create_v1)],
+    [
+        Migration(1, "work lists, member stages and the append-only event log", _create_v1),
+        Migration(2, "follow deliberate re-snapshots of snapshot segments", _add_snapshot_at),
+    ],
 )
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 
+import pytest
 from sqlalchemy.engine import Engine
 
 from workflow.api import history, list_members, move, sync_worklist
@@ -114,4 +115,45 @@ def test_case_work_list_members_are_cases(
         ("c1", "p1", "c1"),
         ("c2", "p1", "c2"),
         ("c3", "p2", "c3"),
+    ]
+
+
+def test_snapshot_work_list_follows_only_a_deliberate_re_snapshot(
+    tmp_path: Path,
+    state_url: str,
+    engine: Engine,
+    build_warehouse: Callable[..., None],
+    worklist: Callable[..., WorkListInfo],
+    day: Callable[..., datetime],
+) -> None:
+    membership = pytest.importorskip("segments.membership", reason="segments stage not present")
+    import polars as pl
+
+    from state import migrate
+
+    migrate(engine, ["segments"])
+    db = tmp_path / "warehouse.duckdb"
+    wl = worklist(mode="snapshot")
+
+    def freeze(*ids: str) -> None:
+        frame = pl.DataFrame({"patient_id": list(ids), "case_id": [None] * len(ids)},
+                             schema={"patient_id": pl.String, "case_id": pl.String})  # fmt: skip
+        membership.save_snapshot(engine, "lapsed-physio", frame, date(2026, 3, 9))
+
+    freeze("p1", "p2")
+    build_warehouse(db, [("p1", None), ("p2", None)], "2026-03-09")
+    assert materialize_worklist(wl, db, state_url, now=day(0)).entered == 2
+    # Membership rows differ without a new snapshot (e.g. a hand-edited table): ignored.
+    build_warehouse(db, [("p3", None)], "2026-03-10")
+    kept = materialize_worklist(wl, db, state_url, now=day(1))
+    assert (kept.frozen, kept.entered, kept.left) == (True, 0, 0)
+    # The segments stage re-freezes the list on purpose: the work list follows it.
+    freeze("p2", "p3")
+    build_warehouse(db, [("p2", None), ("p3", None)], "2026-03-11")
+    followed = materialize_worklist(wl, db, state_url, now=day(2))
+    assert (followed.frozen, followed.entered, followed.left) == (False, 1, 1)
+    assert [(m.member_id, m.left_segment) for m in list_members(engine, wl)] == [
+        ("p2", False),
+        ("p3", False),
+        ("p1", True),
     ]

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from workflow.engine import Member, MemberState, plan_booking_moves, plan_membership
+from workflow.engine import (
+    Member,
+    MemberState,
+    membership_frozen,
+    plan_booking_moves,
+    plan_membership,
+)
 from workflow.spec import WorkflowSpec
 
 D1 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -60,3 +66,13 @@ def test_booking_moves_only_for_bookings_newer_than_entry_and_last_trigger() -> 
 def test_no_on_booking_means_no_moves() -> None:
     spec = WorkflowSpec(stages=["To call", "Booked"])
     assert plan_booking_moves(spec, {"a": state("a")}, {"a": D4}) == []
+
+
+def test_snapshot_lists_freeze_after_the_first_sync_until_re_snapshotted() -> None:
+    # (mode, first sync, snapshot followed, snapshot taken now) -> frozen
+    assert membership_frozen("dynamic", False, None, D2) is False
+    assert membership_frozen("snapshot", True, None, None) is False  # first sync takes the list
+    assert membership_frozen("snapshot", False, None, None) is True  # nothing known: keep it
+    assert membership_frozen("snapshot", False, D2, D2) is True  # same snapshot: keep it
+    assert membership_frozen("snapshot", False, D2, D3) is False  # re-frozen since: follow
+    assert membership_frozen("snapshot", False, None, D3) is False  # first time one is known

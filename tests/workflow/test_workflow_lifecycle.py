@@ -108,15 +108,29 @@ def test_members_left_are_counted_apart_by_stage(
     assert [(m.member_id, m.left_at) for m in left] == [("c", day(1)), ("b", day(1))]
 
 
-def test_snapshot_list_keeps_its_first_members(
+def test_snapshot_list_keeps_its_first_members_until_re_snapshotted(
     engine: Engine, day: Callable[..., datetime], worklist: Callable[..., WorkListInfo]
 ) -> None:
     wl = worklist("event-attendees", mode="snapshot")
-    sync_worklist(engine, wl, members("a", "b"), now=day(0))
-    again = sync_worklist(engine, wl, members("b", "c"), now=day(1))
+    frozen_first, frozen_again = day(-1), day(1, 12)
+    sync_worklist(engine, wl, members("a", "b"), now=day(0), snapshot_taken_at=frozen_first)
+    # Membership differs but the segment's snapshot is the same one: nothing changes.
+    again = sync_worklist(engine, wl, members("b", "c"), now=day(1), snapshot_taken_at=frozen_first)
     assert again.frozen
     assert (again.entered, again.left, again.came_back) == (0, 0, 0)
     assert rows(engine, wl) == [("a", "To call", False), ("b", "To call", False)]
+    # The segment was re-frozen on purpose: the work list takes the new list once ...
+    third = sync_worklist(engine, wl, members("b", "c"), now=day(2), snapshot_taken_at=frozen_again)
+    assert (third.frozen, third.entered, third.left) == (False, 1, 1)
+    assert rows(engine, wl) == [
+        ("b", "To call", False),
+        ("c", "To call", False),
+        ("a", "To call", True),
+    ]
+    # ... and keeps it again afterwards.
+    fourth = sync_worklist(engine, wl, members("d"), now=day(3), snapshot_taken_at=frozen_again)
+    assert fourth.frozen
+    assert [r[0] for r in rows(engine, wl) if not r[2]] == ["b", "c"]
 
 
 def test_unknown_stage_is_refused_and_nothing_is_written(
