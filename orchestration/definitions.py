@@ -12,6 +12,7 @@ import dagster as dg
 
 from orchestration import dbt as dbt_stage
 from orchestration import ingest
+from orchestration import outbound as outbound_stage
 from orchestration import workflow as workflow_stage
 from orchestration.resources import resources_from_env
 from orchestration.schedules import daily_schedule, everything_job
@@ -21,6 +22,7 @@ STAGES: list[dg.Definitions] = [
     ingest.defs,
     dbt_stage.defs,
     workflow_stage.defs,
+    outbound_stage.defs,
 ]
 
 
