@@ -13,6 +13,7 @@ import dagster as dg
 from orchestration import dbt as dbt_stage
 from orchestration import ingest
 from orchestration import outbound as outbound_stage
+from orchestration import segments as segments_stage
 from orchestration import workflow as workflow_stage
 from orchestration.resources import resources_from_env
 from orchestration.schedules import daily_schedule, everything_job
@@ -21,6 +22,7 @@ from orchestration.sensors import new_extract_folder_sensor
 STAGES: list[dg.Definitions] = [
     ingest.defs,
     dbt_stage.defs,
+    segments_stage.defs,
     workflow_stage.defs,
     outbound_stage.defs,
 ]

@@ -156,17 +156,13 @@ def _membership_with_names(con: duckdb.DuckDBPyConnection, slug: str) -> pl.Data
             "select table_schema, table_name from information_schema.tables"
         ).fetchall()
     }
-    if ("segments", "membership") not in tables:
+    if ("segments", "segment_runs") not in tables:
         return None
-    has_slug = con.execute(
-        "select count(*) from segments.membership where segment_slug = ?", [slug]
+    ran = con.execute(
+        "select count(*) from segments.segment_runs where segment_slug = ?", [slug]
     ).fetchall()[0][0]
-    if not has_slug:
-        ran = con.execute(
-            "select count(*) from segments.membership_history where segment_slug = ?", [slug]
-        ).fetchall()[0][0]
-        if not ran:
-            return None
+    if not ran:
+        return None
     if ("marts", "patient_features") in tables:
         query = (
             "select m.patient_id, m.case_id, p.first_name, p.last_name, m.entered_at, m.as_of "
@@ -194,12 +190,14 @@ def cmd_segments_list(user: str | None) -> int:
         try:
             has_table = con.execute(
                 "select count(*) from information_schema.tables "
-                "where table_schema = 'segments' and table_name = 'membership'"
+                "where table_schema = 'segments' and table_name = 'segment_runs'"
             ).fetchall()[0][0]
             if has_table:
+                # The latest run's count; a segment that never ran shows null.
                 counts = dict(
                     con.execute(
-                        "select segment_slug, count(*) from segments.membership group by 1"
+                        "select segment_slug, arg_max(members, recorded_at) "
+                        "from segments.segment_runs group by 1"
                     ).fetchall()
                 )
         finally:

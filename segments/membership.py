@@ -32,6 +32,10 @@ _WAREHOUSE_DDL = (
     "create table if not exists segments.membership_history ("
     " segment_slug varchar not null, patient_id varchar not null, case_id varchar,"
     " entered_on date not null, exited_on date)",
+    # One row per materialisation: tells "ran and found nobody" from "never ran".
+    "create table if not exists segments.segment_runs ("
+    " segment_slug varchar not null, as_of date not null, members bigint not null,"
+    " entered bigint not null, exited bigint not null, recorded_at timestamptz not null)",
 )
 
 
@@ -67,7 +71,7 @@ def record_membership(
     try:
         con.execute("begin transaction")
         prev_as_of = con.execute(
-            "select max(as_of) from segments.membership where segment_slug = ?", [slug]
+            "select max(as_of) from segments.segment_runs where segment_slug = ?", [slug]
         ).fetchall()[0][0]
         con.execute(
             "create or replace temp table segment_members_before as "
@@ -107,6 +111,10 @@ def record_membership(
             [slug, as_of, as_of],
         )
         con.execute("drop table segment_members_before")
+        con.execute(
+            "insert into segments.segment_runs values (?, ?, ?, ?, ?, ?)",
+            [slug, as_of, current.height, entered, exited, datetime.now(UTC)],
+        )
         con.execute("commit")
     except Exception:
         con.execute("rollback")

@@ -109,6 +109,22 @@ def test_everyone_leaves_then_segment_is_empty(setup) -> None:
     assert (r.members, r.entered, r.exited) == (0, 0, 1)
     assert membership(db, "active") == []
     assert history(db, "active") == [("A", date(2024, 9, 1), date(2024, 9, 2))]
+    # The empty run is still on record, and the next run knows when the last one was.
+    r = run("active", "dynamic", patients(A="inactive"), date(2024, 9, 3)).change
+    assert (r.members, r.previous_as_of) == (0, date(2024, 9, 2))
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        runs = con.execute(
+            "select as_of, members, entered, exited from segments.segment_runs "
+            "where segment_slug = 'active' order by as_of"
+        ).fetchall()
+    finally:
+        con.close()
+    assert runs == [
+        (date(2024, 9, 1), 1, 1, 0),
+        (date(2024, 9, 2), 0, 0, 1),
+        (date(2024, 9, 3), 0, 0, 0),
+    ]
 
 
 def test_snapshot_freezes_until_resnapshotted(setup) -> None:
