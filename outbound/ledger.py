@@ -10,7 +10,7 @@ sandbox: nothing was delivered, so they do not count toward the frequency cap.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
@@ -27,49 +27,14 @@ PENDING, SENT, FAILED, UNKNOWN, SANDBOX = "pending", "sent", "failed", "unknown"
 DELIVERED_OR_MAYBE = (SENT, PENDING, UNKNOWN)
 STAFF_RECIPIENT = "staff"
 
-metadata = sa.MetaData()
 
-ledger = sa.Table(
-    "outbound_ledger",
-    metadata,
-    sa.Column("id", sa.String(36), primary_key=True),
-    sa.Column("campaign", sa.String(200), nullable=False),
-    # The patient id, or "staff" for a staff digest.
-    sa.Column("recipient", sa.String(200), nullable=False),
-    sa.Column("patient_id", sa.String(200), nullable=True),
-    sa.Column("case_id", sa.String(200), nullable=True),
-    sa.Column("segment_slug", sa.String(200), nullable=False),
-    sa.Column("channel", sa.String(32), nullable=False),
-    sa.Column("send_date", sa.Date, nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("error", sa.Text, nullable=True),
-    sa.Column("provider_message_id", sa.String(200), nullable=True),
-    sa.Column("run_id", sa.String(36), nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-    sa.UniqueConstraint("campaign", "recipient", "send_date", name="uq_outbound_ledger_message"),
-)
-
-learned_opt_outs = sa.Table(
-    "outbound_opt_outs",
-    metadata,
-    sa.Column("patient_id", sa.String(200), primary_key=True),
-    # email / sms / whatsapp / all, as in the extract's opt_outs.
-    sa.Column("channel", sa.String(32), primary_key=True),
-    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("source", sa.String(200), nullable=True),
-)
-
-
-# Migrations describe each step with its own frozen table definitions, so that a later
-# change to the tables above never rewrites what version 1 created.
-def _create_ledger(conn: Connection) -> None:
-    md = sa.MetaData()
-    table = sa.Table(
+def _ledger_v1(md: sa.MetaData) -> sa.Table:
+    return sa.Table(
         "outbound_ledger",
         md,
         sa.Column("id", sa.String(36), primary_key=True),
         sa.Column("campaign", sa.String(200), nullable=False),
+        # The patient id, or "staff" for a staff digest.
         sa.Column("recipient", sa.String(200), nullable=False),
         sa.Column("patient_id", sa.String(200), nullable=True),
         sa.Column("case_id", sa.String(200), nullable=True),
@@ -87,27 +52,42 @@ def _create_ledger(conn: Connection) -> None:
         ),
         sa.Index("ix_outbound_ledger_patient_date", "patient_id", "send_date"),
     )
-    md.create_all(conn, tables=[table])
 
 
-def _create_opt_outs(conn: Connection) -> None:
-    md = sa.MetaData()
-    table = sa.Table(
+def _opt_outs_v2(md: sa.MetaData) -> sa.Table:
+    return sa.Table(
         "outbound_opt_outs",
         md,
         sa.Column("patient_id", sa.String(200), primary_key=True),
+        # email / sms / whatsapp / all, as in the extract's opt_outs.
         sa.Column("channel", sa.String(32), primary_key=True),
         sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("source", sa.String(200), nullable=True),
     )
-    md.create_all(conn, tables=[table])
+
+
+# The tables as the code uses them. Each migration creates its tables from the builder of
+# its own version; when a table changes, add a migration and keep the old builder as it
+# was, so that version 1 always creates what version 1 created.
+metadata = sa.MetaData()
+ledger = _ledger_v1(metadata)
+learned_opt_outs = _opt_outs_v2(metadata)
+
+
+def _create(builder) -> Callable[[Connection], None]:
+    def apply(conn: Connection) -> None:
+        md = sa.MetaData()
+        builder(md)
+        md.create_all(conn)
+
+    return apply
 
 
 register_migrations(
     COMPONENT,
     [
-        Migration(1, "send ledger", _create_ledger),
-        Migration(2, "opt-outs learned from replies and unsubscribes", _create_opt_outs),
+        Migration(1, "send ledger", _create(_ledger_v1)),
+        Migration(2, "opt-outs learned from replies and unsubscribes", _create(_opt_outs_v2)),
     ],
 )
 
