@@ -1,0 +1,11 @@
+"""The segment language (DESIGN.md section 5): who is in a list, declared in YAML.
+
+- `segments.model`: the strict pydantic models of a definition file;
+- `segments.validation`: loading files, every problem named by file and path;
+- `segments.catalogue`: the fields a segment may use, from the marts' dbt docs;
+- `segments.compiler` / `segments.evaluate`: polars expressions and the one evaluation
+  function every caller uses;
+- `segments.membership`: membership, history and snapshot lists;
+- `segments.library`: the shipped library plus SEGMENTS_PATH, preview, materialisation;
+- `segments.cli`: the `audiences` segment commands.
+"""
