@@ -112,6 +112,9 @@ def campaigns_for(as_of: date) -> tuple[Campaign, ...]:
     )
 
 
+# Referring GPs by name as the Cliniko adapter resolves a case's contact (first and last
+# name), so that both formats of one seed load the same values.
+GP_NAMES = [f"{first} {last}" for first, last, _ in cat.GPS]
 PROSPECT_CAMPAIGN_P = (0.30, 0.12, 0.20, 0.18, 0.10, 0.10)
 CONVERTED_CAMPAIGN_P = (0.0, 0.0, 0.35, 0.25, 0.25, 0.15)  # seminars rarely convert directly
 PROSPECT_LEAD_STATUSES = (("new", 0.22), ("contacted", 0.38), ("scheduled", 0.08),
@@ -642,7 +645,7 @@ def _generate_chunk(clinic: _Clinic, rng: np.random.Generator, first_index: int,
         "closed": closed,
         "closed_at": _timestamps(closed_at, closed),
         "referral_type": _lookup(ref_names, referral[case_rows]),
-        "referring_provider": _lookup([f"Dr {f} {la}" for f, la, _ in cat.GPS], gp),
+        "referring_provider": _lookup(GP_NAMES, gp),
         "_contact_id": clinic.contacts["contact_id"].gather(gp),
     })
 
@@ -770,7 +773,7 @@ def _patients_frame(clinic: _Clinic, rng: np.random.Generator, n: int, patient_i
         when(has_coords, pl.Series(lat.round(FLOAT_DECIMALS))).alias("latitude"),
         when(has_coords, pl.Series(lon.round(FLOAT_DECIMALS))).alias("longitude"),
         _lookup([s for s, _ in cat.REFERRAL_SOURCES], referral_source).alias("referral_source"),
-        when(gp_referred, _lookup([f"Dr {f} {la}" for f, la, _ in cat.GPS], gp))
+        when(gp_referred, _lookup(GP_NAMES, gp))
         .alias("referring_provider"),
         _lookup([p for p, _ in cat.INSURANCE_PLANS],
                 _weighted(rng, cat.INSURANCE_PLANS, n)).alias("insurance_plan"),

@@ -570,3 +570,11 @@ def test_cliniko_and_csv_describe_the_same_clinic(
     assert csv.rows == cliniko_run.rows
     csv_ids = set(pl.read_csv(tmp_path / "patients.csv", infer_schema=False)["patient_id"])
     assert csv_ids == {p["id"] for p in _records(cliniko_run.out_dir, "patients")}
+    # A case's referring provider is its Cliniko contact's first and last name.
+    contacts = {c["id"]: f"{c['first_name']} {c['last_name']}"
+                for c in _records(cliniko_run.out_dir, "contacts")}
+    via_contact = {c["id"]: contacts[_link_id(c["contact"])]
+                   for c in _records(cliniko_run.out_dir, "patient_cases")}
+    csv_cases = pl.read_csv(tmp_path / "cases.csv", infer_schema=False)
+    assert dict(zip(csv_cases["case_id"], csv_cases["referring_provider"], strict=True)) == (
+        via_contact)
