@@ -512,13 +512,15 @@ def _generate_chunk(clinic: _Clinic, rng: np.random.Generator, first_index: int,
     patient_index = first_index + np.arange(n, dtype=np.int64)
     patient_ids = _ids("patients", patient_index, legacy_patient)
 
-    status = np.where(last_day >= -ACTIVE_WITHIN_DAYS, 0, 1)  # active / inactive
+    active, inactive, archived_status, prospect_status = (
+        PATIENT_STATUSES.index(s) for s in ("active", "inactive", "archived", "prospect"))
+    status = np.where(last_day >= -ACTIVE_WITHIN_DAYS, active, inactive)
     archived = has_visits & (
         ((last_day < -3 * 365) & (rng.random(n) < 0.3))
         | ((last_day < 0) & (rng.random(n) < 0.01))
     )
-    status = np.where(archived, 2, status)
-    status = np.where(prospect, 3, status)
+    status = np.where(archived, archived_status, status)
+    status = np.where(prospect, prospect_status, status)
     archived_day = np.minimum(last_day + rng.integers(30, 400, n), -1)
 
     patients = _patients_frame(clinic, rng, n, patient_ids, home, prospect, status,
