@@ -262,7 +262,9 @@ def build_outbound_defs(segments_path: Path | None = None) -> dg.Definitions:
         with connect(s.duckdb_path) as con:
             export_ledger(con, ledger)
         if report.dry_run:
-            context.log.warning("SENDGRID_API_KEY is not set: dry run, nothing was sent")
+            context.log.warning(
+                "dry run, nothing was sent (SENDGRID_API_KEY unset or OUTBOUND_SEND_DISABLED set)"
+            )
         rows = [
             (r.campaign, r.planned, r.already_in_ledger, r.sent, r.failed, r.requests, r.digest)
             for r in report.campaigns.values()

@@ -6,6 +6,7 @@ them. Only ids and counts are printed, never names or addresses.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -98,7 +99,12 @@ def cmd_send(as_of: str | None) -> int:
         return _fail(str(e))
     print_summary(planned, clock)
     if channel is None:
-        print("SENDGRID_API_KEY is not set: dry run, nothing was sent and the ledger is unchanged")
+        why = (
+            "OUTBOUND_SEND_DISABLED is set"
+            if os.environ.get("SENDGRID_API_KEY")
+            else "SENDGRID_API_KEY is not set"
+        )
+        print(f"{why}: dry run, nothing was sent and the ledger is unchanged")
         return 0
     try:
         report = send_planned(

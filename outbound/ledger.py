@@ -228,6 +228,20 @@ def read_ledger(engine: Engine, since: date | None = None) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=LEDGER_EXPORT_SCHEMA, orient="row")
 
 
+HISTORY_COLUMNS = ("campaign", "recipient", "send_date", "status")
+
+
+def read_history(engine: Engine, since: date) -> pl.DataFrame:
+    """What the frequency cap needs: (campaign, recipient, send_date, status) since a date."""
+    q = sa.select(*[ledger.c[c] for c in HISTORY_COLUMNS]).where(ledger.c.send_date >= since)
+    with engine.connect() as conn:
+        columns = list(zip(*conn.execute(q).all(), strict=True)) or [()] * len(HISTORY_COLUMNS)
+    return pl.DataFrame(
+        {c: list(v) for c, v in zip(HISTORY_COLUMNS, columns, strict=True)},
+        schema={c: LEDGER_EXPORT_SCHEMA[c] for c in HISTORY_COLUMNS},
+    )
+
+
 def _as_utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None

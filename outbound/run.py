@@ -111,8 +111,11 @@ class SenderSettings:
 
     @classmethod
     def from_env(cls) -> SenderSettings:
+        # OUTBOUND_SEND_DISABLED (demos, staging copies of production data) wins over a
+        # key that happens to be in the environment: the run stays a dry run.
+        disabled = _env_bool("OUTBOUND_SEND_DISABLED")
         return cls(
-            api_key=os.environ.get("SENDGRID_API_KEY") or None,
+            api_key=None if disabled else (os.environ.get("SENDGRID_API_KEY") or None),
             host=os.environ.get("SENDGRID_API_HOST") or DEFAULT_SENDGRID_HOST,
             from_email=os.environ.get("OUTBOUND_FROM_EMAIL") or None,
             from_name=os.environ.get("OUTBOUND_FROM_NAME") or None,
@@ -189,7 +192,7 @@ def read_history(
     windows = [settings.cap.window_days] + [
         c.frequency_cap.window_days for c in campaigns if c.frequency_cap
     ]
-    return ledger_mod.read_ledger(engine, since=clock.as_of - timedelta(days=max(windows + [1])))
+    return ledger_mod.read_history(engine, since=clock.as_of - timedelta(days=max(windows + [1])))
 
 
 def read_opt_outs(settings: OutboundSettings, clock: RunClock, engine: Engine) -> pl.DataFrame:

@@ -207,20 +207,30 @@ def plan_sends(
     """
     due = due_campaigns(campaigns, clock.as_of)
     table = _campaign_table(due, clock, cap or FrequencyCap())
-    cand = candidates.select("campaign", "patient_id", "case_id").join(table, on="campaign")
+    # One lazy query, collected once, so polars can prune and parallelise across steps.
+    campaigns_lf = table.lazy()
+    cand = (
+        candidates.lazy()
+        .select("campaign", "patient_id", "case_id")
+        .join(campaigns_lf, on="campaign")
+    )
 
     # Patient messages: one candidate per (campaign, patient), first case id.
     patients = (
         cand.filter(pl.col("notify_patient"))
         .group_by("campaign", "patient_id")
-        .agg(pl.col("case_id").drop_nulls().min(), pl.exclude("case_id").first())
+        .agg(pl.col("case_id").drop_nulls().min())
+        .join(campaigns_lf, on="campaign")
     )
     patients = patients.join(
-        contacts.select(list(CONTACTS_SCHEMA)).cast(CONTACTS_SCHEMA), on="patient_id", how="left"
+        contacts.lazy().select(list(CONTACTS_SCHEMA)).cast(CONTACTS_SCHEMA),
+        on="patient_id",
+        how="left",
     )
     address_col, consent_col = CHANNEL_ADDRESS["email"]
     opted = (
-        opt_outs.select("patient_id", "channel")
+        opt_outs.lazy()
+        .select("patient_id", "channel")
         .cast(OPT_OUTS_SCHEMA)
         .filter(pl.col("channel").is_in(["email", "all"]))
         .select("patient_id", pl.lit(True).alias("has_opt_out"))
@@ -231,7 +241,8 @@ def plan_sends(
     hist_window = int(table["cap_window"].max() or 0) if table.height else 0
     earliest = clock.as_of - timedelta(days=max(hist_window - 1, 0))
     counted = (
-        history.select(list(HISTORY_SCHEMA))
+        history.lazy()
+        .select(list(HISTORY_SCHEMA))
         .cast(HISTORY_SCHEMA)
         .filter(
             pl.col("status").is_in(list(DELIVERED_OR_MAYBE)),
@@ -273,15 +284,17 @@ def plan_sends(
     patients = patients.with_columns(step.alias("reason"))
 
     # Priority among the patient's surviving candidates (one message per patient per run).
-    survivors = (
+    winners = (
         patients.filter(pl.col("reason").is_null())
-        .sort(["patient_id", "priority", "campaign"], descending=[False, True, False])
-        .with_columns(
-            pl.col("campaign").first().over("patient_id").alias("winner"),
+        .group_by("patient_id")
+        .agg(
+            pl.col("campaign")
+            .sort_by(["priority", "campaign"], descending=[True, False])
+            .first()
+            .alias("winner")
         )
-        .select("campaign", "patient_id", "winner")
     )
-    patients = patients.join(survivors, on=["campaign", "patient_id"], how="left")
+    patients = patients.join(winners, on="patient_id", how="left")
     patients = patients.with_columns(
         pl.when(pl.col("reason").is_null() & (pl.col("winner") != pl.col("campaign")))
         .then(pl.lit(LOWER_PRIORITY))
@@ -330,8 +343,10 @@ def plan_sends(
         .otherwise(pl.lit("next window ") + pl.col("next_window"))
         .alias("detail"),
     )
-    return pl.concat([patient_plan.cast(PLAN_SCHEMA), staff_plan.cast(PLAN_SCHEMA)]).sort(
-        "campaign", "channel", "patient_id", "case_id", nulls_last=True
+    return (
+        pl.concat([patient_plan.cast(PLAN_SCHEMA), staff_plan.cast(PLAN_SCHEMA)])
+        .sort("campaign", "channel", "patient_id", "case_id", nulls_last=True)
+        .collect()
     )
 
 

@@ -22,6 +22,26 @@ from state import connect_state, migrate
 
 PG_ENV = "STATE_DB_TEST_POSTGRES_URL"
 
+OUTBOUND_ENV = (
+    "SENDGRID_API_KEY",
+    "SENDGRID_API_HOST",
+    "SENDGRID_SANDBOX_MODE",
+    "OUTBOUND_SEND_DISABLED",
+    "OUTBOUND_FROM_EMAIL",
+    "OUTBOUND_FROM_NAME",
+    "OUTBOUND_CAP_MAX_MESSAGES",
+    "OUTBOUND_CAP_WINDOW_DAYS",
+    "OUTBOUND_RUN_TIME",
+    "CAMPAIGNS_PATH",
+)
+
+
+@pytest.fixture(autouse=True)
+def _clean_outbound_env(monkeypatch):
+    """Tests set what they need; nothing leaks in from the shell (least of all a real key)."""
+    for name in OUTBOUND_ENV:
+        monkeypatch.delenv(name, raising=False)
+
 
 @pytest.fixture(
     params=[

@@ -136,6 +136,16 @@ def test_send_then_send_again(env, capsys, monkeypatch, fake_sendgrid):
     assert len(fake_sendgrid.requests) == 2
 
 
+def test_send_disabled_wins_over_a_key(env, capsys, monkeypatch, fake_sendgrid):
+    monkeypatch.setenv("SENDGRID_API_KEY", "test-key")
+    monkeypatch.setenv("SENDGRID_API_HOST", fake_sendgrid.url)
+    monkeypatch.setenv("OUTBOUND_FROM_EMAIL", "clinic@clinic.example")
+    monkeypatch.setenv("OUTBOUND_SEND_DISABLED", "1")
+    assert cli.cmd_send(AS_OF) == 0
+    assert "OUTBOUND_SEND_DISABLED is set: dry run" in capsys.readouterr().out
+    assert fake_sendgrid.requests == []
+
+
 def test_send_with_a_key_but_no_sender_address_is_an_error(env, capsys, monkeypatch):
     monkeypatch.setenv("SENDGRID_API_KEY", "test-key")
     monkeypatch.delenv("OUTBOUND_FROM_EMAIL", raising=False)
