@@ -29,8 +29,8 @@ def table_exists(con: duckdb.DuckDBPyConnection, schema: str, name: str) -> bool
 def _require(con: duckdb.DuckDBPyConnection, schema: str, name: str, produced_by: str) -> None:
     if not table_exists(con, schema, name):
         raise LookupError(
-            f"warehouse table {schema}.{name} does not exist; {produced_by} creates it — "
-            "run that step first (or check DUCKDB_PATH)"
+            f"warehouse table {schema}.{name} does not exist yet; it is written by "
+            f"{produced_by}: run that step first (or check DUCKDB_PATH)"
         )
 
 
