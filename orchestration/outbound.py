@@ -310,9 +310,27 @@ def build_outbound_defs(segments_path: Path | None = None) -> dg.Definitions:
             },
         )
 
+    # The daily refresh may run outside the send windows (it is timed for the extract), so
+    # deferred messages would wait for a later run: this job re-plans and sends every hour
+    # of the working day on the clinic clock. The ledger makes repeated runs harmless.
+    send_job = dg.define_asset_job(
+        "outbound_send",
+        selection=dg.AssetSelection.assets(CANDIDATES, SEND_PLAN, SENT, LEDGER_TABLE),
+        description="Re-plan from the current segment membership and send what is due.",
+    )
+    send_schedule = dg.ScheduleDefinition(
+        name="outbound_send_hourly",
+        job=send_job,
+        cron_schedule="5 8-19 * * *",
+        execution_timezone=Settings.from_env().clinic_timezone,
+        description="Hourly 08:05-19:05 clinic time, so deferred messages go out when due.",
+        default_status=dg.DefaultScheduleStatus.STOPPED,
+    )
     return dg.Definitions(
         assets=[campaign_candidates, send_plan, sent_messages],
         asset_checks=[no_opted_out_patients_in_plan, nobody_twice_in_cap_window],
+        jobs=[send_job],
+        schedules=[send_schedule],
     )
 
 

@@ -64,6 +64,11 @@ def test_keys_and_segment_deps(wired):
     assert graph.get(SENT).parent_keys == {SEND_PLAN}
     # The dbt source outbound.send_ledger is this asset, downstream of the sending.
     assert graph.get(LEDGER_TABLE).parent_keys == {SENT}
+    full = dg.Definitions.merge(defs, dg.Definitions(resources=resources))
+    job = full.resolve_job_def("outbound_send")
+    assert set(job.asset_layer.selected_asset_keys) == {CANDIDATES, SEND_PLAN, SENT, LEDGER_TABLE}
+    schedule = full.resolve_schedule_def("outbound_send_hourly")
+    assert schedule.cron_schedule == "5 8-19 * * *"
 
 
 def test_dry_run_materialisation_plan_table_checks_and_empty_ledger(wired):
