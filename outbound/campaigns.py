@@ -159,7 +159,9 @@ class Campaign(_Strict):
     staff_digest: StaffDigest | None = None
     # Birthday-style messages need an explicit yes, not just the absence of a no.
     requires_explicit_consent: bool = False
-    categories: list[str] = Field(default_factory=list)
+    # SendGrid takes at most 10 categories; three are added (clinic-audiences,
+    # campaign:<slug>, staff-digest for digests).
+    categories: list[str] = Field(default_factory=list, max_length=7)
     # Filled from the file name by the loader.
     slug: str = ""
 

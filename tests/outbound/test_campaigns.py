@@ -105,6 +105,11 @@ def test_batch_size_over_sendgrid_limit_and_missing_template(tmp_path):
     assert "batch_size: Input should be less than or equal to 1000" in msg
 
 
+def test_too_many_categories(tmp_path):
+    with pytest.raises(CampaignError, match="categories: List should have at most 7 items"):
+        parse(tmp_path, GOOD + "categories: [a, b, c, d, e, f, g, h]\n")
+
+
 def test_sendgrid_template_id_format(tmp_path):
     ok = parse(
         tmp_path,
