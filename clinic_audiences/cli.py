@@ -94,7 +94,9 @@ def _delegate(module: str, function: str, *call_args: object) -> int:
     try:
         fn: Callable[..., int] = getattr(importlib.import_module(module), function)
     except (ImportError, AttributeError):
-        raise UserError(f"this command is not available in this installation ({module}.{function})") from None
+        raise UserError(
+            f"this command is not available in this installation ({module}.{function})"
+        ) from None
     return int(fn(*call_args) or 0)
 
 

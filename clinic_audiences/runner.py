@@ -81,9 +81,7 @@ def dagster_instance() -> dg.DagsterInstance:
     return dg.DagsterInstance.ephemeral()
 
 
-def run_pipeline(
-    extracts: Path, fmt: str, as_of: date | None, console: Console
-) -> int:
+def run_pipeline(extracts: Path, fmt: str, as_of: date | None, console: Console) -> int:
     from orchestration.definitions import build_definitions
     from orchestration.ingest import EXTRACTS_TAG, FORMAT_TAG
     from orchestration.resources import AS_OF_TAG, resources_from_env
@@ -109,7 +107,11 @@ def run_pipeline(
             raise_on_error=False,
             # Only the progress logger: one line per step instead of Dagster's debug stream.
             run_config={"loggers": {"progress": {}}},
-            tags={EXTRACTS_TAG: str(extracts.resolve()), FORMAT_TAG: fmt, AS_OF_TAG: as_of.isoformat()},
+            tags={
+                EXTRACTS_TAG: str(extracts.resolve()),
+                FORMAT_TAG: fmt,
+                AS_OF_TAG: as_of.isoformat(),
+            },
         )
     seconds = time.perf_counter() - started
     print_summary(settings.duckdb_path, console)
@@ -153,7 +155,13 @@ def print_summary(duckdb_path: Path, console: Console) -> None:
             headline.add_column("figure")
             headline.add_column("value", justify="right")
             for name, value in figures.items():
-                shown = f"{value:,.2f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value)
+                shown = (
+                    f"{value:,.2f}"
+                    if isinstance(value, float)
+                    else f"{value:,}"
+                    if isinstance(value, int)
+                    else str(value)
+                )
                 headline.add_row(name, shown)
             console.print(headline)
 

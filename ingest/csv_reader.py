@@ -22,7 +22,6 @@ from ingest.entities import SOURCE_FILE, SOURCE_ROW, Entity
 
 _CHUNK = 64 * 1024 * 1024
 _NEWLINE, _QUOTE, _CR = 10, 34, 13
-_CR_STAND_IN = "\U0010fffd"
 
 
 class ExtractFileError(Exception):
@@ -165,39 +164,40 @@ def read_csv_text(path: Path, ent: Entity) -> tuple[pl.DataFrame, pl.DataFrame, 
         rows, errors = _duckdb_read(path, len(names))
     except duckdb.Error as err:
         # DuckDB's strict reader stops at a carriage return that does not end a CRLF file
-        # (a file mixing CRLF and LF, or a stray CR in a value). Read a copy with LF line
-        # ends in which each other CR stands in as a private-use character, then put the CRs
-        # back: line numbers and values are unchanged.
+        # (a file mixing CRLF and LF, or a stray CR). Read a copy with LF line ends, taking a
+        # lone CR as a line end too, as Python's CSV module and old Mac exports do.
         with path.open("rb") as fh:
             has_cr = b"\r" in fh.read()
         if not has_cr:
             raise ExtractFileError(f"{path}: the file could not be read as CSV: {err}") from None
         with tempfile.TemporaryDirectory() as tmp:
             normalised = Path(tmp) / path.name
-            normalised.write_bytes(
-                path.read_bytes().replace(b"\r\n", b"\n").replace(b"\r", _CR_STAND_IN.encode())
-            )
+            normalised.write_bytes(path.read_bytes().replace(b"\r\n", b"\n").replace(b"\r", b"\n"))
             try:
                 rows, errors = _duckdb_read(normalised, len(names))
             except duckdb.Error as err2:
-                raise ExtractFileError(f"{path}: the file could not be read as CSV: {err2}") from None
-        rows = rows.with_columns(pl.all().str.replace_all(_CR_STAND_IN, "\r", literal=True))
-        errors = errors.with_columns(
-            pl.col("csv_line").str.replace_all(_CR_STAND_IN, "\r", literal=True)
-        )
+                raise ExtractFileError(
+                    f"{path}: the file could not be read as CSV: {err2}"
+                ) from None
 
     rows = rows.rename({f"c{i}": n for i, n in enumerate(names)})
     starts, blank = logical_line_starts(path)
     # Rows come back in file order; they are the non-blank logical lines after the header
-    # that DuckDB did not reject.
+    # that DuckDB did not reject. The byte scan takes every quote as a quote, while a CSV
+    # parser ignores one in the middle of an unquoted value; when such a quote makes the
+    # two disagree, DuckDB's own record numbering is used instead of physical lines.
     rejected_lines = errors["line"].unique().to_numpy().astype(np.int64)
     logical = np.arange(1, len(starts) + 1)
     record_lines = logical[(logical > 1) & ~blank]
     good_lines = record_lines[~np.isin(record_lines, rejected_lines)]
-    if len(good_lines) == rows.height:
+    agree = len(good_lines) == rows.height and len(record_lines) == rows.height + len(
+        rejected_lines
+    )
+    if agree:
         physical = starts[good_lines - 1]
-    else:  # pragma: no cover - the two parsers disagree; fall back to record order
+    else:
         physical = np.arange(2, rows.height + 2)
+        starts = np.arange(1, max(len(starts), int(rejected_lines.max(initial=0))) + 1)
     rows = rows.with_columns(
         pl.lit(str(path)).alias(SOURCE_FILE),
         pl.Series(SOURCE_ROW, physical, dtype=pl.Int64),
@@ -206,7 +206,8 @@ def read_csv_text(path: Path, ent: Entity) -> tuple[pl.DataFrame, pl.DataFrame, 
     rows = rows.with_columns(pl.lit(None, dtype=pl.String).alias(c) for c in missing)
 
     rejected = reject_rows(errors, starts, str(path), len(names))
-    records = len(record_lines)
+    # One record per loaded row and per malformed record DuckDB reported.
+    records = rows.height + len(rejected_lines)
     return rows, rejected, records
 
 

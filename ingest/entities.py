@@ -65,7 +65,7 @@ class Entity:
         raise KeyError(name)
 
 
-S, D, T, B, I, F, M = (
+S, D, T, B, INT, F, M = (
     Kind.STRING,
     Kind.DATE,
     Kind.TIMESTAMP,
@@ -148,7 +148,7 @@ ENTITIES: tuple[Entity, ...] = (
             Column("appointment_type_id", S, required=True),
             Column("name", S, required=True),
             Column("category"),
-            Column("duration_minutes", I, min_value=0),
+            Column("duration_minutes", INT, min_value=0),
         ),
     ),
     Entity(
@@ -207,7 +207,7 @@ ENTITIES: tuple[Entity, ...] = (
             Column("name", S, required=True),
             Column("issue_date", D),
             Column("expiry_date", D),
-            Column("max_sessions", I, min_value=0),
+            Column("max_sessions", INT, min_value=0),
             Column("max_invoiceable_amount", M),
             Column("closed", B),
             Column("closed_at", T),
@@ -270,7 +270,8 @@ ENTITIES_BY_NAME: dict[str, Entity] = {e.name: e for e in ENTITIES}
 
 # Lineage columns added to every raw row: where it came from in the extract.
 SOURCE_FILE = "_source_file"
-SOURCE_ROW = "_source_row"  # CSV: physical line number of the record's first line; JSON: record number
+# CSV: physical line number of the record's first line; JSON: record number in its page.
+SOURCE_ROW = "_source_row"
 REJECTED_COLUMNS = ("source_file", "source_row", "reason", "record")
 
 

@@ -47,11 +47,17 @@ class LoadResult:
 
 def empty_text(ent: Entity) -> pl.DataFrame:
     return pl.DataFrame(
-        schema={**{c: pl.String for c in ent.column_names}, SOURCE_FILE: pl.String, SOURCE_ROW: pl.Int64}
+        schema={
+            **{c: pl.String for c in ent.column_names},
+            SOURCE_FILE: pl.String,
+            SOURCE_ROW: pl.Int64,
+        }
     )
 
 
-def read_text(extract_dir: Path, ent: Entity, fmt: str) -> tuple[pl.DataFrame, pl.DataFrame, int, str]:
+def read_text(
+    extract_dir: Path, ent: Entity, fmt: str
+) -> tuple[pl.DataFrame, pl.DataFrame, int, str]:
     """The entity's rows as text, reader-level rejects, records read, and the source."""
     if fmt not in FORMATS:
         raise ExtractFileError(f"unknown extract format {fmt!r}; use one of: {', '.join(FORMATS)}")
@@ -88,26 +94,31 @@ def keep_last_duplicates(text: pl.DataFrame, ent: Entity) -> tuple[pl.DataFrame,
     if ent.key is None or text.is_empty():
         return text, text.head(0).with_columns(pl.lit(None, dtype=pl.String).alias("reason"))
     key = ent.key
-    ranked = text.with_columns(
-        pl.len().over(key).alias("_count"),
-        pl.int_range(pl.len()).over(key).alias("_rank"),
-        pl.col(SOURCE_FILE).last().over(key).alias("_winner_file"),
-        pl.col(SOURCE_ROW).last().over(key).alias("_winner_row"),
-    )
     # Rows without an id are not duplicates of each other; validation rejects them.
-    latest = pl.col(key).is_null() | (pl.col("_rank") == pl.col("_count") - 1)
-    helpers = ["_count", "_rank", "_winner_file", "_winner_row"]
-    kept = ranked.filter(latest).drop(helpers)
-    earlier = ranked.filter(~latest).with_columns(
-        (
-            pl.lit(f"duplicate {key} '")
-            + pl.col(key)
-            + pl.lit("': replaced by the later row at ")
-            + pl.col("_winner_file")
-            + pl.lit(":")
-            + pl.col("_winner_row").cast(pl.String)
-        ).alias("reason")
-    ).drop(helpers)
+    latest = pl.col(key).is_null() | pl.col(key).is_last_distinct()
+    flagged = text.with_columns(latest.alias("_latest"))
+    kept = flagged.filter(pl.col("_latest")).drop("_latest")
+    earlier = flagged.filter(~pl.col("_latest")).drop("_latest")
+    if not earlier.is_empty():
+        winners = kept.filter(pl.col(key).is_in(earlier[key].implode())).select(
+            key, pl.col(SOURCE_FILE).alias("_winner_file"), pl.col(SOURCE_ROW).alias("_winner_row")
+        )
+        earlier = (
+            earlier.join(winners, on=key, how="left", maintain_order="left")
+            .with_columns(
+                (
+                    pl.lit(f"duplicate {key} '")
+                    + pl.col(key)
+                    + pl.lit("': replaced by the later row at ")
+                    + pl.col("_winner_file")
+                    + pl.lit(":")
+                    + pl.col("_winner_row").cast(pl.String)
+                ).alias("reason")
+            )
+            .drop("_winner_file", "_winner_row")
+        )
+    else:
+        earlier = earlier.with_columns(pl.lit(None, dtype=pl.String).alias("reason"))
     return kept, earlier
 
 
@@ -125,7 +136,11 @@ def as_rejected(frame: pl.DataFrame) -> pl.DataFrame:
 def write_entity(
     con: duckdb.DuckDBPyConnection, ent: Entity, loaded: pl.DataFrame, rejected: pl.DataFrame
 ) -> None:
-    extras = [c for c in loaded.columns if c not in ent.column_names and c not in (SOURCE_FILE, SOURCE_ROW)]
+    extras = [
+        c
+        for c in loaded.columns
+        if c not in ent.column_names and c not in (SOURCE_FILE, SOURCE_ROW)
+    ]
     extra_ddl = "".join(f', "{c}" VARCHAR' for c in extras)
     con.execute("CREATE SCHEMA IF NOT EXISTS raw")
     con.execute("BEGIN TRANSACTION")
@@ -144,7 +159,9 @@ def write_entity(
         raise
 
 
-def prepare_entity(extract_dir: Path, ent: Entity, fmt: str) -> tuple[pl.DataFrame, pl.DataFrame, int, str]:
+def prepare_entity(
+    extract_dir: Path, ent: Entity, fmt: str
+) -> tuple[pl.DataFrame, pl.DataFrame, int, str]:
     """Everything but the write: (rows to load, rejected rows, rows in, source)."""
     text, reader_rejects, rows_in, source = read_text(extract_dir, ent, fmt)
     kept, duplicates = keep_last_duplicates(clean_frame(text), ent)
@@ -179,5 +196,7 @@ def load_entity(
     )
 
 
-def load_all(con: duckdb.DuckDBPyConnection, extract_dir: Path, fmt: str = "csv") -> dict[str, LoadResult]:
+def load_all(
+    con: duckdb.DuckDBPyConnection, extract_dir: Path, fmt: str = "csv"
+) -> dict[str, LoadResult]:
     return {ent.name: load_entity(con, ent.name, extract_dir, fmt) for ent in ENTITIES}

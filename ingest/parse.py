@@ -110,9 +110,7 @@ def parse_float(text: pl.Expr) -> pl.Expr:
 
 def parse_money(text: pl.Expr) -> pl.Expr:
     plain = text.str.replace(r"\$", "")
-    return pl.when(text.str.contains(_MONEY_RE)).then(
-        plain.cast(pl.Decimal(18, 2), strict=False)
-    )
+    return pl.when(text.str.contains(_MONEY_RE)).then(plain.cast(pl.Decimal(18, 2), strict=False))
 
 
 PARSERS = {
@@ -125,19 +123,27 @@ PARSERS = {
 }
 
 
-def parse_column(column: Column) -> pl.Expr:
-    """The typed value of a column; null where the text is null or does not parse."""
-    text = pl.col(column.name)
-    if column.kind == Kind.STRING:
-        if column.choices:
-            # Enumerations match case-insensitively and are stored as the contract spells them.
-            lowered = text.str.to_lowercase()
-            expr = pl.lit(None, dtype=pl.String)
-            for choice in reversed(column.choices):
-                expr = pl.when(lowered == choice.lower()).then(pl.lit(choice)).otherwise(expr)
-            return expr.alias(column.name)
+# Common shapes tried whole-column first; only a column with other shapes pays for the
+# general (regex-normalising) timestamp parser.
+FAST_TIMESTAMP_FORMATS = ("%Y-%m-%dT%H:%M:%S%#z", "%Y-%m-%dT%H:%M:%S%.f%#z")
+
+
+def parse_series(column: Column, text: pl.Series) -> pl.Series:
+    """The typed values of one text column; null where the text is null or does not parse."""
+    if column.kind == Kind.STRING and not column.choices:
         return text
-    return PARSERS[column.kind](text).cast(POLARS_TYPES[column.kind]).alias(column.name)
+    if column.kind == Kind.STRING:
+        # Enumerations match case-insensitively and are stored as the contract spells them.
+        lookup = {choice.lower(): choice for choice in column.choices or ()}
+        return text.str.to_lowercase().replace_strict(lookup, default=None, return_dtype=pl.String)
+    if column.kind == Kind.TIMESTAMP:
+        present = text.len() - text.null_count()
+        for fmt in FAST_TIMESTAMP_FORMATS:
+            fast = text.str.to_datetime(fmt, time_unit="us", time_zone="UTC", strict=False)
+            if present - (fast.len() - fast.null_count()) == 0:
+                return fast
+    typed = PARSERS[column.kind](pl.col("text")).cast(POLARS_TYPES[column.kind])
+    return pl.DataFrame({"text": text}).select(typed.alias(column.name)).to_series()
 
 
 def quoted(text: pl.Expr) -> pl.Expr:
@@ -146,21 +152,21 @@ def quoted(text: pl.Expr) -> pl.Expr:
     return pl.lit("'") + short + pl.lit("'")
 
 
+def typed_name(column: Column) -> str:
+    return f"__typed_{column.name}"
+
+
 def parse_problem(column: Column) -> pl.Expr | None:
-    """A reason string where the column's text is present but not valid; else null."""
-    text = pl.col(column.name)
-    if column.choices:
-        allowed = ", ".join(column.choices)
-        bad = text.is_not_null() & ~text.str.to_lowercase().is_in([c.lower() for c in column.choices])
-        return pl.when(bad).then(
-            pl.lit(f"{column.name} ") + quoted(text) + pl.lit(f" is not one of: {allowed}")
-        )
-    if column.kind == Kind.STRING:
+    """A reason where the column's text is present but its typed value is null; else null."""
+    if column.kind == Kind.STRING and not column.choices:
         return None
-    bad = text.is_not_null() & PARSERS[column.kind](text).is_null()
-    return pl.when(bad).then(
-        pl.lit(f"{column.name} ") + quoted(text) + pl.lit(f" is not {KIND_HINTS[column.kind]}")
-    )
+    text = pl.col(column.name)
+    bad = text.is_not_null() & pl.col(typed_name(column)).is_null()
+    if column.choices:
+        message = f" is not one of: {', '.join(column.choices)}"
+    else:
+        message = f" is not {KIND_HINTS[column.kind]}"
+    return pl.when(bad).then(pl.lit(f"{column.name} ") + quoted(text) + pl.lit(message))
 
 
 def missing_problem(column: Column) -> pl.Expr:
@@ -194,20 +200,17 @@ def parse_entity(text: pl.DataFrame, ent: Entity) -> tuple[pl.DataFrame, pl.Data
     `source_row`, `reason` (all problems of the row, joined by '; ') and `record`.
     """
     text_columns = data_columns(text)
-    lf = text.lazy()
-
+    typed = [c for c in ent.columns if c.kind != Kind.STRING or c.choices]
+    frame = text.with_columns(parse_series(c, text[c.name]).alias(typed_name(c)) for c in typed)
     problems = [p for c in ent.columns if (p := parse_problem(c)) is not None]
     problems += [missing_problem(c) for c in ent.columns if c.required]
-    lf = lf.with_columns(
-        pl.concat_str(problems, separator="; ", ignore_nulls=True).alias(REASON)
+    reason = (
+        pl.concat_str(problems, separator="; ", ignore_nulls=True)
         if problems
-        else pl.lit(None, dtype=pl.String).alias(REASON)
-    ).with_columns(
-        # concat_str of all-null inputs gives "" with ignore_nulls; normalise to null.
-        pl.when(pl.col(REASON) == "").then(None).otherwise(pl.col(REASON)).alias(REASON)
+        else pl.lit(None, dtype=pl.String)
     )
-
-    frame = lf.collect()
+    # concat_str of all-null inputs gives "" with ignore_nulls; normalise to null.
+    frame = frame.with_columns(pl.when(reason == "").then(None).otherwise(reason).alias(REASON))
     bad = frame.filter(pl.col(REASON).is_not_null())
     good = frame.filter(pl.col(REASON).is_null())
 
@@ -218,7 +221,7 @@ def parse_entity(text: pl.DataFrame, ent: Entity) -> tuple[pl.DataFrame, pl.Data
         record_json(text_columns),
     )
     parsed = good.select(
-        [parse_column(c) for c in ent.columns]
+        [pl.col(typed_name(c)).alias(c.name) if c in typed else pl.col(c.name) for c in ent.columns]
         + [pl.col(c) for c in text_columns if c not in ent.column_names]
         + [pl.col(SOURCE_FILE), pl.col(SOURCE_ROW)]
     )

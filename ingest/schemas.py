@@ -53,7 +53,10 @@ def failure_reason() -> pl.Expr:
         .then(column + pl.lit(" is empty but required"))
         .when(check.str.starts_with("in_range"))
         .then(
-            column + pl.lit(" ") + value + pl.lit(" is outside the allowed range ")
+            column
+            + pl.lit(" ")
+            + value
+            + pl.lit(" is outside the allowed range ")
             + check.str.strip_prefix("in_range")
         )
         .when(check.str.contains("unique"))
@@ -84,7 +87,11 @@ def validate(frame: pl.DataFrame, ent: Entity) -> tuple[pl.DataFrame, pl.DataFra
         valid = indexed.join(reasons, on="_index", how="anti").drop("_index")
         failed = indexed.join(reasons, on="_index", how="inner")
         return valid, failed
-    empty = frame.head(0).with_row_index("_index").with_columns(
-        pl.col("_index").cast(pl.Int64), pl.lit(None, dtype=pl.String).alias("reason")
+    empty = (
+        frame.head(0)
+        .with_row_index("_index")
+        .with_columns(
+            pl.col("_index").cast(pl.Int64), pl.lit(None, dtype=pl.String).alias("reason")
+        )
     )
     return frame, empty

@@ -3,7 +3,6 @@
 Thin wrappers around `ingest.load`; the logic lives there.
 """
 
-
 import re
 from pathlib import Path
 

@@ -1,6 +1,5 @@
 """A sensor that starts a run when a new dated extract folder appears."""
 
-
 from pathlib import Path
 
 import dagster as dg
@@ -16,7 +15,9 @@ from orchestration.schedules import everything_job
     description="Watches EXTRACTS_ROOT for a new YYYY-MM-DD folder and ingests it once.",
     default_status=dg.DefaultSensorStatus.STOPPED,
 )
-def new_extract_folder_sensor(context: dg.SensorEvaluationContext, settings: ClinicSettingsResource):
+def new_extract_folder_sensor(
+    context: dg.SensorEvaluationContext, settings: ClinicSettingsResource
+):
     latest = latest_dated_folder(Path(settings.extracts_root))
     if latest is None:
         return dg.SkipReason(f"no YYYY-MM-DD folder under {settings.extracts_root} yet")

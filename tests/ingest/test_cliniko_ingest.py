@@ -39,8 +39,14 @@ def cliniko_extract(write):
         "patients/page-00002.json",
         page(
             "patients",
-            [{"id": "82", "first_name": "Bo", "archived_at": "2025-01-01T00:00:00Z",
-              "patient_phone_numbers": []}],
+            [
+                {
+                    "id": "82",
+                    "first_name": "Bo",
+                    "archived_at": "2025-01-01T00:00:00Z",
+                    "patient_phone_numbers": [],
+                }
+            ],
         ),
     )
     write(
@@ -49,15 +55,22 @@ def cliniko_extract(write):
             "individual_appointments",
             [
                 {
-                    "id": "5001", "starts_at": "2026-03-01T23:30:00Z", "cancelled_at": "",
-                    "did_not_arrive": False, "patient_arrived": True,
-                    "patient": link("patients", "82"), "practitioner": link("practitioners", "7"),
+                    "id": "5001",
+                    "starts_at": "2026-03-01T23:30:00Z",
+                    "cancelled_at": "",
+                    "did_not_arrive": False,
+                    "patient_arrived": True,
+                    "patient": link("patients", "82"),
+                    "practitioner": link("practitioners", "7"),
                     "appointment_type": link("appointment_types", "3"),
-                    "business": link("businesses", "1"), "patient_case": link("patient_cases", "900"),
+                    "business": link("businesses", "1"),
+                    "patient_case": link("patient_cases", "900"),
                 },
                 {
-                    "id": "5002", "starts_at": "2026-03-02T01:00:00+11:00",
-                    "cancelled_at": "2026-03-01T10:00:00Z", "did_not_arrive": "",
+                    "id": "5002",
+                    "starts_at": "2026-03-02T01:00:00+11:00",
+                    "cancelled_at": "2026-03-01T10:00:00Z",
+                    "did_not_arrive": "",
                     "patient": link("patients", "1234567890123456789"),
                 },
             ],
@@ -68,18 +81,51 @@ def cliniko_extract(write):
         page(
             "invoices",
             [
-                {"id": "1", "status": 10, "total_amount": "120.0", "amount_paid": "50.5",
-                 "issue_date": "2026-02-01", "patient": link("patients", "82"), "deleted_at": ""},
-                {"id": "2", "status": 20, "total_amount": "80.0", "issue_date": "2026-02-02",
-                 "patient": link("patients", "82")},
-                {"id": "3", "status": 30, "total_amount": "10.0", "issue_date": "2026-02-03",
-                 "patient": link("patients", "82")},
-                {"id": "4", "status": 40, "total_amount": "-5.0", "issue_date": "2026-02-04",
-                 "patient": link("patients", "82")},
-                {"id": "5", "status": 20, "total_amount": "60.0", "issue_date": "2026-02-05",
-                 "patient": link("patients", "82"), "deleted_at": "2026-02-06T00:00:00Z"},
-                {"id": "6", "status": 50, "total_amount": "1.0", "issue_date": "2026-02-06",
-                 "patient": link("patients", "82")},
+                {
+                    "id": "1",
+                    "status": 10,
+                    "total_amount": "120.0",
+                    "amount_paid": "50.5",
+                    "issue_date": "2026-02-01",
+                    "patient": link("patients", "82"),
+                    "deleted_at": "",
+                },
+                {
+                    "id": "2",
+                    "status": 20,
+                    "total_amount": "80.0",
+                    "issue_date": "2026-02-02",
+                    "patient": link("patients", "82"),
+                },
+                {
+                    "id": "3",
+                    "status": 30,
+                    "total_amount": "10.0",
+                    "issue_date": "2026-02-03",
+                    "patient": link("patients", "82"),
+                },
+                {
+                    "id": "4",
+                    "status": 40,
+                    "total_amount": "-5.0",
+                    "issue_date": "2026-02-04",
+                    "patient": link("patients", "82"),
+                },
+                {
+                    "id": "5",
+                    "status": 20,
+                    "total_amount": "60.0",
+                    "issue_date": "2026-02-05",
+                    "patient": link("patients", "82"),
+                    "deleted_at": "2026-02-06T00:00:00Z",
+                },
+                {
+                    "id": "6",
+                    "status": 50,
+                    "total_amount": "1.0",
+                    "issue_date": "2026-02-06",
+                    "patient": link("patients", "82"),
+                },
                 "not a record",
             ],
         ),
@@ -88,10 +134,21 @@ def cliniko_extract(write):
         "patient_cases/page-00001.json",
         page(
             "patient_cases",
-            [{"id": "900", "name": "EPC knee", "issue_date": "2026-01-10",
-              "expiry_date": "2027-01-10", "max_sessions": 5, "max_invoiceable_amount": "450.0",
-              "closed": False, "closed_at": "", "referral_type": "EPC",
-              "patient": link("patients", "82"), "contact": link("contacts", "77")}],
+            [
+                {
+                    "id": "900",
+                    "name": "EPC knee",
+                    "issue_date": "2026-01-10",
+                    "expiry_date": "2027-01-10",
+                    "max_sessions": 5,
+                    "max_invoiceable_amount": "450.0",
+                    "closed": False,
+                    "closed_at": "",
+                    "referral_type": "EPC",
+                    "patient": link("patients", "82"),
+                    "contact": link("contacts", "77"),
+                }
+            ],
         ),
     )
     write(
@@ -110,8 +167,18 @@ def test_ids_links_phones_consent_and_empty_strings(cliniko_extract, load):
         " from raw.patients order by first_name"
     ).fetchall()
     assert got == [
-        ("1234567890123456789", "Ann", "0412 345 678", None, "active", "Unit 2, 10 Pitt St",
-         date(1980, 2, 29), True, False, datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)),
+        (
+            "1234567890123456789",
+            "Ann",
+            "0412 345 678",
+            None,
+            "active",
+            "Unit 2, 10 Pitt St",
+            date(1980, 2, 29),
+            True,
+            False,
+            datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC),
+        ),
         # archived_at set → archived; no Mobile entry → no mobile.
         ("82", "Bo", None, None, "archived", None, None, None, None, None),
     ]
@@ -126,12 +193,31 @@ def test_appointments_resolve_links_and_status_flags(cliniko_extract, load):
         " from raw.appointments order by 1"
     ).fetchall()
     assert got == [
-        ("5001", "82", "7", "3", "1", "900", datetime(2026, 3, 1, 23, 30, tzinfo=UTC), None,
-         False, True),
+        (
+            "5001",
+            "82",
+            "7",
+            "3",
+            "1",
+            "900",
+            datetime(2026, 3, 1, 23, 30, tzinfo=UTC),
+            None,
+            False,
+            True,
+        ),
         # 01:00 at +11:00 is 14:00 UTC the day before.
-        ("5002", "1234567890123456789", None, None, None, None,
-         datetime(2026, 3, 1, 14, 0, tzinfo=UTC), datetime(2026, 3, 1, 10, 0, tzinfo=UTC),
-         None, None),
+        (
+            "5002",
+            "1234567890123456789",
+            None,
+            None,
+            None,
+            None,
+            datetime(2026, 3, 1, 14, 0, tzinfo=UTC),
+            datetime(2026, 3, 1, 10, 0, tzinfo=UTC),
+            None,
+            None,
+        ),
     ]
 
 

@@ -48,7 +48,7 @@ def test_header_only_files_load_as_empty_tables(write, load):
 def test_columns_in_any_order_extra_columns_kept_empty_means_null(write, load):
     write(
         "patients.csv",
-        'Favourite_Colour,EMAIL,status,patient_id,first_name\n'
+        "Favourite_Colour,EMAIL,status,patient_id,first_name\n"
         'teal,"",Active,7,\n'
         ',ann@example.com,prospect,8,"  Ann  "\n',
     )
@@ -151,7 +151,9 @@ def test_malformed_records_are_rejected_not_fatal(write, load):
     )
     write("appointments.csv", APPOINTMENTS_HEADER)
     results, con = load()
-    assert con.execute("select patient_id, _source_row from raw.patients order by 1").fetchall() == [
+    assert con.execute(
+        "select patient_id, _source_row from raw.patients order by 1"
+    ).fetchall() == [
         ("1", 2),
         ("4", 6),
     ]
@@ -159,10 +161,18 @@ def test_malformed_records_are_rejected_not_fatal(write, load):
         "select source_row, reason, record from raw.patients__rejected order by 1"
     ).fetchall()
     assert [r[0] for r in rejected] == [3, 4]
-    assert rejected[0][1].startswith("record has fewer fields than the header (header has 3, record has 2)")
-    assert rejected[1][1].startswith("record has more fields than the header (header has 3, record has 4)")
+    assert rejected[0][1].startswith(
+        "record has fewer fields than the header (header has 3, record has 2)"
+    )
+    assert rejected[1][1].startswith(
+        "record has more fields than the header (header has 3, record has 4)"
+    )
     assert rejected[1][2] == "3,Cy,Ng,extra"
-    assert results["patients"].rows_in == 4 == results["patients"].loaded + results["patients"].rejected
+    assert (
+        results["patients"].rows_in
+        == 4
+        == results["patients"].loaded + results["patients"].rejected
+    )
 
 
 def test_duplicate_ids_last_wins_and_earlier_rows_are_rejected(write, load):
@@ -196,7 +206,12 @@ def test_invalid_last_duplicate_still_wins_over_an_older_valid_row(write, load):
     write("appointments.csv", APPOINTMENTS_HEADER)
     _, con = load()
     assert con.execute("select count(*) from raw.patients").fetchall() == [(0,)]
-    reasons = [r[0] for r in con.execute("select reason from raw.patients__rejected order by source_row").fetchall()]
+    reasons = [
+        r[0]
+        for r in con.execute(
+            "select reason from raw.patients__rejected order by source_row"
+        ).fetchall()
+    ]
     assert reasons[0].startswith("duplicate patient_id '1'")
     assert reasons[1] == "date_of_birth '1990-02-31' is not a date (expected YYYY-MM-DD)"
 
@@ -240,7 +255,7 @@ def test_stray_quote_rejects_the_record_and_keeps_its_text(write, load):
     write("appointments.csv", APPOINTMENTS_HEADER)
     results, con = load()
     assert con.execute("select patient_id from raw.patients").fetchall() == [("1",)]
-    (row, reason, record), = con.execute(
+    ((row, reason, record),) = con.execute(
         "select source_row, reason, record from raw.patients__rejected"
     ).fetchall()
     # The unterminated quote swallows the rest of the file into one record at line 3.
@@ -252,7 +267,10 @@ def test_invalid_utf8_is_rejected_per_record(write, load):
     write("patients.csv", b"patient_id,first_name\n1,Ann\n2,Ren\xe9\n3,Cy\n")
     write("appointments.csv", APPOINTMENTS_HEADER)
     results, con = load()
-    assert con.execute("select patient_id from raw.patients order by 1").fetchall() == [("1",), ("3",)]
+    assert con.execute("select patient_id from raw.patients order by 1").fetchall() == [
+        ("1",),
+        ("3",),
+    ]
     assert con.execute("select source_row, reason from raw.patients__rejected").fetchall() == [
         (3, "record is not valid UTF-8 text; re-export the file as UTF-8")
     ]

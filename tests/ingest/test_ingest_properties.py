@@ -18,7 +18,8 @@ PATIENTS = entity("patients")
 HEADER = ["patient_id", "first_name", "date_of_birth", "status", "latitude", "email"]
 
 names = st.text(
-    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")) | st.sampled_from(",\"\n "),
+    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc"))
+    | st.sampled_from(',"\n '),
     max_size=8,
 )
 rows = st.lists(
@@ -32,8 +33,18 @@ rows = st.lists(
     ),
     max_size=12,
 )
-CORRUPTIONS = ["bad_date", "drop_comma", "extra_field", "stray_quote", "blank_line",
-               "duplicate", "bad_byte", "crlf", "bad_status", "no_id"]
+CORRUPTIONS = [
+    "bad_date",
+    "drop_comma",
+    "extra_field",
+    "stray_quote",
+    "blank_line",
+    "duplicate",
+    "bad_byte",
+    "crlf",
+    "bad_status",
+    "no_id",
+]
 
 
 def render(records: list[tuple[str, ...]]) -> list[bytes]:
@@ -73,7 +84,9 @@ def corrupt(lines: list[bytes], kind: str, at: int) -> list[bytes]:
     return lines
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     records=rows,
     corruptions=st.lists(st.tuples(st.sampled_from(CORRUPTIONS), st.integers(0, 100)), max_size=4),
@@ -88,7 +101,9 @@ def test_rows_in_equal_loaded_plus_rejected(tmp_path_factory, records, corruptio
     con = duckdb.connect()
     try:
         result = load_entity(con, "patients", folder, "csv")
-        loaded = con.execute("select count(*), count(distinct patient_id) from raw.patients").fetchall()[0]
+        loaded = con.execute(
+            "select count(*), count(distinct patient_id) from raw.patients"
+        ).fetchall()[0]
         rejected = con.execute(
             "select count(*), count(*) filter (where reason is null or reason = '') "
             "from raw.patients__rejected"
