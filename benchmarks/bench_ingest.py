@@ -38,7 +38,8 @@ import duckdb
 con = duckdb.connect({db!r})
 for path in sorted(Path({out!r}).glob("*.csv")):
     con.execute(
-        f"create or replace table {{path.stem}} as select * from read_csv('{{path}}', all_varchar = true)"
+        f"create or replace table {{path.stem}} as "
+        f"select * from read_csv('{{path}}', all_varchar = true)"
     )
 con.close()
 """,

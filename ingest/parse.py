@@ -196,8 +196,9 @@ def parse_entity(text: pl.DataFrame, ent: Entity) -> tuple[pl.DataFrame, pl.Data
     """Type the declared columns of `text`; return (parsed rows, rejected rows).
 
     `text` (cleaned by `clean_frame`) holds every declared column (absent ones as nulls),
-    any extra columns, and the lineage columns. Extra columns stay text. Rejected rows carry `source_file`,
-    `source_row`, `reason` (all problems of the row, joined by '; ') and `record`.
+    any extra columns, and the lineage columns. Extra columns stay text. Rejected rows
+    carry `source_file`, `source_row`, `reason` (all problems of the row, joined by '; ')
+    and `record`.
     """
     text_columns = data_columns(text)
     typed = [c for c in ent.columns if c.kind != Kind.STRING or c.choices]

@@ -42,7 +42,8 @@ def resolve_extract(tags: dict[str, str], settings: ClinicSettingsResource) -> t
         raise dg.Failure(
             description=(
                 f"No extract to ingest: no folder given and no YYYY-MM-DD folder under "
-                f"{settings.extracts_root}. Run `audiences run --extracts DIR` or set EXTRACTS_ROOT."
+                f"{settings.extracts_root}. Run `audiences run --extracts DIR` "
+                "or set EXTRACTS_ROOT."
             )
         )
     return latest, fmt

@@ -55,7 +55,8 @@ def test_columns_in_any_order_extra_columns_kept_empty_means_null(write, load):
     write("appointments.csv", APPOINTMENTS_HEADER)
     _, con = load()
     got = con.execute(
-        "select patient_id, email, status, first_name, Favourite_Colour from raw.patients order by 1"
+        "select patient_id, email, status, first_name, Favourite_Colour"
+        " from raw.patients order by 1"
     ).fetchall()
     # Header names match case-insensitively; enumerations are stored as the contract spells
     # them; "" and blank mean null; surrounding space is trimmed; extra columns stay text.
