@@ -10,7 +10,8 @@ PATH is a warehouse built by the pipeline (e.g. from `audiences generate --patie
     last 12 months, over every appointment);
   * the whole shipped library;
 and the same segments written by hand as DuckDB SQL, run on the same file in the same
-process. Member counts of both must agree (else the script says MISMATCH and exits 1).
+process (for previews, the SQL side also fetches the 10 sample rows with the same
+columns). Member counts of both must agree (else the script says MISMATCH and exits 1).
 Goals: attribute-only < 50 ms, events < 500 ms, library < 5 s, never slower than SQL.
 The one-off load of the marts into memory is reported separately.
 """
@@ -30,9 +31,15 @@ import duckdb
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from segments.catalogue import ENTITY_TABLES  # noqa: E402
 from segments.dates import resolve_date  # noqa: E402
 from segments.evaluate import WarehouseFrames, evaluate  # noqa: E402
-from segments.library import SHIPPED_DEFINITIONS, default_catalogue, preview  # noqa: E402
+from segments.library import (  # noqa: E402
+    SHIPPED_DEFINITIONS,
+    default_catalogue,
+    preview,
+    preview_columns,
+)
 from segments.validation import Segment, load_segments, parse_definition, read_yaml  # noqa: E402
 
 EVENTS_SEGMENT = """
@@ -156,6 +163,20 @@ def run_sql(con: duckdb.DuckDBPyConnection, sql: str, as_of: date) -> int:
     return con.sql(f"{sql} order by 1", params=sql_params(sql, as_of)).pl().height
 
 
+def run_sql_preview(
+    con: duckdb.DuckDBPyConnection, sql: str, as_of: date, table: str, columns: list[str]
+) -> int:
+    """What a preview shows, by hand: the count, and 10 members with their columns."""
+    members = con.sql(f"{sql} order by 1", params=sql_params(sql, as_of)).pl()
+    key = members.columns[0]
+    select = ", ".join([key, *columns])
+    con.sql(
+        f"select {select} from marts.{table} where {key} in (select unnest($ids)) order by 1",
+        params={"ids": members[key].head(10).to_list()},
+    ).pl()
+    return members.height
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duckdb", required=True, help="warehouse file with the marts")
@@ -204,7 +225,12 @@ def main() -> int:
                 lambda: evaluate(seg.definition, frames, catalogue, as_of, tz), args.repeat
             )
             ours_n = res.height  # type: ignore[attr-defined]
-        sql_s, sql_n = timed(lambda: run_sql(con, HAND_SQL[seg.slug], as_of), args.repeat)
+        sql = HAND_SQL[seg.slug]
+        if as_preview:
+            table, cols = ENTITY_TABLES[seg.definition.entity], preview_columns(seg, catalogue)
+            sql_s, sql_n = timed(lambda: run_sql_preview(con, sql, as_of, table, cols), args.repeat)
+        else:
+            sql_s, sql_n = timed(lambda: run_sql(con, sql, as_of), args.repeat)
         if ours_n != sql_n:
             failed = True
         rows.append((label, ours_n, sql_n, ours_s, sql_s))  # type: ignore[arg-type]

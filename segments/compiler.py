@@ -33,11 +33,22 @@ EARTH_RADIUS_KM = 6371.0088
 
 @dataclass(frozen=True)
 class EventCount:
-    """One events condition's aggregate: a count column joined onto the entity frame."""
+    """One events condition's aggregate, joined onto the entity frame as column `alias`.
+
+    `exists`: the column is a boolean "has at least one matching event", enough for the
+    commonest counts (at least one / none) and far cheaper than counting; else it is the
+    number of matching events.
+    """
 
     alias: str
     condition: EventsCondition
     join_key: str  # patient_id, or case_id for case segments over case-linked events
+    exists: bool
+
+
+# Counts that only ask whether there is any matching event: (op, value) -> wanted answer.
+_EXISTENCE = {("gte", 1): True, ("gt", 0): True, ("neq", 0): True,
+              ("eq", 0): False, ("lt", 1): False, ("lte", 0): False}  # fmt: skip
 
 
 @dataclass
@@ -98,7 +109,8 @@ def compile_field_condition(c: FieldCondition, fdef: Field, ctx: _Context) -> pl
         return ~col
     if op in ("contains", "starts_with"):
         needle = str(c.value).lower()
-        lowered = col.str.to_lowercase()
+        # Low-cardinality text is held as Categorical (see evaluate.py); text ops need text.
+        lowered = col.cast(pl.String).str.to_lowercase()
         if op == "contains":
             return lowered.str.contains(needle, literal=True)
         return lowered.str.starts_with(needle)
@@ -108,7 +120,12 @@ def compile_field_condition(c: FieldCondition, fdef: Field, ctx: _Context) -> pl
         return pl.any_horizontal(parts) if op == "contains_any" else pl.all_horizontal(parts)
     if op in ("in", "not_in"):
         values = [_literal(v, ftype, ctx) for v in c.value]
-        member = col.is_in(pl.Series(values))
+        if ftype in (FieldType.INTEGER, FieldType.NUMBER):
+            # `in: [2, 2.5]` on whole numbers: compare as floats, as `eq` would.
+            col, dtype = col.cast(pl.Float64), pl.Float64
+        else:
+            dtype = pl.String  # `in` applies to text and numbers only
+        member = col.is_in(pl.Series(values, dtype=dtype).implode())
         return member if op == "in" else ~member
     if op == "between":
         lo, hi = sorted(_literal(v, ftype, ctx) for v in c.value)
@@ -147,8 +164,13 @@ def _compile_group(g: Group, fields: dict[str, Field], ctx: _Context) -> pl.Expr
             alias = f"__events_{len(ctx.event_counts)}"
             source = EVENT_SOURCES[cond.events]
             key = "case_id" if ctx.entity == "case" and source.has_case else "patient_id"
-            ctx.event_counts.append(EventCount(alias, cond, key))
-            parts.append(compare_count(pl.col(alias), cond.count.op, cond.count.value))
+            value = cond.count.value
+            wanted = _EXISTENCE.get((cond.count.op, value)) if isinstance(value, int) else None
+            ctx.event_counts.append(EventCount(alias, cond, key, exists=wanted is not None))
+            if wanted is None:
+                parts.append(compare_count(pl.col(alias), cond.count.op, cond.count.value))
+            else:
+                parts.append(pl.col(alias) if wanted else ~pl.col(alias))
         else:
             expr = compile_field_condition(cond, fields[cond.field], ctx)
             parts.append(expr.fill_null(False))

@@ -33,13 +33,28 @@ class WarehouseFrames:
     def __init__(self, duckdb_path: str | Path | None = None) -> None:
         self.duckdb_path = Path(duckdb_path) if duckdb_path else None
         self._frames: dict[str, pl.DataFrame] = {}
+        # Keys whose hashes collided on load: those are joined on the text ids instead.
+        self._collisions: set[str] = set()
 
     @classmethod
     def from_frames(cls, frames: dict[str, pl.DataFrame]) -> WarehouseFrames:
         """Frames already in memory (e.g. a benchmark that loaded them itself)."""
         wf = cls(None)
-        wf._frames = dict(frames)
+        for table, df in frames.items():
+            wf._frames[table] = _with_hashed_keys(df)
+            wf._check_hash_collisions(table, wf._frames[table])
         return wf
+
+    def join_key(self, key: str) -> str:
+        """The column to join entities and events on: the hashed id unless it collides."""
+        return key if key in self._collisions else HASHED[key]
+
+    def _check_hash_collisions(self, table: str, df: pl.DataFrame) -> None:
+        key = "case_id" if table == ENTITY_TABLES["case"] else "patient_id"
+        if table in ENTITY_TABLES.values() and key in df.columns:
+            ids, hashes = df.select(pl.col(key).n_unique(), pl.col(HASHED[key]).n_unique()).row(0)
+            if ids != hashes:
+                self._collisions.add(key)
 
     def prepare(self, definitions: Iterable[SegmentDefinition]) -> None:
         """Load, in one pass per table, every column the definitions will read."""
@@ -73,8 +88,10 @@ class WarehouseFrames:
             con.execute("SET TimeZone = 'UTC'")
             for table, cols in missing.items():
                 if table in self._frames:
-                    cols = cols | set(self._frames[table].columns)
+                    derived = set(HASHED.values())
+                    cols = cols | (set(self._frames[table].columns) - derived)
                 self._frames[table] = self._read(con, table, cols)
+                self._check_hash_collisions(table, self._frames[table])
         finally:
             con.close()
 
@@ -102,7 +119,36 @@ class WarehouseFrames:
         select = ", ".join(_quote(c) for c in sorted(cols))
         df = con.sql(f"select {select} from marts.{_quote(table)}").pl()
         # Money arrives as DECIMAL: compare it as float, like every other number.
-        return df.with_columns(pl.col(pl.Decimal).cast(pl.Float64))
+        df = df.with_columns(pl.col(pl.Decimal).cast(pl.Float64))
+        return _with_hashed_keys(_categorise(df))
+
+
+# Text columns with at most this many distinct values are held as Categorical: filters on
+# category / status / practitioner over millions of event rows then compare small integer
+# codes instead of strings. Keys stay text, since they are joined on.
+CATEGORICAL_MAX_DISTINCT = 10_000
+_KEY_COLUMNS = {"patient_id", "case_id"}
+
+
+def _categorise(df: pl.DataFrame) -> pl.DataFrame:
+    text = [c for c, t in df.schema.items() if t == pl.String and c not in _KEY_COLUMNS]
+    if not text or df.is_empty():
+        return df
+    distinct = df.select(pl.col(text).approx_n_unique()).row(0)
+    low = [c for c, n in zip(text, distinct, strict=True) if n <= CATEGORICAL_MAX_DISTINCT]
+    return df.with_columns(pl.col(low).cast(pl.Categorical)) if low else df
+
+
+# Events are counted and joined on a 64-bit hash of the id: grouping and joining millions
+# of rows on integers is several times faster than on text. Loading checks that no two
+# distinct ids of an entity share a hash; if they ever did, the text ids are used.
+HASHED = {"patient_id": "__patient_key", "case_id": "__case_key"}
+
+
+def _with_hashed_keys(df: pl.DataFrame) -> pl.DataFrame:
+    return df.with_columns(
+        pl.col(c).hash(seed=0).alias(h) for c, h in HASHED.items() if c in df.columns
+    )
 
 
 def member_frame(
@@ -111,26 +157,36 @@ def member_frame(
     catalogue: Catalogue,
     as_of: date,
     timezone: str,
-    columns: Iterable[str] = (),
 ) -> pl.LazyFrame:
-    """The members as a lazy frame: the entity keys plus any extra `columns` asked for."""
+    """The members as a lazy frame of the entity's keys."""
     compiled = compile_definition(definition, catalogue, as_of, timezone)
     read = columns_read(definition)
     table = ENTITY_TABLES[definition.entity]
     keys = list(ENTITY_KEYS[definition.entity])
-    extra = [c for c in columns if c not in keys]
-    lf = frames.frame(table, read[table] | set(extra)).lazy()
+    base = frames.frame(table, read[table]).lazy()
+    lf = base
     for count in compiled.event_counts:
         source = EVENT_SOURCES[count.condition.events]
         events = frames.frame(source.table, read[source.table]).lazy()
         row_filter = event_filter(count.condition, catalogue, as_of, timezone)
-        if row_filter is not None:
-            events = events.filter(row_filter)
-        counts = events.group_by(count.join_key).agg(pl.len().cast(pl.Int64).alias(count.alias))
-        lf = lf.join(counts, on=count.join_key, how="left").with_columns(
-            pl.col(count.alias).fill_null(0)
-        )
-    return lf.filter(compiled.predicate.fill_null(False)).select([*keys, *extra])
+        key = frames.join_key(count.join_key)
+        # Only the key of the matching events is needed: gather that one column.
+        keys_col = pl.col(key) if row_filter is None else pl.col(key).filter(row_filter)
+        events = events.select(keys_col)
+        if count.exists:
+            # Entities with at least one matching event: a semi join only probes.
+            # From the plain entity frame, so earlier joins are not computed twice.
+            found = base.select(key).join(events, on=key, how="semi")
+            if definition.entity == "case" and count.join_key == "patient_id":
+                found = found.unique()  # a patient with several cases appears once
+            found = found.with_columns(pl.lit(True).alias(count.alias))
+            lf = lf.join(found, on=key, how="left").with_columns(
+                pl.col(count.alias).fill_null(False)
+            )
+        else:
+            counts = events.group_by(key).agg(pl.len().cast(pl.Int64).alias(count.alias))
+            lf = lf.join(counts, on=key, how="left").with_columns(pl.col(count.alias).fill_null(0))
+    return lf.filter(compiled.predicate.fill_null(False)).select(keys)
 
 
 def evaluate(
@@ -139,15 +195,12 @@ def evaluate(
     catalogue: Catalogue,
     as_of: date,
     timezone: str,
-    columns: Iterable[str] = (),
 ) -> pl.DataFrame:
-    """The members of a segment on as-of date `as_of`, sorted by patient_id and case_id.
+    """The members of a segment on as-of date `as_of`: patient_id and case_id, sorted.
 
-    The frame holds patient_id and case_id (null for patient segments, so every segment
-    has the same member shape), then any extra entity `columns` asked for (a preview).
+    `case_id` is null for patient segments, so every segment has the same member shape.
     """
-    lf = member_frame(definition, frames, catalogue, as_of, timezone, columns)
+    lf = member_frame(definition, frames, catalogue, as_of, timezone)
     if definition.entity == "patient":
         lf = lf.with_columns(pl.lit(None, dtype=pl.String).alias("case_id"))
-    extra = [c for c in columns if c not in ("patient_id", "case_id")]
-    return lf.select("patient_id", "case_id", *extra).sort("patient_id", "case_id").collect()
+    return lf.select("patient_id", "case_id").sort("patient_id", "case_id").collect()

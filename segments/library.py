@@ -108,13 +108,20 @@ def preview(
     Time the evaluation only; the frames are expected to be loaded (`frames.prepare`).
     """
     started = time.perf_counter()
-    members = evaluate(
-        segment.definition, frames, catalogue, as_of, timezone,
-        preview_columns(segment, catalogue),
-    )  # fmt: skip
-    sample = members.head(PREVIEW_SAMPLE_ROWS)
+    members = evaluate(segment.definition, frames, catalogue, as_of, timezone)
+    # Display columns for the sample only, rather than carrying them through the filter.
+    entity = segment.definition.entity
+    on = "case_id" if entity == "case" else "patient_id"
+    columns = preview_columns(segment, catalogue)
+    head = members.head(PREVIEW_SAMPLE_ROWS)
+    details = (
+        frames.frame(ENTITY_TABLES[entity], [on, *columns])
+        .filter(pl.col(on).is_in(head[on].implode()))
+        .select(on, *columns)
+    )
+    sample = head.join(details, on=on, how="left", maintain_order="left")
     seconds = time.perf_counter() - started
-    if segment.definition.entity == "patient":
+    if entity == "patient":
         sample = sample.drop("case_id")
     return Preview(members.height, sample, seconds)
 

@@ -94,3 +94,23 @@ def test_case_members_carry_their_patient(tmp_path, catalogue: Catalogue, make_w
     d = parse_definition(read_yaml(text, "x.yaml"), "x.yaml", catalogue)
     members = evaluate(d, WarehouseFrames(db), catalogue, D, "UTC")
     assert members.rows() == [("P1", "C1"), ("P1", "C2"), ("P3", "C4")]
+
+
+def test_patient_events_in_a_case_segment(run_segment) -> None:
+    rows = {
+        **ROWS,
+        "leads": [dict(lead_id="l1", patient_id="P1", source="Seminar",
+                       created_date=date(2024, 8, 1))],
+    }  # fmt: skip
+    yaml_text = """
+name: cases of people who came from a seminar
+entity: case
+include:
+  conditions:
+    - events: leads
+      where: {conditions: [{field: source, op: eq, value: Seminar}]}
+"""
+    # Leads belong to patients: both of P1's cases (C1, C2), each once.
+    assert run_segment(yaml_text, rows, D) == ["C1", "C2"]
+    none = yaml_text.replace("where:", "count: {op: eq, value: 0}\n      where:")
+    assert run_segment(none, rows, D) == ["C3", "C4"]

@@ -188,3 +188,19 @@ def test_two_events_conditions_combined(run_segment) -> None:
     )
     # Physio in window: E1, E2, E3; with an open invoice: E1, E2.
     assert run_segment(yaml_text, ROWS, D) == ["E1", "E2"]
+
+
+def test_text_ids_are_used_when_hashed_ids_collide(run_segment, monkeypatch) -> None:
+    import polars as pl
+
+    import segments.evaluate as ev
+
+    # Give every id the same hash: loading must notice and join on the ids themselves.
+    def colliding(df: pl.DataFrame) -> pl.DataFrame:
+        return df.with_columns(
+            pl.lit(1, dtype=pl.UInt64).alias(h) for c, h in ev.HASHED.items() if c in df.columns
+        )
+
+    monkeypatch.setattr(ev, "_with_hashed_keys", colliding)
+    assert run_segment(physio("{op: gte, value: 2}"), ROWS, D) == ["E1", "E3"]
+    assert run_segment(physio("{op: eq, value: 0}"), ROWS, D) == ["E4", "E5"]
