@@ -16,10 +16,11 @@ sequenced as (
     select
         patient_id,
         visit_date,
-        row_number() over (partition by patient_id order by visit_date desc) as recency_rank,
-        visit_date - lag(visit_date) over (partition by patient_id order by visit_date)
-            as days_since_previous_visit
+        row_number() over newest_first as recency_rank,
+        -- One window (one sort): the previous visit is the next row, newest first.
+        visit_date - lead(visit_date) over newest_first as days_since_previous_visit
     from attended_dates
+    window newest_first as (partition by patient_id order by visit_date desc)
 
 )
 
