@@ -88,7 +88,7 @@ def cmd_preview(file: str, as_of: str | None) -> int:
     settings = Settings.from_env()
     try:
         catalogue = _catalogue(settings)
-        segment = load_segment(file, catalogue)
+        segment = load_segment(file, catalogue, check_slug=False)
         day = parse_as_of(as_of, settings.clinic_timezone)
     except SegmentValidationError as exc:
         for issue in exc.issues:

@@ -375,12 +375,15 @@ def parse_definition(
     return definition
 
 
-def load_segment(path: str | Path, catalogue: Catalogue | None) -> Segment:
-    """Read and validate one segment file. Without a catalogue only the shape is checked."""
+def load_segment(path: str | Path, catalogue: Catalogue | None, check_slug: bool = True) -> Segment:
+    """Read and validate one segment file. Without a catalogue only the shape is checked.
+
+    `check_slug=False` is for drafts (a preview): their file name is not a key anywhere.
+    """
     path = Path(path)
     file = str(path)
     slug = slug_of(path)
-    if not SLUG_PATTERN.match(slug):
+    if check_slug and not SLUG_PATTERN.match(slug):
         raise SegmentValidationError(
             [Issue(file, "", f"file name {path.name!r} is not a valid slug; use lowercase "
                    "letters, digits and dashes, e.g. lapsed-physio-6-12mo.yaml")]

@@ -77,7 +77,7 @@ def test_validate_library_and_files(env: Path, tmp_path: Path, capsys) -> None:
 
 
 def test_preview_an_unsaved_file(env: Path, tmp_path: Path, capsys, caplog) -> None:
-    draft = tmp_path / "draft.yaml"
+    draft = tmp_path / "My draft (v2).yaml"  # a draft need not have a valid slug
     draft.write_text(SHARED)
     with caplog.at_level(logging.DEBUG):
         assert cmd_preview(str(draft), "2024-08-31") == 0
