@@ -158,7 +158,7 @@ def _pydantic_issue(file: str, err: dict[str, Any]) -> Issue:
     given = err.get("input")
     if kind == "extra_forbidden":
         key = str(loc[-1])
-        msg = f"unknown key {key!r}{_did_you_mean(key, KNOWN_KEYS)} (remove it or fix the spelling)"
+        msg = f"unknown key {key!r}{_did_you_mean(key, KNOWN_KEYS)}; remove it or fix the spelling"
     elif kind == "missing":
         msg = f"missing required key {loc[-1]!r}; add it"
     elif kind == "literal_error":
