@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, Row
 
 from workflow.engine import (
+    BookingMove,
     Member,
     MemberState,
     membership_frozen,
@@ -241,6 +242,33 @@ class Change:
     note: str | None = None
 
 
+def _event_row(
+    slug: str,
+    member_id: str,
+    version: int,
+    at: datetime,
+    actor: str,
+    kind: str,
+    from_stage: str | None = None,
+    to_stage: str | None = None,
+    assignee: str | None = None,
+    note: str | None = None,
+) -> dict[str, Any]:
+    """One `workflow_events` row: the change that gave the member `version`."""
+    return {
+        "worklist_slug": slug,
+        "member_id": member_id,
+        "member_version": version,
+        "at": at,
+        "actor": actor,
+        "kind": kind,
+        "from_stage": from_stage,
+        "to_stage": to_stage,
+        "assignee": assignee,
+        "note": note,
+    }
+
+
 def write_if_unchanged(
     conn: Connection, seen: MemberView, change: Change, actor: str, at: datetime
 ) -> bool:
@@ -262,18 +290,12 @@ def write_if_unchanged(
         return False
     conn.execute(
         events.insert().values(
-            worklist_slug=seen.worklist_slug,
-            member_id=seen.member_id,
-            at=at,
-            actor=actor,
-            kind=change.kind,
-            from_stage=change.from_stage,
-            to_stage=change.to_stage,
-            assignee=change.assignee,
-            note=change.note,
-            member_version=new_version,
+            _event_row(
+                seen.worklist_slug, seen.member_id, new_version, at, actor, change.kind,
+                change.from_stage, change.to_stage, change.assignee, change.note,
+            )
         )
-    )
+    )  # fmt: skip
     return True
 
 
@@ -480,6 +502,38 @@ def _states(conn: Connection, slug: str) -> dict[str, MemberState]:
     }
 
 
+def _enter(conn: Connection, info: WorkListInfo, new: list[Member], at: datetime) -> None:
+    """New members into the first stage, with the default assignee, one event each."""
+    first_stage = info.spec.first_stage
+    assignee = info.spec.default_assignee
+    conn.execute(
+        members.insert(),
+        [
+            {
+                "worklist_slug": info.slug,
+                "member_id": m.member_id,
+                "patient_id": m.patient_id,
+                "case_id": m.case_id,
+                "stage": first_stage,
+                "assignee": assignee,
+                "entered_at": at,
+                "stage_since": at,
+                "left_segment": False,
+                "version": 1,
+            }
+            for m in new
+        ],
+    )
+    conn.execute(
+        events.insert(),
+        [
+            _event_row(info.slug, m.member_id, 1, at, SYSTEM_ACTOR, "entered",
+                       to_stage=first_stage, assignee=assignee)
+            for m in new
+        ],
+    )  # fmt: skip
+
+
 def sync_worklist(
     engine: Engine,
     info: WorkListInfo,
@@ -503,6 +557,8 @@ def sync_worklist(
     for m in current:
         current_by_id.setdefault(m.member_id, m)
 
+    # The registry row and the first members go in one transaction, so a snapshot list
+    # can never be recorded as synced without the members it took.
     with engine.begin() as conn:
         first, followed_snapshot_at = _record_list(conn, info, at)
         existing = _states(conn, info.slug)
@@ -513,50 +569,10 @@ def sync_worklist(
                 .where(lists.c.slug == info.slug)
                 .values(snapshot_at=snapshot_taken_at)
             )
-    plan = plan_membership(current_by_id, existing, frozen)
-    result = SyncResult(frozen=frozen)
-
-    if plan.enter:
-        first_stage = info.spec.first_stage
-        assignee = info.spec.default_assignee
-        with engine.begin() as conn:
-            conn.execute(
-                members.insert(),
-                [
-                    {
-                        "worklist_slug": info.slug,
-                        "member_id": m.member_id,
-                        "patient_id": m.patient_id,
-                        "case_id": m.case_id,
-                        "stage": first_stage,
-                        "assignee": assignee,
-                        "entered_at": at,
-                        "stage_since": at,
-                        "left_segment": False,
-                        "version": 1,
-                    }
-                    for m in plan.enter
-                ],
-            )
-            conn.execute(
-                events.insert(),
-                [
-                    {
-                        "worklist_slug": info.slug,
-                        "member_id": m.member_id,
-                        "at": at,
-                        "actor": SYSTEM_ACTOR,
-                        "kind": "entered",
-                        "from_stage": None,
-                        "to_stage": first_stage,
-                        "assignee": assignee,
-                        "note": None,
-                        "member_version": 1,
-                    }
-                    for m in plan.enter
-                ],
-            )
-        result.entered = len(plan.enter)
+        plan = plan_membership(current_by_id, existing, frozen)
+        if plan.enter:
+            _enter(conn, info, plan.enter, at)
+    result = SyncResult(frozen=frozen, entered=len(plan.enter))
 
     result.left = _set_left_segment(engine, info.slug, plan.leave, True, at)
     result.came_back = _set_left_segment(engine, info.slug, plan.come_back, False, at)
@@ -566,7 +582,7 @@ def sync_worklist(
             after_membership = _states(conn, info.slug)
         for booking in plan_booking_moves(info.spec, after_membership, latest_booking):
 
-            def book(seen: MemberView, booking: Any = booking) -> Change | None:
+            def book(seen: MemberView, booking: BookingMove = booking) -> Change | None:
                 # Re-checked on the fresh row: staff may have moved them meanwhile.
                 if seen.stage == booking.to_stage:
                     return None
@@ -627,21 +643,12 @@ def _set_left_segment(
                 conn.execute(
                     events.insert(),
                     [
-                        {
-                            "worklist_slug": slug,
-                            "member_id": r.member_id,
-                            "at": at,
-                            "actor": SYSTEM_ACTOR,
-                            "kind": "left_segment" if left else "returned",
-                            "from_stage": None,
-                            "to_stage": None if left else r.stage,
-                            "assignee": None,
-                            "note": None,
-                            "member_version": r.version,
-                        }
+                        _event_row(slug, r.member_id, r.version, at, SYSTEM_ACTOR,
+                                   "left_segment" if left else "returned",
+                                   to_stage=None if left else r.stage)
                         for r in rows
                     ],
-                )
+                )  # fmt: skip
             changed += len(rows)
     return changed
 
