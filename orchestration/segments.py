@@ -32,6 +32,7 @@ from segments.validation import (
 )
 
 SAMPLE_ROWS = 10
+HISTORY_CHECK = "membership_matches_history"
 
 # Marts loaded once per run and shared by every segment asset of that run (in-process
 # executor); a new run reloads, so segments always see the marts that run built.
@@ -107,6 +108,14 @@ def build_segment_asset(
         tags={"department": group_name_for(department)} if department else None,
         metadata={"definition_file": str(path)},
         pool="warehouse",
+        check_specs=[
+            dg.AssetCheckSpec(
+                HISTORY_CHECK,
+                asset=dg.AssetKey(["segments", slug]),
+                description="Every current member has exactly one open history interval, "
+                "no member is listed twice, and nobody else has an open interval.",
+            )
+        ],
     )
     def _segment_asset(
         context: dg.AssetExecutionContext,
@@ -157,7 +166,17 @@ def build_segment_asset(
         }
         if checked.definition.mode == "snapshot":
             metadata["snapshot_frozen_this_run"] = dg.MetadataValue.bool(result.snapshotted)
-        return dg.MaterializeResult(metadata=metadata)
+        c = result.consistency
+        check = dg.AssetCheckResult(
+            check_name=HISTORY_CHECK,
+            passed=c.ok,
+            metadata={
+                "duplicate_members": c.duplicate_members,
+                "members_without_open_interval": c.members_without_open_interval,
+                "open_intervals_of_non_members": c.open_intervals_of_non_members,
+            },
+        )
+        return dg.MaterializeResult(metadata=metadata, check_results=[check])
 
     return _segment_asset
 

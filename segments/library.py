@@ -28,7 +28,9 @@ from segments.catalogue import (
 from segments.compiler import columns_read
 from segments.evaluate import WarehouseFrames, evaluate
 from segments.membership import (
+    Consistency,
     MembershipChange,
+    check_consistency,
     load_snapshot,
     record_membership,
     save_snapshot,
@@ -138,6 +140,7 @@ class Materialised:
     change: MembershipChange
     # For snapshot segments: whether this run froze a new list.
     snapshotted: bool
+    consistency: Consistency
 
 
 def current_members(
@@ -178,9 +181,10 @@ def materialise(
     try:
         con.execute("SET TimeZone = 'UTC'")
         change = record_membership(con, segment.slug, members, as_of)
+        consistency = check_consistency(con, segment.slug)
     finally:
         con.close()
-    return Materialised(members, change, snapshotted)
+    return Materialised(members, change, snapshotted, consistency)
 
 
 def resnapshot(slug: str, as_of: str | None = None, settings: Settings | None = None) -> int:

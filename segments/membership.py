@@ -124,6 +124,46 @@ def record_membership(
     return MembershipChange(current.height, entered, exited, prev_as_of)
 
 
+@dataclass(frozen=True)
+class Consistency:
+    """Invariants of a segment's tables after a run; all zero when they hold."""
+
+    duplicate_members: int  # the same member listed twice in segments.membership
+    members_without_open_interval: int  # current member, but no open history row
+    open_intervals_of_non_members: int  # open history row, but not a current member
+
+    @property
+    def ok(self) -> bool:
+        return not (
+            self.duplicate_members
+            or self.members_without_open_interval
+            or self.open_intervals_of_non_members
+        )
+
+
+def check_consistency(con: duckdb.DuckDBPyConnection, slug: str) -> Consistency:
+    ensure_membership_tables(con)
+    duplicates = con.execute(
+        "select count(*) - count(distinct (patient_id, coalesce(case_id, ''))) "
+        "from segments.membership where segment_slug = ?",
+        [slug],
+    ).fetchall()[0][0]
+    without_open = con.execute(
+        "select count(*) from segments.membership a where a.segment_slug = ? and not exists ("
+        "select 1 from segments.membership_history b where b.segment_slug = a.segment_slug "
+        f"and b.exited_on is null and {_SAME_MEMBER})",
+        [slug],
+    ).fetchall()[0][0]
+    stray_open = con.execute(
+        "select count(*) from segments.membership_history a "
+        "where a.segment_slug = ? and a.exited_on is null and not exists ("
+        "select 1 from segments.membership b where b.segment_slug = a.segment_slug "
+        f"and {_SAME_MEMBER})",
+        [slug],
+    ).fetchall()[0][0]
+    return Consistency(duplicates, without_open, stray_open)
+
+
 # -- snapshot lists in the state store ---------------------------------------------------
 
 state_meta = sa.MetaData()

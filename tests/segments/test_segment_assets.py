@@ -94,6 +94,9 @@ def test_segment_assets_end_to_end(tmp_path: Path, make_warehouse) -> None:
     assert "| A |" in meta["lapsed"]["sample"].value
     assert meta["frozen"]["members"].value == 2
     assert meta["frozen"]["snapshot_frozen_this_run"].value is True
+    checks = result.get_asset_check_evaluations()
+    assert sorted(c.asset_key.path[-1] for c in checks) == ["frozen", "lapsed"]
+    assert all(c.passed for c in checks)
 
     # Next day B turns inactive: the dynamic segment does not care (B was never lapsed);
     # the snapshot keeps A and B.

@@ -13,7 +13,7 @@ from clinic_audiences.config import Settings
 from segments.catalogue import Catalogue
 from segments.evaluate import WarehouseFrames
 from segments.library import materialise, resnapshot, state_engine
-from segments.membership import load_snapshot
+from segments.membership import check_consistency, load_snapshot
 from segments.validation import load_segment
 
 ACTIVE = "name: Active\nmode: {mode}\ninclude:\n  conditions:\n    - {{field: status, op: eq, value: active}}\n"  # noqa: E501
@@ -171,3 +171,23 @@ def test_resnapshot_function(setup, tmp_path: Path, monkeypatch) -> None:
         resnapshot("other", "2024-09-02", settings)
     with pytest.raises(KeyError, match="no segment"):
         resnapshot("nope", "2024-09-02", settings)
+
+
+def test_consistency_check_notices_broken_history(setup) -> None:
+    run, db, _, _ = setup
+    first = run("active", "dynamic", patients(A="active", B="active"), date(2024, 9, 1))
+    assert first.consistency.ok
+    con = duckdb.connect(str(db))
+    try:
+        # Lose A's open interval and invent one for C, who is not a member.
+        con.execute("delete from segments.membership_history where patient_id = 'A'")
+        con.execute(
+            "insert into segments.membership_history values ('active', 'C', null, ?, null)",
+            [date(2024, 9, 1)],
+        )
+        c = check_consistency(con, "active")
+    finally:
+        con.close()
+    assert (c.duplicate_members, c.members_without_open_interval) == (0, 1)
+    assert c.open_intervals_of_non_members == 1
+    assert not c.ok
