@@ -6,9 +6,12 @@ with invoices as (
 
 ),
 
-appointments as (
+-- Only appointments on a case can give an invoice its case: a small join side.
+case_appointments as (
 
-    select appointment_id, case_id from {{ ref('stg_raw__appointments') }}
+    select appointment_id, case_id
+    from {{ ref('stg_raw__appointments') }}
+    where case_id is not null
 
 ),
 
@@ -24,9 +27,10 @@ effective as (
         invoices.amount_paid as recorded_amount_paid,
         invoices.appointment_id,
         invoices.practitioner_id,
-        coalesce(nullif(trim(invoices.case_id), ''), appointments.case_id) as case_id
+        coalesce(nullif(trim(invoices.case_id), ''), case_appointments.case_id) as case_id
     from invoices
-    left join appointments on invoices.appointment_id = appointments.appointment_id
+    left join case_appointments
+        on invoices.appointment_id = case_appointments.appointment_id
 
 ),
 
