@@ -146,8 +146,11 @@ HASHED = {"patient_id": "__patient_key", "case_id": "__case_key"}
 
 
 def _with_hashed_keys(df: pl.DataFrame) -> pl.DataFrame:
+    # polars hashes null to a value; a missing id must stay missing so it matches nothing.
     return df.with_columns(
-        pl.col(c).hash(seed=0).alias(h) for c, h in HASHED.items() if c in df.columns
+        pl.when(pl.col(c).is_not_null()).then(pl.col(c).hash(seed=0)).alias(h)
+        for c, h in HASHED.items()
+        if c in df.columns
     )
 
 

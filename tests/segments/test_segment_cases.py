@@ -114,3 +114,25 @@ include:
     assert run_segment(yaml_text, rows, D) == ["C1", "C2"]
     none = yaml_text.replace("where:", "count: {op: eq, value: 0}\n      where:")
     assert run_segment(none, rows, D) == ["C3", "C4"]
+
+
+def test_events_without_a_case_match_no_case(run_segment) -> None:
+    rows = {
+        **ROWS,
+        # A case whose id is blank in the mart would otherwise pair with case-less events.
+        "case_features": [*ROWS["case_features"], dict(case_id=None, patient_id="P2")],
+        "appointments": [
+            dict(appointment_id=f"n{i}", patient_id="P2", case_id=None,
+                 start_date=date(2024, 8, 1), status="attended")
+            for i in range(3)
+        ],
+    }  # fmt: skip
+    yaml_text = """
+name: any case with an appointment
+entity: case
+include:
+  conditions:
+    - events: appointments
+"""
+    # The three appointments have no case: no case has any appointment.
+    assert run_segment(yaml_text, rows, D) == []
