@@ -216,19 +216,19 @@ def event_filter(
 # -- which columns a definition reads ----------------------------------------------------
 
 
-def _group_fields(g: Group, out: set[str], events: dict[str, set[str]]) -> None:
+def _group_fields(g: Group, out: set[str], events: dict[str, set[str]], entity: str) -> None:
     for cond in g.conditions:
         if isinstance(cond, Group):
-            _group_fields(cond, out, events)
+            _group_fields(cond, out, events, entity)
         elif isinstance(cond, EventsCondition):
             cols = events.setdefault(cond.events, set())
-            cols.add("patient_id")
-            if EVENT_SOURCES[cond.events].has_case:
-                cols.add("case_id")
+            # The key the events are counted on (see _compile_group).
+            by_case = entity == "case" and EVENT_SOURCES[cond.events].has_case
+            cols.add("case_id" if by_case else "patient_id")
             if cond.within is not None:
                 cols.add(EVENT_SOURCES[cond.events].date_field)
             if cond.where is not None:
-                _group_fields(cond.where, cols, {})
+                _group_fields(cond.where, cols, {}, entity)
         elif cond.field == LOCATION_FIELD:
             out.update(("latitude", "longitude"))
         else:
@@ -239,9 +239,9 @@ def columns_read(d: SegmentDefinition) -> dict[str, set[str]]:
     """Mart table -> the columns a definition reads (for loading and for asset deps)."""
     entity_cols = set(ENTITY_KEYS[d.entity])
     events: dict[str, set[str]] = {}
-    _group_fields(d.include, entity_cols, events)
+    _group_fields(d.include, entity_cols, events, d.entity)
     if d.exclude is not None:
-        _group_fields(d.exclude, entity_cols, events)
+        _group_fields(d.exclude, entity_cols, events, d.entity)
     out = {ENTITY_TABLES[d.entity]: entity_cols}
     for name, cols in events.items():
         out[EVENT_SOURCES[name].table] = cols
