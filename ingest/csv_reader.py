@@ -12,13 +12,15 @@ from __future__ import annotations
 import csv
 import io
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import polars as pl
 
-from ingest.entities import SOURCE_FILE, SOURCE_ROW, Entity
+from ingest.entities import ROW_NUMBER, SOURCE_FILE, SOURCE_ROW, Entity
 
 _CHUNK = 64 * 1024 * 1024
 _NEWLINE, _QUOTE, _CR = 10, 34, 13
@@ -132,57 +134,111 @@ REJECT_REASONS = {
 }
 
 
-def _duckdb_read(path: Path, field_count: int) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Good records as text columns c0..cN, and DuckDB's rejects (strict RFC 4180)."""
+def _stage(
+    con: duckdb.DuckDBPyConnection, path: Path, table: str, field_count: int
+) -> pl.DataFrame:
+    """Copy the good records of `path` as text columns c0..cN into `table` (file order is
+    the table's rowid order); return DuckDB's rejects (strict RFC 4180)."""
     positional = {f"c{i}": "VARCHAR" for i in range(field_count)}
-    con = duckdb.connect()
+    stem = table.rsplit(".", 1)[-1]  # rejects tables are temporary: no schema
+    rejects, scans = f"{stem}_rejects", f"{stem}_scans"
+    con.execute(
+        f"create or replace table {table} as select * from read_csv(?, header = true, "
+        "auto_detect = false, columns = ?, delim = ',', quote = '\"', escape = '\"', "
+        f"all_varchar = true, store_rejects = true, rejects_table = '{rejects}', "
+        f"rejects_scan = '{scans}', strict_mode = true)",
+        [str(path), positional],
+    )
     try:
-        rows = con.sql(
-            "select * from read_csv(?, header = true, auto_detect = false, columns = ?, "
-            "delim = ',', quote = '\"', escape = '\"', all_varchar = true, "
-            "store_rejects = true, rejects_table = 'rejects', rejects_scan = 'rejects_scan', "
-            "strict_mode = true)",
-            params=[str(path), positional],
-        ).pl()
-        errors = con.sql(
-            "select line, error_type, error_message, csv_line from rejects order by line"
+        return con.sql(
+            f"select line, error_type, error_message, csv_line from {rejects} order by line"
         ).pl()
     finally:
-        con.close()
-    return rows, errors
+        con.execute(f"drop table if exists {rejects}")
+        con.execute(f"drop table if exists {scans}")
 
 
-def read_csv_text(path: Path, ent: Entity) -> tuple[pl.DataFrame, pl.DataFrame, int]:
-    """Read `path` as text columns named per the contract.
+@dataclass
+class StagedCsv:
+    """A CSV file copied into a staging table of the warehouse, read back in batches.
 
-    Returns (rows with every declared column + extras + lineage, malformed records as
-    rejected rows, number of records in the file).
+    Staging keeps memory flat however large the file: only one batch of rows is in
+    Python at a time, and the whole-file questions (which ids repeat) are answered in SQL.
     """
+
+    con: duckdb.DuckDBPyConnection
+    table: str
+    path: Path
+    names: list[str]
+    rows: int  # good records staged
+    physical: np.ndarray  # line number of each staged record, by rowid
+    rejected: pl.DataFrame  # malformed records
+    records: int  # records in the file: staged + malformed
+
+    def batches(self, size: int) -> Iterator[pl.DataFrame]:
+        renames = {f"c{i}": n for i, n in enumerate(self.names)}
+        for first in range(0, self.rows, size):
+            frame = self.con.sql(
+                f"select * from {self.table} where rowid >= {first} and rowid < {first + size} "
+                "order by rowid"
+            ).pl()
+            yield frame.rename(renames).with_columns(
+                pl.lit(str(self.path)).alias(SOURCE_FILE),
+                pl.Series(SOURCE_ROW, self.physical[first : first + frame.height], dtype=pl.Int64),
+                pl.int_range(first, first + frame.height, dtype=pl.Int64).alias(ROW_NUMBER),
+            )
+
+    def duplicates(self, key: str) -> pl.DataFrame:
+        """Earlier occurrences of a repeated id, with where the last occurrence is.
+        Blank ids are not duplicates of each other."""
+        column = f"c{self.names.index(key)}"
+        found = self.con.sql(
+            f"""
+            select rowid as {ROW_NUMBER}, max(rowid) over (partition by k) as winner
+            from (select rowid, nullif(trim({column}, ' \t\r\n'), '') as k from {self.table})
+            where k is not null
+            qualify {ROW_NUMBER} <> winner
+            """
+        ).pl()
+        return found.select(
+            pl.col(ROW_NUMBER),
+            pl.lit(str(self.path)).alias("winner_file"),
+            pl.Series("winner_row", self.physical[found["winner"].to_numpy()], dtype=pl.Int64),
+        )
+
+    def drop(self) -> None:
+        self.con.execute(f"drop table if exists {self.table}")
+
+
+def stage_csv(con: duckdb.DuckDBPyConnection, path: Path, ent: Entity) -> StagedCsv:
+    """Stage `path` in the warehouse as text, named per the contract, with line numbers."""
     header = read_header(path)
     names = match_columns(path, header, ent)
+    table = f"raw.__staging_{ent.name}"
+    con.execute("create schema if not exists raw")
     try:
-        rows, errors = _duckdb_read(path, len(names))
+        errors = _stage(con, path, table, len(names))
     except duckdb.Error as err:
         # DuckDB's strict reader stops at a carriage return that does not end a CRLF file
         # (a file mixing CRLF and LF, or a stray CR). Read a copy with LF line ends, taking a
         # lone CR as a line end too, as Python's CSV module and old Mac exports do.
         with path.open("rb") as fh:
             has_cr = b"\r" in fh.read()
-        if not has_cr:
+        if not has_cr or "invalid state" not in str(err):
             raise ExtractFileError(f"{path}: the file could not be read as CSV: {err}") from None
         with tempfile.TemporaryDirectory() as tmp:
             normalised = Path(tmp) / path.name
             normalised.write_bytes(path.read_bytes().replace(b"\r\n", b"\n").replace(b"\r", b"\n"))
             try:
-                rows, errors = _duckdb_read(normalised, len(names))
+                errors = _stage(con, normalised, table, len(names))
             except duckdb.Error as err2:
                 raise ExtractFileError(
                     f"{path}: the file could not be read as CSV: {err2}"
                 ) from None
+    rows = con.execute(f"select count(*) from {table}").fetchall()[0][0]
 
-    rows = rows.rename({f"c{i}": n for i, n in enumerate(names)})
     starts, blank = logical_line_starts(path)
-    # Rows come back in file order; they are the non-blank logical lines after the header
+    # Staged rows are in file order; they are the non-blank logical lines after the header
     # that DuckDB did not reject. The byte scan takes every quote as a quote, while a CSV
     # parser ignores one in the middle of an unquoted value; when such a quote makes the
     # two disagree, DuckDB's own record numbering is used instead of physical lines.
@@ -190,25 +246,23 @@ def read_csv_text(path: Path, ent: Entity) -> tuple[pl.DataFrame, pl.DataFrame, 
     logical = np.arange(1, len(starts) + 1)
     record_lines = logical[(logical > 1) & ~blank]
     good_lines = record_lines[~np.isin(record_lines, rejected_lines)]
-    agree = len(good_lines) == rows.height and len(record_lines) == rows.height + len(
-        rejected_lines
-    )
+    agree = len(good_lines) == rows and len(record_lines) == rows + len(rejected_lines)
     if agree:
         physical = starts[good_lines - 1]
     else:
-        physical = np.arange(2, rows.height + 2)
+        physical = np.arange(2, rows + 2)
         starts = np.arange(1, max(len(starts), int(rejected_lines.max(initial=0))) + 1)
-    rows = rows.with_columns(
-        pl.lit(str(path)).alias(SOURCE_FILE),
-        pl.Series(SOURCE_ROW, physical, dtype=pl.Int64),
+    return StagedCsv(
+        con=con,
+        table=table,
+        path=path,
+        names=names,
+        rows=rows,
+        physical=physical.astype(np.int64),
+        rejected=reject_rows(errors, starts, str(path), len(names)),
+        # One record per staged row and per malformed record DuckDB reported.
+        records=rows + len(rejected_lines),
     )
-    missing = [c for c in ent.column_names if c not in rows.columns]
-    rows = rows.with_columns(pl.lit(None, dtype=pl.String).alias(c) for c in missing)
-
-    rejected = reject_rows(errors, starts, str(path), len(names))
-    # One record per loaded row and per malformed record DuckDB reported.
-    records = rows.height + len(rejected_lines)
-    return rows, rejected, records
 
 
 def reject_rows(

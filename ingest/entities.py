@@ -272,6 +272,8 @@ ENTITIES_BY_NAME: dict[str, Entity] = {e.name: e for e in ENTITIES}
 SOURCE_FILE = "_source_file"
 # CSV: physical line number of the record's first line; JSON: record number in its page.
 SOURCE_ROW = "_source_row"
+# A row's position in its source while it is being loaded (not stored).
+ROW_NUMBER = "_row_number"
 REJECTED_COLUMNS = ("source_file", "source_row", "reason", "record")
 
 

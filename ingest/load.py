@@ -1,14 +1,16 @@
 """Load one extract folder into the warehouse's `raw` schema, entity by entity.
 
-For each entity: read text (CSV or Cliniko pages) → parse types → keep the last row of
-each duplicate id → validate with pandera → replace `raw.<entity>` and
-`raw.<entity>__rejected` in one transaction. Every input row ends in one of the two
-tables: rows in = rows loaded + rows rejected.
+For each entity: read text (CSV or Cliniko pages) → keep the last row of each duplicate
+id → type → validate with pandera → replace `raw.<entity>` and `raw.<entity>__rejected`
+in one transaction. Every input row ends in one of the two tables: rows in = rows loaded
++ rows rejected. A CSV file is staged in the warehouse and processed in batches, so
+memory stays flat however large the extract is.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,19 +18,22 @@ import duckdb
 import polars as pl
 
 from ingest import cliniko
-from ingest.csv_reader import ExtractFileError, read_csv_text
-from ingest.entities import ENTITIES, SOURCE_FILE, SOURCE_ROW, Entity, entity
+from ingest.csv_reader import ExtractFileError, stage_csv
+from ingest.entities import ENTITIES, ROW_NUMBER, SOURCE_FILE, SOURCE_ROW, Entity, entity
 from ingest.parse import clean_frame, parse_entity, typed_schema
 from ingest.schemas import validate
 from ingest.warehouse import raw_columns_ddl, rejected_columns_ddl
 
 FORMATS = ("csv", "cliniko")
+BATCH_ROWS = 1_000_000
 REJECTED_SCHEMA = {
     "source_file": pl.String,
     "source_row": pl.Int64,
     "reason": pl.String,
     "record": pl.String,
 }
+DUPLICATES_SCHEMA = {ROW_NUMBER: pl.Int64, "winner_file": pl.String, "winner_row": pl.Int64}
+LINEAGE = (SOURCE_FILE, SOURCE_ROW, ROW_NUMBER)
 
 
 @dataclass(frozen=True)
@@ -45,152 +50,197 @@ class LoadResult:
         return self.rows_in == self.loaded + self.rejected
 
 
+def empty_rejected() -> pl.DataFrame:
+    return pl.DataFrame(schema=REJECTED_SCHEMA)
+
+
 def empty_text(ent: Entity) -> pl.DataFrame:
-    return pl.DataFrame(
-        schema={
-            **{c: pl.String for c in ent.column_names},
-            SOURCE_FILE: pl.String,
-            SOURCE_ROW: pl.Int64,
-        }
-    )
+    columns = {c: pl.String for c in ent.column_names}
+    return pl.DataFrame(schema={**columns, SOURCE_FILE: pl.String, SOURCE_ROW: pl.Int64})
 
 
-def read_text(
-    extract_dir: Path, ent: Entity, fmt: str
-) -> tuple[pl.DataFrame, pl.DataFrame, int, str]:
-    """The entity's rows as text, reader-level rejects, records read, and the source."""
+def check_format(extract_dir: Path, fmt: str) -> None:
     if fmt not in FORMATS:
         raise ExtractFileError(f"unknown extract format {fmt!r}; use one of: {', '.join(FORMATS)}")
     if not extract_dir.is_dir():
         raise ExtractFileError(f"{extract_dir}: the extract folder does not exist")
-    if fmt == "cliniko" and ent.name in cliniko.mappings({}):
-        folder = extract_dir / cliniko.mappings({})[ent.name][0]
-        if folder.is_dir():
-            return (*cliniko.read_cliniko_text(extract_dir, ent), str(folder))
-        if ent.name in cliniko.REQUIRED_FOLDERS:
-            raise ExtractFileError(
-                f"{folder}: the '{folder.name}' folder is missing from the Cliniko extract; "
-                "run `audiences extract cliniko` again or check --extracts"
-            )
-        return empty_text(ent), pl.DataFrame(schema=REJECTED_SCHEMA), 0, ""
-    path = extract_dir / ent.file_name
-    if path.is_file():
-        return (*read_csv_text(path, ent), str(path))
-    if ent.file_required and fmt == "csv":
+
+
+def cliniko_folder(extract_dir: Path, ent: Entity, fmt: str) -> Path | None:
+    """The Cliniko page folder this entity is read from, if the format has one for it."""
+    resources = cliniko.mappings({})
+    if fmt != "cliniko" or ent.name not in resources:
+        return None
+    folder = extract_dir / resources[ent.name][0]
+    if not folder.is_dir() and ent.name in cliniko.REQUIRED_FOLDERS:
         raise ExtractFileError(
-            f"{path}: {ent.file_name} is missing; a canonical extract needs at least "
-            "patients.csv and appointments.csv"
+            f"{folder}: the '{folder.name}' folder is missing from the Cliniko extract; "
+            "run `audiences extract cliniko` again or check --extracts"
         )
-    return empty_text(ent), pl.DataFrame(schema=REJECTED_SCHEMA), 0, ""
+    return folder
 
 
-def keep_last_duplicates(text: pl.DataFrame, ent: Entity) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The last occurrence of each id wins; earlier ones are rejected as duplicates.
-
-    This runs before typing, so the winner is the last row even when that row turns out
-    to be invalid (it is then rejected for its own reason): an older version of a record
-    never silently replaces a newer one.
-    """
-    if ent.key is None or text.is_empty():
-        return text, text.head(0).with_columns(pl.lit(None, dtype=pl.String).alias("reason"))
-    key = ent.key
-    # Rows without an id are not duplicates of each other; validation rejects them.
-    latest = pl.col(key).is_null() | pl.col(key).is_last_distinct()
-    flagged = text.with_columns(latest.alias("_latest"))
-    kept = flagged.filter(pl.col("_latest")).drop("_latest")
-    earlier = flagged.filter(~pl.col("_latest")).drop("_latest")
-    if not earlier.is_empty():
-        winners = kept.filter(pl.col(key).is_in(earlier[key].implode())).select(
-            key, pl.col(SOURCE_FILE).alias("_winner_file"), pl.col(SOURCE_ROW).alias("_winner_row")
-        )
-        earlier = (
-            earlier.join(winners, on=key, how="left", maintain_order="left")
-            .with_columns(
-                (
-                    pl.lit(f"duplicate {key} '")
-                    + pl.col(key)
-                    + pl.lit("': replaced by the later row at ")
-                    + pl.col("_winner_file")
-                    + pl.lit(":")
-                    + pl.col("_winner_row").cast(pl.String)
-                ).alias("reason")
-            )
-            .drop("_winner_file", "_winner_row")
-        )
-    else:
-        earlier = earlier.with_columns(pl.lit(None, dtype=pl.String).alias("reason"))
-    return kept, earlier
+def last_occurrences(text: pl.DataFrame, key: str) -> pl.DataFrame:
+    """Earlier occurrences of a repeated id in an in-memory frame, with where the last one
+    is (the same answer `StagedCsv.duplicates` gives in SQL for staged files)."""
+    cleaned = text.select(ROW_NUMBER, SOURCE_FILE, SOURCE_ROW, pl.col(key).str.strip_chars())
+    cleaned = cleaned.filter(pl.col(key).is_not_null() & (pl.col(key) != ""))
+    winners = cleaned.filter(pl.col(key).is_last_distinct()).select(
+        key, pl.col(SOURCE_FILE).alias("winner_file"), pl.col(SOURCE_ROW).alias("winner_row")
+    )
+    earlier = cleaned.filter(~pl.col(key).is_last_distinct())
+    return earlier.join(winners, on=key, how="left").select(DUPLICATES_SCHEMA.keys())
 
 
 def as_rejected(frame: pl.DataFrame) -> pl.DataFrame:
-    """Typed rows + a reason column → the rejected-table shape (record as JSON text)."""
-    data = [c for c in frame.columns if c not in (SOURCE_FILE, SOURCE_ROW, "reason", "_index")]
+    """Rows + a reason column → the rejected-table shape (the row as JSON text)."""
+    data = [c for c in frame.columns if c not in (*LINEAGE, "reason", "_index")]
     return frame.select(
         pl.col(SOURCE_FILE).alias("source_file"),
         pl.col(SOURCE_ROW).alias("source_row"),
         pl.col("reason"),
         pl.struct([pl.col(c).cast(pl.String) for c in data]).struct.json_encode().alias("record"),
+    ).cast(REJECTED_SCHEMA)
+
+
+def process_batch(
+    text: pl.DataFrame, ent: Entity, duplicates: pl.DataFrame
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """One batch of text rows → (typed rows to load, rejected rows).
+
+    Duplicates are dropped before typing, so the last occurrence of an id wins even when
+    it turns out to be invalid (it is then rejected for its own reason): an older version
+    of a record never silently replaces a newer one.
+    """
+    cleaned = clean_frame(text)
+    marked = cleaned.join(duplicates, on=ROW_NUMBER, how="left", maintain_order="left")
+    is_duplicate = pl.col("winner_row").is_not_null()
+    earlier = marked.filter(is_duplicate).with_columns(
+        (
+            pl.lit(f"duplicate {ent.key} '")
+            + pl.col(ent.key or ROW_NUMBER).cast(pl.String)
+            + pl.lit("': replaced by the later row at ")
+            + pl.col("winner_file")
+            + pl.lit(":")
+            + pl.col("winner_row").cast(pl.String)
+        ).alias("reason")
     )
-
-
-def write_entity(
-    con: duckdb.DuckDBPyConnection, ent: Entity, loaded: pl.DataFrame, rejected: pl.DataFrame
-) -> None:
-    extras = [
-        c
-        for c in loaded.columns
-        if c not in ent.column_names and c not in (SOURCE_FILE, SOURCE_ROW)
-    ]
-    extra_ddl = "".join(f', "{c}" VARCHAR' for c in extras)
-    con.execute("CREATE SCHEMA IF NOT EXISTS raw")
-    con.execute("BEGIN TRANSACTION")
-    try:
-        con.execute(f"CREATE OR REPLACE TABLE raw.{ent.name} ({raw_columns_ddl(ent)}{extra_ddl})")
-        con.register("_loaded", loaded.to_arrow())
-        con.execute(f"INSERT INTO raw.{ent.name} BY NAME SELECT * FROM _loaded")
-        con.unregister("_loaded")
-        con.execute(f"CREATE OR REPLACE TABLE raw.{ent.name}__rejected ({rejected_columns_ddl()})")
-        con.register("_rejected", rejected.to_arrow())
-        con.execute(f"INSERT INTO raw.{ent.name}__rejected BY NAME SELECT * FROM _rejected")
-        con.unregister("_rejected")
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
-
-
-def prepare_entity(
-    extract_dir: Path, ent: Entity, fmt: str
-) -> tuple[pl.DataFrame, pl.DataFrame, int, str]:
-    """Everything but the write: (rows to load, rejected rows, rows in, source)."""
-    text, reader_rejects, rows_in, source = read_text(extract_dir, ent, fmt)
-    kept, duplicates = keep_last_duplicates(clean_frame(text), ent)
+    kept = marked.filter(~is_duplicate).drop("winner_file", "winner_row")
     parsed, parse_rejects = parse_entity(kept, ent)
-    valid, failed = validate(parsed, ent)
+    valid, failed = validate(parsed.drop(ROW_NUMBER), ent)
     rejected = pl.concat(
         [
-            reader_rejects.cast(REJECTED_SCHEMA),
+            as_rejected(earlier.drop("winner_file", "winner_row")),
             parse_rejects.cast(REJECTED_SCHEMA),
-            as_rejected(duplicates).cast(REJECTED_SCHEMA),
-            as_rejected(failed).cast(REJECTED_SCHEMA),
+            as_rejected(failed),
         ]
-    ).sort("source_file", "source_row")
-    valid = valid.cast(typed_schema(ent))  # type: ignore[arg-type]
-    return valid, rejected, rows_in, source
+    )
+    return valid.cast(typed_schema(ent)), rejected  # type: ignore[arg-type]
+
+
+class RawWriter:
+    """Replaces `raw.<entity>` and its rejected table inside one transaction."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, ent: Entity, extras: list[str]) -> None:
+        self.con, self.ent = con, ent
+        self.loaded = 0
+        self.rejected: list[pl.DataFrame] = []
+        extra_ddl = "".join(f', "{c}" VARCHAR' for c in extras)
+        con.execute("CREATE SCHEMA IF NOT EXISTS raw")
+        con.execute("BEGIN TRANSACTION")
+        con.execute(f"CREATE OR REPLACE TABLE raw.{ent.name} ({raw_columns_ddl(ent)}{extra_ddl})")
+
+    def add(self, valid: pl.DataFrame, rejected: pl.DataFrame) -> None:
+        if valid.height:
+            self.con.register("_loaded", valid.to_arrow())
+            self.con.execute(f"INSERT INTO raw.{self.ent.name} BY NAME SELECT * FROM _loaded")
+            self.con.unregister("_loaded")
+        self.loaded += valid.height
+        self.rejected.append(rejected)
+
+    def commit(self, reader_rejects: pl.DataFrame) -> int:
+        rejected = pl.concat([reader_rejects.cast(REJECTED_SCHEMA), *self.rejected]).sort(
+            "source_file", "source_row"
+        )
+        name = self.ent.name
+        self.con.execute(f"CREATE OR REPLACE TABLE raw.{name}__rejected ({rejected_columns_ddl()})")
+        self.con.register("_rejected", rejected.to_arrow())
+        self.con.execute(f"INSERT INTO raw.{name}__rejected BY NAME SELECT * FROM _rejected")
+        self.con.unregister("_rejected")
+        self.con.execute("COMMIT")
+        return rejected.height
+
+    def abort(self) -> None:
+        self.con.execute("ROLLBACK")
+
+
+def write_batches(
+    con: duckdb.DuckDBPyConnection,
+    ent: Entity,
+    batches: Iterable[pl.DataFrame],
+    extras: list[str],
+    duplicates: pl.DataFrame,
+    reader_rejects: pl.DataFrame,
+) -> tuple[int, int]:
+    writer = RawWriter(con, ent, extras)
+    try:
+        for batch in batches:
+            writer.add(*process_batch(batch, ent, duplicates))
+        rejected = writer.commit(reader_rejects)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.loaded, rejected
 
 
 def load_entity(
-    con: duckdb.DuckDBPyConnection, name: str, extract_dir: Path, fmt: str = "csv"
+    con: duckdb.DuckDBPyConnection,
+    name: str,
+    extract_dir: Path,
+    fmt: str = "csv",
+    batch_rows: int = BATCH_ROWS,
 ) -> LoadResult:
     ent = entity(name)
+    extract_dir = Path(extract_dir)
     started = time.perf_counter()
-    valid, rejected, rows_in, source = prepare_entity(Path(extract_dir), ent, fmt)
-    write_entity(con, ent, valid, rejected)
+    check_format(extract_dir, fmt)
+    no_duplicates = pl.DataFrame(schema=DUPLICATES_SCHEMA)
+
+    folder = cliniko_folder(extract_dir, ent, fmt)
+    path = extract_dir / ent.file_name
+    if folder is not None or not path.is_file():
+        if folder is not None and folder.is_dir():
+            text, reader_rejects, rows_in = cliniko.read_cliniko_text(extract_dir, ent)
+            source = str(folder)
+        elif ent.file_required and fmt == "csv":
+            raise ExtractFileError(
+                f"{path}: {ent.file_name} is missing; a canonical extract needs at least "
+                "patients.csv and appointments.csv"
+            )
+        else:
+            text, reader_rejects, rows_in, source = empty_text(ent), empty_rejected(), 0, ""
+        text = text.with_row_index(ROW_NUMBER).with_columns(pl.col(ROW_NUMBER).cast(pl.Int64))
+        duplicates = last_occurrences(text, ent.key) if ent.key else no_duplicates
+        loaded, rejected = write_batches(con, ent, [text], [], duplicates, reader_rejects)
+    else:
+        staged = stage_csv(con, path, ent)
+        try:
+            extras = [n for n in staged.names if n not in ent.column_names]
+            missing = [c for c in ent.column_names if c not in staged.names]
+            batches = (
+                b.with_columns(pl.lit(None, dtype=pl.String).alias(c) for c in missing)
+                for b in staged.batches(batch_rows)
+            )
+            duplicates = staged.duplicates(ent.key) if ent.key else no_duplicates
+            loaded, rejected = write_batches(con, ent, batches, extras, duplicates, staged.rejected)
+            rows_in, source = staged.records, str(path)
+        finally:
+            staged.drop()
     return LoadResult(
         entity=ent.name,
         rows_in=rows_in,
-        loaded=valid.height,
-        rejected=rejected.height,
+        loaded=loaded,
+        rejected=rejected,
         source=source,
         seconds=time.perf_counter() - started,
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from ingest.entities import SOURCE_FILE, SOURCE_ROW, Column, Entity, Kind
+from ingest.entities import ROW_NUMBER, SOURCE_FILE, SOURCE_ROW, Column, Entity, Kind
 
 POLARS_TYPES: dict[Kind, pl.DataType] = {
     Kind.STRING: pl.String(),
@@ -185,7 +185,7 @@ def record_json(text_columns: list[str]) -> pl.Expr:
 
 
 def data_columns(frame: pl.DataFrame) -> list[str]:
-    return [c for c in frame.columns if c not in (SOURCE_FILE, SOURCE_ROW)]
+    return [c for c in frame.columns if c not in (SOURCE_FILE, SOURCE_ROW, ROW_NUMBER)]
 
 
 def clean_frame(text: pl.DataFrame) -> pl.DataFrame:
@@ -224,6 +224,6 @@ def parse_entity(text: pl.DataFrame, ent: Entity) -> tuple[pl.DataFrame, pl.Data
     parsed = good.select(
         [pl.col(typed_name(c)).alias(c.name) if c in typed else pl.col(c.name) for c in ent.columns]
         + [pl.col(c) for c in text_columns if c not in ent.column_names]
-        + [pl.col(SOURCE_FILE), pl.col(SOURCE_ROW)]
+        + [pl.col(c) for c in (SOURCE_FILE, SOURCE_ROW, ROW_NUMBER) if c in good.columns]
     )
     return parsed, rejected

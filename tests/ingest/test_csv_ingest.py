@@ -276,3 +276,52 @@ def test_invalid_utf8_is_rejected_per_record(write, load):
         (3, "record is not valid UTF-8 text; re-export the file as UTF-8")
     ]
     assert results["patients"].rows_in == 3
+
+
+def test_batches_give_the_same_result_as_one_pass(write, tmp_path):
+    # Duplicates of id 1 sit in different batches of two rows: lines 2 and 6 (winner).
+    import duckdb
+
+    from ingest.load import load_entity
+
+    path = write(
+        "patients.csv",
+        "patient_id,first_name,date_of_birth\n"
+        "1,Old,1990-01-01\n"  # line 2, batch 1
+        "2,Bo,bad\n"  # line 3, batch 1
+        "3,Cy,\n"  # line 4, batch 2
+        "4,Di,\n"  # line 5, batch 2
+        "1,New,1990-01-01\n",  # line 6, batch 3
+    )
+    outcomes = []
+    for batch_rows in (2, 1000):
+        con = duckdb.connect()
+        result = load_entity(con, "patients", path.parent, "csv", batch_rows=batch_rows)
+        outcomes.append(
+            (
+                result.rows_in,
+                con.execute(
+                    "select patient_id, first_name, _source_row from raw.patients order by 1"
+                ).fetchall(),
+                con.execute(
+                    "select source_row, reason from raw.patients__rejected order by 1"
+                ).fetchall(),
+                con.execute(
+                    "select count(*) from information_schema.tables where table_name like '__staging%'"
+                ).fetchall(),
+            )
+        )
+        con.close()
+    assert (
+        outcomes[0]
+        == outcomes[1]
+        == (
+            5,
+            [("1", "New", 6), ("3", "Cy", 4), ("4", "Di", 5)],
+            [
+                (2, f"duplicate patient_id '1': replaced by the later row at {path}:6"),
+                (3, "date_of_birth 'bad' is not a date (expected YYYY-MM-DD)"),
+            ],
+            [(0,)],  # the staging table is gone
+        )
+    )
