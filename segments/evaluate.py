@@ -154,6 +154,10 @@ def _with_hashed_keys(df: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+# Row number of a member in the loaded entity frame (see `evaluate(with_rows=True)`).
+ROW = "__row"
+
+
 def member_frame(
     definition: SegmentDefinition,
     frames: WarehouseFrames,
@@ -166,7 +170,7 @@ def member_frame(
     read = columns_read(definition)
     table = ENTITY_TABLES[definition.entity]
     keys = list(ENTITY_KEYS[definition.entity])
-    base = frames.frame(table, read[table]).lazy()
+    base = frames.frame(table, read[table]).lazy().with_row_index(ROW)
     lf = base
     for count in compiled.event_counts:
         source = EVENT_SOURCES[count.condition.events]
@@ -189,7 +193,7 @@ def member_frame(
         else:
             counts = events.group_by(key).agg(pl.len().cast(pl.Int64).alias(count.alias))
             lf = lf.join(counts, on=key, how="left").with_columns(pl.col(count.alias).fill_null(0))
-    return lf.filter(compiled.predicate.fill_null(False)).select(keys)
+    return lf.filter(compiled.predicate.fill_null(False)).select(*keys, ROW)
 
 
 def evaluate(
@@ -198,12 +202,18 @@ def evaluate(
     catalogue: Catalogue,
     as_of: date,
     timezone: str,
+    with_rows: bool = False,
 ) -> pl.DataFrame:
-    """The members of a segment on as-of date `as_of`: patient_id and case_id, sorted.
+    """The members of a segment on as-of date `as_of`: patient_id and case_id, sorted by
+    the entity's id.
 
     `case_id` is null for patient segments, so every segment has the same member shape.
+    `with_rows` adds each member's row number in the loaded entity frame (column `ROW`),
+    so a caller can fetch a few members' other columns without a search.
     """
     lf = member_frame(definition, frames, catalogue, as_of, timezone)
     if definition.entity == "patient":
         lf = lf.with_columns(pl.lit(None, dtype=pl.String).alias("case_id"))
-    return lf.select("patient_id", "case_id").sort("patient_id", "case_id").collect()
+    sort_key = "case_id" if definition.entity == "case" else "patient_id"
+    out = ["patient_id", "case_id", ROW] if with_rows else ["patient_id", "case_id"]
+    return lf.select(out).sort(sort_key).collect()

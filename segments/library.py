@@ -26,7 +26,7 @@ from segments.catalogue import (
     load_catalogue,
 )
 from segments.compiler import columns_read
-from segments.evaluate import WarehouseFrames, evaluate
+from segments.evaluate import ROW, WarehouseFrames, evaluate
 from segments.membership import (
     Consistency,
     MembershipChange,
@@ -109,21 +109,18 @@ def preview(
 
     Time the evaluation only; the frames are expected to be loaded (`frames.prepare`).
     """
-    started = time.perf_counter()
-    members = evaluate(segment.definition, frames, catalogue, as_of, timezone)
-    # Display columns for the sample only, rather than carrying them through the filter.
-    entity = segment.definition.entity
-    on = "case_id" if entity == "case" else "patient_id"
+    table = ENTITY_TABLES[segment.definition.entity]
     columns = preview_columns(segment, catalogue)
+    # Load the display columns first: the row numbers below refer to this very frame.
+    frames.frame(table, set(columns) | columns_read(segment.definition)[table])
+    started = time.perf_counter()
+    members = evaluate(segment.definition, frames, catalogue, as_of, timezone, with_rows=True)
+    # Display columns for the sample only, fetched by row number rather than searched for.
     head = members.head(PREVIEW_SAMPLE_ROWS)
-    details = (
-        frames.frame(ENTITY_TABLES[entity], [on, *columns])
-        .filter(pl.col(on).is_in(head[on].implode()))
-        .select(on, *columns)
-    )
-    sample = head.join(details, on=on, how="left", maintain_order="left")
+    details = frames.frame(table, columns).select(columns)[head[ROW]]
+    sample = pl.concat([head.drop(ROW), details], how="horizontal")
     seconds = time.perf_counter() - started
-    if entity == "patient":
+    if segment.definition.entity == "patient":
         sample = sample.drop("case_id")
     return Preview(members.height, sample, seconds)
 

@@ -133,3 +133,19 @@ def test_members_before_any_run(env: Path, capsys) -> None:
 def test_resnapshot_command_refuses_dynamic(env: Path, capsys) -> None:
     assert cmd_resnapshot("active") == 1
     assert "dynamic" in capsys.readouterr().out
+
+
+def test_preview_pairs_each_member_with_their_own_columns(env: Path, catalogue: Catalogue) -> None:
+    from segments.library import preview
+
+    settings = Settings.from_env()
+    seg = load_segment(settings.segments_path / "sams-list.yaml", catalogue)
+    # Only the columns the definition reads are loaded first, as in a preview of a draft.
+    frames = WarehouseFrames(settings.duckdb_path)
+    frames.prepare([seg.definition])
+    result = preview(seg, frames, catalogue, date(2024, 8, 31), "UTC")
+    assert result.count == 2
+    assert result.sample.select("patient_id", "first_name", "lifetime_value").rows() == [
+        ("P1", "Ada", 1500.0),
+        ("P3", "Grace", 5000.0),
+    ]
