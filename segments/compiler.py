@@ -179,15 +179,49 @@ def _compile_group(g: Group, fields: dict[str, Field], ctx: _Context) -> pl.Expr
     return pl.all_horizontal(parts) if g.match == "all" else pl.any_horizontal(parts)
 
 
-def compile_definition(
+def _has_events(cond: object) -> bool:
+    if isinstance(cond, EventsCondition):
+        return True
+    return isinstance(cond, Group) and any(_has_events(c) for c in cond.conditions)
+
+
+def compile_steps(
     d: SegmentDefinition, catalogue: Catalogue, as_of: date, timezone: str
-) -> Compiled:
-    ctx = _Context(as_of, timezone, d.entity, [])
+) -> list[Compiled]:
+    """The definition as a conjunction of steps that narrow the candidates one by one.
+
+    A member must pass every step. All conditions without events form one step (one fused
+    filter); each top-level condition with events (and an `exclude` with events) is a step
+    of its own, so the caller can run the cheap ones first and look up events only for
+    the candidates left. An `include` matching `any` is a single step.
+    """
     fields = catalogue.entity_fields(d.entity)
-    predicate = _compile_group(d.include, fields, ctx)
-    if d.exclude is not None:
-        predicate = predicate & ~_compile_group(d.exclude, fields, ctx)
-    return Compiled(d.entity, predicate, ctx.event_counts)
+    counter: list[EventCount] = []  # shared so that count column names stay unique
+
+    def step(group: Group, negate: bool = False) -> Compiled:
+        ctx = _Context(as_of, timezone, d.entity, counter)
+        start = len(counter)
+        expr = _compile_group(group, fields, ctx)
+        return Compiled(d.entity, ~expr if negate else expr, counter[start:])
+
+    if d.include.match == "all":
+        plain = [c for c in d.include.conditions if not _has_events(c)]
+        with_events = [c for c in d.include.conditions if _has_events(c)]
+    else:
+        plain, with_events = [], [d.include]
+    steps: list[Compiled] = []
+    parts = [step(Group(match="all", conditions=plain))] if plain else []
+    if d.exclude is not None and not _has_events(d.exclude):
+        parts.append(step(d.exclude, negate=True))
+    if parts:
+        fused = pl.all_horizontal([p.predicate for p in parts]) if len(parts) > 1 else None
+        steps.append(Compiled(d.entity, fused if fused is not None else parts[0].predicate))
+    for cond in with_events:
+        group = cond if isinstance(cond, Group) else Group(match="all", conditions=[cond])
+        steps.append(step(group))
+    if d.exclude is not None and _has_events(d.exclude):
+        steps.append(step(d.exclude, negate=True))
+    return steps
 
 
 def event_filter(

@@ -15,7 +15,7 @@ import duckdb
 import polars as pl
 
 from segments.catalogue import ENTITY_KEYS, ENTITY_TABLES, EVENT_SOURCES, Catalogue
-from segments.compiler import columns_read, compile_definition, event_filter
+from segments.compiler import Compiled, EventCount, columns_read, compile_steps, event_filter
 from segments.model import SegmentDefinition
 
 
@@ -154,6 +154,8 @@ def _with_hashed_keys(df: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+# "Few candidates left": at most 1 in NARROW_SHARE of the entities.
+NARROW_SHARE = 10
 # Row number of a member in the loaded entity frame (see `evaluate(with_rows=True)`).
 ROW = "__row"
 
@@ -165,35 +167,71 @@ def member_frame(
     as_of: date,
     timezone: str,
 ) -> pl.LazyFrame:
-    """The members as a lazy frame of the entity's keys."""
-    compiled = compile_definition(definition, catalogue, as_of, timezone)
+    """The members as a lazy frame of the entity's keys (and their row numbers).
+
+    The steps of the definition (see `compile_steps`) narrow the candidates in order of
+    cost: conditions without events first, then events conditions over the smallest event
+    marts; once few candidates are left, event rows are only looked at for them.
+    """
     read = columns_read(definition)
     table = ENTITY_TABLES[definition.entity]
     keys = list(ENTITY_KEYS[definition.entity])
-    base = frames.frame(table, read[table]).lazy().with_row_index(ROW)
-    lf = base
-    for count in compiled.event_counts:
-        source = EVENT_SOURCES[count.condition.events]
-        events = frames.frame(source.table, read[source.table]).lazy()
-        row_filter = event_filter(count.condition, catalogue, as_of, timezone)
-        key = frames.join_key(count.join_key)
-        # Only the key of the matching events is needed: gather that one column.
-        keys_col = pl.col(key) if row_filter is None else pl.col(key).filter(row_filter)
-        events = events.select(keys_col)
-        if count.exists:
-            # Entities with at least one matching event: a semi join only probes.
-            # From the plain entity frame, so earlier joins are not computed twice.
-            found = base.select(key).join(events, on=key, how="semi")
-            if definition.entity == "case" and count.join_key == "patient_id":
-                found = found.unique()  # a patient with several cases appears once
-            found = found.with_columns(pl.lit(True).alias(count.alias))
-            lf = lf.join(found, on=key, how="left").with_columns(
-                pl.col(count.alias).fill_null(False)
-            )
-        else:
-            counts = events.group_by(key).agg(pl.len().cast(pl.Int64).alias(count.alias))
-            lf = lf.join(counts, on=key, how="left").with_columns(pl.col(count.alias).fill_null(0))
-    return lf.filter(compiled.predicate.fill_null(False)).select(*keys, ROW)
+    everyone = frames.frame(table, read[table]).with_row_index(ROW)
+
+    def cost(step: Compiled) -> int:
+        tables = {EVENT_SOURCES[c.condition.events].table for c in step.event_counts}
+        return sum(frames.frame(t, read[t]).height for t in tables)
+
+    steps = sorted(compile_steps(definition, catalogue, as_of, timezone), key=cost)
+    candidates = everyone
+    for i, step in enumerate(steps):
+        lf = candidates.lazy()
+        # Probing every event row against the candidates pays off only once few are left.
+        narrowed = candidates.height * NARROW_SHARE <= everyone.height
+        for count in step.event_counts:
+            lf = _join_event_count(lf, candidates, count, definition, frames, catalogue,
+                                   read, narrowed, as_of, timezone)  # fmt: skip
+        # Later steps need the entity's columns; after the last one only the keys remain.
+        last = i == len(steps) - 1
+        out = [*keys, ROW] if last else everyone.columns
+        candidates = lf.filter(step.predicate.fill_null(False)).select(out).collect()
+        if candidates.is_empty():
+            break
+    return candidates.lazy().select(*keys, ROW)
+
+
+def _join_event_count(
+    lf: pl.LazyFrame,
+    candidates: pl.DataFrame,
+    count: EventCount,
+    definition: SegmentDefinition,
+    frames: WarehouseFrames,
+    catalogue: Catalogue,
+    read: dict[str, set[str]],
+    narrowed: bool,
+    as_of: date,
+    timezone: str,
+) -> pl.LazyFrame:
+    """`lf` with the events condition's column: has-any (bool) or the count of events."""
+    source = EVENT_SOURCES[count.condition.events]
+    key = frames.join_key(count.join_key)
+    keep = event_filter(count.condition, catalogue, as_of, timezone)
+    if narrowed:
+        # Few candidates left: skip the event rows of everyone else before anything else.
+        mine = pl.col(key).is_in(candidates[key].implode())
+        keep = mine if keep is None else mine & keep
+    events = frames.frame(source.table, read[source.table]).lazy()
+    # Only the key of the matching events is needed: gather that one column.
+    events = events.select(pl.col(key) if keep is None else pl.col(key).filter(keep))
+    if count.exists:
+        # Entities with at least one matching event: a semi join only probes.
+        found = candidates.lazy().select(key).join(events, on=key, how="semi")
+        if definition.entity == "case" and count.join_key == "patient_id":
+            found = found.unique()  # a patient with several cases appears once
+        found = found.with_columns(pl.lit(True).alias(count.alias))
+        return lf.join(found, on=key, how="left").with_columns(pl.col(count.alias).fill_null(False))
+    counts = events.group_by(key).agg(pl.len().cast(pl.Int64).alias(count.alias))
+    return lf.join(counts, on=key, how="left").with_columns(pl.col(count.alias).fill_null(0))
 
 
 def evaluate(
