@@ -164,12 +164,40 @@ def print_summary(duckdb_path: Path, console: Console) -> None:
                 )
                 headline.add_row(name, shown)
             console.print(headline)
+        if ("segments", "membership") in tables:
+            segments = Table(title="Segments", show_edge=False)
+            segments.add_column("segment")
+            segments.add_column("members", justify="right")
+            for slug, members in con.execute(
+                "select segment_slug, count(*) from segments.membership group by 1 order by 1"
+            ).fetchall():
+                segments.add_row(slug, f"{members:,}")
+            console.print(segments)
+        if ("outbound", "send_plan") in tables:
+            plan = Table(title="Today's send plan (dry run)", show_edge=False)
+            for column in ("campaign", "send", "suppressed", "deferred"):
+                plan.add_column(column, justify="left" if column == "campaign" else "right")
+            for campaign, send, suppressed, deferred in con.execute(
+                """
+                select campaign, count(*) filter (where decision = 'send'),
+                       count(*) filter (where decision = 'suppressed'),
+                       count(*) filter (where decision = 'deferred')
+                from outbound.send_plan group by 1 order by 1
+                """
+            ).fetchall():
+                plan.add_row(campaign, f"{send:,}", f"{suppressed:,}", f"{deferred:,}")
+            console.print(plan)
 
 
 def run_demo(patients: int, as_of: date | None, console: Console) -> int:
     """Generate a demo clinic (once per size and date) and run every asset on it."""
     from extract.synthetic import generate_clinic
 
+    # The demo never sends real mail, even with SENDGRID_API_KEY in the environment.
+    os.environ["OUTBOUND_SEND_DISABLED"] = "1"
+    # Plan as at 10:00 clinic time, inside the campaigns' send windows, so the demo's dry
+    # run shows who would be messaged rather than everyone deferred to the next window.
+    os.environ.setdefault("OUTBOUND_RUN_TIME", "10:00")
     settings = Settings.from_env()
     as_of = as_of or today_in(settings.clinic_timezone)
     folder = Path("var/demo-extract") / f"{patients}-{as_of.isoformat()}"
