@@ -15,8 +15,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class UserError(Exception):
@@ -78,7 +78,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not extracts.is_dir():
         raise UserError(f"--extracts {extracts}: no such folder")
     as_of = _as_of(args.as_of)
-    return run_pipeline(extracts, args.format, as_of, console=console)
+    select = [part.strip() for part in args.select.split(",")] if args.select else None
+    try:
+        return run_pipeline(extracts, args.format, as_of, console=console, select=select)
+    except ValueError as err:
+        raise UserError(str(err)) from None
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -127,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extracts", required=True, help="the extract folder")
     p.add_argument("--format", choices=("csv", "cliniko"), default="csv")
     p.add_argument("--as-of", help="as-of date (YYYY-MM-DD; default today in CLINIC_TIMEZONE)")
+    p.add_argument(
+        "--select",
+        help="only assets whose key starts with these prefixes, e.g. raw or raw,staging,marts",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="generate a demo clinic and run everything on it")

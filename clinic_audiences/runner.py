@@ -81,7 +81,15 @@ def dagster_instance() -> dg.DagsterInstance:
     return dg.DagsterInstance.ephemeral()
 
 
-def run_pipeline(extracts: Path, fmt: str, as_of: date | None, console: Console) -> int:
+def run_pipeline(
+    extracts: Path,
+    fmt: str,
+    as_of: date | None,
+    console: Console,
+    select: list[str] | None = None,
+) -> int:
+    """Materialise every asset (or those whose key starts with one of `select`, e.g.
+    `raw`, `marts`, `segments`) on one extract folder, in this process."""
     from orchestration.definitions import build_definitions
     from orchestration.ingest import EXTRACTS_TAG, FORMAT_TAG
     from orchestration.resources import AS_OF_TAG, resources_from_env
@@ -96,6 +104,13 @@ def run_pipeline(extracts: Path, fmt: str, as_of: date | None, console: Console)
         resources=resources, loggers={"progress": progress_logger(console, handler)}
     )
     job = defs.resolve_job_def("daily_refresh")
+    selection = None
+    if select:
+        selection = [
+            key for key in defs.resolve_asset_graph().get_all_asset_keys() if key.path[0] in select
+        ]
+        if not selection:
+            raise ValueError(f"--select {','.join(select)} matches no asset")
     console.print(
         f"Running every asset on {extracts} ({fmt}) as of {as_of}, "
         f"warehouse {settings.duckdb_path}, time zone {settings.clinic_timezone}"
@@ -107,6 +122,7 @@ def run_pipeline(extracts: Path, fmt: str, as_of: date | None, console: Console)
             raise_on_error=False,
             # Only the progress logger: one line per step instead of Dagster's debug stream.
             run_config={"loggers": {"progress": {}}},
+            asset_selection=selection,
             tags={
                 EXTRACTS_TAG: str(extracts.resolve()),
                 FORMAT_TAG: fmt,

@@ -1,0 +1,122 @@
+"""The ingest assets, checks, sensor and CLI wired through Dagster on a tiny extract."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+
+from clinic_audiences.cli import main
+from orchestration.ingest import EXTRACTS_TAG, ingest_assets
+from orchestration.resources import ClinicSettingsResource, WarehouseResource
+from orchestration.sensors import new_extract_folder_sensor
+
+
+def write_extract(
+    folder: Path, appointments_header: str = "appointment_id,patient_id,starts_at"
+) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "patients.csv").write_text(
+        "patient_id,first_name,date_of_birth\n1,Ann,1980-01-01\n2,Bo,1987-13-02\n1,Ann B,1980-01-01\n"
+    )
+    (folder / "appointments.csv").write_text(
+        f"{appointments_header}\na1,1,2026-01-05T09:00:00Z\n"
+        if "starts_at" in appointments_header
+        else f"{appointments_header}\na1,1\n"
+    )
+
+
+def resources(tmp_path: Path, extract: Path) -> dict:
+    return {
+        "warehouse": WarehouseResource(duckdb_path=str(tmp_path / "w.duckdb")),
+        "settings": ClinicSettingsResource(extracts_dir=str(extract)),
+    }
+
+
+def test_materialising_ingest_records_counts_and_passes_the_row_check(tmp_path):
+    extract = tmp_path / "extract"
+    write_extract(extract)
+    result = dg.materialize(ingest_assets, resources=resources(tmp_path, extract))
+    assert result.success
+    patients = result.asset_materializations_for_node("raw__patients")[0].metadata
+    # 3 rows in: patient 2 has a bad date, the first patient 1 is replaced by the last.
+    assert (
+        patients["rows_in"].value,
+        patients["rows_loaded"].value,
+        patients["rows_rejected"].value,
+    ) == (3, 1, 2)
+    checks = {(e.asset_key.path[-1], e.passed) for e in result.get_asset_check_evaluations()}
+    assert ("patients", True) in checks and ("appointments", True) in checks
+    assert len(checks) == 12
+    # Metadata never shows the rejected values themselves (no patient data in the UI).
+    assert "1987-13-02" not in patients["rejection_reasons"].value
+
+
+def test_a_missing_required_column_fails_that_asset_with_the_message(tmp_path):
+    extract = tmp_path / "extract"
+    write_extract(extract, appointments_header="appointment_id,patient_id")
+    result = dg.materialize(
+        ingest_assets, resources=resources(tmp_path, extract), raise_on_error=False
+    )
+    assert not result.success
+    failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert [e.step_key for e in failures] == ["raw__appointments"]
+    description = failures[0].step_failure_data.user_failure_data.description
+    assert "required column 'starts_at' is missing" in description
+    assert str(extract / "appointments.csv") in description
+
+
+def test_sensor_requests_one_run_per_new_dated_folder(tmp_path):
+    root = tmp_path / "extracts"
+    settings = ClinicSettingsResource(extracts_root=str(root))
+    context = dg.build_sensor_context(resources={"settings": settings})
+    assert isinstance(new_extract_folder_sensor(context), dg.SkipReason)
+
+    (root / "2026-11-25").mkdir(parents=True)
+    (root / "not-a-date").mkdir()
+    request = new_extract_folder_sensor(context)
+    assert isinstance(request, dg.RunRequest)
+    assert request.run_key == "2026-11-25"
+    assert request.tags[EXTRACTS_TAG] == str(root / "2026-11-25")
+
+    context = dg.build_sensor_context(cursor="2026-11-25", resources={"settings": settings})
+    assert isinstance(new_extract_folder_sensor(context), dg.SkipReason)
+    (root / "2026-11-26").mkdir()
+    assert new_extract_folder_sensor(context).run_key == "2026-11-26"
+
+
+def test_cli_run_and_clear_errors(tmp_path, monkeypatch, capsys):
+    extract = tmp_path / "extract"
+    write_extract(extract)
+    monkeypatch.setenv("DUCKDB_PATH", str(tmp_path / "cli.duckdb"))
+    monkeypatch.setenv("STATE_DB_URL", f"sqlite:///{tmp_path / 'state.db'}")
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+
+    assert main(["run", "--extracts", str(tmp_path / "nowhere")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    assert main(["run", "--extracts", str(extract), "--as-of", "26/11/2026"]) == 2
+    assert "write it as YYYY-MM-DD" in capsys.readouterr().err
+
+    assert main(["run", "--extracts", str(extract), "--select", "nothing"]) == 2
+    assert "matches no asset" in capsys.readouterr().err
+    # Ingest only (the dbt and later stages are covered by their own tests).
+    assert (
+        main(["run", "--extracts", str(extract), "--as-of", "2026-11-26", "--select", "raw"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "✓ raw__patients" in out
+    con = duckdb.connect(str(tmp_path / "cli.duckdb"), read_only=True)
+    try:
+        assert con.execute("select count(*) from raw.patients").fetchall() == [(1,)]
+    finally:
+        con.close()
+    assert "Ann" not in out  # the summary shows counts, never patient data
+
+
+@pytest.mark.parametrize("command", [["validate", "--help"], ["campaigns", "dry-run", "--help"]])
+def test_cli_help_is_available(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(command)
+    assert exit_.value.code == 0
