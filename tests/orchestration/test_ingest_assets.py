@@ -19,7 +19,8 @@ def write_extract(
 ) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "patients.csv").write_text(
-        "patient_id,first_name,date_of_birth\n1,Ann,1980-01-01\n2,Bo,1987-13-02\n1,Ann B,1980-01-01\n"
+        "patient_id,first_name,date_of_birth\n"
+        "1,Ann,1980-01-01\n2,Bo,1987-13-02\n1,Ann B,1980-01-01\n"
     )
     (folder / "appointments.csv").write_text(
         f"{appointments_header}\na1,1,2026-01-05T09:00:00Z\n"
