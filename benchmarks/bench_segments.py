@@ -160,18 +160,18 @@ def timed(fn: Callable[[], object], repeat: int) -> tuple[float, object]:
 
 def run_sql(con: duckdb.DuckDBPyConnection, sql: str, as_of: date) -> int:
     """The hand-written query, its members fetched into polars (like the evaluation)."""
-    return con.sql(f"{sql} order by 1", params=sql_params(sql, as_of)).pl().height
+    return con.sql(sql, params=sql_params(sql, as_of)).pl().height
 
 
 def run_sql_preview(
     con: duckdb.DuckDBPyConnection, sql: str, as_of: date, table: str, columns: list[str]
 ) -> int:
     """What a preview shows, by hand: the count, and 10 members with their columns."""
-    members = con.sql(f"{sql} order by 1", params=sql_params(sql, as_of)).pl()
+    members = con.sql(sql, params=sql_params(sql, as_of)).pl()
     key = members.columns[0]
     select = ", ".join([key, *columns])
     con.sql(
-        f"select {select} from marts.{table} where {key} in (select unnest($ids)) order by 1",
+        f"select {select} from marts.{table} where {key} in (select unnest($ids))",
         params={"ids": members[key].head(10).to_list()},
     ).pl()
     return members.height

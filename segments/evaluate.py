@@ -242,16 +242,15 @@ def evaluate(
     timezone: str,
     with_rows: bool = False,
 ) -> pl.DataFrame:
-    """The members of a segment on as-of date `as_of`: patient_id and case_id, sorted by
-    the entity's id.
+    """The members of a segment on as-of date `as_of`: patient_id and case_id.
 
     `case_id` is null for patient segments, so every segment has the same member shape.
-    `with_rows` adds each member's row number in the loaded entity frame (column `ROW`),
-    so a caller can fetch a few members' other columns without a search.
+    Members come in the entity mart's row order (stable for a given warehouse; cheaper
+    than sorting ids). `with_rows` adds each member's row number in the loaded entity
+    frame (column `ROW`), so a caller can fetch a few members' other columns directly.
     """
     lf = member_frame(definition, frames, catalogue, as_of, timezone)
     if definition.entity == "patient":
         lf = lf.with_columns(pl.lit(None, dtype=pl.String).alias("case_id"))
-    sort_key = "case_id" if definition.entity == "case" else "patient_id"
     out = ["patient_id", "case_id", ROW] if with_rows else ["patient_id", "case_id"]
-    return lf.select(out).sort(sort_key).collect()
+    return lf.sort(ROW).select(out).collect()

@@ -162,7 +162,8 @@ def warehouse_for(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Rows], 
 def run_segment(warehouse_for: Callable[[Rows], Path], catalogue: Catalogue) -> RunSegment:
     """Evaluate a YAML definition on a warehouse holding `rows`; returns the member keys.
 
-    Patient segments return sorted patient ids, case segments sorted case ids.
+    Patient segments return sorted patient ids, case segments sorted case ids (evaluation
+    itself keeps the warehouse's row order).
     """
 
     def run(yaml_text: str, rows: Rows, as_of: date, timezone: str = "UTC") -> list[Any]:
@@ -170,7 +171,7 @@ def run_segment(warehouse_for: Callable[[Rows], Path], catalogue: Catalogue) -> 
         definition = parse_definition(read_yaml(yaml_text, "test.yaml"), "test.yaml", catalogue)
         members = evaluate(definition, WarehouseFrames(db), catalogue, as_of, timezone)
         key = "case_id" if definition.entity == "case" else "patient_id"
-        return members[key].to_list()
+        return sorted(members[key].to_list(), key=lambda k: (k is None, k))
 
     return run
 

@@ -142,7 +142,7 @@ def test_every_starter_definition_finds_its_members(catalogue: Catalogue, wareho
     for seg in segments:
         members = evaluate(seg.definition, frames, catalogue, D, "UTC")
         key = "case_id" if seg.definition.entity == "case" else "patient_id"
-        found[seg.slug] = members[key].to_list()
+        found[seg.slug] = sorted(members[key].to_list())
     assert found == EXPECTED
 
 
