@@ -292,10 +292,14 @@ def fresh_copy(raw: Path, work: Path) -> Path:
     return work
 
 
-def dbt_command(target: Path, as_of: date, tz: str, unit_tests: bool) -> list[str]:
+def dbt_command(
+    target: Path, as_of: date, tz: str, unit_tests: bool, threads: int | None = None
+) -> list[str]:
     dbt = Path(sys.executable).parent / "dbt"
     # Without unit tests: what the Dagster asset runs (PIPELINE_BUILD_ARGS).
     build = ["build"] if unit_tests else ["build", "--exclude-resource-type", "unit_test"]
+    if threads is not None:
+        build += ["--threads", str(threads)]
     return [
         str(dbt) if dbt.exists() else "dbt", *build,
         "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR),
@@ -354,6 +358,14 @@ def bench_size(patients: int | None, args: argparse.Namespace) -> bool:
         dbt_command(target, args.as_of, args.timezone, unit_tests=False), dbt_env, DBT_PROJECT_DIR
     )
     nodes = slowest_nodes(target)
+    other_threads = {}
+    for threads in args.compare_threads:
+        fresh_copy(raw, dbt_file)
+        other_threads[threads] = measure(
+            dbt_command(target, args.as_of, args.timezone, unit_tests=False, threads=threads),
+            dbt_env,
+            DBT_PROJECT_DIR,
+        )
     full = None
     if args.with_unit_tests:
         fresh_copy(raw, dbt_file)
@@ -377,6 +389,11 @@ def bench_size(patients: int | None, args: argparse.Namespace) -> bool:
         f"  dbt build      : {built.seconds:8.1f} s wall   peak RSS "
         f"{built.peak_rss_bytes / GIB:5.2f} GiB   (as the pipeline runs it: no unit tests)"
     )
+    for threads, run in other_threads.items():
+        print(
+            f"  --threads {threads:<4} : {run.seconds:8.1f} s wall   peak RSS "
+            f"{run.peak_rss_bytes / GIB:5.2f} GiB   (ratio {run.seconds / baseline.seconds:.2f}x)"
+        )
     if full is not None:
         print(
             f"  + unit tests   : {full.seconds:8.1f} s wall   peak RSS "
@@ -410,6 +427,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--memory", default=os.environ.get("DUCKDB_MEMORY_LIMIT", "6GB"))
     parser.add_argument("--keep", action="store_true", help="keep the built warehouse copies")
+    parser.add_argument(
+        "--compare-threads",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also time the pipeline build with these dbt --threads values",
+    )
     parser.add_argument(
         "--with-unit-tests",
         action="store_true",
