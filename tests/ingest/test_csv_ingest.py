@@ -307,7 +307,8 @@ def test_batches_give_the_same_result_as_one_pass(write, tmp_path):
                     "select source_row, reason from raw.patients__rejected order by 1"
                 ).fetchall(),
                 con.execute(
-                    "select count(*) from information_schema.tables where table_name like '__staging%'"
+                    "select count(*) from information_schema.tables"
+                    " where table_name like '__staging%'"
                 ).fetchall(),
             )
         )

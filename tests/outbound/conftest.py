@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,8 +17,6 @@ import sqlalchemy as sa
 import outbound.ledger  # noqa: F401  (registers the outbound migrations)
 from ingest.warehouse import create_empty_raw_tables
 from state import connect_state, migrate
-
-PG_ENV = "STATE_DB_TEST_POSTGRES_URL"
 
 OUTBOUND_ENV = (
     "SENDGRID_API_KEY",
@@ -41,33 +37,6 @@ def _clean_outbound_env(monkeypatch):
     """Tests set what they need; nothing leaks in from the shell (least of all a real key)."""
     for name in OUTBOUND_ENV:
         monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param("postgresql", marks=pytest.mark.postgres),
-    ]
-)
-def state_url(request, tmp_path) -> Iterator[str]:
-    """A fresh, empty state store: a SQLite file, or a throwaway database on PostgreSQL."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'state.db'}"
-        return
-    base = os.environ.get(PG_ENV)
-    if not base:
-        pytest.skip(f"{PG_ENV} is not set; the PostgreSQL variant of the state store is skipped")
-    name = f"outbound_test_{uuid.uuid4().hex[:12]}"
-    admin = connect_state(base).execution_options(isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'create database "{name}"'))
-    url = base.rsplit("/", 1)[0] + "/" + name
-    try:
-        yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'drop database if exists "{name}" with (force)'))
-        admin.dispose()
 
 
 @pytest.fixture

@@ -3,47 +3,16 @@ PostgreSQL (`STATE_DB_TEST_POSTGRES_URL`), each test in a fresh schema of its ow
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import quote
 
 import duckdb
 import pytest
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from state import connect_state
 from workflow.spec import WorkflowSpec, WorkListInfo
 from workflow.store import open_state
-
-POSTGRES_ENV = "STATE_DB_TEST_POSTGRES_URL"
-
-
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param("postgresql", marks=pytest.mark.postgres),
-    ]
-)
-def state_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:  # noqa: ANN001
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'state.db'}"
-        return
-    base = os.environ.get(POSTGRES_ENV)
-    if not base:
-        pytest.skip(f"{POSTGRES_ENV} is not set; the PostgreSQL variant needs a server")
-    schema = f"wf_{uuid.uuid4().hex[:12]}"
-    admin = connect_state(base)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'create schema "{schema}"'))
-    sep = "&" if "?" in base else "?"
-    yield f"{base}{sep}options={quote(f'-csearch_path={schema}')}"
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'drop schema "{schema}" cascade'))
-    admin.dispose()
 
 
 @pytest.fixture
