@@ -94,7 +94,12 @@ def compile_field_condition(c: FieldCondition, fdef: Field, ctx: _Context) -> pl
     if ftype is FieldType.LOCATION:
         v = c.value
         return _distance_km(v["lat"], v["lon"]) <= v["km"]
-    col = _as_date(pl.col(c.field), ftype, ctx.timezone)
+    # Null checks need no time-zone conversion of a timestamp; comparisons do.
+    col = (
+        pl.col(c.field)
+        if op in ("is_null", "is_not_null")
+        else (_as_date(pl.col(c.field), ftype, ctx.timezone))
+    )
     if op == "is_null":
         if ftype is FieldType.LIST:
             return col.is_null() | (col.list.len() == 0)
