@@ -17,7 +17,16 @@
         {%- set today = modules.datetime.datetime.now(modules.pytz.timezone(clinic_timezone())).date() -%}
         {{ return(today.isoformat()) }}
     {%- endif -%}
-    {%- if not modules.re.fullmatch('[0-9]{4}-[0-9]{2}-[0-9]{2}', raw) -%}
+    {%- set parts = raw.split('-') -%}
+    {%- set valid = modules.re.fullmatch('[0-9]{4}-[0-9]{2}-[0-9]{2}', raw) is not none
+        and 1 <= parts[1] | int <= 12 and 1 <= parts[2] | int <= 31 -%}
+    {%- if valid -%}
+        {#- Day 31 of a 30-day month (or 29 Feb of a common year) rolls into the next month. -#}
+        {%- set first = modules.datetime.date(parts[0] | int, parts[1] | int, 1) -%}
+        {%- set valid = (first + modules.datetime.timedelta(days=(parts[2] | int) - 1)).month
+            == parts[1] | int -%}
+    {%- endif -%}
+    {%- if not valid -%}
         {{ exceptions.raise_compiler_error(
             "as_of '" ~ raw ~ "' is not a date; write it as YYYY-MM-DD (dbt --vars or --as-of)") }}
     {%- endif -%}

@@ -241,26 +241,33 @@ class BuiltWarehouse:
     raw_only: Path  # a copy taken before dbt ran, for tests that build it their own way
 
 
-def run_dbt_build(duckdb_path: Path, work_dir: Path) -> None:
-    """`dbt build` as analysts run it, in its own process (dbt-duckdb keeps the database
-    open for the life of the process that ran it)."""
+def run_dbt(
+    command: list[str], duckdb_path: Path, work_dir: Path, variables: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """dbt as analysts run it, in its own process (dbt-duckdb keeps the database open for
+    the life of the process that ran it)."""
     dbt = Path(sys.executable).parent / "dbt"
     env = {**os.environ, "DUCKDB_PATH": str(duckdb_path), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
-    completed = subprocess.run(
+    variables = variables or {"as_of": AS_OF, "clinic_timezone": CLINIC_TIMEZONE}
+    return subprocess.run(
         [
             str(dbt) if dbt.exists() else "dbt",
-            "build",
+            *command,
             "--project-dir", str(DBT_PROJECT_DIR),
             "--profiles-dir", str(DBT_PROJECT_DIR),
             "--target-path", str(work_dir / "target"),
             "--log-path", str(work_dir / "logs"),
-            "--vars", json.dumps({"as_of": AS_OF, "clinic_timezone": CLINIC_TIMEZONE}),
+            "--vars", json.dumps(variables),
         ],
         env=env,
         capture_output=True,
         text=True,
         check=False,
     )
+
+
+def run_dbt_build(duckdb_path: Path, work_dir: Path) -> None:
+    completed = run_dbt(["build"], duckdb_path, work_dir)
     if completed.returncode != 0:
         raise AssertionError(f"dbt build failed:\n{completed.stdout[-6000:]}\n{completed.stderr}")
 
@@ -281,3 +288,15 @@ def marts(tiny_warehouse: BuiltWarehouse) -> Iterator[duckdb.DuckDBPyConnection]
     con.execute("SET TimeZone = 'UTC'")
     yield con
     con.close()
+
+
+@pytest.fixture
+def dbt_cli(tmp_path: Path):
+    """Run a dbt command on a given warehouse file: `dbt_cli(["build"], path, vars)`."""
+
+    def _run(
+        command: list[str], duckdb_path: Path, variables: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return run_dbt(command, duckdb_path, tmp_path, variables)
+
+    return _run
