@@ -18,6 +18,7 @@ from typing import Any
 
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
+from filelock import FileLock
 
 from orchestration.resources import ClinicSettingsResource, WarehouseResource, run_as_of
 
@@ -57,9 +58,14 @@ def ensure_manifest(project: DbtProject) -> Path:
     """
     project.prepare_if_dev()
     if manifest_is_stale(project):
-        DbtCliResource(project_dir=project, dbt_executable=dbt_executable()).cli(
-            ["parse", "--quiet"], target_path=project.target_path
-        ).wait()
+        project.manifest_path.parent.mkdir(parents=True, exist_ok=True)
+        # Several processes (test workers, the CLI next to `dagster dev`) may import this
+        # at once: one parses, the others wait and then find the manifest current.
+        with FileLock(project.manifest_path.with_suffix(".parse-lock"), timeout=300):
+            if manifest_is_stale(project):
+                DbtCliResource(project_dir=project, dbt_executable=dbt_executable()).cli(
+                    ["parse", "--quiet"], target_path=project.target_path
+                ).wait()
     return project.manifest_path
 
 
