@@ -5,7 +5,8 @@
 - `segments.catalogue`: the fields a segment may use, from the marts' dbt docs;
 - `segments.compiler` / `segments.evaluate`: polars expressions and the one evaluation
   function every caller uses;
-- `segments.membership`: membership, history and snapshot lists;
+- `segments.membership`: membership and its history in the warehouse;
+- `segments.snapshots`: frozen lists of snapshot segments in the state store;
 - `segments.library`: the shipped library plus SEGMENTS_PATH, preview, materialisation;
 - `segments.cli`: the `audiences` segment commands.
 """

@@ -11,10 +11,10 @@ import time
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 import polars as pl
-from sqlalchemy.engine import Engine
 
 from clinic_audiences.config import Settings
 from segments.catalogue import (
@@ -31,12 +31,12 @@ from segments.membership import (
     Consistency,
     MembershipChange,
     check_consistency,
-    load_snapshot,
     record_membership,
-    save_snapshot,
 )
 from segments.validation import Segment, load_segments
-from state import connect_state, migrate
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 SHIPPED_DEFINITIONS = Path(__file__).resolve().parent / "definitions"
 
@@ -126,9 +126,10 @@ def preview(
 
 
 def state_engine(state_db_url: str) -> Engine:
-    engine = connect_state(state_db_url)
-    migrate(engine, ["segments"])
-    return engine
+    """The state store with the segment tables migrated (imported only when needed)."""
+    from segments.snapshots import state_engine as connect
+
+    return connect(state_db_url)
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,8 @@ def current_members(
     resnapshot: bool = False,
 ) -> tuple[pl.DataFrame, bool]:
     """Who is in the segment now; snapshot segments are evaluated only when (re)frozen."""
+    from segments.snapshots import load_snapshot, save_snapshot
+
     if segment.definition.mode == "snapshot" and not resnapshot:
         frozen = load_snapshot(engine, segment.slug)
         if frozen is not None:
@@ -202,5 +205,7 @@ def resnapshot(slug: str, as_of: str | None = None, settings: Settings | None = 
     day = parse_as_of(as_of, settings.clinic_timezone)
     frames = WarehouseFrames(settings.duckdb_path)
     members = evaluate(segment.definition, frames, catalogue, day, settings.clinic_timezone)
+    from segments.snapshots import save_snapshot
+
     save_snapshot(state_engine(settings.state_db_url), slug, members, day)
     return members.height

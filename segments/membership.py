@@ -6,8 +6,7 @@ rebuilds of the marts. Membership history keeps one row per continuous membershi
 member who enters, stays, exits and re-enters has two intervals. `exited_on` is the as-of
 date of the first run that no longer found the member; an open interval has none.
 
-Snapshot lists are operational state (a frozen list staff work through), so they live in
-the state store, which is never rebuilt.
+Snapshot lists are operational state and live in the state store (`segments.snapshots`).
 """
 
 from __future__ import annotations
@@ -17,10 +16,6 @@ from datetime import UTC, date, datetime
 
 import duckdb
 import polars as pl
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
-
-from state import Migration, register_migrations
 
 MEMBER_KEYS = ("patient_id", "case_id")
 
@@ -162,75 +157,3 @@ def check_consistency(con: duckdb.DuckDBPyConnection, slug: str) -> Consistency:
         [slug],
     ).fetchall()[0][0]
     return Consistency(duplicates, without_open, stray_open)
-
-
-# -- snapshot lists in the state store ---------------------------------------------------
-
-state_meta = sa.MetaData()
-snapshot_runs = sa.Table(
-    "segment_snapshot_runs",
-    state_meta,
-    sa.Column("segment_slug", sa.String(200), primary_key=True),
-    sa.Column("as_of", sa.Date, nullable=False),
-    sa.Column("snapshotted_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("member_count", sa.Integer, nullable=False),
-)
-snapshots = sa.Table(
-    "segment_snapshots",
-    state_meta,
-    sa.Column("segment_slug", sa.String(200), nullable=False, index=True),
-    sa.Column("patient_id", sa.String(200), nullable=False),
-    sa.Column("case_id", sa.String(200), nullable=True),
-    sa.Column("snapshotted_at", sa.DateTime(timezone=True), nullable=False),
-)
-
-
-def _create_snapshot_tables(conn: Connection) -> None:
-    state_meta.create_all(conn)
-
-
-register_migrations(
-    "segments",
-    [Migration(1, "segment snapshot lists and their runs", _create_snapshot_tables)],
-)
-
-
-def load_snapshot(engine: Engine, slug: str) -> pl.DataFrame | None:
-    """The frozen members of a snapshot segment, or None if it was never snapshotted.
-
-    An empty frame is a snapshot with no members, which stays empty until re-snapshotted.
-    """
-    with engine.connect() as conn:
-        run = conn.execute(
-            sa.select(snapshot_runs.c.segment_slug).where(snapshot_runs.c.segment_slug == slug)
-        ).first()
-        if run is None:
-            return None
-        rows = conn.execute(
-            sa.select(snapshots.c.patient_id, snapshots.c.case_id).where(
-                snapshots.c.segment_slug == slug
-            )
-        ).all()
-    return pl.DataFrame(
-        {"patient_id": [r[0] for r in rows], "case_id": [r[1] for r in rows]},
-        schema={"patient_id": pl.String, "case_id": pl.String},
-    ).sort("patient_id", "case_id")
-
-
-def save_snapshot(engine: Engine, slug: str, members: pl.DataFrame, as_of: date) -> None:
-    """Freeze `members` as the segment's list, replacing any earlier snapshot in one go."""
-    now = datetime.now(UTC)
-    rows = [
-        {"segment_slug": slug, "patient_id": p, "case_id": c, "snapshotted_at": now}
-        for p, c in members.select("patient_id", "case_id").iter_rows()
-    ]
-    with engine.begin() as conn:
-        conn.execute(sa.delete(snapshots).where(snapshots.c.segment_slug == slug))
-        conn.execute(sa.delete(snapshot_runs).where(snapshot_runs.c.segment_slug == slug))
-        if rows:
-            conn.execute(snapshots.insert(), rows)
-        conn.execute(
-            snapshot_runs.insert().values(
-                segment_slug=slug, as_of=as_of, snapshotted_at=now, member_count=len(rows)
-            )
-        )

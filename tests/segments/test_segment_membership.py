@@ -13,7 +13,8 @@ from clinic_audiences.config import Settings
 from segments.catalogue import Catalogue
 from segments.evaluate import WarehouseFrames
 from segments.library import materialise, resnapshot, state_engine
-from segments.membership import check_consistency, load_snapshot
+from segments.membership import check_consistency
+from segments.snapshots import load_snapshot
 from segments.validation import load_segment
 
 ACTIVE = "name: Active\nmode: {mode}\ninclude:\n  conditions:\n    - {{field: status, op: eq, value: active}}\n"  # noqa: E501
