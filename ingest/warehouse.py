@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +35,9 @@ def connect(path: str | Path, read_only: bool = False) -> Iterator[duckdb.DuckDB
     con = duckdb.connect(str(path), read_only=read_only)
     try:
         con.execute("SET TimeZone = 'UTC'")
+        # DuckDB caches up to 80% of RAM by default; a shared machine may want less.
+        if limit := os.environ.get("DUCKDB_MEMORY_LIMIT"):
+            con.execute("SET memory_limit = ?", [limit])
         yield con
     finally:
         con.close()
