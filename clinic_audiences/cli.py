@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = seg.add_parser("list", help="list the segments you can see")
     q.add_argument("--user")
     q.set_defaults(func=lambda a: _delegate("segments.cli", "cmd_segments_list", a.user))
-    q = seg.add_parser("resnapshot", help="refreeze a snapshot segment on its next run")
+    q = seg.add_parser("resnapshot", help="refreeze a snapshot segment now, against the current warehouse")
     q.add_argument("slug")
     q.set_defaults(func=lambda a: _delegate("segments.cli", "cmd_resnapshot", a.slug))
 
