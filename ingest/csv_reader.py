@@ -85,39 +85,47 @@ def logical_line_starts(path: Path) -> tuple[np.ndarray, np.ndarray]:
     line number (1-based) and whether it is blank.
 
     Quote parity decides whether a line break is inside a quoted field: RFC 4180 escapes a
-    quote by doubling it, which keeps the parity right.
+    quote by doubling it, which keeps the parity right. The file is read in chunks into one
+    reused buffer, so memory does not grow with the file.
     """
     size = path.stat().st_size
-    data = np.memmap(path, dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
     ends: list[np.ndarray] = []  # byte offsets of line breaks that end a logical line
     ends_phys: list[np.ndarray] = []  # physical line number each such break ends
-    quotes_before = 0
-    lines_before = 0
-    for offset in range(0, size, _CHUNK):
-        chunk = np.asarray(data[offset : offset + _CHUNK])
-        newlines = np.flatnonzero(chunk == _NEWLINE)
-        quotes = np.flatnonzero(chunk == _QUOTE)
-        parity = (quotes_before + np.searchsorted(quotes, newlines)) % 2
-        outside = parity == 0
-        ends.append(newlines[outside] + offset)
-        ends_phys.append(lines_before + np.flatnonzero(outside) + 1)
-        quotes_before += len(quotes)
-        lines_before += len(newlines)
+    before_end: list[np.ndarray] = []  # the byte just before each such break
+    quotes_before = lines_before = 0
+    previous_last = 0  # last byte of the previous chunk
+    buffer = np.empty(_CHUNK, np.uint8)
+    with path.open("rb", buffering=0) as fh:
+        offset = 0
+        while read := fh.readinto(memoryview(buffer)):
+            chunk = buffer[:read]
+            newlines = np.flatnonzero(chunk == _NEWLINE)
+            quotes = np.flatnonzero(chunk == _QUOTE)
+            outside = (quotes_before + np.searchsorted(quotes, newlines)) % 2 == 0
+            kept = newlines[outside]
+            ends.append(kept + offset)
+            ends_phys.append(lines_before + np.flatnonzero(outside) + 1)
+            previous = np.where(kept > 0, chunk[np.maximum(kept - 1, 0)], previous_last)
+            before_end.append(previous.astype(np.uint8))
+            quotes_before += len(quotes)
+            lines_before += len(newlines)
+            previous_last = int(chunk[-1])
+            offset += read
     end_offsets = np.concatenate(ends) if ends else np.zeros(0, np.int64)
     end_lines = np.concatenate(ends_phys) if ends_phys else np.zeros(0, np.int64)
+    end_previous = np.concatenate(before_end) if before_end else np.zeros(0, np.uint8)
 
     start_offsets = np.concatenate([[0], end_offsets + 1])
     start_lines = np.concatenate([[1], end_lines + 1])
     # A final line break ends the last line; it does not start another.
     keep = start_offsets < size
     start_offsets, start_lines = start_offsets[keep], start_lines[keep]
-    stop_offsets = np.concatenate([end_offsets, [size]])[: len(start_offsets)]
+    count = len(start_offsets)
+    stop_offsets = np.concatenate([end_offsets, [size]])[:count]
+    # The byte before a line's end: for a one-byte line, that byte is the whole line.
+    last_byte = np.concatenate([end_previous, [previous_last]])[:count]
     length = stop_offsets - start_offsets
-    first_byte = np.zeros(len(start_offsets), np.uint8)
-    has_bytes = length > 0
-    if size:
-        first_byte[has_bytes] = data[start_offsets[has_bytes]]
-    blank = (length == 0) | ((length == 1) & (first_byte == _CR))
+    blank = (length == 0) | ((length == 1) & (last_byte == _CR))
     return start_lines.astype(np.int64), blank
 
 
