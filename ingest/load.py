@@ -139,21 +139,26 @@ def process_batch(
 
 
 class RawWriter:
-    """Replaces `raw.<entity>` and its rejected table inside one transaction."""
+    """Builds `raw.<entity>` beside the live table and swaps it in with the rejected
+    table in one short transaction, so readers see the old or the new load, never half.
+
+    Batches are inserted into the side table as they come (one big transaction would
+    hold every uncommitted row in memory).
+    """
 
     def __init__(self, con: duckdb.DuckDBPyConnection, ent: Entity, extras: list[str]) -> None:
         self.con, self.ent = con, ent
         self.loaded = 0
         self.rejected: list[pl.DataFrame] = []
+        self.building = f"raw.__loading_{ent.name}"
         extra_ddl = "".join(f', "{c}" VARCHAR' for c in extras)
         con.execute("CREATE SCHEMA IF NOT EXISTS raw")
-        con.execute("BEGIN TRANSACTION")
-        con.execute(f"CREATE OR REPLACE TABLE raw.{ent.name} ({raw_columns_ddl(ent)}{extra_ddl})")
+        con.execute(f"CREATE OR REPLACE TABLE {self.building} ({raw_columns_ddl(ent)}{extra_ddl})")
 
     def add(self, valid: pl.DataFrame, rejected: pl.DataFrame) -> None:
         if valid.height:
             self.con.register("_loaded", valid.to_arrow())
-            self.con.execute(f"INSERT INTO raw.{self.ent.name} BY NAME SELECT * FROM _loaded")
+            self.con.execute(f"INSERT INTO {self.building} BY NAME SELECT * FROM _loaded")
             self.con.unregister("_loaded")
         self.loaded += valid.height
         self.rejected.append(rejected)
@@ -163,15 +168,24 @@ class RawWriter:
             "source_file", "source_row"
         )
         name = self.ent.name
-        self.con.execute(f"CREATE OR REPLACE TABLE raw.{name}__rejected ({rejected_columns_ddl()})")
-        self.con.register("_rejected", rejected.to_arrow())
-        self.con.execute(f"INSERT INTO raw.{name}__rejected BY NAME SELECT * FROM _rejected")
-        self.con.unregister("_rejected")
-        self.con.execute("COMMIT")
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            self.con.execute(f"DROP TABLE IF EXISTS raw.{name}")
+            self.con.execute(f"ALTER TABLE {self.building} RENAME TO {name}")
+            self.con.execute(
+                f"CREATE OR REPLACE TABLE raw.{name}__rejected ({rejected_columns_ddl()})"
+            )
+            self.con.register("_rejected", rejected.to_arrow())
+            self.con.execute(f"INSERT INTO raw.{name}__rejected BY NAME SELECT * FROM _rejected")
+            self.con.unregister("_rejected")
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
         return rejected.height
 
     def abort(self) -> None:
-        self.con.execute("ROLLBACK")
+        self.con.execute(f"DROP TABLE IF EXISTS {self.building}")
 
 
 def write_batches(

@@ -308,7 +308,7 @@ def test_batches_give_the_same_result_as_one_pass(write, tmp_path):
                 ).fetchall(),
                 con.execute(
                     "select count(*) from information_schema.tables"
-                    " where table_name like '__staging%'"
+                    " where table_name like '__staging%' or table_name like '__loading%'"
                 ).fetchall(),
             )
         )
@@ -323,6 +323,6 @@ def test_batches_give_the_same_result_as_one_pass(write, tmp_path):
                 (2, f"duplicate patient_id '1': replaced by the later row at {path}:6"),
                 (3, "date_of_birth 'bad' is not a date (expected YYYY-MM-DD)"),
             ],
-            [(0,)],  # the staging table is gone
+            [(0,)],  # the staging and loading tables are gone
         )
     )
