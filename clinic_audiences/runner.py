@@ -56,8 +56,12 @@ class ProgressHandler(logging.Handler):
             data = event.event_specific_data
             if data is not None and not data.passed:
                 name = f"{data.asset_key.to_user_string()}:{data.check_name}"
-                self.failures.append(f"check failed: {name}")
-                self.console.print(f"  ✗ check {name}", style="red", markup=False)
+                if data.severity == dg.AssetCheckSeverity.WARN:
+                    # A warning (e.g. an orphan reference in the extract) does not fail the run.
+                    self.console.print(f"  ! check {name} (warning)", style="yellow", markup=False)
+                else:
+                    self.failures.append(f"check failed: {name}")
+                    self.console.print(f"  ✗ check {name}", style="red", markup=False)
 
 
 def progress_logger(console: Console, handler: ProgressHandler) -> dg.LoggerDefinition:
