@@ -18,13 +18,7 @@ from clinic_audiences.config import Settings, parse_as_of
 from segments.catalogue import Catalogue, CatalogueError
 from segments.evaluate import WarehouseError, WarehouseFrames
 from segments.library import default_catalogue, load_library, preview, resnapshot, visible_to
-from segments.validation import (
-    Issue,
-    Segment,
-    SegmentValidationError,
-    load_segment,
-    segment_files,
-)
+from segments.validation import Segment, SegmentValidationError, load_segment, load_segments
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -44,7 +38,7 @@ def cmd_validate(paths: list[str]) -> int:
         if not paths:
             segments = load_library(settings, catalogue)
         else:
-            segments = _load_paths([Path(p) for p in paths], catalogue)
+            segments = load_segments([Path(p) for p in paths], catalogue)
     except SegmentValidationError as exc:
         for issue in exc.issues:
             print(issue)
@@ -55,32 +49,6 @@ def cmd_validate(paths: list[str]) -> int:
         print(f"ok  {seg.slug}  ({seg.path})")
     print(f"{len(segments)} definition(s) valid")
     return 0
-
-
-def _load_paths(paths: list[Path], catalogue: Catalogue) -> list[Segment]:
-    """Files and folders named on the command line; duplicate slugs among them are errors."""
-    issues: list[Issue] = []
-    found: dict[str, Segment] = {}
-    files: list[Path] = []
-    for p in paths:
-        files.extend(segment_files(p) if p.is_dir() else [p])
-    for path in files:
-        try:
-            seg = load_segment(path, catalogue)
-        except SegmentValidationError as exc:
-            issues.extend(exc.issues)
-            continue
-        other = found.get(seg.slug)
-        if other is not None and other.path.resolve() != seg.path.resolve():
-            issues.append(
-                Issue(str(path), "", f"slug {seg.slug!r} is already defined by {other.path}; "
-                      "rename one of the files")
-            )  # fmt: skip
-            continue
-        found[seg.slug] = seg
-    if issues:
-        raise SegmentValidationError(issues)
-    return list(found.values())
 
 
 def cmd_preview(file: str, as_of: str | None) -> int:

@@ -399,24 +399,26 @@ def segment_files(folder: Path) -> list[Path]:
     return sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
 
 
-def load_segments(folders: list[Path], catalogue: Catalogue | None) -> list[Segment]:
-    """Every definition in the folders, all validated; all problems reported together."""
+def load_segments(paths: list[Path], catalogue: Catalogue | None) -> list[Segment]:
+    """Every definition in the given folders and files, all validated; all problems
+    reported together. Two files with the same slug are an error."""
     issues: list[Issue] = []
     found: dict[str, Segment] = {}
-    for folder in folders:
-        for path in segment_files(folder):
-            try:
-                seg = load_segment(path, catalogue)
-            except SegmentValidationError as exc:
-                issues.extend(exc.issues)
-                continue
-            if seg.slug in found:
-                issues.append(
-                    Issue(str(path), "", f"slug {seg.slug!r} is already defined by "
-                          f"{found[seg.slug].path}; rename one of the files")
-                )  # fmt: skip
-                continue
-            found[seg.slug] = seg
+    files = [f for p in paths for f in (segment_files(p) if p.is_dir() else [p])]
+    for path in files:
+        try:
+            seg = load_segment(path, catalogue)
+        except SegmentValidationError as exc:
+            issues.extend(exc.issues)
+            continue
+        other = found.get(seg.slug)
+        if other is not None and other.path.resolve() != path.resolve():
+            issues.append(
+                Issue(str(path), "", f"slug {seg.slug!r} is already defined by "
+                      f"{other.path}; rename one of the files")
+            )  # fmt: skip
+            continue
+        found[seg.slug] = seg
     if issues:
         raise SegmentValidationError(issues)
     return list(found.values())
