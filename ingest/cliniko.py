@@ -17,6 +17,7 @@ import polars as pl
 
 from ingest.csv_reader import ExtractFileError
 from ingest.entities import SOURCE_FILE, SOURCE_ROW, Entity
+from ingest.parse import REJECTED_SCHEMA
 
 Record = dict[str, Any]
 Getter = Callable[[Record], str | None]
@@ -251,10 +252,6 @@ def load_contacts(extract_dir: Path) -> dict[str, str]:
     return names
 
 
-def has_resource(extract_dir: Path, ent: Entity) -> bool:
-    return ent.name in mappings({}) and (extract_dir / mappings({})[ent.name][0]).is_dir()
-
-
 def read_cliniko_text(extract_dir: Path, ent: Entity) -> tuple[pl.DataFrame, pl.DataFrame, int]:
     """Flatten an entity's page folder to text columns.
 
@@ -286,12 +283,7 @@ def read_cliniko_text(extract_dir: Path, ent: Entity) -> tuple[pl.DataFrame, pl.
     )
     rejects = pl.DataFrame(
         rejected,
-        schema={
-            "source_file": pl.String,
-            "source_row": pl.Int64,
-            "reason": pl.String,
-            "record": pl.String,
-        },
+        schema=REJECTED_SCHEMA,
         orient="row",
     )
     return frame, rejects, total

@@ -21,6 +21,7 @@ import numpy as np
 import polars as pl
 
 from ingest.entities import ROW_NUMBER, SOURCE_FILE, SOURCE_ROW, Entity
+from ingest.parse import REJECTED_SCHEMA
 
 _CHUNK = 64 * 1024 * 1024
 _NEWLINE, _QUOTE, _CR = 10, 34, 13
@@ -218,6 +219,24 @@ class StagedCsv:
         self.con.execute(f"drop table if exists {self.table}")
 
 
+def copy_with_lf_line_ends(source: Path, target: Path) -> bool:
+    """Copy `source` with CRLF and lone CR turned into LF, a chunk at a time; returns
+    whether there was any CR to turn."""
+    found = pending_cr = False
+    with source.open("rb") as fin, target.open("wb") as fout:
+        while chunk := fin.read(_CHUNK):
+            if pending_cr:
+                chunk, pending_cr = b"\r" + chunk, False
+            if chunk.endswith(b"\r"):  # maybe the first half of a CRLF: decide with the next
+                chunk, pending_cr = chunk[:-1], True
+            found = found or b"\r" in chunk
+            fout.write(chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n"))
+        if pending_cr:
+            fout.write(b"\n")
+            found = True
+    return found
+
+
 def stage_csv(con: duckdb.DuckDBPyConnection, path: Path, ent: Entity) -> StagedCsv:
     """Stage `path` in the warehouse as text, named per the contract, with line numbers."""
     header = read_header(path)
@@ -230,13 +249,14 @@ def stage_csv(con: duckdb.DuckDBPyConnection, path: Path, ent: Entity) -> Staged
         # DuckDB's strict reader stops at a carriage return that does not end a CRLF file
         # (a file mixing CRLF and LF, or a stray CR). Read a copy with LF line ends, taking a
         # lone CR as a line end too, as Python's CSV module and old Mac exports do.
-        with path.open("rb") as fh:
-            has_cr = b"\r" in fh.read()
-        if not has_cr or "invalid state" not in str(err):
+        if "invalid state" not in str(err):
             raise ExtractFileError(f"{path}: the file could not be read as CSV: {err}") from None
         with tempfile.TemporaryDirectory() as tmp:
             normalised = Path(tmp) / path.name
-            normalised.write_bytes(path.read_bytes().replace(b"\r\n", b"\n").replace(b"\r", b"\n"))
+            if not copy_with_lf_line_ends(path, normalised):
+                raise ExtractFileError(
+                    f"{path}: the file could not be read as CSV: {err}"
+                ) from None
             try:
                 errors = _stage(con, normalised, table, len(names))
             except duckdb.Error as err2:
@@ -277,14 +297,7 @@ def reject_rows(
     errors: pl.DataFrame, starts: np.ndarray, source: str, field_count: int
 ) -> pl.DataFrame:
     if errors.is_empty():
-        return pl.DataFrame(
-            schema={
-                "source_file": pl.String,
-                "source_row": pl.Int64,
-                "reason": pl.String,
-                "record": pl.String,
-            }
-        )
+        return pl.DataFrame(schema=REJECTED_SCHEMA)
     # One reason per record, even when DuckDB reports several errors for it.
     first = errors.group_by("line", maintain_order=True).first()
     lines = first["line"].to_numpy().astype(np.int64)

@@ -7,7 +7,7 @@ allowed), the warehouse writer (the `raw.<entity>` table layout) and the dbt sou
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 
 
@@ -44,7 +44,6 @@ class Entity:
     # Only patients and appointments must be present in a canonical extract.
     file_required: bool = False
     description: str = ""
-    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def file_name(self) -> str:
@@ -274,7 +273,13 @@ SOURCE_FILE = "_source_file"
 SOURCE_ROW = "_source_row"
 # A row's position in its source while it is being loaded (not stored).
 ROW_NUMBER = "_row_number"
-REJECTED_COLUMNS = ("source_file", "source_row", "reason", "record")
+# The layout of every `raw.<entity>__rejected` table.
+REJECTED_COLUMNS: tuple[tuple[str, Kind], ...] = (
+    ("source_file", Kind.STRING),
+    ("source_row", Kind.INTEGER),
+    ("reason", Kind.STRING),
+    ("record", Kind.STRING),
+)
 
 
 def entity(name: str) -> Entity:

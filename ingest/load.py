@@ -20,18 +20,12 @@ import polars as pl
 from ingest import cliniko
 from ingest.csv_reader import ExtractFileError, stage_csv
 from ingest.entities import ENTITIES, ROW_NUMBER, SOURCE_FILE, SOURCE_ROW, Entity, entity
-from ingest.parse import clean_frame, parse_entity, typed_schema
+from ingest.parse import REJECTED_SCHEMA, clean_frame, parse_entity, typed_schema
 from ingest.schemas import validate
 from ingest.warehouse import raw_columns_ddl, rejected_columns_ddl
 
 FORMATS = ("csv", "cliniko")
 BATCH_ROWS = 1_000_000
-REJECTED_SCHEMA = {
-    "source_file": pl.String,
-    "source_row": pl.Int64,
-    "reason": pl.String,
-    "record": pl.String,
-}
 DUPLICATES_SCHEMA = {ROW_NUMBER: pl.Int64, "winner_file": pl.String, "winner_row": pl.Int64}
 LINEAGE = (SOURCE_FILE, SOURCE_ROW, ROW_NUMBER)
 
@@ -44,10 +38,6 @@ class LoadResult:
     rejected: int
     source: str  # the file or folder read, or '' when the entity is absent
     seconds: float
-
-    @property
-    def balanced(self) -> bool:
-        return self.rows_in == self.loaded + self.rejected
 
 
 def empty_rejected() -> pl.DataFrame:

@@ -10,7 +10,15 @@ from __future__ import annotations
 
 import polars as pl
 
-from ingest.entities import ROW_NUMBER, SOURCE_FILE, SOURCE_ROW, Column, Entity, Kind
+from ingest.entities import (
+    REJECTED_COLUMNS,
+    ROW_NUMBER,
+    SOURCE_FILE,
+    SOURCE_ROW,
+    Column,
+    Entity,
+    Kind,
+)
 
 POLARS_TYPES: dict[Kind, pl.DataType] = {
     Kind.STRING: pl.String(),
@@ -20,6 +28,10 @@ POLARS_TYPES: dict[Kind, pl.DataType] = {
     Kind.INTEGER: pl.Int64(),
     Kind.FLOAT: pl.Float64(),
     Kind.MONEY: pl.Decimal(18, 2),
+}
+
+REJECTED_SCHEMA: dict[str, pl.DataType] = {
+    name: POLARS_TYPES[kind] for name, kind in REJECTED_COLUMNS
 }
 
 KIND_HINTS: dict[Kind, str] = {
@@ -42,7 +54,6 @@ _TIMESTAMP_RE = (
 )
 _MONEY_RE = r"^-?\$?-?\d+(\.\d+)?$"
 REASON = "_reason"
-ROW_ID = "_row_id"
 
 
 def clean_text(col: str) -> pl.Expr:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import duckdb
 
-from ingest.entities import ENTITIES, SOURCE_FILE, SOURCE_ROW, Entity, Kind
+from ingest.entities import ENTITIES, REJECTED_COLUMNS, SOURCE_FILE, SOURCE_ROW, Entity, Kind
 
 DUCKDB_TYPES: dict[Kind, str] = {
     Kind.STRING: "VARCHAR",
@@ -50,7 +50,7 @@ def raw_columns_ddl(ent: Entity) -> str:
 
 
 def rejected_columns_ddl() -> str:
-    return "source_file VARCHAR, source_row BIGINT, reason VARCHAR, record VARCHAR"
+    return ", ".join(f"{name} {DUCKDB_TYPES[kind]}" for name, kind in REJECTED_COLUMNS)
 
 
 def create_empty_raw_tables(con: duckdb.DuckDBPyConnection) -> None:

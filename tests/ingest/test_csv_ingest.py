@@ -326,3 +326,18 @@ def test_batches_give_the_same_result_as_one_pass(write, tmp_path):
             [(0,)],  # the staging and loading tables are gone
         )
     )
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 64])
+def test_line_end_normalising_copy_across_chunk_boundaries(tmp_path, monkeypatch, chunk):
+    from ingest import csv_reader
+
+    monkeypatch.setattr(csv_reader, "_CHUNK", chunk)
+    source, target = tmp_path / "in.csv", tmp_path / "out.csv"
+    # CRLF, a lone CR, LF, and a CR as the very last byte.
+    source.write_bytes(b"a\r\nb\rc\nd\r")
+    assert csv_reader.copy_with_lf_line_ends(source, target) is True
+    assert target.read_bytes() == b"a\nb\nc\nd\n"
+    source.write_bytes(b"a\nb\n")
+    assert csv_reader.copy_with_lf_line_ends(source, target) is False
+    assert target.read_bytes() == b"a\nb\n"
