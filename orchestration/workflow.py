@@ -3,12 +3,11 @@
 Only wiring: the sync itself lives in `workflow.run`.
 """
 
-
 from collections.abc import Iterable
 
 import dagster as dg
 
-from orchestration.resources import ClinicSettingsResource, WarehouseResource
+from orchestration.resources import ClinicSettingsResource, WarehouseResource, run_as_of
 from workflow.api import SyncResult
 from workflow.catalog import load_worklists
 from workflow.run import materialize_worklist
@@ -65,7 +64,8 @@ def build_worklist_asset(info: WorkListInfo) -> dg.AssetsDefinition:
             duckdb_path=warehouse.duckdb_path,
             state_db_url=settings.state_db_url,
             clinic_timezone=settings.clinic_timezone,
-            as_of=settings.as_of or None,
+            # The run's as-of date: the sensor's or CLI's tag, else settings, else today.
+            as_of=run_as_of(context.run.tags, settings).isoformat(),
         )
         # Counts only: member ids stay in the state store, names never leave the warehouse.
         context.log.info(

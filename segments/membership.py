@@ -157,16 +157,3 @@ def check_consistency(con: duckdb.DuckDBPyConnection, slug: str) -> Consistency:
         [slug],
     ).fetchall()[0][0]
     return Consistency(duplicates, without_open, stray_open)
-
-
-_MOVED_TO_SNAPSHOTS = {"snapshot_runs", "snapshots", "state_meta", "load_snapshot", "save_snapshot"}
-
-
-def __getattr__(name: str) -> object:
-    """Snapshot tables now live in `segments.snapshots`; old imports keep working lazily
-    (so importing this module still does not load SQLAlchemy)."""
-    if name in _MOVED_TO_SNAPSHOTS:
-        from segments import snapshots
-
-        return getattr(snapshots, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

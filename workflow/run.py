@@ -49,7 +49,7 @@ def segment_snapshot_taken_at(engine: Engine, segment_slug: str) -> datetime | N
     then keeps the list it took first.
     """
     try:
-        from segments.membership import snapshot_runs
+        from segments.snapshots import snapshot_runs
     except ModuleNotFoundError as exc:
         if exc.name is not None and exc.name.startswith("segments"):
             return None

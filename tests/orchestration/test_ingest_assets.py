@@ -121,3 +121,16 @@ def test_cli_help_is_available(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(command)
     assert exit_.value.code == 0
+
+
+def test_run_as_of_prefers_the_run_tag_then_settings_then_today_in_the_clinic_zone():
+    from datetime import date, datetime
+    from zoneinfo import ZoneInfo
+
+    from orchestration.resources import AS_OF_TAG, run_as_of
+
+    settings = ClinicSettingsResource(as_of="2026-01-31", clinic_timezone="Australia/Sydney")
+    assert run_as_of({AS_OF_TAG: "2026-11-25"}, settings) == date(2026, 11, 25)
+    assert run_as_of({}, settings) == date(2026, 1, 31)
+    unset = ClinicSettingsResource(clinic_timezone="Pacific/Kiritimati")  # UTC+14
+    assert run_as_of({}, unset) == datetime.now(ZoneInfo("Pacific/Kiritimati")).date()

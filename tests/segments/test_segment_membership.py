@@ -192,11 +192,3 @@ def test_consistency_check_notices_broken_history(setup) -> None:
     assert (c.duplicate_members, c.members_without_open_interval) == (0, 1)
     assert c.open_intervals_of_non_members == 1
     assert not c.ok
-
-
-def test_snapshot_tables_still_importable_from_membership() -> None:
-    # The workflow stage reads the snapshot run table through this older import path.
-    from segments import snapshots
-    from segments.membership import snapshot_runs
-
-    assert snapshot_runs is snapshots.snapshot_runs

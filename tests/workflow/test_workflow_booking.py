@@ -6,7 +6,6 @@ from collections.abc import Callable
 from datetime import date, datetime
 from pathlib import Path
 
-import pytest
 from sqlalchemy.engine import Engine
 
 from workflow.api import history, list_members, move, sync_worklist
@@ -126,9 +125,9 @@ def test_snapshot_work_list_follows_only_a_deliberate_re_snapshot(
     worklist: Callable[..., WorkListInfo],
     day: Callable[..., datetime],
 ) -> None:
-    membership = pytest.importorskip("segments.membership", reason="segments stage not present")
     import polars as pl
 
+    from segments import snapshots
     from state import migrate
 
     migrate(engine, ["segments"])
@@ -138,7 +137,7 @@ def test_snapshot_work_list_follows_only_a_deliberate_re_snapshot(
     def freeze(*ids: str) -> None:
         frame = pl.DataFrame({"patient_id": list(ids), "case_id": [None] * len(ids)},
                              schema={"patient_id": pl.String, "case_id": pl.String})  # fmt: skip
-        membership.save_snapshot(engine, "lapsed-physio", frame, date(2026, 3, 9))
+        snapshots.save_snapshot(engine, "lapsed-physio", frame, date(2026, 3, 9))
 
     freeze("p1", "p2")
     build_warehouse(db, [("p1", None), ("p2", None)], "2026-03-09")
