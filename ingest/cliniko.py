@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import polars as pl
 
@@ -20,7 +22,16 @@ from ingest.entities import SOURCE_FILE, SOURCE_ROW, Entity
 from ingest.parse import REJECTED_SCHEMA
 
 Record = dict[str, Any]
-Getter = Callable[[Record], str | None]
+
+
+@dataclass(frozen=True)
+class BadValue:
+    """A field that cannot be read as what Cliniko documents: the record is rejected."""
+
+    reason: str
+
+
+Getter = Callable[[Record], "str | None | BadValue"]
 
 # Cliniko invoice status codes (docs/extract-formats.md).
 INVOICE_STATUS = {"10": "open", "20": "paid", "30": "closed", "40": "open"}
@@ -37,13 +48,24 @@ def text(value: Any) -> str | None:
     return value if value.strip() != "" else None
 
 
-def link_id(value: Any) -> str | None:
-    """`{"links": {"self": ".../patients/82"}}` → `"82"`; plain ids pass through."""
-    if isinstance(value, dict):
-        url = (value.get("links") or {}).get("self") or ""
-        segment = url.rstrip("/").rsplit("/", 1)[-1]
-        return segment or None
-    return text(value)
+def link_id(value: Any, resource: str | None = None) -> str | None | BadValue:
+    """`{"links": {"self": ".../patients/82"}}` → `"82"`; plain ids pass through.
+
+    The id is the last segment of the URL's path (a query string or fragment is not part of
+    it). A URL with nothing after the resource (`.../patients/`) names no record: that is a
+    BadValue, not an id, so the record is rejected rather than linked to a wrong one.
+    """
+    if not isinstance(value, dict):
+        return text(value)
+    url = (value.get("links") or {}).get("self")
+    if url is None or (isinstance(url, str) and not url.strip()):
+        return None
+    path = urlsplit(str(url).strip()).path
+    segments = path.split("/")
+    ident = segments[-1]
+    if not ident or (resource is not None and ident == resource):
+        return BadValue(f"link {str(url)!r} names no record (nothing after the resource)")
+    return ident
 
 
 def field(name: str, *fallbacks: str) -> Getter:
@@ -57,8 +79,14 @@ def field(name: str, *fallbacks: str) -> Getter:
     return get
 
 
-def link(name: str) -> Getter:
-    return lambda record: link_id(record.get(name))
+def link(name: str, resource: str | None = None) -> Getter:
+    def get(record: Record) -> str | None | BadValue:
+        found = link_id(record.get(name), resource)
+        if isinstance(found, BadValue):
+            return BadValue(f"{name} {found.reason}")
+        return found
+
+    return get
 
 
 def mobile(record: Record) -> str | None:
@@ -90,8 +118,10 @@ def invoice_status(record: Record) -> str | None:
 
 
 def contact_name(contacts: dict[str, str]) -> Getter:
-    def get(record: Record) -> str | None:
-        contact = link_id(record.get("contact"))
+    def get(record: Record) -> str | None | BadValue:
+        contact = link_id(record.get("contact"), "contacts")
+        if isinstance(contact, BadValue):
+            return BadValue(f"contact {contact.reason}")
         if contact is None:
             return field("referring_provider")(record)
         return contacts.get(contact, contact)
@@ -166,12 +196,12 @@ def mappings(contacts: dict[str, str]) -> dict[str, tuple[str, dict[str, Getter]
             "individual_appointments",
             {
                 "appointment_id": field("id"),
-                "patient_id": link("patient"),
+                "patient_id": link("patient", "patients"),
                 "starts_at": field("starts_at"),
-                "appointment_type_id": link("appointment_type"),
-                "practitioner_id": link("practitioner"),
-                "location_id": link("business"),
-                "case_id": link("patient_case"),
+                "appointment_type_id": link("appointment_type", "appointment_types"),
+                "practitioner_id": link("practitioner", "practitioners"),
+                "location_id": link("business", "businesses"),
+                "case_id": link("patient_case", "patient_cases"),
                 "ends_at": field("ends_at"),
                 "created_at": field("created_at"),
                 "cancelled_at": field("cancelled_at"),
@@ -183,21 +213,21 @@ def mappings(contacts: dict[str, str]) -> dict[str, tuple[str, dict[str, Getter]
             "invoices",
             {
                 "invoice_id": field("id"),
-                "patient_id": link("patient"),
+                "patient_id": link("patient", "patients"),
                 "issue_date": field("issue_date"),
                 "total_amount": field("total_amount"),
                 "status": invoice_status,
                 "amount_paid": field("amount_paid"),
                 "appointment_id": link("appointment"),
-                "case_id": link("patient_case"),
-                "practitioner_id": link("practitioner"),
+                "case_id": link("patient_case", "patient_cases"),
+                "practitioner_id": link("practitioner", "practitioners"),
             },
         ),
         "cases": (
             "patient_cases",
             {
                 "case_id": field("id"),
-                "patient_id": link("patient"),
+                "patient_id": link("patient", "patients"),
                 "name": field("name"),
                 "issue_date": field("issue_date"),
                 "expiry_date": field("expiry_date"),
@@ -232,6 +262,11 @@ def read_page(path: Path, resource: str) -> list[Any]:
             "is this file in the right folder?"
         )
     return body[resource]
+
+
+def count_records(folder: Path, resource: str) -> int:
+    """Records in a resource's page folder (each page read as JSON)."""
+    return sum(len(read_page(p, resource)) for p in page_files(folder))
 
 
 def load_contacts(extract_dir: Path) -> dict[str, str]:
@@ -273,8 +308,13 @@ def read_cliniko_text(extract_dir: Path, ent: Entity) -> tuple[pl.DataFrame, pl.
                     (str(page), position, "record is not a JSON object", text(record) or "")
                 )
                 continue
-            for name, get in getters.items():
-                columns[name].append(get(record))
+            values = {name: get(record) for name, get in getters.items()}
+            bad = [v.reason for v in values.values() if isinstance(v, BadValue)]
+            if bad:
+                rejected.append((str(page), position, "; ".join(bad), text(record) or ""))
+                continue
+            for name, value in values.items():
+                columns[name].append(value)  # type: ignore[arg-type]
             files.append(str(page))
             rows.append(position)
     frame = pl.DataFrame(

@@ -1,10 +1,13 @@
 """Reading one canonical CSV extract file into text columns, losing nothing.
 
-DuckDB's CSV reader does the parsing (RFC 4180 quoting, quoted line breaks, CRLF, a
-UTF-8 BOM) and collects malformed records (wrong field count, stray quotes, invalid
-UTF-8) instead of failing the file. Each record's physical line number in the file is
-worked out separately by a vectorised scan of the bytes, so that a rejected or loaded
-row can always be found again in an editor.
+First the bytes are scanned for where every record starts and ends (`csv_layout`): that
+gives each record its physical line number and full original text, and finds quotes that
+are never closed, whose lines are rejected on their own instead of swallowing the rest of
+the file. DuckDB's CSV reader then does the parsing (RFC 4180 quoting, quoted line breaks,
+CRLF, a UTF-8 BOM) and collects malformed records (wrong field count, stray quotes, invalid
+UTF-8) instead of failing the file. Its reports are matched to the scanned records by byte
+offset; should the two ever disagree on where records are, Python's csv parser splits the
+scanned records instead, so line numbers are always right.
 """
 
 from __future__ import annotations
@@ -20,11 +23,19 @@ import duckdb
 import numpy as np
 import polars as pl
 
+from ingest.csv_layout import (
+    CsvLayout,
+    blank_out_lines,
+    record_text,
+    scan_layout,
+)
 from ingest.entities import ROW_NUMBER, SOURCE_FILE, SOURCE_ROW, Entity
 from ingest.parse import REJECTED_SCHEMA
 
 _CHUNK = 64 * 1024 * 1024
-_NEWLINE, _QUOTE, _CR = 10, 34, 13
+# DuckDB refuses a record longer than its line limit (2 MiB by default): the limit is
+# raised to the longest record the scan found, so a long value is read whole.
+_DEFAULT_MAX_LINE = 2 * 1024 * 1024
 
 
 class ExtractFileError(Exception):
@@ -34,7 +45,18 @@ class ExtractFileError(Exception):
 def read_header(path: Path) -> list[str]:
     # Decode only the start of the file: a bad byte further down is a per-record problem.
     with path.open("rb") as fh:
-        start = fh.read(1024 * 1024).decode("utf-8-sig", errors="replace")
+        raw = fh.read(1024 * 1024)
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in raw[:4096]:
+        sign = (
+            "it starts with a UTF-16 byte-order mark"
+            if raw[:2] in (b"\xff\xfe", b"\xfe\xff")
+            else "it has NUL bytes between the characters"
+        )
+        raise ExtractFileError(
+            f"{path}: the file looks like UTF-16 text ({sign}), not UTF-8; "
+            "re-export it as UTF-8 (in Excel: 'CSV UTF-8')"
+        )
+    start = raw.decode("utf-8-sig", errors="replace")
     try:
         header = next(csv.reader(io.StringIO(start, newline="")))
     except StopIteration:
@@ -81,86 +103,46 @@ def match_columns(path: Path, header: list[str], ent: Entity) -> list[str]:
     return names
 
 
-def logical_line_starts(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """For each logical line (a line break outside quotes ends one), its first physical
-    line number (1-based) and whether it is blank.
-
-    Quote parity decides whether a line break is inside a quoted field: RFC 4180 escapes a
-    quote by doubling it, which keeps the parity right. The file is read in chunks into one
-    reused buffer, so memory does not grow with the file.
-    """
-    size = path.stat().st_size
-    ends: list[np.ndarray] = []  # byte offsets of line breaks that end a logical line
-    ends_phys: list[np.ndarray] = []  # physical line number each such break ends
-    before_end: list[np.ndarray] = []  # the byte just before each such break
-    quotes_before = lines_before = 0
-    previous_last = 0  # last byte of the previous chunk
-    buffer = np.empty(_CHUNK, np.uint8)
-    with path.open("rb", buffering=0) as fh:
-        offset = 0
-        while read := fh.readinto(memoryview(buffer)):
-            chunk = buffer[:read]
-            newlines = np.flatnonzero(chunk == _NEWLINE)
-            quotes = np.flatnonzero(chunk == _QUOTE)
-            outside = (quotes_before + np.searchsorted(quotes, newlines)) % 2 == 0
-            kept = newlines[outside]
-            ends.append(kept + offset)
-            ends_phys.append(lines_before + np.flatnonzero(outside) + 1)
-            previous = np.where(kept > 0, chunk[np.maximum(kept - 1, 0)], previous_last)
-            before_end.append(previous.astype(np.uint8))
-            quotes_before += len(quotes)
-            lines_before += len(newlines)
-            previous_last = int(chunk[-1])
-            offset += read
-    end_offsets = np.concatenate(ends) if ends else np.zeros(0, np.int64)
-    end_lines = np.concatenate(ends_phys) if ends_phys else np.zeros(0, np.int64)
-    end_previous = np.concatenate(before_end) if before_end else np.zeros(0, np.uint8)
-
-    start_offsets = np.concatenate([[0], end_offsets + 1])
-    start_lines = np.concatenate([[1], end_lines + 1])
-    # A final line break ends the last line; it does not start another.
-    keep = start_offsets < size
-    start_offsets, start_lines = start_offsets[keep], start_lines[keep]
-    count = len(start_offsets)
-    stop_offsets = np.concatenate([end_offsets, [size]])[:count]
-    # The byte before a line's end: for a one-byte line, that byte is the whole line.
-    last_byte = np.concatenate([end_previous, [previous_last]])[:count]
-    length = stop_offsets - start_offsets
-    blank = (length == 0) | ((length == 1) & (last_byte == _CR))
-    return start_lines.astype(np.int64), blank
-
-
 REJECT_REASONS = {
     "MISSING COLUMNS": "has fewer fields than the header ({detail}); a value is missing or a "
     "line break inside an unquoted value split the record",
     "TOO MANY COLUMNS": "has more fields than the header ({detail}); a value containing a comma "
     "probably lacks quotes",
-    "UNQUOTED VALUE": "has a stray or unterminated quote; the record (and text up to the next "
-    "quote) could not be split into fields",
+    "UNQUOTED VALUE": "has a stray quote (text after a closing quote, or a quote that does not "
+    "start a value); put the whole value in quotes and double every quote inside it",
     "INVALID UNICODE": "is not valid UTF-8 text; re-export the file as UTF-8",
     "INVALID ENCODING": "is not valid UTF-8 text; re-export the file as UTF-8",
     "LINE SIZE OVER MAXIMUM": "is longer than the maximum record size",
 }
+UNCLOSED_REASON = (
+    "record opens a quoted value that is never closed; this line was read on its own and "
+    "reading resumed on the next line; close the quote, or double it if it is part of the value"
+)
 
 
 def _stage(
-    con: duckdb.DuckDBPyConnection, path: Path, table: str, field_count: int
+    con: duckdb.DuckDBPyConnection, path: Path, table: str, field_count: int, max_line: int
 ) -> pl.DataFrame:
     """Copy the good records of `path` as text columns c0..cN into `table` (file order is
     the table's rowid order); return DuckDB's rejects (strict RFC 4180)."""
     positional = {f"c{i}": "VARCHAR" for i in range(field_count)}
     stem = table.rsplit(".", 1)[-1]  # rejects tables are temporary: no schema
     rejects, scans = f"{stem}_rejects", f"{stem}_scans"
+    max_line = max(_DEFAULT_MAX_LINE, max_line + 1024)
+    # DuckDB needs its read buffer to hold at least one whole record.
+    buffer = max(16 * 1024 * 1024, 2 * max_line)
     con.execute(
         f"create or replace table {table} as select * from read_csv(?, header = true, "
         "auto_detect = false, columns = ?, delim = ',', quote = '\"', escape = '\"', "
         f"all_varchar = true, store_rejects = true, rejects_table = '{rejects}', "
-        f"rejects_scan = '{scans}', strict_mode = true)",
+        f"rejects_scan = '{scans}', strict_mode = true, max_line_size = {max_line}, "
+        f"buffer_size = {buffer})",
         [str(path), positional],
     )
     try:
         return con.sql(
-            f"select line, error_type, error_message, csv_line from {rejects} order by line"
+            f"select line_byte_position as position, error_type, error_message "
+            f"from {rejects} order by line_byte_position"
         ).pl()
     finally:
         con.execute(f"drop table if exists {rejects}")
@@ -237,90 +219,154 @@ def copy_with_lf_line_ends(source: Path, target: Path) -> bool:
     return found
 
 
+def _reasons(errors: pl.DataFrame, field_count: int) -> list[str]:
+    reasons = []
+    for error_type, message in errors.select("error_type", "error_message").iter_rows():
+        template = REJECT_REASONS.get(error_type)
+        if template is None:
+            reasons.append(f"record could not be parsed: {message}")
+            continue
+        found = message.split("Found:")[-1].strip() if "Found:" in message else "?"
+        detail = f"header has {field_count}, record has {found}"
+        reasons.append("record " + template.replace("{detail}", detail))
+    return reasons
+
+
+def _python_split(
+    con: duckdb.DuckDBPyConnection, source: Path, layout: CsvLayout, keep: np.ndarray,
+    table: str, field_count: int,
+) -> tuple[np.ndarray, list[str]]:
+    """Split the scanned records `keep` into fields with Python's csv parser and stage them.
+
+    The fallback for a file whose records DuckDB splits differently from the scan: slower,
+    but every record keeps its true line. Returns the staged records and, for every record
+    of `keep`, a reason ('' when staged).
+    """
+    starts = layout.record_start_offsets()[keep]
+    ends = layout.record_end_offsets()[keep]
+    columns: list[list[str]] = [[] for _ in range(field_count)]
+    staged: list[int] = []
+    reasons: list[str] = []
+    with source.open("rb") as fh:
+        for index, start, end in zip(keep.tolist(), starts.tolist(), ends.tolist(), strict=True):
+            fh.seek(start)
+            raw = fh.read(end - start)
+            try:
+                text = raw.decode("utf-8")
+                fields = next(csv.reader(io.StringIO(text, newline="")), [])
+            except UnicodeDecodeError:
+                reasons.append("record " + REJECT_REASONS["INVALID UNICODE"])
+                continue
+            except csv.Error as err:
+                reasons.append(f"record could not be parsed: {err}")
+                continue
+            if len(fields) != field_count:
+                kind = "MISSING COLUMNS" if len(fields) < field_count else "TOO MANY COLUMNS"
+                detail = f"header has {field_count}, record has {len(fields)}"
+                reasons.append("record " + REJECT_REASONS[kind].replace("{detail}", detail))
+                continue
+            for column, value in zip(columns, fields, strict=True):
+                column.append(value)
+            staged.append(index)
+            reasons.append("")
+    frame = pl.DataFrame(
+        {f"c{i}": values for i, values in enumerate(columns)},
+        schema={f"c{i}": pl.String for i in range(field_count)},
+    )
+    con.register("_python_split", frame.to_arrow())
+    try:
+        con.execute(f"create or replace table {table} as select * from _python_split")
+    finally:
+        con.unregister("_python_split")
+    return np.array(staged, dtype=np.int64), reasons
+
+
 def stage_csv(con: duckdb.DuckDBPyConnection, path: Path, ent: Entity) -> StagedCsv:
     """Stage `path` in the warehouse as text, named per the contract, with line numbers."""
     header = read_header(path)
     names = match_columns(path, header, ent)
     table = f"raw.__staging_{ent.name}"
+    field_count = len(names)
     con.execute("create schema if not exists raw")
-    try:
-        errors = _stage(con, path, table, len(names))
-    except duckdb.Error as err:
-        # DuckDB's strict reader stops at a carriage return that does not end a CRLF file
-        # (a file mixing CRLF and LF, or a stray CR). Read a copy with LF line ends, taking a
-        # lone CR as a line end too, as Python's CSV module and old Mac exports do.
-        if "invalid state" not in str(err):
+    with tempfile.TemporaryDirectory() as tmp:
+        source = path
+        layout = scan_layout(path, field_count)
+        if layout.has_lone_cr or layout.mixed_line_ends:
+            # DuckDB's strict reader stops at a carriage return that does not end a CRLF
+            # file (a file mixing CRLF and LF, or a stray CR). Read a copy with LF line
+            # ends, taking a lone CR as a line end too, as Python's CSV module does.
+            source = Path(tmp) / f"lf-{path.name}"
+            copy_with_lf_line_ends(path, source)
+            layout = scan_layout(source, field_count)
+        parsed_from, offsets = source, None
+        if len(layout.unclosed_lines):
+            parsed_from = Path(tmp) / f"closed-{path.name}"
+            offsets = blank_out_lines(source, parsed_from, layout, layout.unclosed_lines)
+        try:
+            errors = _stage(con, parsed_from, table, field_count, layout.max_record_bytes())
+        except duckdb.Error as err:
             raise ExtractFileError(f"{path}: the file could not be read as CSV: {err}") from None
-        with tempfile.TemporaryDirectory() as tmp:
-            normalised = Path(tmp) / path.name
-            if not copy_with_lf_line_ends(path, normalised):
-                raise ExtractFileError(
-                    f"{path}: the file could not be read as CSV: {err}"
-                ) from None
-            try:
-                errors = _stage(con, normalised, table, len(names))
-            except duckdb.Error as err2:
-                raise ExtractFileError(
-                    f"{path}: the file could not be read as CSV: {err2}"
-                ) from None
-    rows = con.execute(f"select count(*) from {table}").fetchall()[0][0]
+        rows = con.execute(f"select count(*) from {table}").fetchall()[0][0]
 
-    starts, blank = logical_line_starts(path)
-    # Staged rows are in file order; they are the non-blank logical lines after the header
-    # that DuckDB did not reject. The byte scan takes every quote as a quote, while a CSV
-    # parser ignores one in the middle of an unquoted value; when such a quote makes the
-    # two disagree, DuckDB's own record numbering is used instead of physical lines.
-    rejected_lines = errors["line"].unique().to_numpy().astype(np.int64)
-    logical = np.arange(1, len(starts) + 1)
-    record_lines = logical[(logical > 1) & ~blank]
-    good_lines = record_lines[~np.isin(record_lines, rejected_lines)]
-    agree = len(good_lines) == rows and len(record_lines) == rows + len(rejected_lines)
-    if agree:
-        physical = starts[good_lines - 1]
-    else:
-        physical = np.arange(2, rows + 2)
-        starts = np.arange(1, max(len(starts), int(rejected_lines.max(initial=0))) + 1)
+        unclosed = np.isin(layout.record_first_line, layout.unclosed_lines)
+        # One report per record, even when DuckDB reports several errors for it.
+        positions = errors["position"].to_numpy().astype(np.int64)
+        if offsets is not None:
+            positions = offsets.original(positions)
+        reported = layout.records_at(positions, layout.unclosed_lines)
+        first_errors = errors.with_columns(pl.Series("record", reported)).unique(
+            "record", keep="first", maintain_order=True
+        )
+        index = first_errors["record"].to_numpy()
+        parsed = np.flatnonzero(~unclosed)
+        agree = (
+            bool((index >= 0).all())
+            and not unclosed[index].any()
+            and rows + len(index) == len(parsed)
+        )
+        if agree:
+            bad = np.zeros(layout.records, bool)
+            bad[index] = True
+            good = np.flatnonzero(~bad & ~unclosed)
+            rejected_index, rejected_reason = index, _reasons(first_errors, field_count)
+        else:
+            good, split_reasons = _python_split(con, source, layout, parsed, table, field_count)
+            rows = len(good)
+            failed = [i for i, r in enumerate(split_reasons) if r]
+            rejected_index = parsed[failed] if failed else np.zeros(0, np.int64)
+            rejected_reason = [split_reasons[i] for i in failed]
+
+        all_rejected = np.concatenate([rejected_index, np.flatnonzero(unclosed)]).astype(np.int64)
+        reasons = [*rejected_reason, *[UNCLOSED_REASON] * int(unclosed.sum())]
+        rejected = _rejected_frame(source, path, layout, all_rejected, reasons)
     return StagedCsv(
         con=con,
         table=table,
         path=path,
         names=names,
         rows=rows,
-        physical=physical.astype(np.int64),
-        rejected=reject_rows(errors, starts, str(path), len(names)),
-        # One record per staged row and per malformed record DuckDB reported.
-        records=rows + len(rejected_lines),
+        physical=layout.record_first_line[good].astype(np.int64),
+        rejected=rejected,
+        records=layout.records,
     )
 
 
-def reject_rows(
-    errors: pl.DataFrame, starts: np.ndarray, source: str, field_count: int
+def _rejected_frame(
+    source: Path, path: Path, layout: CsvLayout, records: np.ndarray, reasons: list[str]
 ) -> pl.DataFrame:
-    if errors.is_empty():
+    """Rejected records with their first line and their full original text."""
+    if not len(records):
         return pl.DataFrame(schema=REJECTED_SCHEMA)
-    # One reason per record, even when DuckDB reports several errors for it.
-    first = errors.group_by("line", maintain_order=True).first()
-    lines = first["line"].to_numpy().astype(np.int64)
-    physical = starts[np.clip(lines - 1, 0, len(starts) - 1)]
-    reason = pl.col("error_type").replace_strict(
-        {k: v for k, v in REJECT_REASONS.items()}, default=None
-    )
-    detail = pl.col("error_message").str.extract(r"Found:\s*(\d+)").fill_null("?")
-    return first.with_columns(
-        pl.Series("source_row", physical, dtype=pl.Int64),
-    ).select(
-        pl.lit(source).alias("source_file"),
-        pl.col("source_row"),
-        pl.when(reason.is_not_null())
-        .then(
-            pl.lit("record ")
-            + reason.str.replace(
-                "{detail}",
-                pl.lit(f"header has {field_count}, record has ") + detail,
-                literal=True,
-            )
-        )
-        .otherwise(pl.lit("record could not be parsed: ") + pl.col("error_message"))
-        .alias("reason"),
-        pl.col("csv_line").str.strip_chars("\r\n").alias("record"),
-    )
+    starts = layout.record_start_offsets()[records]
+    ends = layout.record_end_offsets()[records]
+    with source.open("rb") as fh:
+        texts = [record_text(fh, s, e) for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
+    return pl.DataFrame(
+        {
+            "source_file": [str(path)] * len(records),
+            "source_row": layout.record_first_line[records],
+            "reason": reasons,
+            "record": texts,
+        },
+        schema=REJECTED_SCHEMA,
+    ).sort("source_row")

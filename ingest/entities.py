@@ -30,9 +30,11 @@ class Column:
     required: bool = False
     # Allowed values for enumerations: matched case-insensitively, stored as spelled here.
     choices: tuple[str, ...] | None = None
-    # Inclusive numeric bounds, for coordinates and counts.
+    # Inclusive numeric bounds, for coordinates, counts and amounts that cannot be negative.
     min_value: float | None = None
     max_value: float | None = None
+    # A date that cannot lie after the day the extract describes (a date of birth).
+    not_after_as_of: bool = False
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,7 @@ ENTITIES: tuple[Entity, ...] = (
             Column("patient_id", S, required=True),
             Column("first_name"),
             Column("last_name"),
-            Column("date_of_birth", D),
+            Column("date_of_birth", D, not_after_as_of=True),
             Column("sex"),
             Column("email"),
             Column("mobile"),
@@ -180,7 +182,7 @@ ENTITIES: tuple[Entity, ...] = (
             Column("issue_date", D, required=True),
             Column("total_amount", M, required=True),
             Column("status", choices=INVOICE_STATUSES),
-            Column("amount_paid", M),
+            Column("amount_paid", M, min_value=0),
             Column("appointment_id"),
             Column("case_id"),
             Column("practitioner_id"),
@@ -192,7 +194,9 @@ ENTITIES: tuple[Entity, ...] = (
         columns=(
             Column("invoice_id", S, required=True),
             Column("item_name", S, required=True),
-            Column("quantity", F),
+            # A clinic invoice line is a handful of units: a negative or huge quantity is an
+            # export error, not a sale.
+            Column("quantity", F, min_value=0, max_value=10_000),
             Column("unit_price", M),
         ),
     ),
@@ -207,7 +211,7 @@ ENTITIES: tuple[Entity, ...] = (
             Column("issue_date", D),
             Column("expiry_date", D),
             Column("max_sessions", INT, min_value=0),
-            Column("max_invoiceable_amount", M),
+            Column("max_invoiceable_amount", M, min_value=0),
             Column("closed", B),
             Column("closed_at", T),
             Column("referral_type"),

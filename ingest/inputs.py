@@ -1,35 +1,92 @@
-"""Counting the rows an extract holds, independently of the loader.
+"""Counting the records an extract holds, independently of the loader.
 
 The asset check compares this count with what landed in `raw.<entity>` plus
-`raw.<entity>__rejected`, so a row dropped anywhere in parsing shows up as a failure.
+`raw.<entity>__rejected`, so a row dropped anywhere in parsing shows up as a failure. The
+count follows the extract contract's rule with its own machinery (Python's csv module,
+line by line), not the loader's byte scan: a record the parser cannot close counts as one
+record of its first line, and counting resumes on the next line.
 """
 
 from __future__ import annotations
 
 import csv
+from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 
-from ingest import cliniko
+from ingest.csv_layout import MAX_RECORD_BYTES
 from ingest.entities import Entity
+from ingest.sources import count_source_rows
+
+
+class _Lines:
+    """Physical lines of a text file, numbered, with the lines of a record that could not be
+    closed given back to be read again."""
+
+    def __init__(self, lines: Iterator[str]) -> None:
+        self.lines = enumerate(lines, start=1)
+        self.returned: deque[tuple[int, str]] = deque()
+        self.taken: list[tuple[int, str]] = []
+        self.taken_chars = 0
+
+    def begin(self) -> None:
+        self.taken, self.taken_chars = [], 0
+
+    def give_back(self, lines: list[tuple[int, str]]) -> None:
+        self.returned.extendleft(reversed(lines))
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        if self.taken_chars > MAX_RECORD_BYTES:
+            raise StopIteration  # a value this long is never closed: end the record here
+        numbered = self.returned.popleft() if self.returned else next(self.lines)
+        self.taken.append(numbered)
+        self.taken_chars += len(numbered[1])
+        return numbered[1]
+
+
+def _next_record(lines: _Lines, field_count: int | None) -> tuple[list[str] | None, int | None]:
+    """(fields or None, the record's first line or None at the end of the file). A record
+    that cannot be closed gives back all its lines but the first."""
+    lines.begin()
+    try:
+        fields = next(csv.reader(lines, strict=True))
+    except StopIteration:
+        if not lines.taken:
+            return None, None
+        fields = None
+    except csv.Error:
+        fields = None
+    first = lines.taken[0][0]
+    spans = len(lines.taken) > 1
+    if fields is None or (spans and field_count is not None and len(fields) != field_count):
+        lines.give_back(lines.taken[1:])
+        return None, first
+    return fields, first
+
+
+def csv_record_lines(path: Path) -> Iterator[int]:
+    """The line on which each record after the header starts (blank lines are not records)."""
+    csv.field_size_limit(MAX_RECORD_BYTES)
+    with path.open(encoding="utf-8-sig", errors="replace", newline="") as fh:
+        lines = _Lines(iter(fh))
+        header, first = _next_record(lines, None)
+        if first is None:
+            return
+        field_count = len(header) if header is not None else None
+        while True:
+            fields, first = _next_record(lines, field_count)
+            if first is None:
+                return
+            if fields != []:  # [] is a blank line
+                yield first
 
 
 def count_csv_records(path: Path) -> int:
-    """Records in a CSV file after the header, by Python's own CSV parser (blank lines
-    are not records). Slower than the loader's reader, and independent of it."""
-    with path.open(encoding="utf-8-sig", errors="replace", newline="") as fh:
-        rows = sum(1 for row in csv.reader(fh) if row)
-    return max(rows - 1, 0)
+    return sum(1 for _ in csv_record_lines(path))
 
 
 def count_input_rows(extract_dir: Path, ent: Entity, fmt: str) -> int:
-    extract_dir = Path(extract_dir)
-    resources = cliniko.mappings({})
-    if fmt == "cliniko" and ent.name in resources:
-        folder = extract_dir / resources[ent.name][0]
-        if not folder.is_dir():
-            return 0
-        return sum(
-            len(cliniko.read_page(p, resources[ent.name][0])) for p in cliniko.page_files(folder)
-        )
-    path = extract_dir / ent.file_name
-    return count_csv_records(path) if path.is_file() else 0
+    return count_source_rows(extract_dir, ent, fmt, count_csv_records)

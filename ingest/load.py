@@ -10,24 +10,40 @@ memory stays flat however large the extract is.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
 import duckdb
 import polars as pl
 
 from ingest import cliniko
-from ingest.csv_reader import ExtractFileError, stage_csv
+from ingest.csv_reader import stage_csv
 from ingest.entities import ENTITIES, ROW_NUMBER, SOURCE_FILE, SOURCE_ROW, Entity, entity
 from ingest.parse import REJECTED_SCHEMA, clean_frame, parse_entity, typed_schema
 from ingest.schemas import validate
+from ingest.sources import check_format, entity_source
 from ingest.warehouse import raw_columns_ddl, rejected_columns_ddl
 
-FORMATS = ("csv", "cliniko")
 BATCH_ROWS = 1_000_000
 DUPLICATES_SCHEMA = {ROW_NUMBER: pl.Int64, "winner_file": pl.String, "winner_row": pl.Int64}
 LINEAGE = (SOURCE_FILE, SOURCE_ROW, ROW_NUMBER)
+
+
+@dataclass(frozen=True)
+class LoadCounts:
+    """What a load is about to put in place, shown to the checks that may still refuse it."""
+
+    entity: str
+    rows_in: int
+    loaded: int
+    rejected: int
+    source: str
+
+
+# Runs inside the transaction that swaps the new tables in: raising keeps the old ones.
+BeforeSwap = Callable[[duckdb.DuckDBPyConnection, LoadCounts], None]
 
 
 @dataclass(frozen=True)
@@ -47,27 +63,6 @@ def empty_rejected() -> pl.DataFrame:
 def empty_text(ent: Entity) -> pl.DataFrame:
     columns = {c: pl.String for c in ent.column_names}
     return pl.DataFrame(schema={**columns, SOURCE_FILE: pl.String, SOURCE_ROW: pl.Int64})
-
-
-def check_format(extract_dir: Path, fmt: str) -> None:
-    if fmt not in FORMATS:
-        raise ExtractFileError(f"unknown extract format {fmt!r}; use one of: {', '.join(FORMATS)}")
-    if not extract_dir.is_dir():
-        raise ExtractFileError(f"{extract_dir}: the extract folder does not exist")
-
-
-def cliniko_folder(extract_dir: Path, ent: Entity, fmt: str) -> Path | None:
-    """The Cliniko page folder this entity is read from, if the format has one for it."""
-    resources = cliniko.mappings({})
-    if fmt != "cliniko" or ent.name not in resources:
-        return None
-    folder = extract_dir / resources[ent.name][0]
-    if not folder.is_dir() and ent.name in cliniko.REQUIRED_FOLDERS:
-        raise ExtractFileError(
-            f"{folder}: the '{folder.name}' folder is missing from the Cliniko extract; "
-            "run `audiences extract cliniko` again or check --extracts"
-        )
-    return folder
 
 
 def last_occurrences(text: pl.DataFrame, key: str) -> pl.DataFrame:
@@ -94,7 +89,7 @@ def as_rejected(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def process_batch(
-    text: pl.DataFrame, ent: Entity, duplicates: pl.DataFrame
+    text: pl.DataFrame, ent: Entity, duplicates: pl.DataFrame, as_of: date | None = None
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """One batch of text rows → (typed rows to load, rejected rows).
 
@@ -116,7 +111,7 @@ def process_batch(
         ).alias("reason")
     )
     kept = marked.filter(~is_duplicate).drop("winner_file", "winner_row")
-    parsed, parse_rejects = parse_entity(kept, ent)
+    parsed, parse_rejects = parse_entity(kept, ent, as_of)
     valid, failed = validate(parsed.drop(ROW_NUMBER), ent)
     rejected = pl.concat(
         [
@@ -153,13 +148,23 @@ class RawWriter:
         self.loaded += valid.height
         self.rejected.append(rejected)
 
-    def commit(self, reader_rejects: pl.DataFrame) -> int:
+    def commit(
+        self,
+        reader_rejects: pl.DataFrame,
+        rows_in: int,
+        source: str,
+        before_swap: BeforeSwap | None = None,
+    ) -> int:
         rejected = pl.concat([reader_rejects.cast(REJECTED_SCHEMA), *self.rejected]).sort(
             "source_file", "source_row"
         )
         name = self.ent.name
         self.con.execute("BEGIN TRANSACTION")
         try:
+            if before_swap is not None:
+                before_swap(
+                    self.con, LoadCounts(name, rows_in, self.loaded, rejected.height, source)
+                )
             self.con.execute(f"DROP TABLE IF EXISTS raw.{name}")
             self.con.execute(f"ALTER TABLE {self.building} RENAME TO {name}")
             self.con.execute(
@@ -185,12 +190,16 @@ def write_batches(
     extras: list[str],
     duplicates: pl.DataFrame,
     reader_rejects: pl.DataFrame,
+    rows_in: int,
+    source: str,
+    as_of: date | None = None,
+    before_swap: BeforeSwap | None = None,
 ) -> tuple[int, int]:
     writer = RawWriter(con, ent, extras)
     try:
         for batch in batches:
-            writer.add(*process_batch(batch, ent, duplicates))
-        rejected = writer.commit(reader_rejects)
+            writer.add(*process_batch(batch, ent, duplicates, as_of))
+        rejected = writer.commit(reader_rejects, rows_in, source, before_swap)
     except BaseException:
         writer.abort()
         raise
@@ -203,31 +212,35 @@ def load_entity(
     extract_dir: Path,
     fmt: str = "csv",
     batch_rows: int = BATCH_ROWS,
+    as_of: date | None = None,
+    before_swap: BeforeSwap | None = None,
 ) -> LoadResult:
+    """Load one entity of an extract folder into `raw.<entity>` (+ `__rejected`).
+
+    `as_of` is the day the extract describes (dates of birth may not lie after it);
+    `before_swap` may refuse the load after every row is read and before anything is
+    replaced (the guard against a shrunken extract uses it).
+    """
     ent = entity(name)
     extract_dir = Path(extract_dir)
     started = time.perf_counter()
     check_format(extract_dir, fmt)
     no_duplicates = pl.DataFrame(schema=DUPLICATES_SCHEMA)
 
-    folder = cliniko_folder(extract_dir, ent, fmt)
-    path = extract_dir / ent.file_name
-    if folder is not None or not path.is_file():
-        if folder is not None and folder.is_dir():
+    found = entity_source(extract_dir, ent, fmt)
+    if found.kind == "cliniko" or found.path is None:
+        if found.path is not None:
             text, reader_rejects, rows_in = cliniko.read_cliniko_text(extract_dir, ent)
-            source = str(folder)
-        elif ent.file_required and fmt == "csv":
-            raise ExtractFileError(
-                f"{path}: {ent.file_name} is missing; a canonical extract needs at least "
-                "patients.csv and appointments.csv"
-            )
+            source = str(found.path)
         else:
             text, reader_rejects, rows_in, source = empty_text(ent), empty_rejected(), 0, ""
         text = text.with_row_index(ROW_NUMBER).with_columns(pl.col(ROW_NUMBER).cast(pl.Int64))
         duplicates = last_occurrences(text, ent.key) if ent.key else no_duplicates
-        loaded, rejected = write_batches(con, ent, [text], [], duplicates, reader_rejects)
+        loaded, rejected = write_batches(
+            con, ent, [text], [], duplicates, reader_rejects, rows_in, source, as_of, before_swap
+        )
     else:
-        staged = stage_csv(con, path, ent)
+        staged = stage_csv(con, found.path, ent)
         try:
             extras = [n for n in staged.names if n not in ent.column_names]
             missing = [c for c in ent.column_names if c not in staged.names]
@@ -236,8 +249,11 @@ def load_entity(
                 for b in staged.batches(batch_rows)
             )
             duplicates = staged.duplicates(ent.key) if ent.key else no_duplicates
-            loaded, rejected = write_batches(con, ent, batches, extras, duplicates, staged.rejected)
-            rows_in, source = staged.records, str(path)
+            rows_in, source = staged.records, str(found.path)
+            loaded, rejected = write_batches(
+                con, ent, batches, extras, duplicates, staged.rejected, rows_in, source, as_of,
+                before_swap,
+            )
         finally:
             staged.drop()
     return LoadResult(
@@ -251,6 +267,9 @@ def load_entity(
 
 
 def load_all(
-    con: duckdb.DuckDBPyConnection, extract_dir: Path, fmt: str = "csv"
+    con: duckdb.DuckDBPyConnection,
+    extract_dir: Path,
+    fmt: str = "csv",
+    as_of: date | None = None,
 ) -> dict[str, LoadResult]:
-    return {ent.name: load_entity(con, ent.name, extract_dir, fmt) for ent in ENTITIES}
+    return {ent.name: load_entity(con, ent.name, extract_dir, fmt, as_of=as_of) for ent in ENTITIES}

@@ -8,6 +8,8 @@ columns; no Python loop touches a row.
 
 from __future__ import annotations
 
+from datetime import date
+
 import polars as pl
 
 from ingest.entities import (
@@ -53,7 +55,17 @@ _TIMESTAMP_RE = (
     r"\s*(Z|z|[+-]\d{2}(?::?\d{2})?)?$"
 )
 _MONEY_RE = r"^-?\$?-?\d+(\.\d+)?$"
+# An amount is kept to the cent: more decimal places are taken only when they are zeros.
+_CENTS_RE = r"^-?\$?-?\d+(\.\d{1,2}0*)?$"
+# A leap second (:60) is not a time of day the warehouse can keep: it would become the next
+# minute.
+_LEAP_SECOND_RE = r"T?\d{2}:\d{2}:60(?:[.,]\d+)?\s*(?:Z|z|[+-]\d{2}(?::?\d{2})?)?$"
 REASON = "_reason"
+
+# Dates outside these are placeholders or typing errors in every extract seen (0001-01-01,
+# 9999-12-31), never real visits, invoices or births: rejected, not kept.
+EARLIEST_DATE = date(1900, 1, 1)
+LATEST_DATE = date(2199, 12, 31)
 
 
 def clean_text(col: str) -> pl.Expr:
@@ -121,7 +133,7 @@ def parse_float(text: pl.Expr) -> pl.Expr:
 
 def parse_money(text: pl.Expr) -> pl.Expr:
     plain = text.str.replace(r"\$", "")
-    return pl.when(text.str.contains(_MONEY_RE)).then(plain.cast(pl.Decimal(18, 2), strict=False))
+    return pl.when(text.str.contains(_CENTS_RE)).then(plain.cast(pl.Decimal(18, 2), strict=False))
 
 
 PARSERS = {
@@ -148,6 +160,9 @@ def parse_series(column: Column, text: pl.Series) -> pl.Series:
         lookup = {choice.lower(): choice for choice in column.choices or ()}
         return text.str.to_lowercase().replace_strict(lookup, default=None, return_dtype=pl.String)
     if column.kind == Kind.TIMESTAMP:
+        if text.str.contains(":60", literal=True).any():
+            leap = text.str.contains(_LEAP_SECOND_RE)
+            text = pl.select(pl.when(leap).then(None).otherwise(text)).to_series()
         present = text.len() - text.null_count()
         for fmt in FAST_TIMESTAMP_FORMATS:
             fast = text.str.to_datetime(fmt, time_unit="us", time_zone="UTC", strict=False)
@@ -177,7 +192,45 @@ def parse_problem(column: Column) -> pl.Expr | None:
         message = f" is not one of: {', '.join(column.choices)}"
     else:
         message = f" is not {KIND_HINTS[column.kind]}"
-    return pl.when(bad).then(pl.lit(f"{column.name} ") + quoted(text) + pl.lit(message))
+    reason = pl.lit(f"{column.name} ") + quoted(text) + pl.lit(message)
+    # Values of the right shape that would still be changed to fit: say exactly why.
+    specific = {
+        Kind.MONEY: (_MONEY_RE, " has more than two decimal places; amounts are kept to the "
+                     "cent and this one would be rounded: fix the amount in the export"),
+        Kind.TIMESTAMP: (_LEAP_SECOND_RE, " has 60 seconds, which would become the next "
+                         "minute; write :59 or :00"),
+    }.get(column.kind)  # fmt: skip
+    if specific is not None:
+        pattern, why = specific
+        reason = (
+            pl.when(text.str.contains(pattern))
+            .then(pl.lit(f"{column.name} ") + quoted(text) + pl.lit(why))
+            .otherwise(reason)
+        )
+    return pl.when(bad).then(reason)
+
+
+def range_problem(column: Column, as_of: date | None) -> pl.Expr | None:
+    """A reason where a date lies outside what the column can hold; else null."""
+    if column.kind not in (Kind.DATE, Kind.TIMESTAMP):
+        return None
+    typed = pl.col(typed_name(column))
+    day = typed if column.kind == Kind.DATE else typed.dt.date()
+    text = pl.col(column.name)
+    too_early = pl.lit(
+        f" is before {EARLIEST_DATE.isoformat()}, which no real record has (a placeholder?)"
+    )
+    if column.not_after_as_of and as_of is not None:
+        latest, late = as_of, f" is after the as-of date {as_of.isoformat()}; it cannot be"
+        late += " in the future"
+    else:
+        latest, late = LATEST_DATE, f" is after {LATEST_DATE.isoformat()} (a placeholder?)"
+    return (
+        pl.when(day < pl.lit(EARLIEST_DATE))
+        .then(pl.lit(f"{column.name} ") + quoted(text) + too_early)
+        .when(day > pl.lit(latest))
+        .then(pl.lit(f"{column.name} ") + quoted(text) + pl.lit(late))
+    )
 
 
 def missing_problem(column: Column) -> pl.Expr:
@@ -203,18 +256,22 @@ def clean_frame(text: pl.DataFrame) -> pl.DataFrame:
     return text.with_columns(clean_text(c) for c in data_columns(text))
 
 
-def parse_entity(text: pl.DataFrame, ent: Entity) -> tuple[pl.DataFrame, pl.DataFrame]:
+def parse_entity(
+    text: pl.DataFrame, ent: Entity, as_of: date | None = None
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Type the declared columns of `text`; return (parsed rows, rejected rows).
 
     `text` (cleaned by `clean_frame`) holds every declared column (absent ones as nulls),
-    any extra columns, and the lineage columns. Extra columns stay text. Rejected rows
-    carry `source_file`, `source_row`, `reason` (all problems of the row, joined by '; ')
-    and `record`.
+    any extra columns, and the lineage columns. `as_of` is the day the extract describes:
+    a column that cannot lie after it (a date of birth) is checked against it. Extra
+    columns stay text. Rejected rows carry `source_file`, `source_row`, `reason` (all
+    problems of the row, joined by '; ') and `record`.
     """
     text_columns = data_columns(text)
     typed = [c for c in ent.columns if c.kind != Kind.STRING or c.choices]
     frame = text.with_columns(parse_series(c, text[c.name]).alias(typed_name(c)) for c in typed)
     problems = [p for c in ent.columns if (p := parse_problem(c)) is not None]
+    problems += [p for c in ent.columns if (p := range_problem(c, as_of)) is not None]
     problems += [missing_problem(c) for c in ent.columns if c.required]
     reason = (
         pl.concat_str(problems, separator="; ", ignore_nulls=True)

@@ -59,6 +59,16 @@ def failure_reason() -> pl.Expr:
             + pl.lit(" is outside the allowed range ")
             + check.str.strip_prefix("in_range")
         )
+        .when(check.str.starts_with("greater_than_or_equal_to"))
+        .then(
+            column + pl.lit(" ") + value + pl.lit(" is below the allowed minimum ")
+            + check.str.extract(r"\((.*)\)")
+        )
+        .when(check.str.starts_with("less_than_or_equal_to"))
+        .then(
+            column + pl.lit(" ") + value + pl.lit(" is above the allowed maximum ")
+            + check.str.extract(r"\((.*)\)")
+        )
         .when(check.str.contains("unique"))
         .then(column + pl.lit(" '") + value + pl.lit("' appears more than once"))
         .otherwise(column + pl.lit(" '") + value + pl.lit("' fails check ") + check)

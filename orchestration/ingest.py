@@ -1,8 +1,10 @@
-"""Ingest assets: one per raw entity, each with its rows-in = loaded + rejected check.
+"""Ingest assets: the extract's manifest, then one asset per raw entity, each with its
+rows-in = loaded + rejected check.
 
-Thin wrappers around `ingest.load`; the logic lives there.
+Thin wrappers around `ingest.load` and `ingest.guard`; the logic lives there.
 """
 
+import os
 import re
 from pathlib import Path
 
@@ -10,14 +12,24 @@ import dagster as dg
 
 from ingest.csv_reader import ExtractFileError
 from ingest.entities import ENTITIES, Entity
+from ingest.guard import DEFAULT_MAX_DROP, ShrinkRule, check_extract, guarded_swap
 from ingest.inputs import count_input_rows
 from ingest.load import load_entity
 from ingest.warehouse import connect, scalar
-from orchestration.resources import AS_OF_TAG, ClinicSettingsResource, WarehouseResource
+from orchestration.resources import (
+    AS_OF_TAG,
+    ClinicSettingsResource,
+    WarehouseResource,
+    run_as_of,
+)
 
 # Run tags that carry what the sensor or CLI chose for this run (AS_OF_TAG: resources).
 EXTRACTS_TAG = "clinic-audiences/extracts_dir"
 FORMAT_TAG = "clinic-audiences/format"
+# Entities (comma-separated, or 'all') whose drop against the last accepted load this run
+# accepts on purpose (`audiences run --accept-shrink`).
+ACCEPT_SHRINK_TAG = "clinic-audiences/accept_shrink"
+MANIFEST = dg.AssetKey(["raw", "extract_manifest"])
 
 DATED_FOLDER = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -64,6 +76,50 @@ def top_reasons_markdown(con, ent: Entity, limit: int = 5) -> str:
     return "\n".join(lines)
 
 
+def shrink_rule(tags: dict[str, str]) -> ShrinkRule:
+    """What this run accepts: the run's accept-shrink tag, and the allowed drop from
+    INGEST_MAX_DROP (a fraction, default 0.5)."""
+    raw = os.environ.get("INGEST_MAX_DROP")
+    try:
+        max_drop = float(raw) if raw else DEFAULT_MAX_DROP
+        return ShrinkRule.parse(tags.get(ACCEPT_SHRINK_TAG), max_drop)
+    except ValueError as err:
+        raise dg.Failure(description=f"INGEST_MAX_DROP / accept-shrink: {err}") from None
+
+
+@dg.asset(
+    key=MANIFEST,
+    group_name="ingest",
+    description="What the new extract holds: rows per entity, compared with the last accepted "
+    "load. Refuses an extract that empties a required entity or shrinks one by more than half "
+    "(a failed export) before any raw table is replaced.",
+    kinds={"duckdb"},
+    pool="warehouse",
+)
+def extract_manifest(
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    settings: ClinicSettingsResource,
+) -> dg.MaterializeResult:
+    tags = dict(context.run.tags)
+    extract_dir, fmt = resolve_extract(tags, settings)
+    rule = shrink_rule(tags)
+    try:
+        with connect(warehouse.duckdb_path) as con:
+            counts = check_extract(con, extract_dir, fmt, rule)
+    except ExtractFileError as err:
+        raise dg.Failure(description=str(err)) from None
+    lines = ["| entity | rows |", "|---|---:|"] + [f"| {e} | {n:,} |" for e, n in counts.items()]
+    return dg.MaterializeResult(
+        metadata={
+            "extract": str(extract_dir),
+            "format": fmt,
+            "accepted_shrink": ", ".join(sorted(rule.accepted)) or "(none)",
+            "rows": dg.MetadataValue.md("\n".join(lines)),
+        }
+    )
+
+
 def build_ingest_asset(ent: Entity) -> dg.AssetsDefinition:
     key = dg.AssetKey(["raw", ent.name])
 
@@ -73,6 +129,7 @@ def build_ingest_asset(ent: Entity) -> dg.AssetsDefinition:
         description=f"{ent.description} Loaded from the extract into raw.{ent.name}; bad rows "
         f"go to raw.{ent.name}__rejected with a reason.",
         kinds={"duckdb", "polars"},
+        deps=[MANIFEST],
         pool="warehouse",
         check_specs=[
             dg.AssetCheckSpec(
@@ -88,15 +145,22 @@ def build_ingest_asset(ent: Entity) -> dg.AssetsDefinition:
         warehouse: WarehouseResource,
         settings: ClinicSettingsResource,
     ):
-        extract_dir, fmt = resolve_extract(dict(context.run.tags), settings)
+        tags = dict(context.run.tags)
+        extract_dir, fmt = resolve_extract(tags, settings)
+        rule = shrink_rule(tags)
+        as_of = run_as_of(tags, settings)
         try:
+            # Counted first, from the files, independently of the loader: the load is
+            # swapped in only if the two agree.
+            rows_in = count_input_rows(extract_dir, ent, fmt)
             with connect(warehouse.duckdb_path) as con:
-                result = load_entity(con, ent.name, extract_dir, fmt)
+                result = load_entity(
+                    con, ent.name, extract_dir, fmt, as_of=as_of,
+                    before_swap=guarded_swap(ent, rows_in, rule, as_of),
+                )  # fmt: skip
                 loaded_count = scalar(con, f"select count(*) from raw.{ent.name}")
                 rejected_count = scalar(con, f"select count(*) from raw.{ent.name}__rejected")
                 reasons = top_reasons_markdown(con, ent)
-            # Counted again from the files, independently of the loader's own count.
-            rows_in = count_input_rows(extract_dir, ent, fmt)
         except ExtractFileError as err:
             raise dg.Failure(description=str(err)) from None
         yield dg.MaterializeResult(
@@ -123,8 +187,10 @@ def build_ingest_asset(ent: Entity) -> dg.AssetsDefinition:
     return _ingest
 
 
-ingest_assets = [build_ingest_asset(ent) for ent in ENTITIES]
+ingest_assets = [extract_manifest, *(build_ingest_asset(ent) for ent in ENTITIES)]
 
-__all__ = ["AS_OF_TAG", "EXTRACTS_TAG", "FORMAT_TAG", "ingest_assets", "defs"]
+__all__ = [
+    "ACCEPT_SHRINK_TAG", "AS_OF_TAG", "EXTRACTS_TAG", "FORMAT_TAG", "ingest_assets", "defs",
+]  # fmt: skip
 
 defs = dg.Definitions(assets=ingest_assets)

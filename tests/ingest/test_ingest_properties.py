@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from datetime import date
 from pathlib import Path
 
 import duckdb
@@ -11,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ingest.entities import entity
-from ingest.inputs import count_input_rows
+from ingest.inputs import count_input_rows, csv_record_lines
 from ingest.load import load_entity
 
 PATIENTS = entity("patients")
@@ -26,7 +27,8 @@ rows = st.lists(
     st.tuples(
         st.integers(1, 40).map(str),
         names,
-        st.dates().map(lambda d: d.isoformat()),
+        # Within the dates ingest accepts (earlier or later ones are rejected as placeholders).
+        st.dates(date(1900, 1, 1), date(2199, 12, 31)).map(lambda d: d.isoformat()),
         st.sampled_from(["active", "inactive", "archived", "prospect"]),
         st.floats(-90, 90, allow_nan=False).map(lambda f: f"{f:.4f}"),
         st.sampled_from(["", "a@example.com"]),
@@ -44,6 +46,10 @@ CORRUPTIONS = [
     "crlf",
     "bad_status",
     "no_id",
+    "unterminated_quote",
+    "literal_quote",
+    "text_after_closing_quote",
+    "long_value",
 ]
 
 
@@ -81,11 +87,21 @@ def corrupt(lines: list[bytes], kind: str, at: int) -> list[bytes]:
         lines[i] = line.replace(b"active", b"deceased", 1)
     elif kind == "no_id":
         lines[i] = b"," + line.split(b",", 1)[-1] if b"," in line else line
+    elif kind == "unterminated_quote":
+        # A quote opening a value that is never closed (an export that cut a value short).
+        lines[i] = line.replace(b",", b',"', 1)
+    elif kind == "literal_quote":
+        lines[i] = line.replace(b",", b',5\'10" ', 1)
+    elif kind == "text_after_closing_quote":
+        lines[i] = line.replace(b",", b',"Bo" Jo', 1)
+    elif kind == "long_value":
+        # Longer than DuckDB's default record limit and Python's default field limit.
+        lines[i] = line.replace(b",", b',"' + b"x" * 3_000_000 + b'",', 1)
     return lines
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
     records=rows,
@@ -108,10 +124,19 @@ def test_rows_in_equal_loaded_plus_rejected(tmp_path_factory, records, corruptio
             "select count(*), count(*) filter (where reason is null or reason = '') "
             "from raw.patients__rejected"
         ).fetchall()[0]
+        lines = sorted(
+            r[0]
+            for r in con.execute(
+                "select _source_row from raw.patients union all "
+                "select source_row from raw.patients__rejected"
+            ).fetchall()
+        )
     finally:
         con.close()
     rows_in = count_input_rows(folder, PATIENTS, "csv")
     assert rows_in == result.rows_in == loaded[0] + rejected[0]
+    # Every record is found again on the line where it starts, by an independent reading.
+    assert lines == list(csv_record_lines(folder / "patients.csv"))
     assert loaded[0] == loaded[1], "a patient id was loaded twice"
     assert rejected[1] == 0, "a rejected row has no reason"
     if not corruptions:

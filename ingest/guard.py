@@ -1,0 +1,220 @@
+"""A bad night does not wipe the clinic's work: a shrunken extract is refused.
+
+A practice-management export that fails often still writes its files, with a header and
+few or no rows. Loaded as it is, it would empty every segment and mark every work-list
+member as gone. So before anything is replaced, each entity's rows are compared with the
+last load that was accepted (kept in `ingest.loads` in the warehouse):
+
+- a required entity (patients, appointments) with no rows is refused;
+- an entity with more than `max_drop` (default 50%) fewer rows than its last accepted
+  load is refused.
+
+A refusal names each entity, both counts and the way to accept the drop on purpose
+(`audiences run --accept-shrink ENTITY`, or the run tag `clinic-audiences/accept_shrink`).
+The comparison is made twice: on the files' line counts before any entity is touched, and
+on the rows actually loaded, inside the transaction that would swap an entity in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import duckdb
+import numpy as np
+
+from ingest.csv_reader import ExtractFileError
+from ingest.entities import ENTITIES, Entity
+from ingest.load import BeforeSwap, LoadCounts
+from ingest.sources import count_source_rows
+
+ACCEPT_ALL = "all"
+DEFAULT_MAX_DROP = 0.5
+HISTORY_DDL = (
+    "create schema if not exists ingest",
+    "create table if not exists ingest.loads ("
+    " entity varchar not null, as_of date, source varchar not null, rows_in bigint not null,"
+    " loaded bigint not null, rejected bigint not null, accepted_shrink boolean not null,"
+    " loaded_at timestamptz not null)",
+)
+
+
+class ExtractRefused(ExtractFileError):
+    """The extract looks like a failed export; nothing was replaced."""
+
+
+@dataclass(frozen=True)
+class ShrinkRule:
+    """How far an entity may shrink against its last accepted load, and what is accepted
+    anyway for this run (entity names, or 'all')."""
+
+    max_drop: float = DEFAULT_MAX_DROP
+    accepted: frozenset[str] = field(default_factory=frozenset)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.max_drop < 1:
+            raise ValueError(
+                f"the allowed drop {self.max_drop!r} must be a fraction from 0 to below 1 "
+                "(0.5 refuses an extract with more than half the rows gone)"
+            )
+        known = {e.name for e in ENTITIES} | {ACCEPT_ALL}
+        unknown = sorted(self.accepted - known)
+        if unknown:
+            raise ValueError(
+                f"--accept-shrink names unknown entities {', '.join(unknown)}; "
+                f"use entity names ({', '.join(e.name for e in ENTITIES)}) or 'all'"
+            )
+
+    @classmethod
+    def parse(cls, accepted: str | None, max_drop: float = DEFAULT_MAX_DROP) -> ShrinkRule:
+        names = frozenset(p.strip() for p in (accepted or "").split(",") if p.strip())
+        return cls(max_drop=max_drop, accepted=names)
+
+    def accepts(self, entity: str) -> bool:
+        return ACCEPT_ALL in self.accepted or entity in self.accepted
+
+
+@dataclass(frozen=True)
+class LastLoad:
+    rows_in: int
+    loaded: int
+    as_of: date | None
+    source: str
+
+
+def ensure_history(con: duckdb.DuckDBPyConnection) -> None:
+    for ddl in HISTORY_DDL:
+        con.execute(ddl)
+
+
+def last_loads(con: duckdb.DuckDBPyConnection) -> dict[str, LastLoad]:
+    """Each entity's most recent accepted load."""
+    exists = con.execute(
+        "select count(*) from information_schema.tables "
+        "where table_schema = 'ingest' and table_name = 'loads'"
+    ).fetchall()[0][0]
+    if not exists:
+        return {}
+    rows = con.execute(
+        "select entity, arg_max(rows_in, loaded_at), arg_max(loaded, loaded_at), "
+        "arg_max(as_of, loaded_at), arg_max(source, loaded_at) from ingest.loads group by 1"
+    ).fetchall()
+    return {r[0]: LastLoad(r[1], r[2], r[3], r[4]) for r in rows}
+
+
+def record_load(
+    con: duckdb.DuckDBPyConnection,
+    entity: str,
+    as_of: date | None,
+    source: str,
+    rows_in: int,
+    loaded: int,
+    rejected: int,
+    accepted_shrink: bool,
+) -> None:
+    ensure_history(con)
+    con.execute(
+        "insert into ingest.loads values (?, ?, ?, ?, ?, ?, ?, ?)",
+        [entity, as_of, source, rows_in, loaded, rejected, accepted_shrink, datetime.now(UTC)],
+    )
+
+
+def shrink_problem(
+    ent: Entity, rows: int, last: LastLoad | None, rule: ShrinkRule, what: str = "rows"
+) -> str | None:
+    """Why `rows` (of the new extract) looks like a failed export, or None."""
+    if rule.accepts(ent.name):
+        return None
+    if ent.file_required and rows == 0:
+        return f"{ent.name}: no {what}, and {ent.name} is required"
+    if last is None:
+        return None
+    before = last.loaded if what == "rows loaded" else last.rows_in
+    if before > 0 and rows < (1 - rule.max_drop) * before:
+        when = f" of {last.as_of.isoformat()}" if last.as_of else ""
+        return (
+            f"{ent.name}: {rows:,} {what}, {1 - rows / before:.0%} fewer than the {before:,} "
+            f"of the last accepted load{when} ({last.source})"
+        )
+    return None
+
+
+def refusal(problems: dict[str, str], rule: ShrinkRule) -> ExtractRefused:
+    """One message for every entity that shrank, with the way to accept it on purpose."""
+    names = ",".join(problems)
+    return ExtractRefused(
+        f"the extract looks like a failed export (an empty required entity, or more than "
+        f"{rule.max_drop:.0%} fewer rows than the last accepted load), so nothing was "
+        "replaced: the previous day's warehouse, segments and work lists stay as they were.\n"
+        + "".join(f"  {p}\n" for p in problems.values())
+        + f"Re-export the extract; or, if the drop is real, run again with --accept-shrink "
+        f"{names} (in the Dagster UI: the run tag clinic-audiences/accept_shrink={names})"
+    )
+
+
+def count_lines(path: Path) -> int:
+    """Non-empty lines after the header: a quick stand-in for the number of records."""
+    lines = 0
+    previous = b"\n"
+    blank = 0
+    with path.open("rb") as fh:
+        while chunk := fh.read(64 * 1024 * 1024):
+            array = np.frombuffer(chunk, np.uint8)
+            breaks = np.flatnonzero(array == 10)
+            lines += len(breaks)
+            # A line break right after another (or after CR LF) ends an empty line.
+            before = np.where(breaks > 0, array[np.maximum(breaks - 1, 0)], previous[-1])
+            blank += int(np.count_nonzero(before == 10))
+            previous = chunk[-1:]
+    if previous != b"\n":
+        lines += 1  # the last line has no line break
+    return max(lines - blank - 1, 0)
+
+
+def extract_rows(extract_dir: Path, ent: Entity, fmt: str) -> int:
+    """How many rows the extract holds for an entity, counted quickly (no parsing)."""
+    return count_source_rows(extract_dir, ent, fmt, count_lines)
+
+
+def check_extract(
+    con: duckdb.DuckDBPyConnection, extract_dir: Path, fmt: str, rule: ShrinkRule
+) -> dict[str, int]:
+    """Row counts of the new extract per entity; raises ExtractRefused (naming every
+    entity that shrank) before anything is loaded."""
+    last = last_loads(con)
+    counts = {ent.name: extract_rows(Path(extract_dir), ent, fmt) for ent in ENTITIES}
+    problems = {
+        ent.name: p
+        for ent in ENTITIES
+        if (p := shrink_problem(ent, counts[ent.name], last.get(ent.name), rule)) is not None
+    }
+    if problems:
+        raise refusal(problems, rule)
+    return counts
+
+
+def guarded_swap(ent: Entity, rows_in: int, rule: ShrinkRule, as_of: date | None) -> BeforeSwap:
+    """The last word before `raw.<entity>` is replaced, inside the swap's transaction: the
+    independent count must agree, the loaded rows must not have shrunk, and the load is
+    recorded as the entity's last accepted one."""
+
+    def before_swap(con: duckdb.DuckDBPyConnection, counts: LoadCounts) -> None:
+        if counts.rows_in != rows_in or counts.loaded + counts.rejected != rows_in:
+            raise ExtractRefused(
+                f"{ent.name}: ingest read {counts.rows_in:,} records ({counts.loaded:,} loaded, "
+                f"{counts.rejected:,} rejected) but an independent count of {counts.source} "
+                f"finds {rows_in:,}; nothing was replaced. This is a fault in ingest: keep the "
+                "file and report it"
+            )
+        problem = shrink_problem(
+            ent, counts.loaded, last_loads(con).get(ent.name), rule, what="rows loaded"
+        )
+        if problem is not None:
+            raise refusal({ent.name: problem}, rule)
+        record_load(
+            con, ent.name, as_of, counts.source, counts.rows_in, counts.loaded,
+            counts.rejected, accepted_shrink=rule.accepts(ent.name),
+        )  # fmt: skip
+
+    return before_swap

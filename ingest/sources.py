@@ -1,0 +1,67 @@
+"""Where an entity of an extract folder is read from: its CSV file or Cliniko page folder."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ingest import cliniko
+from ingest.csv_reader import ExtractFileError
+from ingest.entities import Entity
+
+FORMATS = ("csv", "cliniko")
+
+
+@dataclass(frozen=True)
+class EntitySource:
+    kind: str  # "csv" (a file) or "cliniko" (a folder of pages)
+    path: Path | None  # None: the entity is absent from the extract (an empty entity)
+    resource: str = ""  # the Cliniko resource the pages hold
+
+
+def check_format(extract_dir: Path, fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise ExtractFileError(f"unknown extract format {fmt!r}; use one of: {', '.join(FORMATS)}")
+    if not Path(extract_dir).is_dir():
+        raise ExtractFileError(f"{extract_dir}: the extract folder does not exist")
+
+
+def entity_source(extract_dir: Path, ent: Entity, fmt: str) -> EntitySource:
+    """The file or page folder an entity is read from; a missing required one is an error,
+    a missing optional one an empty entity."""
+    extract_dir = Path(extract_dir)
+    resources = cliniko.mappings({})
+    if fmt == "cliniko" and ent.name in resources:
+        resource = resources[ent.name][0]
+        folder = extract_dir / resource
+        if folder.is_dir():
+            return EntitySource("cliniko", folder, resource)
+        if ent.name in cliniko.REQUIRED_FOLDERS:
+            raise ExtractFileError(
+                f"{folder}: the '{folder.name}' folder is missing from the Cliniko extract; "
+                "run `audiences extract cliniko` again or check --extracts"
+            )
+        return EntitySource("cliniko", None, resource)
+    path = extract_dir / ent.file_name
+    if path.is_file():
+        return EntitySource("csv", path)
+    if ent.file_required and fmt == "csv":
+        raise ExtractFileError(
+            f"{path}: {ent.file_name} is missing; a canonical extract needs at least "
+            "patients.csv and appointments.csv"
+        )
+    return EntitySource("csv", None)
+
+
+def count_source_rows(
+    extract_dir: Path, ent: Entity, fmt: str, count_csv: Callable[[Path], int]
+) -> int:
+    """Rows an entity's source holds: Cliniko records, or what `count_csv` finds in the file
+    (0 for an absent optional entity)."""
+    found = entity_source(extract_dir, ent, fmt)
+    if found.path is None:
+        return 0
+    if found.kind == "cliniko":
+        return cliniko.count_records(found.path, found.resource)
+    return count_csv(found.path)

@@ -1,0 +1,181 @@
+"""A bad night does not wipe the clinic's work: shrunken extracts are refused before
+anything is replaced, and accepted only on purpose."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+
+from clinic_audiences.cli import main
+from orchestration import ingest as ingest_stage
+from orchestration.ingest import ACCEPT_SHRINK_TAG, EXTRACTS_TAG, ingest_assets
+from orchestration.resources import AS_OF_TAG, ClinicSettingsResource, WarehouseResource
+
+
+def write_extract(folder: Path, patients: int, appointments: int | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "patients.csv").write_text(
+        "patient_id,first_name\n" + "".join(f"p{i},Pat{i}\n" for i in range(patients))
+    )
+    appointments = patients if appointments is None else appointments
+    (folder / "appointments.csv").write_text(
+        "appointment_id,patient_id,starts_at\n"
+        + "".join(f"a{i},p{i % max(patients, 1)},2026-11-0{1 + i % 9}T09:00:00Z\n"
+                  for i in range(appointments))
+    )  # fmt: skip
+    return folder
+
+
+def run(tmp_path: Path, extract: Path, day: str, **tags: str) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        ingest_assets,
+        resources={
+            "warehouse": WarehouseResource(duckdb_path=str(tmp_path / "w.duckdb")),
+            "settings": ClinicSettingsResource(),
+        },
+        tags={EXTRACTS_TAG: str(extract), AS_OF_TAG: day, **tags},
+        raise_on_error=False,
+    )
+
+
+def failure(result: dg.ExecuteInProcessResult) -> tuple[str, str]:
+    [event] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    return event.step_key, event.step_failure_data.user_failure_data.description
+
+
+def rows(tmp_path: Path, table: str) -> int:
+    con = duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
+    try:
+        return con.execute(f"select count(*) from {table}").fetchall()[0][0]
+    finally:
+        con.close()
+
+
+def test_a_failed_export_is_refused_before_any_table_is_replaced(tmp_path):
+    assert run(tmp_path, write_extract(tmp_path / "d1", 10), "2026-11-30").success
+    # The PMS export failed overnight: the files are there, with a header and no rows.
+    bad = write_extract(tmp_path / "d2", 0)
+    result = run(tmp_path, bad, "2026-12-01")
+    assert not result.success
+    step, message = failure(result)
+    assert step == "raw__extract_manifest"
+    assert "looks like a failed export" in message and "nothing was replaced" in message
+    assert "patients: no rows, and patients is required" in message
+    assert "appointments: no rows, and appointments is required" in message
+    assert "--accept-shrink patients,appointments" in message
+    # No entity was loaded: yesterday's rows are all still there.
+    assert not [e for e in result.all_events if e.event_type_value == "STEP_SUCCESS"]
+    assert rows(tmp_path, "raw.patients") == 10 and rows(tmp_path, "raw.appointments") == 10
+
+
+def test_more_than_half_fewer_rows_is_refused_and_exactly_half_is_accepted(tmp_path):
+    assert run(tmp_path, write_extract(tmp_path / "d1", 10), "2026-11-29").success
+    result = run(tmp_path, write_extract(tmp_path / "d2", 4), "2026-11-30")
+    assert not result.success
+    _, message = failure(result)
+    assert "patients: 4 rows, 60% fewer than the 10 of the last accepted load of 2026-11-29" in (
+        message
+    )
+    assert rows(tmp_path, "raw.patients") == 10
+    # 5 of 10 is 50% fewer, not more: accepted.
+    assert run(tmp_path, write_extract(tmp_path / "d3", 5), "2026-12-01").success
+    assert rows(tmp_path, "raw.patients") == 5
+
+
+def test_an_accepted_shrink_loads_and_becomes_the_new_baseline(tmp_path):
+    assert run(tmp_path, write_extract(tmp_path / "d1", 10), "2026-11-30").success
+    small = write_extract(tmp_path / "d2", 2)
+    result = run(tmp_path, small, "2026-12-01", **{ACCEPT_SHRINK_TAG: "patients,appointments"})
+    assert result.success
+    assert rows(tmp_path, "raw.patients") == 2
+    con = duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
+    try:
+        assert con.execute(
+            "select entity, as_of::varchar, loaded, accepted_shrink from ingest.loads "
+            "where entity = 'patients' order by loaded_at"
+        ).fetchall() == [("patients", "2026-11-30", 10, False), ("patients", "2026-12-01", 2, True)]
+    finally:
+        con.close()
+    # The next day is compared with the accepted 2, not with the 10 before it.
+    assert run(tmp_path, write_extract(tmp_path / "d3", 2), "2026-12-02").success
+
+
+def test_a_first_load_with_no_patients_is_refused(tmp_path):
+    result = run(tmp_path, write_extract(tmp_path / "d1", 0), "2026-12-01")
+    assert not result.success
+    assert "patients: no rows, and patients is required" in failure(result)[1]
+
+
+def test_rows_all_rejected_count_as_a_shrink_inside_the_swap(tmp_path):
+    assert run(tmp_path, write_extract(tmp_path / "d1", 10), "2026-11-30").success
+    # Ten lines, as before, but an export that changed its date format: all rejected.
+    bad = write_extract(tmp_path / "d2", 10)
+    (bad / "appointments.csv").write_text(
+        "appointment_id,patient_id,starts_at\n"
+        + "".join(f"a{i},p{i},05/11/2026 09:00\n" for i in range(10))
+    )
+    result = run(tmp_path, bad, "2026-12-01")
+    assert not result.success
+    step, message = failure(result)
+    assert step == "raw__appointments"
+    assert "appointments: no rows loaded, and appointments is required" in message
+    assert rows(tmp_path, "raw.appointments") == 10
+    assert rows(tmp_path, "raw.appointments__rejected") == 0
+
+
+def test_a_count_that_disagrees_with_the_loader_keeps_the_previous_tables(tmp_path, monkeypatch):
+    assert run(tmp_path, write_extract(tmp_path / "d1", 10), "2026-11-30").success
+    real = ingest_stage.count_input_rows
+    # As if the loader had lost a row: the independent count finds one more.
+    monkeypatch.setattr(
+        ingest_stage,
+        "count_input_rows",
+        lambda folder, ent, fmt: real(folder, ent, fmt) + (ent.name == "patients"),
+    )
+    result = run(tmp_path, write_extract(tmp_path / "d2", 12), "2026-12-01")
+    assert not result.success
+    step, message = failure(result)
+    assert step == "raw__patients"
+    assert "ingest read 12 records (12 loaded, 0 rejected) but an independent count" in message
+    assert "finds 13; nothing was replaced" in message
+    assert rows(tmp_path, "raw.patients") == 10
+
+
+def test_a_value_over_128_kib_passes_the_independent_count(tmp_path):
+    extract = write_extract(tmp_path / "d1", 3)
+    big = "y" * 200_000
+    (extract / "patients.csv").write_text(f'patient_id,address\np1,"{big}"\np2,x\np3,z\n')
+    result = run(tmp_path, extract, "2026-12-01")
+    assert result.success
+    [check] = [
+        e for e in result.get_asset_check_evaluations() if e.asset_key.path[-1] == "patients"
+    ]
+    assert check.passed and check.metadata["rows_in"].value == 3
+
+
+def test_cli_accept_shrink_is_checked_and_passed_on(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DUCKDB_PATH", str(tmp_path / "w.duckdb"))
+    monkeypatch.setenv("STATE_DB_URL", f"sqlite:///{tmp_path / 'state.db'}")
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    day1 = write_extract(tmp_path / "d1", 10)
+    assert main(["run", "--extracts", str(day1), "--as-of", "2026-11-30", "--select", "raw"]) == 0
+    day2 = write_extract(tmp_path / "d2", 1)
+    capsys.readouterr()
+    args = ["run", "--extracts", str(day2), "--as-of", "2026-12-01", "--select", "raw"]
+    assert main(args) == 1
+    assert "--accept-shrink patients,appointments" in capsys.readouterr().out
+    assert main([*args, "--accept-shrink", "patients,apointments"]) == 2
+    assert "unknown entities apointments" in capsys.readouterr().err
+    assert main([*args, "--accept-shrink", "patients,appointments"]) == 0
+    assert rows(tmp_path, "raw.patients") == 1
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "half"])
+def test_a_bad_allowed_drop_is_a_clear_failure(tmp_path, monkeypatch, value):
+    monkeypatch.setenv("INGEST_MAX_DROP", value)
+    result = run(tmp_path, write_extract(tmp_path / "d1", 3), "2026-12-01")
+    assert not result.success
+    assert "INGEST_MAX_DROP" in failure(result)[1]
