@@ -79,8 +79,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UserError(f"--extracts {extracts}: no such folder")
     as_of = _as_of(args.as_of)
     select = [part.strip() for part in args.select.split(",")] if args.select else None
+    if args.accept_shrink:
+        from ingest.guard import ShrinkRule
+
+        try:
+            ShrinkRule.parse(args.accept_shrink)
+        except ValueError as err:
+            raise UserError(str(err)) from None
     try:
-        return run_pipeline(extracts, args.format, as_of, console=console, select=select)
+        return run_pipeline(
+            extracts, args.format, as_of, console=console, select=select,
+            accept_shrink=args.accept_shrink,
+        )  # fmt: skip
     except ValueError as err:
         raise UserError(str(err)) from None
 
@@ -135,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--select",
         help="only assets whose key starts with these prefixes, e.g. raw or raw,staging,marts",
     )
+    p.add_argument(
+        "--accept-shrink",
+        metavar="ENTITIES",
+        help="accept on purpose an extract with far fewer rows than the last accepted one, "
+        "for these entities (comma-separated) or 'all'; without it such an extract is refused",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="generate a demo clinic and run everything on it")
@@ -164,9 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
     q = seg.add_parser("list", help="list the segments you can see")
     q.add_argument("--user")
     q.set_defaults(func=lambda a: _delegate("segments.cli", "cmd_segments_list", a.user))
-    q = seg.add_parser("resnapshot", help="refreeze a snapshot segment now, against the current warehouse")
+    q = seg.add_parser(
+        "resnapshot", help="refreeze a snapshot segment now, against the current warehouse"
+    )
     q.add_argument("slug")
-    q.set_defaults(func=lambda a: _delegate("segments.cli", "cmd_resnapshot", a.slug))
+    q.add_argument("--user", help="who is asking (a private segment only for its owner)")
+    q.set_defaults(
+        func=lambda a: _delegate("segments.cli", "cmd_resnapshot", a.slug, None, a.user)
+    )
 
     p = sub.add_parser("campaigns", help="outbound campaigns: list, dry-run, send")
     camp = p.add_subparsers(dest="campaigns_command", required=True, metavar="ACTION")

@@ -91,11 +91,16 @@ def run_pipeline(
     as_of: date | None,
     console: Console,
     select: list[str] | None = None,
+    accept_shrink: str | None = None,
 ) -> int:
     """Materialise every asset (or those whose key starts with one of `select`, e.g.
-    `raw`, `marts`, `segments`) on one extract folder, in this process."""
+    `raw`, `marts`, `segments`) on one extract folder, in this process.
+
+    `accept_shrink` (entity names, comma-separated, or 'all') accepts on purpose an extract
+    that is much smaller than the last accepted one; otherwise such an extract is refused
+    before anything is replaced."""
     from orchestration.definitions import build_definitions
-    from orchestration.ingest import EXTRACTS_TAG, FORMAT_TAG
+    from orchestration.ingest import ACCEPT_SHRINK_TAG, EXTRACTS_TAG, FORMAT_TAG
     from orchestration.resources import AS_OF_TAG, resources_from_env
 
     settings = Settings.from_env()
@@ -131,6 +136,7 @@ def run_pipeline(
                 EXTRACTS_TAG: str(extracts.resolve()),
                 FORMAT_TAG: fmt,
                 AS_OF_TAG: as_of.isoformat(),
+                **({ACCEPT_SHRINK_TAG: accept_shrink} if accept_shrink else {}),
             },
         )
     seconds = time.perf_counter() - started
@@ -185,28 +191,73 @@ def print_summary(duckdb_path: Path, console: Console) -> None:
                 headline.add_row(name, shown)
             console.print(headline)
         if ("segments", "membership") in tables:
+            private = private_segment_slugs()
             segments = Table(title="Segments", show_edge=False)
             segments.add_column("segment")
             segments.add_column("members", justify="right")
+            hidden = 0
             for slug, members in con.execute(
                 "select segment_slug, count(*) from segments.membership group by 1 order by 1"
             ).fetchall():
+                if slug in private:
+                    hidden += 1  # a private segment is its owner's alone, even by name
+                    continue
                 segments.add_row(slug, f"{members:,}")
             console.print(segments)
+            if hidden:
+                console.print(f"  and {hidden} private segment(s), shown to their owners only")
         if ("outbound", "send_plan") in tables:
-            plan = Table(title="Today's send plan (dry run)", show_edge=False)
-            for column in ("campaign", "send", "suppressed", "deferred"):
-                plan.add_column(column, justify="left" if column == "campaign" else "right")
-            for campaign, send, suppressed, deferred in con.execute(
-                """
-                select campaign, count(*) filter (where decision = 'send'),
-                       count(*) filter (where decision = 'suppressed'),
-                       count(*) filter (where decision = 'deferred')
-                from outbound.send_plan group by 1 order by 1
-                """
-            ).fetchall():
-                plan.add_row(campaign, f"{send:,}", f"{suppressed:,}", f"{deferred:,}")
-            console.print(plan)
+            print_send_summary(con, tables, console)
+
+
+def private_segment_slugs() -> set[str]:
+    try:
+        from segments.library import load_library
+    except ImportError:
+        return set()
+    try:
+        library = load_library(Settings.from_env(), None)
+    except (FileNotFoundError, ValueError):
+        return set()
+    return {s.slug for s in library.segments if s.definition.visibility == "private"}
+
+
+def print_send_summary(con, tables: set[tuple[str, str]], console: Console) -> None:  # noqa: ANN001
+    """The plan's decisions per campaign, titled by what became of it: sent, or a dry run
+    and why."""
+    plan_day = scalar(con, "select max(as_of) from outbound.send_plan")
+    title = f"Send plan for {plan_day} (dry run)"
+    sent: dict[str, tuple[int, int]] = {}
+    if ("outbound", "send_report") in tables:
+        report = con.execute(
+            "select campaign, sent, failed, dry_run, dry_run_reason, send_date "
+            "from outbound.send_report"
+        ).fetchall()
+        if report and report[0][5] == plan_day:
+            if report[0][3]:
+                reason = report[0][4] or "no SendGrid key, or OUTBOUND_SEND_DISABLED set"
+                title = f"Send plan for {plan_day} (dry run: {reason})"
+            else:
+                title = f"Sent for {plan_day}"
+                sent = {r[0]: (r[1], r[2]) for r in report}
+    plan = Table(title=title, show_edge=False)
+    columns = ["campaign", "send", "suppressed", "deferred"] + (["sent", "failed"] if sent else [])
+    for column in columns:
+        plan.add_column(column, justify="left" if column == "campaign" else "right")
+    for campaign, send, suppressed, deferred in con.execute(
+        """
+        select campaign, count(*) filter (where decision = 'send'),
+               count(*) filter (where decision = 'suppressed'),
+               count(*) filter (where decision = 'deferred')
+        from outbound.send_plan group by 1 order by 1
+        """
+    ).fetchall():
+        row = [campaign, f"{send:,}", f"{suppressed:,}", f"{deferred:,}"]
+        if sent:
+            done, failed = sent.get(campaign, (0, 0))
+            row += [f"{done:,}", f"{failed:,}"]
+        plan.add_row(*row)
+    console.print(plan)
 
 
 def run_demo(patients: int, as_of: date | None, console: Console) -> int:
@@ -224,7 +275,8 @@ def run_demo(patients: int, as_of: date | None, console: Console) -> int:
     if not (folder / "patients.csv").exists():
         console.print(f"Generating a demo clinic of {patients:,} patients in {folder} …")
         generate_clinic(patients, folder, seed=42, fmt="csv", as_of=as_of)
-    code = run_pipeline(folder, "csv", as_of, console)
+    # The demo makes its own clinic: a smaller one than last time is on purpose.
+    code = run_pipeline(folder, "csv", as_of, console, accept_shrink="all")
     console.print(
         "\nOpen the Dagster UI with `make ui` (http://127.0.0.1:3000): the asset graph, this "
         "run and its metadata are there."

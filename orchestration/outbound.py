@@ -20,17 +20,21 @@ from outbound.run import (
     OutboundSettings,
     Planned,
     SenderSettings,
+    campaign_set,
     campaigns_for,
+    candidates_of,
     cap_from_env,
     make_plan,
     read_candidates,
     read_history,
     read_opt_outs,
+    report_frame,
     run_clock,
     send_planned,
     state_engine,
 )
 from outbound.selection import PLAN_SCHEMA, RunClock, summarise
+from outbound.templates import TemplateError
 from outbound.warehouse import export_ledger, read_contacts, write_table
 
 CANDIDATES = dg.AssetKey(["outbound", "campaign_candidates"])
@@ -43,21 +47,26 @@ GROUP = "outbound"
 
 
 def _settings(warehouse: WarehouseResource, settings: ClinicSettingsResource) -> OutboundSettings:
-    env = OutboundSettings.from_env()
-    return OutboundSettings(
-        duckdb_path=warehouse.duckdb_path,
-        state_db_url=settings.state_db_url,
-        timezone=settings.clinic_timezone,
-        segments_path=env.segments_path,
-        campaigns_dir=env.campaigns_dir,
-        cap=cap_from_env(),
-    )
+    try:
+        env = OutboundSettings.from_env()
+        return OutboundSettings(
+            duckdb_path=warehouse.duckdb_path,
+            state_db_url=settings.state_db_url,
+            timezone=settings.clinic_timezone,
+            segments_path=env.segments_path,
+            campaigns_dir=env.campaigns_dir,
+            cap=cap_from_env(),
+        )
+    except ValueError as e:
+        raise dg.Failure(description=str(e)) from None
 
 
 def _campaigns(s: OutboundSettings) -> list[Campaign]:
+    """The campaigns that can run; a bad campaign file is reported by its own check and
+    never stops the others."""
     try:
-        return campaigns_for(s)
-    except CampaignError as e:
+        return campaign_set(s).campaigns
+    except (CampaignError, ValueError) as e:
         raise dg.Failure(description=str(e)) from None
 
 
@@ -192,7 +201,7 @@ def build_outbound_defs(segments_path: Path | None = None) -> dg.Definitions:
         settings: ClinicSettingsResource,
     ) -> dg.AssetCheckResult:
         s, clock, engine, plan, contacts = _plan_and_inputs(warehouse, settings, context)
-        result = opted_out_in_plan(plan, contacts, read_opt_outs(s, clock, engine))
+        result = opted_out_in_plan(plan, contacts, read_opt_outs(s, engine))
         return dg.AssetCheckResult(
             passed=result.passed,
             metadata={
@@ -212,7 +221,7 @@ def build_outbound_defs(segments_path: Path | None = None) -> dg.Definitions:
         s, clock, engine, plan, _ = _plan_and_inputs(warehouse, settings, context)
         history = read_history(s, _campaigns(s), clock, engine)
         result = twice_in_cap_window(
-            plan, history, clock.as_of, s.cap.window_days, s.cap.max_messages
+            plan, history, clock.as_of, clock.cap_start(s.cap.window_days), s.cap.max_messages
         )
         return dg.AssetCheckResult(
             passed=result.passed,
@@ -220,6 +229,26 @@ def build_outbound_defs(segments_path: Path | None = None) -> dg.Definitions:
                 "offenders": result.offenders,
                 "sample_patient_ids": ", ".join(result.sample),
             },
+        )
+
+    @dg.asset_check(
+        asset=SEND_PLAN,
+        description="Every campaign file can run: valid YAML and fields, a known and valid "
+        "segment (a private one only for its owner's campaigns), a template that renders. "
+        "A bad file is left out of the plan; the others run.",
+    )
+    def campaign_files_can_run(
+        warehouse: WarehouseResource, settings: ClinicSettingsResource
+    ) -> dg.AssetCheckResult:
+        problems = campaign_set(_settings(warehouse, settings)).problems
+        return dg.AssetCheckResult(
+            passed=not problems,
+            metadata={
+                "problems": dg.MetadataValue.md(
+                    "\n".join(f"- {p}" for p in problems) or "none"
+                )
+            },
+            description="\n".join(problems) or None,
         )
 
     @dg.multi_asset(
@@ -256,15 +285,22 @@ def build_outbound_defs(segments_path: Path | None = None) -> dg.Definitions:
             channel = sender.channel() if sender.api_key else None
         except ValueError as e:
             raise dg.Failure(description=str(e)) from None
-        planned = Planned(candidates=pl.DataFrame(), plan=plan, contacts=contacts)
-        report = send_planned(s, campaigns, planned, clock, engine, channel, sandbox=sender.sandbox)
+        planned = Planned(candidates=candidates_of(plan), plan=plan, contacts=contacts)
+        try:
+            report = send_planned(
+                s, campaigns, planned, clock, engine, channel, sandbox=sender.sandbox
+            )
+        except (TemplateError, ledger_mod.SendLockHeld) as e:
+            raise dg.Failure(description=str(e)) from None
         ledger = ledger_mod.read_ledger(engine)
         with connect(s.duckdb_path) as con:
             export_ledger(con, ledger)
+            write_table(con, "send_report", report_frame(report))
         if report.dry_run:
-            context.log.warning(
-                "dry run, nothing was sent (SENDGRID_API_KEY unset or OUTBOUND_SEND_DISABLED set)"
+            why = report.dry_run_reason or (
+                "SENDGRID_API_KEY unset or OUTBOUND_SEND_DISABLED set"
             )
+            context.log.warning(f"dry run, nothing was sent ({why})")
         rows = [
             (r.campaign, r.planned, r.already_in_ledger, r.sent, r.failed, r.requests, r.digest)
             for r in report.campaigns.values()
@@ -284,6 +320,7 @@ def build_outbound_defs(segments_path: Path | None = None) -> dg.Definitions:
         )
         metadata = {
             "dry_run": dg.MetadataValue.bool(report.dry_run),
+            "dry_run_reason": dg.MetadataValue.text(report.dry_run_reason or "-"),
             "sandbox": dg.MetadataValue.bool(report.sandbox),
             "sent": dg.MetadataValue.int(report.sent),
             "failed": dg.MetadataValue.int(report.failed),
@@ -328,7 +365,9 @@ def build_outbound_defs(segments_path: Path | None = None) -> dg.Definitions:
     )
     return dg.Definitions(
         assets=[campaign_candidates, send_plan, sent_messages],
-        asset_checks=[no_opted_out_patients_in_plan, nobody_twice_in_cap_window],
+        asset_checks=[
+            no_opted_out_patients_in_plan, nobody_twice_in_cap_window, campaign_files_can_run,
+        ],  # fmt: skip
         jobs=[send_job],
         schedules=[send_schedule],
     )

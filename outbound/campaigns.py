@@ -7,12 +7,13 @@ name the file and the path inside it, like segment errors do.
 
 from __future__ import annotations
 
+import difflib
 import re
+from dataclasses import dataclass, field
 from datetime import date, time
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -23,6 +24,11 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from clinic_audiences.yaml_files import YamlFileError, read_yaml_file
+
+if TYPE_CHECKING:
+    from segments.validation import SegmentLibrary
 
 CAMPAIGNS_DIR = Path(__file__).parent / "campaigns"
 TEMPLATES_DIR = Path(__file__).parent / "templates"
@@ -77,6 +83,9 @@ class TimeRange(_Strict):
         return t >= self.start or t < self.end
 
 
+_TEMPLATE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
 class LocalTemplate(_Strict):
     """A folder under `outbound/templates/` with subject.txt, body.html and body.txt."""
 
@@ -85,6 +94,12 @@ class LocalTemplate(_Strict):
     @field_validator("local")
     @classmethod
     def _exists(cls, v: str) -> str:
+        # A name, never a path: a template is one of the folders of outbound/templates/.
+        if not _TEMPLATE_NAME.match(v):
+            raise ValueError(
+                f"local template {v!r} is not a template name; name one of the folders of "
+                "outbound/templates/ (lowercase letters, digits, '-' and '_', no '/' or '..')"
+            )
         folder = TEMPLATES_DIR / v
         parts = ("subject.txt", "body.html", "body.txt")
         missing = [f for f in parts if not (folder / f).is_file()]
@@ -122,7 +137,8 @@ class FrequencyCap(_Strict):
     """At most `max_messages` per patient within `window_days` days (today included)."""
 
     max_messages: int = Field(default=1, ge=1)
-    window_days: int = Field(default=7, ge=0)
+    # At least a day: a zero-day window would turn the cap off.
+    window_days: int = Field(default=7, ge=1, le=366)
 
 
 class StaffDigest(_Strict):
@@ -143,6 +159,9 @@ class StaffDigest(_Strict):
 class Campaign(_Strict):
     name: str
     description: str = ""
+    # Who the campaign belongs to (an e-mail); needed to target a private segment, which
+    # only its owner's campaigns may.
+    owner: str | None = None
     segment: str
     channel: Literal["email"] = "email"
     template: Template
@@ -203,18 +222,72 @@ def _location(loc: tuple) -> str:
     return out or "(top level)"
 
 
-def parse_campaign(path: Path, text: str, known_segments: dict[str, str] | None) -> Campaign:
-    """Validate one campaign file; `known_segments` maps slug → entity (None: skip the check)."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise CampaignError(f"{path}: not valid YAML: {e}") from None
+@dataclass(frozen=True)
+class SegmentFacts:
+    """What a campaign needs to know of the segment it targets."""
+
+    entity: str
+    visibility: str = "shared"
+    owner: str | None = None
+
+
+@dataclass(frozen=True)
+class KnownSegments:
+    """The segments campaigns may name: the valid ones, and the problems of the others."""
+
+    valid: dict[str, SegmentFacts]
+    invalid: dict[str, list[str]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, library: SegmentLibrary) -> KnownSegments:
+        valid = {
+            s.slug: SegmentFacts(s.definition.entity, s.definition.visibility, s.definition.owner)
+            for s in library.segments
+        }
+        invalid = {slug: [str(i) for i in issues] for slug, issues in library.invalid.items()}
+        return cls(valid, invalid)
+
+
+def _segment_problem(path: Path, campaign: Campaign, known: KnownSegments) -> str | None:
+    slug = campaign.segment
+    if slug in known.invalid:
+        listed = "; ".join(known.invalid[slug])
+        return (
+            f"{path}: segment: segment {slug!r} cannot be used until its definition is fixed "
+            f"({listed})"
+        )
+    facts = known.valid.get(slug)
+    if facts is None:
+        close = difflib.get_close_matches(slug, list(known.valid), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        return (
+            f"{path}: segment: unknown segment {slug!r}{hint} "
+            f"(segments are the YAML files of segments/definitions/ and SEGMENTS_PATH)"
+        )
+    if facts.visibility == "private":
+        mine = campaign.owner and facts.owner and campaign.owner.lower() == facts.owner.lower()
+        if not mine:
+            return (
+                f"{path}: segment: segment {slug!r} is private, and only a campaign of its "
+                "owner may target it; set `owner:` to the segment's owner (if that is who "
+                "this campaign is for) or target a shared segment"
+            )
+    if campaign.staff_digest and facts.entity != "case":
+        return (
+            f"{path}: staff_digest: lists cases, so segment {slug!r} "
+            "must be an `entity: case` segment"
+        )
+    return None
+
+
+def parse_campaign(path: Path, data: object, known_segments: KnownSegments | None) -> Campaign:
+    """Validate one campaign read from `path`; `known_segments` None skips the segment check."""
     if not isinstance(data, dict):
         raise CampaignError(f"{path}: expected a mapping of campaign fields at the top level")
     if "slug" in data:
         raise CampaignError(f"{path}: slug: the slug is the file name; remove this key")
-    slug = path.name.removesuffix(".yaml")
-    if not _SLUG.match(slug):
+    slug = path.name.removesuffix(".yaml").removesuffix(".yml")
+    if not _SLUG.match(slug) or path.suffix not in (".yaml", ".yml"):
         raise CampaignError(
             f"{path}: file name must be a slug (lowercase letters, digits, dashes) + .yaml"
         )
@@ -224,61 +297,51 @@ def parse_campaign(path: Path, text: str, known_segments: dict[str, str] | None)
         lines = [f"{path}: {_location(err['loc'])}: {err['msg']}" for err in e.errors()]
         raise CampaignError("invalid campaign\n  " + "\n  ".join(lines)) from None
     if known_segments is not None:
-        if campaign.segment not in known_segments:
-            import difflib
-
-            close = difflib.get_close_matches(campaign.segment, list(known_segments), n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise CampaignError(
-                f"{path}: segment: unknown segment {campaign.segment!r}{hint} "
-                f"(segments are the YAML files of segments/definitions/ and SEGMENTS_PATH)"
-            )
-        if campaign.staff_digest and known_segments[campaign.segment] != "case":
-            raise CampaignError(
-                f"{path}: staff_digest: lists cases, so segment {campaign.segment!r} "
-                "must be an `entity: case` segment"
-            )
+        problem = _segment_problem(path, campaign, known_segments)
+        if problem:
+            raise CampaignError(problem)
     return campaign
 
 
-def segment_library(folders: list[Path]) -> dict[str, str]:
-    """Segment slugs → entity (patient / case), read from the segment YAML files.
-
-    Only the two keys campaigns rely on are read here; the segment package validates the
-    rest of each file.
-    """
-    found: dict[str, str] = {}
-    for folder in folders:
-        if not folder.is_dir():
-            continue
-        for f in sorted(folder.glob("*.yaml")):
-            try:
-                data = yaml.safe_load(f.read_text()) or {}
-            except yaml.YAMLError:
-                data = {}
-            entity = data.get("entity", "patient") if isinstance(data, dict) else "patient"
-            found[f.name.removesuffix(".yaml")] = str(entity)
-    return found
+def read_campaign(path: Path, known_segments: KnownSegments | None) -> Campaign:
+    try:
+        data = read_yaml_file(path)
+    except YamlFileError as e:
+        raise CampaignError(str(e)) from None
+    return parse_campaign(path, data, known_segments)
 
 
-def default_segment_folders(segments_path: Path | None) -> list[Path]:
-    folders = [Path(__file__).parent.parent / "segments" / "definitions"]
-    if segments_path is not None:
-        folders.append(segments_path)
-    return folders
+def campaign_files(folder: Path) -> list[Path]:
+    return sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
+
+
+@dataclass(frozen=True)
+class CampaignSet:
+    """The campaigns of a folder that can run, and the problems of the others (each naming
+    its file). One bad file never stops the other campaigns."""
+
+    campaigns: list[Campaign]
+    problems: list[str]
 
 
 def load_campaigns(
-    folder: Path = CAMPAIGNS_DIR, known_segments: dict[str, str] | None = None
-) -> list[Campaign]:
-    """All campaigns of a folder, sorted by slug; every error is reported at once."""
+    folder: Path = CAMPAIGNS_DIR, known_segments: KnownSegments | None = None
+) -> CampaignSet:
+    """All campaigns of a folder, sorted by slug, with every problem reported."""
     campaigns: list[Campaign] = []
-    errors: list[str] = []
-    for f in sorted(folder.glob("*.yaml")):
+    problems: list[str] = []
+    if not folder.is_dir():
+        return CampaignSet([], [f"{folder}: the campaigns folder does not exist (CAMPAIGNS_PATH)"])
+    seen: dict[str, Path] = {}
+    for f in campaign_files(folder):
         try:
-            campaigns.append(parse_campaign(f, f.read_text(), known_segments))
+            campaign = read_campaign(f, known_segments)
         except CampaignError as e:
-            errors.append(str(e))
-    if errors:
-        raise CampaignError("\n".join(errors))
-    return campaigns
+            problems.append(str(e))
+            continue
+        if campaign.slug in seen:
+            problems.append(f"{f}: slug {campaign.slug!r} is already used by {seen[campaign.slug]}")
+            continue
+        seen[campaign.slug] = f
+        campaigns.append(campaign)
+    return CampaignSet(campaigns, problems)

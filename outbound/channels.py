@@ -59,14 +59,33 @@ class BatchOutcome:
     status_code: int | None = None
     error: str | None = None
     provider_message_id: str | None = None
+    # The provider provably did not take the batch (never reached, or rate-limited): a
+    # later run may try it again. False for everything the provider answered.
+    retryable: bool = False
 
 
 class DeliveryUnknown(RuntimeError):
-    """The request may or may not have reached the provider (connection lost mid-request).
+    """The request may or may not have reached the provider (connection lost after the
+    request was sent, no answer in time, an answer cut short).
 
     The run stops; the batch's ledger rows stay `pending` and are reported as `unknown`
     by the next run instead of being sent again.
     """
+
+
+def check_api_host(host: str, setting: str = "SENDGRID_API_HOST") -> str:
+    """A provider base URL as the client needs it: http(s)://host[:port], no path."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(host.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(
+            f"{setting}={host!r} is not a URL; write it with its scheme, e.g. "
+            "https://api.sendgrid.com (or http://127.0.0.1:8025 for a local stand-in)"
+        )
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"{setting}={host!r} must be only scheme, host and port (no path)")
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 class Channel(Protocol):
@@ -119,6 +138,7 @@ class SendGridEmail:
     name: str = "email"
 
     def __post_init__(self) -> None:
+        self.host = check_api_host(self.host)
         self.client = sendgrid.SendGridAPIClient(api_key=self.api_key, host=self.host)
         # The client passes its own timeout to every request it builds.
         self.client.client.timeout = self.timeout
@@ -183,14 +203,26 @@ class SendGridEmail:
         categories: list[str],
         custom_args: dict[str, str],
     ) -> BatchOutcome:
+        """One request for the batch, retried while the outcome is known to be "not taken".
+
+        - 2xx: sent. 4xx (but 429): failed, as the provider said (not retried).
+        - 429 and 5xx: retried with backoff (honouring X-RateLimit-Reset); 429 exhausted is
+          retryable by a later run (rate-limited means not taken), 5xx exhausted is not
+          (the provider may have acted on it).
+        - No connection (refused, unreachable, name not found, TLS failed, the request not
+          fully written): retried; exhausted, it is `failed` and retryable: nothing left.
+        - Anything after the request was sent (reset, timeout, a cut-short answer):
+          DeliveryUnknown, never retried.
+        """
         body = self.request_body(recipients, content, categories, custom_args)
         for attempt in range(1, self.max_attempts + 1):
+            last = attempt == self.max_attempts
             try:
                 response = self.client.send(body)
             except HTTPError as e:
                 code = int(e.status_code)
                 retryable = code == 429 or code >= 500
-                if retryable and attempt < self.max_attempts:
+                if retryable and not last:
                     delay = self._retry_delay(attempt, e.headers)
                     log.warning(
                         "SendGrid answered %s (attempt %d/%d, %d messages); retrying in %.1fs",
@@ -205,15 +237,30 @@ class SendGridEmail:
                 text = _sendgrid_error_text(e.body)
                 if retryable:
                     text = f"gave up after {attempt} attempts: {text}"
-                return BatchOutcome(False, attempt, code, f"HTTP {code}: {text}")
+                return BatchOutcome(
+                    False, attempt, code, f"HTTP {code}: {text}", retryable=code == 429
+                )
             except URLError as e:
-                # Refused before anything was sent: safe to try again.
-                if isinstance(e.reason, ConnectionRefusedError) and attempt < self.max_attempts:
+                # urllib raises URLError only while connecting or writing the request: the
+                # provider never received a whole request, so nothing was sent.
+                reason = e.reason if isinstance(e.reason, str) else type(e.reason).__name__
+                if not last:
+                    log.warning(
+                        "could not reach SendGrid (%s; attempt %d/%d); retrying",
+                        reason, attempt, self.max_attempts,
+                    )  # fmt: skip
                     self.sleep(self._retry_delay(attempt, None))
                     continue
-                raise DeliveryUnknown(f"request failed: {type(e.reason).__name__}") from None
-            except (TimeoutError, http.client.HTTPException, ConnectionError) as e:
-                raise DeliveryUnknown(f"connection lost mid-request: {type(e).__name__}") from None
+                return BatchOutcome(
+                    False, attempt, None,
+                    f"could not reach SendGrid after {attempt} attempts ({reason}); nothing "
+                    "was sent, a later run tries again",
+                    retryable=True,
+                )  # fmt: skip
+            except (TimeoutError, http.client.HTTPException, ConnectionError, OSError) as e:
+                raise DeliveryUnknown(
+                    f"connection lost after the request was sent: {type(e).__name__}"
+                ) from None
             return BatchOutcome(
                 True,
                 attempt,

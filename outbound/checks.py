@@ -7,7 +7,7 @@ inputs rather than trusting the plan's own reasons.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import UTC, date, datetime
 
 import polars as pl
 
@@ -45,10 +45,11 @@ def twice_in_cap_window(
     plan: pl.DataFrame,
     history: pl.DataFrame,
     as_of: date,
-    window_days: int,
+    since: datetime,
     max_messages: int = 1,
 ) -> CheckResult:
-    """Patients the plan would take past the cap within the window, counting the ledger.
+    """Patients the plan would take past the cap, counting every message of the ledger
+    requested at or after `since` (the start of the cap window, in real time).
 
     A ledger row of the same campaign on the as-of date is the planned message itself
     (a re-run of the day) and is not counted twice.
@@ -57,7 +58,7 @@ def twice_in_cap_window(
     earlier = history.filter(
         pl.col("status").is_in(list(DELIVERED_OR_MAYBE)),
         pl.col("recipient") != STAFF_RECIPIENT,
-        pl.col("send_date").is_between(as_of - timedelta(days=window_days - 1), as_of),
+        pl.col("attempted_at") >= since.astimezone(UTC),
     ).select(pl.col("recipient").alias("patient_id"), pl.col("campaign"), "send_date")
     same_message = planned.select("campaign", "patient_id").join(
         earlier.filter(pl.col("send_date") == as_of), on=["campaign", "patient_id"], how="semi"

@@ -10,19 +10,19 @@ import os
 import sys
 from pathlib import Path
 
-import polars as pl
-
+from clinic_audiences.tables import format_table
 from outbound import ledger as ledger_mod
 from outbound.campaigns import CampaignError, Daily, Weekly
 from outbound.run import (
     OutboundSettings,
     Planned,
     SenderSettings,
-    campaigns_for,
+    campaign_set,
     make_plan,
     run_clock,
     send_planned,
     state_engine,
+    today_only,
 )
 from outbound.selection import RunClock, summarise
 from outbound.templates import TemplateError
@@ -43,26 +43,37 @@ def _schedule_text(schedule) -> str:
     return f"once {schedule.on.isoformat()}"
 
 
+def _report_problems(problems: list[str]) -> None:
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if problems:
+        print(
+            f"{len(problems)} campaign file(s) cannot run and were left out; the others ran",
+            file=sys.stderr,
+        )
+
+
 def cmd_list() -> int:
     try:
-        campaigns = campaigns_for(OutboundSettings.from_env())
+        loaded = campaign_set(OutboundSettings.from_env())
     except (CampaignError, ValueError) as e:
         return _fail(str(e))
     print(f"{'campaign':<34} {'segment':<34} {'priority':>8}  {'enabled':<7}  schedule")
-    for c in sorted(campaigns, key=lambda c: (-c.priority, c.slug)):
+    for c in sorted(loaded.campaigns, key=lambda c: (-c.priority, c.slug)):
         enabled = "play" if c.enabled else "paused"
         schedule = _schedule_text(c.schedule)
         print(f"{c.slug:<34} {c.segment:<34} {c.priority:>8}  {enabled:<7}  {schedule}")
-    return 0
+    _report_problems(loaded.problems)
+    return 1 if loaded.problems else 0
 
 
 def _plan(as_of: str | None):
     settings = OutboundSettings.from_env()
-    campaigns = campaigns_for(settings)
+    loaded = campaign_set(settings)
     clock = run_clock(as_of, settings.timezone)
     engine = state_engine(settings)
-    planned = make_plan(settings, campaigns, clock, engine)
-    return settings, campaigns, clock, engine, planned
+    planned = make_plan(settings, loaded.campaigns, clock, engine)
+    return settings, loaded, clock, engine, planned
 
 
 def print_summary(planned: Planned, clock: RunClock) -> None:
@@ -72,13 +83,12 @@ def print_summary(planned: Planned, clock: RunClock) -> None:
     if summary.is_empty():
         print("no campaign is due, or no due campaign has members")
         return
-    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_hide_dataframe_shape=True, tbl_width_chars=200):
-        print(summary)
+    print(format_table(summary))
 
 
 def cmd_dry_run(as_of: str | None, out: str | None) -> int:
     try:
-        _, _, clock, _, planned = _plan(as_of)
+        _, loaded, clock, _, planned = _plan(as_of)
     except (CampaignError, TemplateError, ValueError, LookupError) as e:
         return _fail(str(e))
     print_summary(planned, clock)
@@ -87,13 +97,14 @@ def cmd_dry_run(as_of: str | None, out: str | None) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         planned.plan.select(CSV_COLUMNS).write_csv(path)
         print(f"wrote {planned.plan.height} rows to {path}")
-    return 0
+    _report_problems(loaded.problems)
+    return 1 if loaded.problems else 0
 
 
 def cmd_send(as_of: str | None) -> int:
-    sender = SenderSettings.from_env()
     try:
-        settings, campaigns, clock, engine, planned = _plan(as_of)
+        sender = SenderSettings.from_env()
+        settings, loaded, clock, engine, planned = _plan(as_of)
         channel = sender.channel() if sender.api_key else None
     except (CampaignError, TemplateError, ValueError, LookupError) as e:
         return _fail(str(e))
@@ -105,12 +116,16 @@ def cmd_send(as_of: str | None) -> int:
             else "SENDGRID_API_KEY is not set"
         )
         print(f"{why}: dry run, nothing was sent and the ledger is unchanged")
-        return 0
+        _report_problems(loaded.problems)
+        return 1 if loaded.problems else 0
+    if not clock.is_today:
+        print(f"{today_only(clock, settings.timezone)}: nothing was sent")
+        return 1
     try:
         report = send_planned(
-            settings, campaigns, planned, clock, engine, channel, sandbox=sender.sandbox
+            settings, loaded.campaigns, planned, clock, engine, channel, sandbox=sender.sandbox
         )
-    except TemplateError as e:
+    except (TemplateError, ledger_mod.SendLockHeld) as e:
         return _fail(str(e))
     mode = " (SendGrid sandbox mode: nothing delivered)" if sender.sandbox else ""
     print(f"send run {report.run_id}{mode}")
@@ -119,6 +134,10 @@ def cmd_send(as_of: str | None) -> int:
             f"  {rep.campaign}: planned {rep.planned}, already in ledger {rep.already_in_ledger}, "
             f"sent {rep.sent}, failed {rep.failed}, requests {rep.requests}"
         )
+        if rep.retried:
+            line += f", retried {rep.retried}"
+        if rep.withheld:
+            line += f", withheld {rep.withheld} (opted out since the plan)"
         if rep.digest:
             line += f"; staff digest {rep.digest}"
         print(line)
@@ -130,7 +149,8 @@ def cmd_send(as_of: str | None) -> int:
     if report.failed:
         errors = ledger_mod.ledger_errors(engine, clock.as_of)
         print(f"{len(errors)} ledger row(s) failed today; see outbound_ledger.error by id")
+    _report_problems(loaded.problems)
     if report.stopped:
         print(f"run stopped: {report.stopped}; the batch in flight stays pending (unknown)")
         return 1
-    return 0
+    return 1 if loaded.problems else 0

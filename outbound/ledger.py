@@ -1,21 +1,28 @@
-"""The send ledger and learned opt-outs, kept in the state store (component `outbound`).
+"""The send ledger, learned opt-outs and the send lock, kept in the state store
+(component `outbound`).
 
 A ledger row is one message: (campaign, recipient, send date) is unique, which is what
-makes sending idempotent. Its status moves `pending` → `sent` (2xx) or `failed` (4xx,
-retries exhausted); a `pending` row left by an earlier run that never finished becomes
-`unknown` and is never resent automatically. `sandbox` rows went through SendGrid's
-sandbox: nothing was delivered, so they do not count toward the frequency cap.
+makes sending idempotent. Its status moves `pending` → `sent` (2xx) or `failed`; a
+`pending` row left by a run that never finished becomes `unknown` and is never resent
+automatically. A `failed` row is `retryable` only when the request provably never reached
+the provider (no connection, or rate-limited): a later run of the same day tries it again,
+a few times at most. `sandbox` rows went through SendGrid's sandbox: nothing was
+delivered, so they do not count toward the frequency cap. `attempted_at` is when the
+latest request for the row was made: the frequency cap counts by it, in real time.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import polars as pl
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from state import Migration, register_migrations
@@ -66,12 +73,54 @@ def _opt_outs_v2(md: sa.MetaData) -> sa.Table:
     )
 
 
+# Version 3 adds when the latest request was made, how many were made, and whether a
+# failure may be tried again.
+_LEDGER_V3_COLUMNS = (
+    sa.Column("attempted_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("retryable", sa.Boolean, nullable=False, server_default=sa.false()),
+)
+
+
+def _ledger_v3(md: sa.MetaData) -> sa.Table:
+    table = _ledger_v1(md)
+    for column in _LEDGER_V3_COLUMNS:
+        table.append_column(column.copy())
+    sa.Index("ix_outbound_ledger_attempted_at", table.c.attempted_at)
+    return table
+
+
+def _add_ledger_v3_columns(conn: Connection) -> None:
+    table = _ledger_v1(sa.MetaData())
+    for column in _LEDGER_V3_COLUMNS:
+        ddl = sa.schema.CreateColumn(column.copy()).compile(dialect=conn.dialect)
+        conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {ddl}"))
+    conn.execute(sa.text(f"UPDATE {table.name} SET attempted_at = created_at"))
+    conn.execute(
+        sa.text(f"CREATE INDEX ix_outbound_ledger_attempted_at ON {table.name} (attempted_at)")
+    )
+
+
+def _send_lock_v4(md: sa.MetaData) -> sa.Table:
+    return sa.Table(
+        "outbound_send_lock",
+        md,
+        sa.Column("name", sa.String(64), primary_key=True),
+        sa.Column("holder", sa.String(36), nullable=False),
+        sa.Column("host", sa.String(200), nullable=False),
+        sa.Column("pid", sa.Integer, nullable=False),
+        sa.Column("acquired_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=False),
+    )
+
+
 # The tables as the code uses them. Each migration creates its tables from the builder of
 # its own version; when a table changes, add a migration and keep the old builder as it
 # was, so that version 1 always creates what version 1 created.
 metadata = sa.MetaData()
-ledger = _ledger_v1(metadata)
+ledger = _ledger_v3(metadata)
 learned_opt_outs = _opt_outs_v2(metadata)
+send_lock = _send_lock_v4(metadata)
 
 
 def _create(builder) -> Callable[[Connection], None]:
@@ -88,8 +137,15 @@ register_migrations(
     [
         Migration(1, "send ledger", _create(_ledger_v1)),
         Migration(2, "opt-outs learned from replies and unsubscribes", _create(_opt_outs_v2)),
+        Migration(3, "ledger: time of the latest request, attempts, retryable failures",
+                  _add_ledger_v3_columns),
+        Migration(4, "one send run at a time", _create(_send_lock_v4)),
     ],
-)
+)  # fmt: skip
+
+# A failure that never reached the provider is tried again by later runs of the day, up to
+# this many requests in all.
+MAX_ATTEMPTS = 3
 
 
 def _now() -> datetime:
@@ -121,30 +177,56 @@ def existing_keys(engine: Engine, send_date: date) -> dict[tuple[str, str], str]
         return {(r.campaign, r.recipient): r.status for r in rows}
 
 
-def mark_abandoned_unknown(engine: Engine, send_date: date, run_id: str) -> int:
-    """Turn `pending` rows of other (crashed) runs into `unknown`; returns how many."""
+def retryable_rows(engine: Engine, send_date: date) -> dict[tuple[str, str], str]:
+    """(campaign, recipient) → id of the day's failed rows that may be tried again."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(ledger.c.campaign, ledger.c.recipient, ledger.c.id).where(
+                ledger.c.send_date == send_date,
+                ledger.c.status == FAILED,
+                ledger.c.retryable.is_(True),
+                ledger.c.attempts < MAX_ATTEMPTS,
+            )
+        )
+        return {(r.campaign, r.recipient): r.id for r in rows}
+
+
+def mark_abandoned_unknown(engine: Engine, run_id: str, now: datetime | None = None) -> int:
+    """Turn `pending` rows of other runs (which crashed: only one send run holds the send
+    lock at a time) into `unknown`; returns how many."""
     with engine.begin() as conn:
         res = conn.execute(
             ledger.update()
-            .where(
-                ledger.c.send_date == send_date,
-                ledger.c.status == PENDING,
-                ledger.c.run_id != run_id,
-            )
-            .values(status=UNKNOWN, updated_at=_now())
+            .where(ledger.c.status == PENDING, ledger.c.run_id != run_id)
+            .values(status=UNKNOWN, updated_at=now or _now())
         )
         return res.rowcount or 0
 
 
-def insert_pending(
-    engine: Engine, entries: Sequence[LedgerEntry], send_date: date, run_id: str
-) -> list[str]:
-    """Write `pending` rows before the request; returns their ids in the same order.
+def _insert_ignoring_existing(conn: Connection):  # noqa: ANN202 - a dialect insert
+    keys = ["campaign", "recipient", "send_date"]
+    if conn.dialect.name == "sqlite":
+        return sqlite.insert(ledger).on_conflict_do_nothing(index_elements=keys)
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(ledger).on_conflict_do_nothing(index_elements=keys)
+    raise NotImplementedError(f"state store dialect {conn.dialect.name!r} is not supported")
 
-    The unique key (campaign, recipient, send date) makes a second insert for the same
-    message fail instead of sending twice.
+
+def insert_pending(
+    engine: Engine,
+    entries: Sequence[LedgerEntry],
+    send_date: date,
+    run_id: str,
+    now: datetime | None = None,
+) -> list[str | None]:
+    """Write `pending` rows before the request; returns their ids in the same order, None
+    where the ledger already holds that message (written by another run): that one is
+    not to be sent.
+
+    The unique key (campaign, recipient, send date) is what decides: a message is sent
+    only by the run whose row it is.
     """
-    now = _now()
+    now = now or _now()
     ids = [str(uuid.uuid4()) for _ in entries]
     rows = [
         {
@@ -162,13 +244,52 @@ def insert_pending(
             "run_id": run_id,
             "created_at": now,
             "updated_at": now,
+            "attempted_at": now,
+            "attempts": 1,
+            "retryable": False,
         }
         for i, e in zip(ids, entries, strict=True)
     ]
-    if rows:
-        with engine.begin() as conn:
-            conn.execute(ledger.insert(), rows)
-    return ids
+    if not rows:
+        return []
+    with engine.begin() as conn:
+        conn.execute(_insert_ignoring_existing(conn), rows)
+        mine = set()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            found = conn.execute(sa.select(ledger.c.id).where(ledger.c.id.in_(chunk)))
+            mine |= set(found.scalars())
+    return [i if i in mine else None for i in ids]
+
+
+def claim_retries(
+    engine: Engine, ids: Iterable[str], run_id: str, now: datetime | None = None
+) -> list[str]:
+    """Take failed, retryable rows for this run (back to `pending`); returns the ids taken.
+
+    Each row is taken only if it is still failed and retryable, so no two runs retry the
+    same message.
+    """
+    now = now or _now()
+    taken = []
+    with engine.begin() as conn:
+        for row_id in ids:
+            res = conn.execute(
+                ledger.update()
+                .where(
+                    ledger.c.id == row_id,
+                    ledger.c.status == FAILED,
+                    ledger.c.retryable.is_(True),
+                    ledger.c.attempts < MAX_ATTEMPTS,
+                )
+                .values(
+                    status=PENDING, run_id=run_id, attempts=ledger.c.attempts + 1,
+                    attempted_at=now, updated_at=now, error=None, retryable=False,
+                )
+            )  # fmt: skip
+            if res.rowcount:
+                taken.append(row_id)
+    return taken
 
 
 def set_status(
@@ -177,6 +298,8 @@ def set_status(
     status: str,
     error: str | None = None,
     provider_message_id: str | None = None,
+    retryable: bool = False,
+    now: datetime | None = None,
 ) -> None:
     ids = list(ids)
     if not ids:
@@ -191,9 +314,77 @@ def set_status(
                     status=status,
                     error=error,
                     provider_message_id=provider_message_id,
-                    updated_at=_now(),
+                    retryable=retryable,
+                    updated_at=now or _now(),
                 )
             )
+
+
+# -- one send run at a time ---------------------------------------------------------------
+
+SEND_LOCK = "send"
+# A holder that has not shown a sign of life for this long has crashed: its lock is taken.
+SEND_LOCK_STALE = timedelta(minutes=15)
+
+
+class SendLockHeld(RuntimeError):
+    """Another send run holds the lock; the message says which and since when."""
+
+
+def acquire_send_lock(engine: Engine, holder: str, now: datetime | None = None) -> None:
+    now = now or _now()
+    row = {
+        "name": SEND_LOCK, "holder": holder, "host": socket.gethostname()[:200],
+        "pid": os.getpid(), "acquired_at": now, "heartbeat_at": now,
+    }  # fmt: skip
+    with engine.begin() as conn:
+        current = conn.execute(sa.select(send_lock).where(send_lock.c.name == SEND_LOCK)).first()
+        if current is None:
+            inserted = conn.execute(
+                _insert_lock_ignoring_existing(conn).values(**row)
+            ).rowcount
+            if inserted:
+                return
+            current = conn.execute(
+                sa.select(send_lock).where(send_lock.c.name == SEND_LOCK)
+            ).first()
+        if now - _as_utc(current.heartbeat_at) > SEND_LOCK_STALE:
+            taken = conn.execute(
+                send_lock.update()
+                .where(send_lock.c.name == SEND_LOCK, send_lock.c.holder == current.holder)
+                .values(**row)
+            ).rowcount
+            if taken:
+                return
+        started = _as_utc(current.acquired_at)
+        raise SendLockHeld(
+            f"another send run (pid {current.pid} on {current.host}, started "
+            f"{started.isoformat(timespec='seconds')}) is sending; nothing was sent by this "
+            "run. Wait for it to finish; a crashed run's lock is taken over after "
+            f"{int(SEND_LOCK_STALE.total_seconds() // 60)} minutes"
+        )
+
+
+def _insert_lock_ignoring_existing(conn: Connection):  # noqa: ANN202 - a dialect insert
+    if conn.dialect.name == "sqlite":
+        return sqlite.insert(send_lock).on_conflict_do_nothing(index_elements=["name"])
+    return postgresql.insert(send_lock).on_conflict_do_nothing(index_elements=["name"])
+
+
+def heartbeat_send_lock(engine: Engine, holder: str, now: datetime | None = None) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            send_lock.update()
+            .where(send_lock.c.name == SEND_LOCK, send_lock.c.holder == holder)
+            .values(heartbeat_at=now or _now())
+        )
+
+
+def release_send_lock(engine: Engine, holder: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            send_lock.delete().where(send_lock.c.name == SEND_LOCK, send_lock.c.holder == holder)
+        )
 
 
 LEDGER_EXPORT_SCHEMA = {
@@ -228,18 +419,26 @@ def read_ledger(engine: Engine, since: date | None = None) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=LEDGER_EXPORT_SCHEMA, orient="row")
 
 
-HISTORY_COLUMNS = ("campaign", "recipient", "send_date", "status")
+HISTORY_SCHEMA = {
+    "campaign": pl.String,
+    "recipient": pl.String,
+    "send_date": pl.Date,
+    "status": pl.String,
+    "attempted_at": pl.Datetime("us", "UTC"),
+}
 
 
-def read_history(engine: Engine, since: date) -> pl.DataFrame:
-    """What the frequency cap needs: (campaign, recipient, send_date, status) since a date."""
-    q = sa.select(*[ledger.c[c] for c in HISTORY_COLUMNS]).where(ledger.c.send_date >= since)
+def read_history(engine: Engine, since: datetime) -> pl.DataFrame:
+    """What the frequency cap needs: every message requested at or after `since` (real
+    time), whatever day it was planned for."""
+    attempted = sa.func.coalesce(ledger.c.attempted_at, ledger.c.created_at)
+    q = sa.select(
+        ledger.c.campaign, ledger.c.recipient, ledger.c.send_date, ledger.c.status,
+        attempted.label("attempted_at"),
+    ).where(attempted >= since)  # fmt: skip
     with engine.connect() as conn:
-        columns = list(zip(*conn.execute(q).all(), strict=True)) or [()] * len(HISTORY_COLUMNS)
-    return pl.DataFrame(
-        {c: list(v) for c, v in zip(HISTORY_COLUMNS, columns, strict=True)},
-        schema={c: LEDGER_EXPORT_SCHEMA[c] for c in HISTORY_COLUMNS},
-    )
+        rows = [(*r[:4], _as_utc(r[4])) for r in conn.execute(q)]
+    return pl.DataFrame(rows, schema=HISTORY_SCHEMA, orient="row")
 
 
 def _as_utc(value: datetime | None) -> datetime | None:
@@ -258,7 +457,9 @@ def ledger_errors(engine: Engine, send_date: date) -> dict[str, str]:
         return {r.id: r.error or "" for r in rows}
 
 
-def record_opt_out(engine: Engine, patient_id: str, channel: str, source: str) -> None:
+def record_opt_out(
+    engine: Engine, patient_id: str, channel: str, source: str, now: datetime | None = None
+) -> None:
     """Remember an opt-out learned outside the extract (unsubscribe link, reply)."""
     with engine.begin() as conn:
         exists = conn.execute(
@@ -269,13 +470,24 @@ def record_opt_out(engine: Engine, patient_id: str, channel: str, source: str) -
         if exists is None:
             conn.execute(
                 learned_opt_outs.insert().values(
-                    patient_id=patient_id, channel=channel, recorded_at=_now(), source=source
+                    patient_id=patient_id, channel=channel, recorded_at=now or _now(),
+                    source=source,
                 )
             )
 
 
-def read_learned_opt_outs(engine: Engine) -> pl.DataFrame:
+def read_learned_opt_outs(
+    engine: Engine, patient_ids: Sequence[str] | None = None
+) -> pl.DataFrame:
+    """Opt-outs learned outside the extract, for everyone or for the given patients."""
     q = sa.select(learned_opt_outs.c.patient_id, learned_opt_outs.c.channel)
+    rows: list[tuple[str, str]] = []
     with engine.connect() as conn:
-        rows = [(r.patient_id, r.channel) for r in conn.execute(q)]
+        if patient_ids is None:
+            rows = [(r.patient_id, r.channel) for r in conn.execute(q)]
+        else:
+            ids = list(patient_ids)
+            for i in range(0, len(ids), 500):
+                part = q.where(learned_opt_outs.c.patient_id.in_(ids[i : i + 500]))
+                rows += [(r.patient_id, r.channel) for r in conn.execute(part)]
     return pl.DataFrame(rows, schema={"patient_id": pl.String, "channel": pl.String}, orient="row")

@@ -10,7 +10,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -23,17 +23,19 @@ from outbound import ledger as ledger_mod
 from outbound.campaigns import (
     CAMPAIGNS_DIR,
     Campaign,
+    CampaignSet,
     FrequencyCap,
-    default_segment_folders,
+    KnownSegments,
     load_campaigns,
-    segment_library,
 )
 from outbound.channels import (
     DEFAULT_SENDGRID_HOST,
     Channel,
+    Content,
     DeliveryUnknown,
     Recipient,
     SendGridEmail,
+    check_api_host,
 )
 from outbound.selection import (
     SEND,
@@ -43,7 +45,7 @@ from outbound.selection import (
     due_campaigns,
     plan_sends,
 )
-from outbound.templates import RECIPIENT_FIELDS, campaign_content, digest_content
+from outbound.templates import RECIPIENT_FIELDS, TemplateError, campaign_content, digest_content
 from outbound.warehouse import (
     read_contacts,
     read_extract_opt_outs,
@@ -93,10 +95,21 @@ class OutboundSettings:
 
 def cap_from_env() -> FrequencyCap:
     """The global frequency cap: OUTBOUND_CAP_MAX_MESSAGES per OUTBOUND_CAP_WINDOW_DAYS."""
-    return FrequencyCap(
-        max_messages=_env_int("OUTBOUND_CAP_MAX_MESSAGES", 1),
-        window_days=_env_int("OUTBOUND_CAP_WINDOW_DAYS", 7),
-    )
+    from pydantic import ValidationError
+
+    try:
+        return FrequencyCap(
+            max_messages=_env_int("OUTBOUND_CAP_MAX_MESSAGES", 1),
+            window_days=_env_int("OUTBOUND_CAP_WINDOW_DAYS", 7),
+        )
+    except ValidationError as e:
+        problems = "; ".join(
+            f"OUTBOUND_CAP_{str(err['loc'][0]).upper()}: {err['msg']}" for err in e.errors()
+        )
+        raise ValueError(
+            f"the frequency cap is invalid ({problems}); at most N messages (N >= 1) per "
+            "D days (1 <= D <= 366)"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -116,7 +129,7 @@ class SenderSettings:
         disabled = _env_bool("OUTBOUND_SEND_DISABLED")
         return cls(
             api_key=None if disabled else (os.environ.get("SENDGRID_API_KEY") or None),
-            host=os.environ.get("SENDGRID_API_HOST") or DEFAULT_SENDGRID_HOST,
+            host=check_api_host(os.environ.get("SENDGRID_API_HOST") or DEFAULT_SENDGRID_HOST),
             from_email=os.environ.get("OUTBOUND_FROM_EMAIL") or None,
             from_name=os.environ.get("OUTBOUND_FROM_NAME") or None,
             sandbox=_env_bool("SENDGRID_SANDBOX_MODE"),
@@ -139,9 +152,35 @@ class SenderSettings:
         )
 
 
+def known_segments(settings: OutboundSettings) -> KnownSegments:
+    """The segment library as campaigns see it: valid segments with their entity,
+    visibility and owner, and the problems of the invalid ones."""
+    from segments.library import default_catalogue, library_folders
+    from segments.validation import read_library
+
+    catalogue = default_catalogue(Path(settings.duckdb_path))
+    return KnownSegments.of(read_library(library_folders(settings.segments_path), catalogue))
+
+
+def campaign_set(settings: OutboundSettings) -> CampaignSet:
+    """Every campaign file: those that can run, and the problems of the others (a bad
+    file, an unknown or invalid segment, someone else's private segment, a template that
+    does not render)."""
+    loaded = load_campaigns(settings.campaigns_dir, known_segments(settings))
+    campaigns, problems = [], list(loaded.problems)
+    for campaign in loaded.campaigns:
+        try:
+            campaign_content(campaign)
+        except TemplateError as e:
+            problems.append(f"{settings.campaigns_dir / (campaign.slug + '.yaml')}: template: {e}")
+            continue
+        campaigns.append(campaign)
+    return CampaignSet(campaigns, problems)
+
+
 def campaigns_for(settings: OutboundSettings) -> list[Campaign]:
-    known = segment_library(default_segment_folders(settings.segments_path))
-    return load_campaigns(settings.campaigns_dir, known)
+    """The campaigns that can run (their problems are `campaign_set`'s to report)."""
+    return campaign_set(settings).campaigns
 
 
 def state_engine(settings: OutboundSettings) -> Engine:
@@ -151,21 +190,24 @@ def state_engine(settings: OutboundSettings) -> Engine:
     return engine
 
 
-def run_clock(as_of: str | None, timezone: str) -> RunClock:
+def run_clock(as_of: str | None, timezone: str, now: datetime | None = None) -> RunClock:
     """The as-of date (default today) at the current clinic time, or OUTBOUND_RUN_TIME.
 
-    OUTBOUND_RUN_TIME (HH:MM, clinic time) pins the clock so that a dry run with --as-of
-    is reproducible, quiet hours included.
+    OUTBOUND_RUN_TIME (HH:MM, clinic time) pins the clock time a plan is made at, so that
+    a dry run with --as-of is reproducible, quiet hours included; the real time still
+    decides what "today" is and what the frequency cap counts.
     """
-    day = parse_as_of(as_of, timezone)
+    real_now = now or datetime.now(UTC)
+    day = parse_as_of(as_of, timezone) if as_of else real_now.astimezone(ZoneInfo(timezone)).date()
     pinned = os.environ.get("OUTBOUND_RUN_TIME")
     if not pinned:
-        return RunClock.at(datetime.now(UTC), timezone, day)
+        return RunClock.at(real_now, timezone, day)
     try:
         at = time.fromisoformat(pinned)
     except ValueError:
         raise ValueError(f"OUTBOUND_RUN_TIME={pinned!r} is not a time; write HH:MM") from None
-    return RunClock.at(datetime.combine(day, at, ZoneInfo(timezone)), timezone, day)
+    pinned_at = datetime.combine(day, at).replace(tzinfo=ZoneInfo(timezone))
+    return RunClock.at(pinned_at, timezone, day, real_now=real_now)
 
 
 @dataclass
@@ -188,17 +230,18 @@ def read_candidates(
 def read_history(
     settings: OutboundSettings, campaigns: list[Campaign], clock: RunClock, engine: Engine
 ) -> pl.DataFrame:
-    """Ledger rows recent enough to matter for the longest cap window in use."""
+    """Ledger rows requested recently enough to matter for the longest cap window in use."""
     windows = [settings.cap.window_days] + [
         c.frequency_cap.window_days for c in campaigns if c.frequency_cap
     ]
-    return ledger_mod.read_history(engine, since=clock.as_of - timedelta(days=max(windows + [1])))
+    return ledger_mod.read_history(engine, since=clock.cap_start(max(windows)))
 
 
-def read_opt_outs(settings: OutboundSettings, clock: RunClock, engine: Engine) -> pl.DataFrame:
-    """Opt-outs in force: the extract's (dated on or before the as-of date) and learned ones."""
+def read_opt_outs(settings: OutboundSettings, engine: Engine) -> pl.DataFrame:
+    """Every opt-out known now: the extract's, whatever date it carries, and the learned
+    ones. Consent is the latest known at the moment of sending."""
     with connect(settings.duckdb_path, read_only=True) as con:
-        extract = read_extract_opt_outs(con, clock.as_of, settings.timezone)
+        extract = read_extract_opt_outs(con)
     return pl.concat([extract, ledger_mod.read_learned_opt_outs(engine)]).unique()
 
 
@@ -214,10 +257,22 @@ def make_plan(
         candidates = read_candidates(settings, campaigns, clock)
     with connect(settings.duckdb_path, read_only=True) as con:
         contacts = read_contacts(con)
-    opt_outs = read_opt_outs(settings, clock, engine)
+    opt_outs = read_opt_outs(settings, engine)
     history = read_history(settings, campaigns, clock, engine)
     plan = plan_sends(campaigns, candidates, contacts, opt_outs, history, clock, settings.cap)
     return Planned(candidates=candidates, plan=plan, contacts=contacts)
+
+
+def candidates_of(plan: pl.DataFrame) -> pl.DataFrame:
+    """The candidate rows a plan was made from (every patient row and staff-digest case)."""
+    columns = ["campaign", "segment_slug", "patient_id", "case_id", "channel", "priority"]
+    patients = plan.filter(pl.col("channel") != STAFF_CHANNEL).select(columns)
+    cases = plan.filter(pl.col("channel") == STAFF_CHANNEL).select(columns)
+    # A staff-digest case is a candidate of its campaign whatever the patient channel is.
+    by_campaign = plan.filter(pl.col("channel") != STAFF_CHANNEL).select("campaign", "channel")
+    cases = cases.drop("channel").join(by_campaign.unique(), on="campaign", how="left")
+    cases = cases.with_columns(pl.col("channel").fill_null("email")).select(columns)
+    return pl.concat([patients, cases]).unique()
 
 
 @dataclass
@@ -228,6 +283,9 @@ class CampaignSendReport:
     sent: int = 0
     failed: int = 0
     requests: int = 0
+    # Planned but not sent, because consent or the cap changed before the request.
+    withheld: int = 0
+    retried: int = 0
     digest: str = ""
 
 
@@ -239,6 +297,8 @@ class SendReport:
     sandbox: bool = False
     unknown: int = 0
     stopped: str | None = None
+    # Why nothing was sent, for a dry run.
+    dry_run_reason: str = ""
     campaigns: dict[str, CampaignSendReport] = field(default_factory=dict)
 
     @property
@@ -254,8 +314,73 @@ class SendReport:
         return sum(c.requests for c in self.campaigns.values())
 
 
+REPORT_SCHEMA = {
+    "send_date": pl.Date,
+    "run_id": pl.String,
+    "dry_run": pl.Boolean,
+    "dry_run_reason": pl.String,
+    "stopped": pl.String,
+    "campaign": pl.String,
+    "planned": pl.Int64,
+    "already_in_ledger": pl.Int64,
+    "sent": pl.Int64,
+    "failed": pl.Int64,
+    "withheld": pl.Int64,
+    "retried": pl.Int64,
+    "requests": pl.Int64,
+    "staff_digest": pl.String,
+}
+
+
+def report_frame(report: SendReport) -> pl.DataFrame:
+    """One row per campaign of a send run (counts only), for the warehouse and the UI."""
+    rows = [
+        (report.send_date, report.run_id, report.dry_run, report.dry_run_reason,
+         report.stopped or "", c.campaign, c.planned, c.already_in_ledger, c.sent, c.failed,
+         c.withheld, c.retried, c.requests, c.digest)
+        for c in report.campaigns.values()
+    ]  # fmt: skip
+    return pl.DataFrame(rows, schema=REPORT_SCHEMA, orient="row")
+
+
 def _chunks(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def today_only(clock: RunClock, timezone: str) -> str:
+    return (
+        f"sending is for the clinic's today only ({clock.today.isoformat()} in {timezone}); "
+        f"the plan for {clock.as_of.isoformat()} is a dry run"
+    )
+
+
+@dataclass
+class _Batch:
+    campaign: Campaign
+    rows: list[dict]
+    retry_ids: dict[str, str]  # patient_id → failed ledger row to try again
+
+
+def _render_all(
+    settings: OutboundSettings, campaigns: list[Campaign], to_send: pl.DataFrame
+) -> tuple[dict[str, Content], dict[str, Content]]:
+    """Every message and staff digest of the plan rendered, before any request is made:
+    a template that fails stops the run with nothing sent."""
+    slugs = set(to_send["campaign"].to_list())
+    contents = {c.slug: campaign_content(c) for c in campaigns if c.slug in slugs}
+    digests: dict[str, Content] = {}
+    staff = to_send.filter(pl.col("channel") == STAFF_CHANNEL)
+    if staff.height:
+        with connect(settings.duckdb_path, read_only=True) as con:
+            data = read_recipient_data(con, staff.select("patient_id", "case_id").unique())
+        for c in campaigns:
+            cases = staff.filter(pl.col("campaign") == c.slug)
+            if c.staff_digest is None or cases.is_empty():
+                continue
+            listed = data.join(cases.select("patient_id", "case_id"), on=["patient_id", "case_id"],
+                               nulls_equal=True).sort("case_id", "patient_id", nulls_last=True)
+            digests[c.slug] = digest_content(c, listed.to_dicts())  # fmt: skip
+    return contents, digests
 
 
 def send_planned(
@@ -268,10 +393,14 @@ def send_planned(
     sandbox: bool = False,
     after_batch: Callable[[str, int], None] | None = None,
 ) -> SendReport:
-    """Send the plan's `send` rows that the ledger does not hold yet for the as-of date.
+    """Send today's plan: what the ledger does not hold yet, for the clinic's real today.
 
-    `channel=None` is a dry run: nothing is written to the ledger. A batch whose outcome is
-    unknowable (connection lost mid-request) stops the run with its rows left `pending`.
+    `channel=None`, or a plan for another day, is a dry run: nothing is written to the
+    ledger. Otherwise, holding the send lock (one send run at a time), the plan is made
+    again from its candidates with the consent and ledger of this moment; every message is
+    rendered before the first request; and just before each batch the patients' consent is
+    read once more. A batch whose outcome is unknowable (connection lost mid-request) stops
+    the run with its rows left `pending`.
     """
     run_id = ledger_mod.new_run_id()
     report = SendReport(
@@ -279,103 +408,167 @@ def send_planned(
     )
     to_send = planned.plan.filter(pl.col("decision") == SEND)
     by_slug = {c.slug: c for c in campaigns}
-    order = sorted({*to_send["campaign"].to_list()}, key=lambda s: (-by_slug[s].priority, s))
-    for slug in order:
-        report.campaigns[slug] = CampaignSendReport(
-            slug, planned=to_send.filter(pl.col("campaign") == slug).height
-        )
-    if channel is None:
+    if channel is None or not clock.is_today:
+        report.dry_run = True
+        if channel is not None:
+            report.dry_run_reason = today_only(clock, settings.timezone)
+        for slug in sorted(set(to_send["campaign"].to_list())):
+            report.campaigns[slug] = CampaignSendReport(
+                slug, planned=to_send.filter(pl.col("campaign") == slug).height
+            )
         return report
 
-    report.unknown = ledger_mod.mark_abandoned_unknown(engine, clock.as_of, run_id)
+    ledger_mod.acquire_send_lock(engine, run_id, clock.real_now)
+    try:
+        # The plan again, now, under the lock: what others sent and who opted out since the
+        # plan was made count.
+        candidates = planned.candidates if planned.candidates.height else candidates_of(
+            planned.plan
+        )
+        fresh = make_plan(settings, campaigns, clock, engine, candidates=candidates)
+        to_send = fresh.plan.filter(pl.col("decision") == SEND)
+        order = sorted(set(to_send["campaign"].to_list()), key=lambda s: (-by_slug[s].priority, s))
+        for slug in order:
+            report.campaigns[slug] = CampaignSendReport(
+                slug, planned=to_send.filter(pl.col("campaign") == slug).height
+            )
+        contents, digests = _render_all(settings, campaigns, to_send)
+        report.unknown = ledger_mod.mark_abandoned_unknown(engine, run_id, clock.real_now)
+        _send_rows(settings, by_slug, order, to_send, fresh, clock, engine, channel, run_id,
+                   report, contents, digests, sandbox, after_batch)  # fmt: skip
+    except DeliveryUnknown as e:
+        report.stopped = str(e)
+    finally:
+        ledger_mod.release_send_lock(engine, run_id)
+    return report
+
+
+def _send_rows(
+    settings: OutboundSettings,
+    by_slug: dict[str, Campaign],
+    order: list[str],
+    to_send: pl.DataFrame,
+    planned: Planned,
+    clock: RunClock,
+    engine: Engine,
+    channel: Channel,
+    run_id: str,
+    report: SendReport,
+    contents: dict[str, Content],
+    digests: dict[str, Content],
+    sandbox: bool,
+    after_batch: Callable[[str, int], None] | None,
+) -> None:
     existing = ledger_mod.existing_keys(engine, clock.as_of)
+    retryable = ledger_mod.retryable_rows(engine, clock.as_of)
     patient_rows = to_send.filter(pl.col("channel") != STAFF_CHANNEL)
     with connect(settings.duckdb_path, read_only=True) as con:
-        data = read_recipient_data(con, to_send.select("patient_id", "case_id").unique())
+        data = read_recipient_data(con, patient_rows.select("patient_id", "case_id").unique())
     addresses = planned.contacts.select("patient_id", "email")
     patient_rows = patient_rows.join(addresses, on="patient_id", how="left").join(
         data, on=["patient_id", "case_id"], how="left", nulls_equal=True
     )
     ok_status = ledger_mod.SANDBOX if sandbox else ledger_mod.SENT
     batch_no = 0
-    try:
-        for slug in order:
-            campaign = by_slug[slug]
-            rep = report.campaigns[slug]
-            rows = [
-                r
-                for r in patient_rows.filter(pl.col("campaign") == slug).iter_rows(named=True)
-                if (slug, r["patient_id"]) not in existing
-            ]
-            rep.already_in_ledger = patient_rows.filter(pl.col("campaign") == slug).height - len(
-                rows
+    for slug in order:
+        campaign = by_slug[slug]
+        rep = report.campaigns[slug]
+        rows = patient_rows.filter(pl.col("campaign") == slug).to_dicts()
+        todo = [r for r in rows if (slug, r["patient_id"]) not in existing
+                or (slug, r["patient_id"]) in retryable]  # fmt: skip
+        rep.already_in_ledger = len(rows) - len(todo)
+        for chunk in _chunks(todo, campaign.batch_size):
+            # Consent once more, just before the request: an opt-out learned a moment ago
+            # is honoured.
+            refused = set(
+                ledger_mod.read_learned_opt_outs(engine, [r["patient_id"] for r in chunk])
+                .filter(pl.col("channel").is_in(["email", "all"]))["patient_id"]
+                .to_list()
             )
-            if rows:
-                content = campaign_content(campaign)
-            for chunk in _chunks(rows, campaign.batch_size):
-                entries = [
-                    ledger_mod.LedgerEntry(
-                        campaign=slug,
-                        recipient=r["patient_id"],
-                        patient_id=r["patient_id"],
-                        case_id=r["case_id"],
-                        segment_slug=r["segment_slug"],
-                        channel=r["channel"],
-                    )
-                    for r in chunk
-                ]
-                ids = ledger_mod.insert_pending(engine, entries, clock.as_of, run_id)
-                recipients = [
-                    Recipient(
-                        ledger_id=i,
-                        address=r["email"].strip(),
-                        data={f: r.get(f) or "" for f in RECIPIENT_FIELDS},
-                    )
-                    for i, r in zip(ids, chunk, strict=True)
-                ]
-                rep.requests += 1
-                batch_no += 1
-                outcome = channel.send_batch(
-                    recipients,
-                    content,
-                    campaign.sendgrid_categories,
-                    {"campaign": slug, "send_date": clock.as_of.isoformat()},
+            chunk = [r for r in chunk if r["patient_id"] not in refused]
+            rep.withheld += len(refused)
+            ids = _ledger_rows(engine, slug, chunk, retryable, clock, run_id, rep)
+            sending = [(i, r) for i, r in zip(ids, chunk, strict=True) if i is not None]
+            if not sending:
+                continue
+            recipients = [
+                Recipient(
+                    ledger_id=i,
+                    address=r["email"].strip(),
+                    data={f: r.get(f) or "" for f in RECIPIENT_FIELDS},
                 )
-                if outcome.ok:
-                    ledger_mod.set_status(
-                        engine, ids, ok_status, provider_message_id=outcome.provider_message_id
-                    )
-                    rep.sent += len(ids)
-                else:
-                    ledger_mod.set_status(engine, ids, ledger_mod.FAILED, error=outcome.error)
-                    rep.failed += len(ids)
-                    log.warning(
-                        "campaign %s: batch of %d failed with HTTP %s",
-                        slug,
-                        len(ids),
-                        outcome.status_code,
-                    )
-                if after_batch is not None:
-                    after_batch(slug, batch_no)
-            _send_digest(
-                settings,
-                campaign,
-                to_send,
-                clock,
-                engine,
-                channel,
-                existing,
-                run_id,
-                rep,
-                ok_status,
+                for i, r in sending
+            ]
+            sent_ids = [i for i, _ in sending]
+            rep.requests += 1
+            batch_no += 1
+            outcome = channel.send_batch(
+                recipients,
+                contents[slug],
+                campaign.sendgrid_categories,
+                {"campaign": slug, "send_date": clock.as_of.isoformat()},
             )
-    except DeliveryUnknown as e:
-        report.stopped = str(e)
-    return report
+            if outcome.ok:
+                ledger_mod.set_status(engine, sent_ids, ok_status,
+                                      provider_message_id=outcome.provider_message_id)  # fmt: skip
+                rep.sent += len(sent_ids)
+            else:
+                ledger_mod.set_status(engine, sent_ids, ledger_mod.FAILED, error=outcome.error,
+                                      retryable=outcome.retryable)  # fmt: skip
+                rep.failed += len(sent_ids)
+                log.warning(
+                    "campaign %s: batch of %d failed (%s)",
+                    slug,
+                    len(sent_ids),
+                    f"HTTP {outcome.status_code}" if outcome.status_code else "not sent",
+                )
+            ledger_mod.heartbeat_send_lock(engine, run_id)
+            if after_batch is not None:
+                after_batch(slug, batch_no)
+        if slug in digests:
+            _send_digest(campaign, to_send, clock, engine, channel, existing, run_id, rep,
+                         ok_status, digests[slug])  # fmt: skip
+
+
+def _ledger_rows(
+    engine: Engine,
+    slug: str,
+    chunk: list[dict],
+    retryable: dict[tuple[str, str], str],
+    clock: RunClock,
+    run_id: str,
+    rep: CampaignSendReport,
+) -> list[str | None]:
+    """The ledger row each message of the batch goes out under (None: not this run's)."""
+    fresh = [r for r in chunk if (slug, r["patient_id"]) not in retryable]
+    entries = [
+        ledger_mod.LedgerEntry(
+            campaign=slug,
+            recipient=r["patient_id"],
+            patient_id=r["patient_id"],
+            case_id=r["case_id"],
+            segment_slug=r["segment_slug"],
+            channel=r["channel"],
+        )
+        for r in fresh
+    ]
+    inserted = iter(ledger_mod.insert_pending(engine, entries, clock.as_of, run_id, clock.real_now))
+    keys = [(slug, r["patient_id"]) for r in chunk]
+    wanted = [retryable[k] for k in keys if k in retryable]
+    claimed = set(ledger_mod.claim_retries(engine, wanted, run_id, clock.real_now))
+    rep.retried += len(claimed)
+    ids: list[str | None] = []
+    for r in chunk:
+        key = (slug, r["patient_id"])
+        if key in retryable:
+            ids.append(retryable[key] if retryable[key] in claimed else None)
+        else:
+            ids.append(next(inserted))
+    rep.already_in_ledger += sum(1 for i in ids if i is None)
+    return ids
 
 
 def _send_digest(
-    settings: OutboundSettings,
     campaign: Campaign,
     to_send: pl.DataFrame,
     clock: RunClock,
@@ -385,21 +578,15 @@ def _send_digest(
     run_id: str,
     rep: CampaignSendReport,
     ok_status: str,
+    content: Content,
 ) -> None:
-    if campaign.staff_digest is None:
-        return
     cases = to_send.filter(
         (pl.col("campaign") == campaign.slug) & (pl.col("channel") == STAFF_CHANNEL)
     )
-    if cases.is_empty():
-        return
     if (campaign.slug, ledger_mod.STAFF_RECIPIENT) in existing:
         rep.digest = "already sent today"
         return
-    with connect(settings.duckdb_path, read_only=True) as con:
-        data = read_recipient_data(con, cases.select("patient_id", "case_id").unique())
-    listed = data.sort("case_id", "patient_id", nulls_last=True).to_dicts()
-    content = digest_content(campaign, listed)
+    assert campaign.staff_digest is not None
     [ledger_id] = ledger_mod.insert_pending(
         engine,
         [
@@ -414,7 +601,11 @@ def _send_digest(
         ],
         clock.as_of,
         run_id,
+        clock.real_now,
     )
+    if ledger_id is None:
+        rep.digest = "already sent today"
+        return
     recipients = [Recipient(ledger_id=ledger_id, address=a) for a in campaign.staff_digest.to]
     rep.requests += 1
     outcome = channel.send_batch(
@@ -427,7 +618,8 @@ def _send_digest(
         ledger_mod.set_status(
             engine, [ledger_id], ok_status, provider_message_id=outcome.provider_message_id
         )
-        rep.digest = f"sent to {len(recipients)} staff address(es), {len(listed)} cases"
+        rep.digest = f"sent to {len(recipients)} staff address(es), {cases.height} cases"
     else:
-        ledger_mod.set_status(engine, [ledger_id], ledger_mod.FAILED, error=outcome.error)
-        rep.digest = f"failed (HTTP {outcome.status_code})"
+        ledger_mod.set_status(engine, [ledger_id], ledger_mod.FAILED, error=outcome.error,
+                              retryable=outcome.retryable)  # fmt: skip
+        rep.digest = f"failed ({outcome.error})"

@@ -6,7 +6,8 @@
 1. `opted_out` / `no_consent` — an opt-out for the channel or `all` (extract or learned),
    consent explicitly false, or (campaigns requiring it) consent not explicitly true;
 2. `no_address` — no usable address for the channel;
-3. `frequency_cap` — messaged by any campaign within the cap window (staff digests and
+3. `frequency_cap` — messaged by any campaign within the cap window, counted in real time
+   by when each request was made, whatever day it was planned for (staff digests and
    failed / sandbox sends do not count);
 4. `lower_priority` — a higher-priority campaign claims the patient in this run (equal
    priorities: the campaign slug that sorts first wins);
@@ -19,13 +20,13 @@ One patient gets at most one message per run, whatever the cap allows over the w
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import polars as pl
 
 from outbound.campaigns import Campaign, FrequencyCap
-from outbound.ledger import DELIVERED_OR_MAYBE, STAFF_RECIPIENT
+from outbound.ledger import DELIVERED_OR_MAYBE, HISTORY_SCHEMA, STAFF_RECIPIENT
 
 SEND, SUPPRESSED, DEFERRED = "send", "suppressed", "deferred"
 OPTED_OUT, NO_CONSENT, NO_ADDRESS = "opted_out", "no_consent", "no_address"
@@ -65,32 +66,62 @@ CONTACTS_SCHEMA = {
     "accepted_sms_marketing": pl.Boolean,
 }
 OPT_OUTS_SCHEMA = {"patient_id": pl.String, "channel": pl.String}
-HISTORY_SCHEMA = {
-    "campaign": pl.String,
-    "recipient": pl.String,
-    "send_date": pl.Date,
-    "status": pl.String,
-}
 
 
 @dataclass(frozen=True)
 class RunClock:
-    """The run's as-of date and wall-clock time in the clinic time zone."""
+    """The day a plan is for, the clinic clock time it is planned at, and the real moment.
+
+    `local_now` is the moment the plan is evaluated at (the as-of day at `local_time`);
+    `real_now` is the actual time. Only a plan for the clinic's real today may be sent.
+    """
 
     as_of: date
     local_time: time
     local_now: datetime
+    real_now: datetime
+    today: date  # the real date in the clinic time zone
 
     @classmethod
-    def at(cls, run_at: datetime, timezone: str, as_of: date | None = None) -> RunClock:
-        if run_at.tzinfo is None:
-            raise ValueError("run_at must carry a time zone (an aware datetime)")
-        local = run_at.astimezone(ZoneInfo(timezone))
+    def at(
+        cls,
+        run_at: datetime,
+        timezone: str,
+        as_of: date | None = None,
+        real_now: datetime | None = None,
+    ) -> RunClock:
+        """A clock at `run_at` (the clinic clock time a plan is made at) for day `as_of`
+        (default: run_at's day); `real_now` is the actual time (default: run_at)."""
+        if run_at.tzinfo is None or (real_now is not None and real_now.tzinfo is None):
+            raise ValueError("run_at and real_now must carry a time zone (aware datetimes)")
+        zone = ZoneInfo(timezone)
+        local = run_at.astimezone(zone)
         day = as_of or local.date()
         # With an explicit as-of date the run is evaluated at the same clock time that day.
-        local_now = datetime.combine(day, local.timetz().replace(tzinfo=None), local.tzinfo)
-        local_now = local_now.replace(tzinfo=ZoneInfo(timezone))
-        return cls(as_of=day, local_time=local.time(), local_now=local_now)
+        local_now = datetime.combine(day, local.time()).replace(tzinfo=zone)
+        real = real_now or run_at
+        return cls(
+            as_of=day,
+            local_time=local.time(),
+            local_now=local_now,
+            real_now=real,
+            today=real.astimezone(zone).date(),
+        )
+
+    @property
+    def is_today(self) -> bool:
+        """Whether the plan is for the clinic's real today: only such a plan is sent."""
+        return self.as_of == self.today
+
+    @property
+    def cap_moment(self) -> datetime:
+        """The moment the frequency cap looks back from: now for today's plan, the plan's
+        own moment for a dry run of another day."""
+        return self.real_now if self.is_today else self.local_now
+
+    def cap_start(self, window_days: int) -> datetime:
+        """Messages requested at or after this (UTC) count toward a cap of `window_days`."""
+        return (self.cap_moment - timedelta(days=window_days)).astimezone(UTC)
 
 
 def next_window_opens(campaign: Campaign, local_now: datetime) -> datetime:
@@ -202,8 +233,8 @@ def plan_sends(
     """The plan: one row per patient candidate and per staff-digest case, with a decision.
 
     `candidates` comes from `build_candidates`; `contacts` holds every patient's address
-    and consent; `opt_outs` the (patient_id, channel) opt-outs in force at the as-of date;
-    `history` the ledger rows (campaign, recipient, send_date, status).
+    and consent; `opt_outs` every (patient_id, channel) opt-out known now, whatever its
+    date; `history` the ledger rows (campaign, recipient, send_date, status, attempted_at).
     """
     due = due_campaigns(campaigns, clock.as_of)
     table = _campaign_table(due, clock, cap or FrequencyCap())
@@ -238,8 +269,6 @@ def plan_sends(
     )
     patients = patients.join(opted, on="patient_id", how="left")
 
-    hist_window = int(table["cap_window"].max() or 0) if table.height else 0
-    earliest = clock.as_of - timedelta(days=max(hist_window - 1, 0))
     counted = (
         history.lazy()
         .select(list(HISTORY_SCHEMA))
@@ -247,17 +276,19 @@ def plan_sends(
         .filter(
             pl.col("status").is_in(list(DELIVERED_OR_MAYBE)),
             pl.col("recipient") != STAFF_RECIPIENT,
-            pl.col("send_date").is_between(earliest, clock.as_of),
         )
         .rename({"recipient": "patient_id", "campaign": "hist_campaign"})
     )
+    moment = clock.cap_moment.astimezone(UTC)
     prior = (
         patients.select("campaign", "patient_id", "cap_window")
         .join(counted, on="patient_id")
         .filter(
-            pl.col("cap_window") > 0,
-            pl.col("send_date") >= pl.lit(clock.as_of) - pl.duration(days=pl.col("cap_window") - 1),
-            # A candidate's own row for today is this same message (a re-run), not a prior one.
+            # Every message requested within the window before now, in real time.
+            pl.col("attempted_at")
+            >= pl.lit(moment) - pl.duration(days=pl.col("cap_window")),
+            # A candidate's own row for the day is this same message (a re-run), not a
+            # prior one.
             ~(
                 (pl.col("hist_campaign") == pl.col("campaign"))
                 & (pl.col("send_date") == clock.as_of)

@@ -69,22 +69,13 @@ def read_contacts(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     )
 
 
-def read_extract_opt_outs(
-    con: duckdb.DuckDBPyConnection, as_of: date, timezone: str
-) -> pl.DataFrame:
-    """Opt-outs in force on the as-of date: recorded on or before it (clinic time), or undated."""
+def read_extract_opt_outs(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    """Every opt-out of the extract, whatever date it carries: an opt-out dated after the
+    day a plan is for is still an opt-out at the moment of sending."""
     if not table_exists(con, "raw", "opt_outs"):
         return pl.DataFrame(schema=OPT_OUTS_SCHEMA)
     return (
-        con.sql(
-            """
-            select distinct patient_id, lower(channel) as channel
-            from raw.opt_outs
-            where opted_out_at is null
-               or cast(timezone($tz, opted_out_at) as date) <= $as_of
-            """,
-            params={"tz": timezone, "as_of": as_of},
-        )
+        con.sql("select distinct patient_id, lower(channel) as channel from raw.opt_outs")
         .pl()
         .cast(OPT_OUTS_SCHEMA)
     )

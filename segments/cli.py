@@ -36,7 +36,10 @@ def cmd_validate(paths: list[str]) -> int:
     try:
         catalogue = _catalogue(settings)
         if not paths:
-            segments = load_library(settings, catalogue)
+            library = load_library(settings, catalogue)
+            if library.issues:
+                raise SegmentValidationError(library.issues)
+            segments = library.segments
         else:
             segments = load_segments([Path(p) for p in paths], catalogue)
     except SegmentValidationError as exc:
@@ -84,9 +87,14 @@ def cmd_preview(file: str, as_of: str | None) -> int:
 
 
 def _find_visible(settings: Settings, slug: str, user: str | None) -> Segment | None:
-    for seg in load_library(settings, None):
-        if seg.slug == slug and visible_to(seg, user):
-            return seg
+    """The segment `slug` if `user` may see it; a bad file of another segment is no
+    obstacle, and this segment's own problems are reported."""
+    library = load_library(settings, None)
+    seg = library.get(slug)
+    if seg is not None and visible_to(seg, user):
+        return seg
+    if seg is None and library.problems_of(slug):
+        raise SegmentValidationError(library.problems_of(slug))
     return None
 
 
@@ -149,9 +157,12 @@ def cmd_segments_list(user: str | None) -> int:
     """The library's segments visible to `user` (others' private segments are left out)."""
     settings = Settings.from_env()
     try:
-        segments = [s for s in load_library(settings, None) if visible_to(s, user)]
-    except (SegmentValidationError, FileNotFoundError) as exc:
+        library = load_library(settings, None)
+    except FileNotFoundError as exc:
         return _fail(str(exc), 2)
+    segments = [s for s in library.segments if visible_to(s, user)]
+    for issue in library.issues:
+        print(f"warning: {issue}", file=sys.stderr)
     counts: dict[str, int] = {}
     if settings.duckdb_path.exists():
         con = duckdb.connect(str(settings.duckdb_path), read_only=True)
@@ -194,10 +205,10 @@ def cmd_segments_list(user: str | None) -> int:
     return 0
 
 
-def cmd_resnapshot(slug: str, as_of: str | None = None) -> int:
-    """Re-freeze a snapshot segment's list on purpose."""
+def cmd_resnapshot(slug: str, as_of: str | None = None, user: str | None = None) -> int:
+    """Re-freeze a snapshot segment's list on purpose (a private one only for its owner)."""
     try:
-        count = resnapshot(slug, as_of)
+        count = resnapshot(slug, as_of, user=user)
     except (KeyError, ValueError, CatalogueError, WarehouseError) as exc:
         return _fail(str(exc.args[0]) if isinstance(exc, KeyError) else str(exc))
     print(f"{slug}: snapshot re-frozen with {count} member(s); the next run writes them")

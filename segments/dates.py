@@ -25,6 +25,12 @@ class BadDate(ValueError):
     """A date value that is neither relative nor ISO; the message says how to write it."""
 
 
+# How far a relative date may reach from the as-of date, per unit: 200 years either way,
+# far beyond any clinic's history, and always a real calendar date.
+MAX_OFFSET = {"day": 73_050, "week": 10_436, "month": 2_400, "year": 200}
+_HAS_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{1,2}:\d{2}")
+
+
 def add_months(d: date, months: int) -> date:
     """Calendar month step clamped to the month's last day (31 Aug - 6 months = 28/29 Feb)."""
     index = d.year * 12 + (d.month - 1) + months
@@ -40,7 +46,11 @@ def parse_date_value(value: object) -> tuple[str, int] | date:
     Validation calls this so that a bad date is reported before anything runs.
     """
     if isinstance(value, datetime):
-        return value.date()
+        raise BadDate(
+            f"{value.isoformat()!r} has a time of day; a date condition compares calendar "
+            f"days (in the clinic's time zone), so write the date only, e.g. "
+            f"'{value.date().isoformat()}'"
+        )
     if isinstance(value, date):
         return value
     if not isinstance(value, str):
@@ -50,8 +60,18 @@ def parse_date_value(value: object) -> tuple[str, int] | date:
         return ("day", 0)
     m = _RELATIVE.match(text)
     if m:
-        n = int(m.group("n"))
-        return (m.group("unit").lower(), -n if m.group("sign") == "-" else n)
+        n, unit = int(m.group("n")), m.group("unit").lower()
+        if n > MAX_OFFSET[unit]:
+            raise BadDate(
+                f"{value!r} reaches too far from the as-of date; offsets go up to "
+                f"{MAX_OFFSET[unit]:,} {unit}s (200 years)"
+            )
+        return (unit, -n if m.group("sign") == "-" else n)
+    if _HAS_TIME.match(text):
+        raise BadDate(
+            f"{value!r} has a time of day; a date condition compares calendar days (in the "
+            f"clinic's time zone), so write the date only, e.g. {text[:10]!r}"
+        )
     try:
         return date.fromisoformat(text)
     except ValueError:

@@ -33,7 +33,7 @@ from segments.membership import (
     check_consistency,
     record_membership,
 )
-from segments.validation import Segment, load_segments
+from segments.validation import Segment, SegmentLibrary, read_library
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -69,8 +69,10 @@ def default_catalogue(duckdb_path: Path | None = None) -> Catalogue:
     )
 
 
-def load_library(settings: Settings, catalogue: Catalogue | None) -> list[Segment]:
-    return load_segments(library_folders(settings.segments_path), catalogue)
+def load_library(settings: Settings, catalogue: Catalogue | None) -> SegmentLibrary:
+    """The shipped definitions and SEGMENTS_PATH's; a bad file is an issue of the library,
+    never a reason to lose the others."""
+    return read_library(library_folders(settings.segments_path), catalogue)
 
 
 def visible_to(segment: Segment, user: str | None) -> bool:
@@ -187,19 +189,30 @@ def materialise(
     return Materialised(members, change, snapshotted, consistency)
 
 
-def resnapshot(slug: str, as_of: str | None = None, settings: Settings | None = None) -> int:
+def resnapshot(
+    slug: str,
+    as_of: str | None = None,
+    settings: Settings | None = None,
+    user: str | None = None,
+) -> int:
     """Re-freeze a snapshot segment's list now (on purpose); returns the new member count.
 
-    The warehouse membership follows at the segment's next materialisation.
+    A private segment is re-frozen only for its owner (`user`). The warehouse membership
+    follows at the segment's next materialisation.
     """
     from clinic_audiences.config import parse_as_of
 
     settings = settings or Settings.from_env()
     catalogue = default_catalogue(settings.duckdb_path)
-    by_slug = {s.slug: s for s in load_library(settings, catalogue)}
-    if slug not in by_slug:
+    library = load_library(settings, catalogue)
+    segment = library.get(slug)
+    if segment is not None and not visible_to(segment, user):
+        segment = None  # someone else's private segment does not exist for this user
+    if segment is None:
+        problems = library.problems_of(slug)
+        if problems:
+            raise ValueError("\n".join(str(p) for p in problems))
         raise KeyError(f"no segment {slug!r}; `audiences segments list` shows the slugs")
-    segment = by_slug[slug]
     if segment.definition.mode != "snapshot":
         raise ValueError(f"segment {slug!r} is dynamic; only snapshot segments are frozen")
     day = parse_as_of(as_of, settings.clinic_timezone)

@@ -8,15 +8,16 @@ as `file: path: what is wrong; how to fix it`.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
+from clinic_audiences.yaml_files import YamlFileError, parse_yaml, read_yaml_file
 from segments.catalogue import ENTITY_TABLES, EVENT_SOURCES, Catalogue, Field, FieldType
 from segments.dates import BadDate, parse_date_value
 from segments.model import (
@@ -32,6 +33,9 @@ from segments.model import (
 )
 
 SLUG_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+# Longer text values are not something a condition compares with (and would slow every
+# evaluation of the segment down).
+MAX_TEXT_VALUE = 1_000
 
 _NULL_OPS = {"is_null", "is_not_null"}
 _ORDER_OPS = {"eq", "neq", "gt", "gte", "lt", "lte", "between"}
@@ -100,40 +104,32 @@ def slug_of(path: Path) -> str:
 # -- reading YAML ---------------------------------------------------------------------
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A safe loader that refuses duplicate keys (PyYAML would silently keep the last)."""
+def _yaml_issue(exc: YamlFileError) -> SegmentValidationError:
+    return SegmentValidationError(
+        [Issue(exc.file, f"line {exc.line}" if exc.line else "", exc.message)]
+    )
 
 
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False):
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}; each key may appear once", key_node.start_mark
-            )
-        seen.add(key)
-    return loader.construct_mapping(node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def read_yaml(text: str, file: str) -> dict[str, Any]:
-    try:
-        doc = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise SegmentValidationError(
-            [Issue(file, where, f"not valid YAML: {problem}; check indentation and quoting")]
-        ) from None
+def _as_mapping(doc: Any, file: str) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise SegmentValidationError(
             [Issue(file, "", "a segment file must be a mapping with at least `name` and `include`")]
         )
     return doc
+
+
+def read_yaml(text: str, file: str) -> dict[str, Any]:
+    try:
+        return _as_mapping(parse_yaml(text, file), file)
+    except YamlFileError as exc:
+        raise _yaml_issue(exc) from None
+
+
+def read_segment_file(path: Path) -> dict[str, Any]:
+    try:
+        return _as_mapping(read_yaml_file(path), str(path))
+    except YamlFileError as exc:
+        raise _yaml_issue(exc) from None
 
 
 # -- pass 1: shape (pydantic) -----------------------------------------------------------
@@ -305,6 +301,13 @@ class _Checker:
                 self.scalar(v, field.type, c.field, f"{vpath}[{j}]")
         elif c.op == "within_km":
             self.within_km(value, vpath)
+        elif isinstance(value, list) and c.op in ("eq", "neq"):
+            other = "in" if c.op == "eq" else "not_in"
+            self.add(
+                vpath,
+                f"{c.op} compares with one value; to match any of several, use `op: {other}` "
+                "with the list",
+            )
         else:
             self.scalar(value, field.type, c.field, vpath)
 
@@ -339,6 +342,13 @@ class _Checker:
                 self.date_value(value, path)
             return
         if ftype is FieldType.STRING:
+            if isinstance(value, str) and len(value) > MAX_TEXT_VALUE:
+                self.add(
+                    path,
+                    f"the value is {len(value):,} characters long; text values are limited to "
+                    f"{MAX_TEXT_VALUE:,}",
+                )
+                return
             if not isinstance(value, str):
                 shown = "true / false" if isinstance(value, bool) else repr(value)
                 kind = "a number" if isinstance(value, int | float) else "not text"
@@ -355,6 +365,8 @@ class _Checker:
                     f"{value!r} is not a number but {field!r} is {_TYPE_WORDS[ftype]}; "
                     "write it without quotes, e.g. 1000",
                 )
+            elif not math.isfinite(value):
+                self.add(path, f"{value!r} is not a finite number; write a number such as 1000")
             return
         if ftype is FieldType.BOOLEAN and not isinstance(value, bool):
             self.add(path, f"{value!r} is not true / false; {field!r} is a boolean (see is_true)")
@@ -388,21 +400,38 @@ def load_segment(path: str | Path, catalogue: Catalogue | None, check_slug: bool
             [Issue(file, "", f"file name {path.name!r} is not a valid slug; use lowercase "
                    "letters, digits and dashes, e.g. lapsed-physio-6-12mo.yaml")]
         )  # fmt: skip
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SegmentValidationError([Issue(file, "", f"cannot read: {exc.strerror}")]) from None
-    return Segment(slug, path, parse_definition(read_yaml(text, file), file, catalogue))
+    return Segment(slug, path, parse_definition(read_segment_file(path), file, catalogue))
 
 
 def segment_files(folder: Path) -> list[Path]:
     return sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
 
 
-def load_segments(paths: list[Path], catalogue: Catalogue | None) -> list[Segment]:
-    """Every definition in the given folders and files, all validated; all problems
-    reported together. Two files with the same slug are an error."""
+@dataclass(frozen=True)
+class SegmentLibrary:
+    """Every definition of some folders: the valid ones, and the problems of the others.
+
+    One bad file never hides the others: each consumer uses `segments` and reports
+    `issues` (which name their file) as it sees fit.
+    """
+
+    segments: list[Segment]
+    issues: list[Issue]
+    # Slug → the problems of the file(s) that would define it.
+    invalid: dict[str, list[Issue]]
+
+    def get(self, slug: str) -> Segment | None:
+        return next((s for s in self.segments if s.slug == slug), None)
+
+    def problems_of(self, slug: str) -> list[Issue]:
+        return self.invalid.get(slug, [])
+
+
+def read_library(paths: list[Path], catalogue: Catalogue | None) -> SegmentLibrary:
+    """Every definition in the given folders and files; two files with the same slug are
+    a problem of the second one."""
     issues: list[Issue] = []
+    invalid: dict[str, list[Issue]] = {}
     found: dict[str, Segment] = {}
     files = [f for p in paths for f in (segment_files(p) if p.is_dir() else [p])]
     for path in files:
@@ -410,18 +439,26 @@ def load_segments(paths: list[Path], catalogue: Catalogue | None) -> list[Segmen
             seg = load_segment(path, catalogue)
         except SegmentValidationError as exc:
             issues.extend(exc.issues)
+            invalid.setdefault(slug_of(path), []).extend(exc.issues)
             continue
         other = found.get(seg.slug)
         if other is not None and other.path.resolve() != path.resolve():
-            issues.append(
-                Issue(str(path), "", f"slug {seg.slug!r} is already defined by "
-                      f"{other.path}; rename one of the files")
-            )  # fmt: skip
+            issue = Issue(str(path), "", f"slug {seg.slug!r} is already defined by "
+                          f"{other.path}; rename one of the files")  # fmt: skip
+            issues.append(issue)
+            invalid.setdefault(seg.slug, []).append(issue)
             continue
         found[seg.slug] = seg
-    if issues:
-        raise SegmentValidationError(issues)
-    return list(found.values())
+    return SegmentLibrary(list(found.values()), issues, invalid)
+
+
+def load_segments(paths: list[Path], catalogue: Catalogue | None) -> list[Segment]:
+    """Every definition in the given folders and files, all validated; all problems
+    reported together. Two files with the same slug are an error."""
+    library = read_library(paths, catalogue)
+    if library.issues:
+        raise SegmentValidationError(library.issues)
+    return library.segments
 
 
 __all__ = [
@@ -430,8 +467,10 @@ __all__ = [
     "Issue",
     "OPS_BY_TYPE",
     "Segment",
+    "SegmentLibrary",
     "SegmentValidationError",
     "load_segment",
     "load_segments",
     "parse_definition",
+    "read_library",
 ]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime
+from zoneinfo import ZoneInfo
 
 import dagster as dg
 import duckdb
@@ -14,6 +15,8 @@ from orchestration.resources import AS_OF_TAG, ClinicSettingsResource, Warehouse
 from outbound.checks import opted_out_in_plan, twice_in_cap_window
 
 AS_OF = date(2026, 11, 26)
+# Only the clinic's real today is ever sent: the sending tests plan for it.
+TODAY = datetime.now(ZoneInfo("Australia/Sydney")).date()
 CAMPAIGN = """
 name: Reactivation
 segment: lapsed-physio-6-12mo
@@ -23,14 +26,15 @@ schedule: {every: day}
 """
 
 
-@pytest.fixture
-def wired(tmp_path, monkeypatch, make_warehouse):
+@pytest.fixture(params=[AS_OF])
+def wired(request, tmp_path, monkeypatch, make_warehouse):
+    day = request.param
     patients = [
         ("p1", "Ann", "ann@clinic.example", None, None, None),
         ("p2", "Bob", "bob@clinic.example", None, None, None),
         ("p3", "Cy", "cy@clinic.example", None, None, None),
     ]
-    membership = [("lapsed-physio-6-12mo", p, None, AS_OF) for p in ("p1", "p2", "p3")]
+    membership = [("lapsed-physio-6-12mo", p, None, day) for p in ("p1", "p2", "p3")]
     db = make_warehouse(
         tmp_path / "wh.duckdb", patients, membership, opt_outs=[("p3", "all", None)]
     )
@@ -50,9 +54,9 @@ def wired(tmp_path, monkeypatch, make_warehouse):
     return defs, resources, db
 
 
-def materialize(defs, resources):
+def materialize(defs, resources, day=AS_OF):
     assets = list(defs.assets) + list(defs.asset_checks)
-    return dg.materialize(assets, resources=resources, tags={AS_OF_TAG: AS_OF.isoformat()})
+    return dg.materialize(assets, resources=resources, tags={AS_OF_TAG: day.isoformat()})
 
 
 def test_keys_and_segment_deps(wired):
@@ -76,7 +80,11 @@ def test_dry_run_materialisation_plan_table_checks_and_empty_ledger(wired):
     result = materialize(defs, resources)
     assert result.success
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-    assert checks == {"no_opted_out_patients_in_plan": True, "nobody_twice_in_cap_window": True}
+    assert checks == {
+        "no_opted_out_patients_in_plan": True,
+        "nobody_twice_in_cap_window": True,
+        "campaign_files_can_run": True,
+    }
     meta = result.asset_materializations_for_node("outbound__send_plan")[0].metadata
     assert meta["to_send"].value == 2 and meta["suppressed"].value == 1
     sent_meta = result.asset_materializations_for_node("sent_messages")[0].metadata
@@ -98,15 +106,16 @@ def test_dry_run_materialisation_plan_table_checks_and_empty_ledger(wired):
         con.close()
 
 
+@pytest.mark.parametrize("wired", [TODAY], indirect=True)
 def test_sending_materialisation_exports_the_ledger(wired, monkeypatch, fake_sendgrid):
     defs, resources, db = wired
     monkeypatch.setenv("SENDGRID_API_KEY", "test-key")
     monkeypatch.setenv("SENDGRID_API_HOST", fake_sendgrid.url)
     monkeypatch.setenv("OUTBOUND_FROM_EMAIL", "clinic@clinic.example")
-    assert materialize(defs, resources).success
+    assert materialize(defs, resources, TODAY).success
     assert sorted(fake_sendgrid.addresses) == ["ann@clinic.example", "bob@clinic.example"]
     # Same day again: the plan is the same, the ledger holds both, nothing is resent.
-    result = materialize(defs, resources)
+    result = materialize(defs, resources, TODAY)
     assert result.success and len(fake_sendgrid.requests) == 1
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks["nobody_twice_in_cap_window"] is True
@@ -115,9 +124,26 @@ def test_sending_materialisation_exports_the_ledger(wired, monkeypatch, fake_sen
         rows = con.sql(
             "select campaign, patient_id, status, send_date from outbound.send_ledger order by 2"
         ).fetchall()
+        report = con.sql("select campaign, sent, dry_run from outbound.send_report").fetchall()
     finally:
         con.close()
-    assert rows == [("reactivation", "p1", "sent", AS_OF), ("reactivation", "p2", "sent", AS_OF)]
+    assert rows == [("reactivation", "p1", "sent", TODAY), ("reactivation", "p2", "sent", TODAY)]
+    assert report == [("reactivation", 0, False)]  # the second run: both already in ledger
+
+
+def test_a_run_for_another_day_with_a_key_is_a_dry_run(wired, monkeypatch, fake_sendgrid):
+    defs, resources, db = wired
+    monkeypatch.setenv("SENDGRID_API_KEY", "test-key")
+    monkeypatch.setenv("SENDGRID_API_HOST", fake_sendgrid.url)
+    monkeypatch.setenv("OUTBOUND_FROM_EMAIL", "clinic@clinic.example")
+    result = materialize(defs, resources, AS_OF)  # a past day: a backfill, say
+    assert result.success and fake_sendgrid.requests == []
+    meta = result.asset_materializations_for_node("sent_messages")[0].metadata
+    assert meta["dry_run"].value is True
+    assert meta["dry_run_reason"].value == (
+        f"sending is for the clinic's today only ({TODAY.isoformat()} in Australia/Sydney); "
+        f"the plan for {AS_OF.isoformat()} is a dry run"
+    )
 
 
 def _plan(rows):
@@ -157,9 +183,16 @@ def test_cap_check_counts_the_ledger_but_not_the_same_message_twice():
             "recipient": ["p1", "p2", "p3", "p3"],
             "send_date": [AS_OF, date(2026, 11, 20), date(2026, 11, 19), date(2026, 11, 26)],
             "status": ["sent", "sent", "sent", "failed"],
+            "attempted_at": [
+                datetime(2026, 11, 26, 9, tzinfo=UTC),
+                datetime(2026, 11, 19, 10, 0, tzinfo=UTC),
+                datetime(2026, 11, 19, 9, 59, tzinfo=UTC),
+                datetime(2026, 11, 26, 9, tzinfo=UTC),
+            ],
         }
     )
-    r = twice_in_cap_window(plan, history, AS_OF, 7)
-    # p1: today's row is this very message (re-run) → 1. p2: 20 Nov is inside 20..26 Nov
-    # → 2. p3: 19 Nov is outside, and today's row failed → 1.
+    # The window starts 7 days before 2026-11-26 10:00 UTC.
+    r = twice_in_cap_window(plan, history, AS_OF, datetime(2026, 11, 19, 10, tzinfo=UTC))
+    # p1: today's row is this very message (re-run) → 1. p2: sent at the window's first
+    # minute → 2. p3: a minute before the window, and today's row failed → 1.
     assert (r.passed, r.sample) == (False, ["p2"])

@@ -22,6 +22,7 @@ from outbound.selection import (
 )
 
 AS_OF = date(2026, 11, 26)  # a Thursday
+NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 
 
 def camp(slug: str, segment: str, priority: int, **kw) -> Campaign:
@@ -68,9 +69,14 @@ def contact(pid, email="x@clinic.example", consent=None):
     return (pid, "Name", email, None, consent, None)
 
 
+def at(*parts: int) -> datetime:
+    """A moment in UTC (when a ledger row's request was made)."""
+    return datetime(*parts, tzinfo=UTC)
+
+
 def test_each_suppression_reason_worked_by_hand():
     alpha = camp("alpha", "seg-a", 50)
-    ids = [f"p{i}" for i in range(1, 16)]
+    ids = [f"p{i}" for i in range(1, 18)]
     members = [("seg-a", p, None) for p in ids]
     contacts = [
         contact("p1"),
@@ -88,15 +94,22 @@ def test_each_suppression_reason_worked_by_hand():
         contact("p13", email=" padded@clinic.example "),
         contact("p14"),
         contact("p15"),
+        contact("p16"),
+        contact("p17"),
     ]
     opt_outs = [("p2", "email"), ("p3", "all"), ("p5", "sms"), ("p9", "email")]
+    # Now is 2026-11-26 10:00 UTC: the 7-day window counts requests from 11-19 10:00 on.
     history = [
-        ("other", "p10", date(2026, 11, 23), "sent"),  # 3 days ago: inside 7-day window
-        ("other", "p11", date(2026, 11, 19), "sent"),  # 7 days ago: window is 20th..26th
-        ("other", "p12", date(2026, 11, 25), "failed"),  # failed: never reached the patient
-        ("other", "p14", date(2026, 11, 25), "sandbox"),  # sandbox: nothing delivered
-        ("other", "p15", date(2026, 11, 24), "unknown"),  # may have been delivered: counts
-        ("other", "staff", date(2026, 11, 25), "sent"),  # staff digests never cap patients
+        ("other", "p10", date(2026, 11, 23), "sent", at(2026, 11, 23, 10)),  # 3 days ago
+        ("other", "p11", date(2026, 11, 19), "sent", at(2026, 11, 19, 9, 59)),  # 7d 1min ago
+        ("other", "p16", date(2026, 11, 19), "sent", at(2026, 11, 19, 10)),  # exactly 7 days
+        ("other", "p12", date(2026, 11, 25), "failed", at(2026, 11, 25, 10)),  # never reached
+        ("other", "p14", date(2026, 11, 25), "sandbox", at(2026, 11, 25, 10)),  # not delivered
+        ("other", "p15", date(2026, 11, 24), "unknown", at(2026, 11, 24, 10)),  # may have been
+        ("other", "staff", date(2026, 11, 25), "sent", at(2026, 11, 25, 10)),  # staff digest
+        # Planned for another day (a backfill) but requested yesterday: it counts by when
+        # it was sent, not by the day it was planned for.
+        ("other", "p17", date(2026, 6, 30), "sent", at(2026, 11, 25, 18)),
     ]
     got = decisions(run_plan([alpha], members, contacts, opt_outs, history))
     expected = {
@@ -115,6 +128,8 @@ def test_each_suppression_reason_worked_by_hand():
         "p13": ("send", ""),  # surrounding blanks do not make an address unusable
         "p14": ("send", ""),
         "p15": ("suppressed", "frequency_cap"),
+        "p16": ("suppressed", "frequency_cap"),
+        "p17": ("suppressed", "frequency_cap"),
     }
     assert got == {("alpha", p): v for p, v in expected.items()}
 
@@ -165,7 +180,7 @@ def test_capped_winner_leaves_the_patient_to_nobody_but_a_higher_cap_campaign():
     # caps 'hi' (inside 30 days) but not 'lo' (outside 7), so 'lo' claims the patient.
     hi = camp("hi", "seg", 90, frequency_cap={"max_messages": 1, "window_days": 30})
     lo = camp("lo", "seg", 10)
-    history = [("old", "p1", AS_OF - timedelta(days=10), "sent")]
+    history = [("old", "p1", AS_OF - timedelta(days=10), "sent", at(2026, 11, 16, 10))]
     got = decisions(run_plan([hi, lo], [("seg", "p1", None)], [contact("p1")], (), history))
     assert got == {("hi", "p1"): ("suppressed", "frequency_cap"), ("lo", "p1"): ("send", "")}
 
@@ -174,7 +189,10 @@ def test_rerun_of_the_same_day_does_not_cap_its_own_message():
     # The ledger already holds alpha→p1 for today (a re-run): the plan is unchanged.
     # beta→p1 today counts as a prior message for any other campaign.
     alpha, gamma = camp("alpha", "seg", 50), camp("gamma", "seg2", 40)
-    history = [("alpha", "p1", AS_OF, "sent"), ("beta", "p2", AS_OF, "sent")]
+    history = [
+        ("alpha", "p1", AS_OF, "sent", at(2026, 11, 26, 9)),
+        ("beta", "p2", AS_OF, "sent", at(2026, 11, 26, 9)),
+    ]
     members = [("seg", "p1", None), ("seg2", "p2", None)]
     got = decisions(run_plan([alpha, gamma], members, [contact("p1"), contact("p2")], (), history))
     assert got == {("alpha", "p1"): ("send", ""), ("gamma", "p2"): ("suppressed", "frequency_cap")}
@@ -303,8 +321,11 @@ def scenarios(draw):
             st.tuples(
                 st.sampled_from([*SLUGS, "old"]),
                 st.sampled_from(PATIENTS),
-                st.integers(1, 12).map(lambda d: AS_OF - timedelta(days=d)),
+                # The day a message was planned for says nothing: any day, even a future one.
+                st.integers(-30, 30).map(lambda d: AS_OF - timedelta(days=d)),
                 st.sampled_from(["sent", "failed", "unknown", "pending", "sandbox"]),
+                # When it was requested: up to 12 days before now (10:00 on AS_OF).
+                st.integers(1, 12 * 24 * 60).map(lambda m: NOW - timedelta(minutes=m)),
             ),
             max_size=12,
         )
@@ -325,14 +346,18 @@ def test_properties_opt_outs_cap_and_priority(scenario):
     refused |= {c[0] for c in contacts if c[4] is False}
     assert not refused & set(sent_to)
 
-    # Nobody gets two messages inside the 7-day window: at most one today, and none to a
-    # patient with a possibly delivered message in the six days before.
+    # Nobody gets two messages inside the 7-day window: at most one now, and none to a
+    # patient with a possibly delivered message requested in the 7 days (168 hours) before.
     assert len(sent_to) == len(set(sent_to))
     recent = {
         p
-        for _, p, d, status in history
-        if status in ("sent", "pending", "unknown") and d >= AS_OF - timedelta(days=6)
-    }
+        for campaign, p, day, status, when in history
+        if status in ("sent", "pending", "unknown")
+        and when >= NOW - timedelta(days=7)
+        # the same campaign's row for today is this same message, re-run
+        and not (day == AS_OF and any(s["campaign"] == campaign and s["patient_id"] == p
+                                      for s in sends.iter_rows(named=True)))
+    }  # fmt: skip
     assert not recent & set(sent_to)
 
     # Of competing campaigns only the highest priority (ties: first slug) claims a patient.

@@ -249,24 +249,31 @@ def test_learned_opt_out_in_the_state_store_suppresses(
     assert got == {"p00000": "", "p00001": "opted_out", "p00002": ""}
 
 
-def test_extract_opt_out_dated_after_the_as_of_date_is_not_yet_in_force(
+def test_every_extract_opt_out_counts_whatever_its_date(
     tmp_path, engine, state_url, make_warehouse
 ):
+    # Consent is the latest known at the moment of sending: an opt-out dated after the
+    # day the plan is for (even after today) is an opt-out all the same.
     settings = setup(
         make_warehouse,
         tmp_path,
         state_url,
-        3,
+        4,
         opt_outs=[
             ("p00000", "email", datetime(2026, 11, 25, 23, 0, tzinfo=UTC)),
             ("p00001", "all", datetime(2026, 11, 27, 1, 0, tzinfo=UTC)),
             ("p00002", "email", None),
+            ("p00003", "sms", datetime(2026, 11, 1, tzinfo=UTC)),  # another channel
         ],
     )
     planned = make_plan(settings, [camp("c", "seg", 50)], CLOCK, engine)
     got = dict(zip(planned.plan["patient_id"], planned.plan["reason"], strict=True))
-    # p0 before D (in force), p1 after D (not yet), p2 undated (always in force).
-    assert got == {"p00000": "opted_out", "p00001": "", "p00002": "opted_out"}
+    assert got == {
+        "p00000": "opted_out",
+        "p00001": "opted_out",
+        "p00002": "opted_out",
+        "p00003": "",
+    }
 
 
 def test_dry_run_channel_none_writes_nothing(tmp_path, engine, state_url, make_warehouse):
