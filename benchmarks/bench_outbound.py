@@ -37,15 +37,10 @@ sys.path.insert(0, str(ROOT))
 
 from ingest.warehouse import connect, create_empty_raw_tables  # noqa: E402
 from outbound import ledger as L  # noqa: E402
-from outbound.campaigns import (  # noqa: E402
-    Daily,
-    FrequencyCap,
-    default_segment_folders,
-    load_campaigns,
-    segment_library,
-)
+from outbound.campaigns import Daily, FrequencyCap, load_campaigns  # noqa: E402
 from outbound.run import (  # noqa: E402
     OutboundSettings,
+    known_segments,
     read_history,
     read_opt_outs,
     state_engine,
@@ -54,6 +49,7 @@ from outbound.selection import EMAIL_PATTERN, RunClock, build_candidates, plan_s
 from outbound.warehouse import read_contacts, read_members  # noqa: E402
 
 AS_OF = date(2026, 11, 23)  # a Monday
+NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 # Share of patients in each starter segment (case segments: one case per member row).
 SEGMENT_SHARE = {
     "lapsed-physio-6-12mo": 0.08,
@@ -132,10 +128,11 @@ def synthesise(db: Path, state_url: str, n: int, seed: int = 7) -> None:
         L.LedgerEntry("earlier-campaign", pid, pid, None, "some-segment", "email")
         for pid in ids[hist_idx]
     ]
-    # One insert per send date (the ledger key includes it).
+    # One insert per send date (the ledger key includes it), requested that day at 10:00.
     for d in np.unique(days):
         sel = [e for e, dd in zip(entries, days, strict=True) if dd == d]
-        ids_ = L.insert_pending(engine, sel, AS_OF - timedelta(days=int(d)), "bench")
+        sent_at = NOW - timedelta(days=int(d))
+        ids_ = L.insert_pending(engine, sel, sent_at.date(), "bench", sent_at)
         L.set_status(engine, ids_, L.SENT)
     engine.dispose()
 
@@ -152,7 +149,7 @@ refused as (
     select distinct patient_id from raw.opt_outs where channel in ('email', 'all')
 ),
 hist as (
-    select h.recipient as patient_id, h.campaign as hist_campaign, h.send_date
+    select h.recipient as patient_id, h.campaign as hist_campaign, h.send_date, h.attempted_at
     from bench_history h
     where h.status in ('sent', 'pending', 'unknown') and h.recipient <> 'staff'
 ),
@@ -160,7 +157,7 @@ prior as (
     select cand.campaign, cand.patient_id, count(*) as n
     from cand join hist on hist.patient_id = cand.patient_id
     where cand.cap_window > 0
-        and hist.send_date between $as_of - (cand.cap_window - 1) * interval 1 day and $as_of
+        and hist.attempted_at >= $moment - cand.cap_window * interval 1 day
         and not (hist.hist_campaign = cand.campaign and hist.send_date = $as_of)
     group by all
 ),
@@ -225,12 +222,12 @@ def main() -> int:
         print(f"synthetic warehouse: {args.patients:,} patients in {time.perf_counter() - t:.1f}s")
 
     settings = OutboundSettings(duckdb_path=str(db), state_db_url=state_url, timezone="UTC")
-    known = segment_library(default_segment_folders(None))
+    known = known_segments(settings)
     campaigns = [
         c.model_copy(update={"schedule": Daily(every="day")})
-        for c in load_campaigns(known_segments=known)
+        for c in load_campaigns(known_segments=known).campaigns
     ]
-    clock = RunClock.at(datetime(2026, 11, 23, 10, 0, tzinfo=UTC), "UTC", AS_OF)
+    clock = RunClock.at(NOW, "UTC", AS_OF)
     engine = state_engine(settings)
     rss0 = rss_mib()
 
@@ -242,7 +239,7 @@ def main() -> int:
         return (
             members,
             contacts,
-            read_opt_outs(settings, clock, engine),
+            read_opt_outs(settings, engine),
             read_history(settings, campaigns, clock, engine),
         )
 
@@ -275,7 +272,8 @@ def main() -> int:
     con.register("bench_history", history.to_arrow())
 
     def baseline():
-        return con.sql(BASELINE_SQL, params={"as_of": AS_OF, "email_pattern": EMAIL_PATTERN}).pl()
+        params = {"as_of": AS_OF, "moment": NOW, "email_pattern": EMAIL_PATTERN}
+        return con.sql(BASELINE_SQL, params=params).pl()
 
     t_base, base = timed(baseline, args.repeat)
     con.close()

@@ -86,19 +86,25 @@ def cmd_run(args: argparse.Namespace) -> int:
             ShrinkRule.parse(args.accept_shrink)
         except ValueError as err:
             raise UserError(str(err)) from None
+    from clinic_audiences.run_lock import WarehouseBusy
+
     try:
         return run_pipeline(
             extracts, args.format, as_of, console=console, select=select,
             accept_shrink=args.accept_shrink,
         )  # fmt: skip
-    except ValueError as err:
+    except (ValueError, WarehouseBusy) as err:
         raise UserError(str(err)) from None
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from clinic_audiences.run_lock import WarehouseBusy
     from clinic_audiences.runner import run_demo
 
-    return run_demo(args.patients, _as_of(args.as_of), console=console)
+    try:
+        return run_demo(args.patients, _as_of(args.as_of), console=console)
+    except WarehouseBusy as err:
+        raise UserError(str(err)) from None
 
 
 def _delegate(module: str, function: str, *call_args: object) -> int:

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from clinic_audiences.config import Settings, today_in
+from clinic_audiences.run_lock import hold_warehouse
 from ingest.entities import ENTITIES
 from ingest.warehouse import connect, scalar
 
@@ -125,7 +126,10 @@ def run_pipeline(
         f"warehouse {settings.duckdb_path}, time zone {settings.clinic_timezone}"
     )
     started = time.perf_counter()
-    with dagster_instance() as instance:
+    with (
+        hold_warehouse(settings.duckdb_path, f"audiences run --extracts {extracts}"),
+        dagster_instance() as instance,
+    ):
         result = job.execute_in_process(
             instance=instance,
             raise_on_error=False,

@@ -32,7 +32,17 @@ def connect(path: str | Path, read_only: bool = False) -> Iterator[duckdb.DuckDB
     path = Path(path)
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(str(path), read_only=read_only)
+    try:
+        con = duckdb.connect(str(path), read_only=read_only)
+    except duckdb.IOException as err:
+        if "lock" not in str(err).lower():
+            raise
+        from clinic_audiences.run_lock import WarehouseBusy, holder
+
+        raise WarehouseBusy(
+            f"the warehouse {path} is open for writing by {holder(path)}; DuckDB lets no "
+            "other process in meanwhile. Try again when that run has finished"
+        ) from None
     try:
         con.execute("SET TimeZone = 'UTC'")
         # DuckDB caches up to 80% of RAM by default; a shared machine may want less.

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import dagster as dg
 
 from clinic_audiences.config import (
@@ -9,12 +12,23 @@ from clinic_audiences.config import (
     DEFAULT_EXTRACTS_ROOT,
     DEFAULT_STATE_DB_URL,
 )
+from clinic_audiences.run_lock import hold_warehouse
 
 
 class WarehouseResource(dg.ConfigurableResource):
-    """The DuckDB warehouse file (`DUCKDB_PATH`)."""
+    """The DuckDB warehouse file (`DUCKDB_PATH`).
+
+    A run holds the warehouse from its first step to its last (the code location runs every
+    step in one process): a second run on the same file stops at once, naming the first.
+    """
 
     duckdb_path: str = DEFAULT_DUCKDB_PATH
+
+    @contextmanager
+    def yield_for_execution(self, context: dg.InitResourceContext) -> Iterator[WarehouseResource]:
+        run = context.run_id or "a run"
+        with hold_warehouse(self.duckdb_path, f"Dagster run {run}"):
+            yield self
 
 
 class ClinicSettingsResource(dg.ConfigurableResource):

@@ -9,7 +9,7 @@ import dagster as dg
 
 from orchestration.resources import ClinicSettingsResource, WarehouseResource, run_as_of
 from workflow.api import SyncResult
-from workflow.catalog import load_worklists
+from workflow.catalog import read_worklists
 from workflow.run import materialize_worklist
 from workflow.spec import WorkListInfo
 
@@ -77,8 +77,29 @@ def build_worklist_asset(info: WorkListInfo) -> dg.AssetsDefinition:
     return worklist_asset
 
 
-def build_workflow_defs(worklists: Iterable[WorkListInfo]) -> dg.Definitions:
-    return dg.Definitions(assets=[build_worklist_asset(info) for info in worklists])
+def build_broken_worklist_asset(slug: str, problem: str) -> dg.AssetsDefinition:
+    """A work list whose definition does not load: its asset fails with the problem, so
+    one bad file does not take the other work lists (or the code location) down."""
+
+    @dg.asset(
+        key=dg.AssetKey(["worklists", slug]),
+        group_name="workflow",
+        description=f"Work list {slug!r} (its definition has a problem).",
+        kinds={"python"},
+    )
+    def broken_worklist() -> None:
+        raise dg.Failure(description=problem)
+
+    return broken_worklist
 
 
-defs = build_workflow_defs(load_worklists().values())
+def build_workflow_defs(
+    worklists: Iterable[WorkListInfo], problems: dict[str, str] | None = None
+) -> dg.Definitions:
+    assets = [build_worklist_asset(info) for info in worklists]
+    assets += [build_broken_worklist_asset(s, p) for s, p in sorted((problems or {}).items())]
+    return dg.Definitions(assets=assets)
+
+
+_found = read_worklists()
+defs = build_workflow_defs(_found.lists.values(), _found.problems)

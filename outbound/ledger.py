@@ -340,29 +340,52 @@ def acquire_send_lock(engine: Engine, holder: str, now: datetime | None = None) 
     with engine.begin() as conn:
         current = conn.execute(sa.select(send_lock).where(send_lock.c.name == SEND_LOCK)).first()
         if current is None:
+            # RETURNING tells whether this insert took the row (rowcount does not, for an
+            # INSERT ... ON CONFLICT DO NOTHING on every driver).
             inserted = conn.execute(
-                _insert_lock_ignoring_existing(conn).values(**row)
-            ).rowcount
-            if inserted:
+                _insert_lock_ignoring_existing(conn)
+                .values(**row)
+                .returning(send_lock.c.holder)
+            ).first()
+            if inserted is not None:
                 return
             current = conn.execute(
                 sa.select(send_lock).where(send_lock.c.name == SEND_LOCK)
             ).first()
-        if now - _as_utc(current.heartbeat_at) > SEND_LOCK_STALE:
+        if now - _as_utc(current.heartbeat_at) > SEND_LOCK_STALE or _holder_died(current):
             taken = conn.execute(
                 send_lock.update()
-                .where(send_lock.c.name == SEND_LOCK, send_lock.c.holder == current.holder)
+                .where(
+                    send_lock.c.name == SEND_LOCK,
+                    send_lock.c.holder == current.holder,
+                    send_lock.c.heartbeat_at == current.heartbeat_at,
+                )
                 .values(**row)
-            ).rowcount
-            if taken:
+                .returning(send_lock.c.holder)
+            ).first()
+            if taken is not None:
                 return
         started = _as_utc(current.acquired_at)
         raise SendLockHeld(
             f"another send run (pid {current.pid} on {current.host}, started "
             f"{started.isoformat(timespec='seconds')}) is sending; nothing was sent by this "
-            "run. Wait for it to finish; a crashed run's lock is taken over after "
-            f"{int(SEND_LOCK_STALE.total_seconds() // 60)} minutes"
+            "run. Wait for it to finish; the lock of a run that crashed is taken over at once "
+            f"on the same machine, and after {int(SEND_LOCK_STALE.total_seconds() // 60)} "
+            "minutes without a sign of life from another machine"
         )
+
+
+def _holder_died(current) -> bool:  # noqa: ANN001 - a row of send_lock
+    """A holder on this machine whose process is gone (killed, crashed) holds nothing."""
+    if current.host != socket.gethostname()[:200]:
+        return False
+    try:
+        os.kill(current.pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, under another user
+    return False
 
 
 def _insert_lock_ignoring_existing(conn: Connection):  # noqa: ANN202 - a dialect insert
@@ -372,6 +395,7 @@ def _insert_lock_ignoring_existing(conn: Connection):  # noqa: ANN202 - a dialec
 
 
 def heartbeat_send_lock(engine: Engine, holder: str, now: datetime | None = None) -> None:
+    """A sign of life of the run holding the lock (the real time, by default)."""
     with engine.begin() as conn:
         conn.execute(
             send_lock.update()

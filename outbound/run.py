@@ -171,6 +171,8 @@ def campaign_set(settings: OutboundSettings) -> CampaignSet:
     for campaign in loaded.campaigns:
         try:
             campaign_content(campaign)
+            if campaign.staff_digest is not None:
+                digest_content(campaign, [])
         except TemplateError as e:
             problems.append(f"{settings.campaigns_dir / (campaign.slug + '.yaml')}: template: {e}")
             continue

@@ -89,7 +89,7 @@ def cmd_preview(file: str, as_of: str | None) -> int:
 def _find_visible(settings: Settings, slug: str, user: str | None) -> Segment | None:
     """The segment `slug` if `user` may see it; a bad file of another segment is no
     obstacle, and this segment's own problems are reported."""
-    library = load_library(settings, None)
+    library = load_library(settings, _catalogue(settings))
     seg = library.get(slug)
     if seg is not None and visible_to(seg, user):
         return seg
@@ -105,7 +105,7 @@ def cmd_members(slug: str, fmt: str, user: str | None) -> int:
         return _fail(f"--format {fmt!r} is not supported; use csv or json", 2)
     try:
         segment = _find_visible(settings, slug, user)
-    except (SegmentValidationError, FileNotFoundError) as exc:
+    except (SegmentValidationError, FileNotFoundError, CatalogueError) as exc:
         return _fail(str(exc), 2)
     if segment is None:
         return _fail(f"no segment {slug!r}; `audiences segments list` shows the slugs")

@@ -110,6 +110,13 @@ def _now(now: datetime | None) -> datetime:
 # --- visibility -------------------------------------------------------------------------
 
 
+def visible_to(info: WorkListInfo, user: str | None) -> bool:
+    """A shared work list is anyone's; a private one is its owner's alone."""
+    if info.visibility != "private":
+        return True
+    return user is not None and user.strip().casefold() == (info.owner or "").strip().casefold()
+
+
 def check_access(info: WorkListInfo, user: str | None) -> None:
     """Refuse anyone but the owner on a private work list."""
     if info.visibility != "private":

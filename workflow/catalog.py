@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from clinic_audiences.yaml_files import YamlFileError, read_yaml_file
 from workflow.spec import WorkflowSpec, WorkListInfo
 
 WORKLISTS_PATH_ENV = "WORKLISTS_PATH"
@@ -91,9 +92,9 @@ def read_named_worklist(path: Path, segments: dict[str, Any]) -> WorkListInfo:
     file = str(path)
     slug = path.name.removesuffix(".yaml").removesuffix(".yml")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise WorkListDefinitionError(f"{file}: cannot read as YAML: {exc}") from None
+        raw = read_yaml_file(path)
+    except YamlFileError as exc:
+        raise WorkListDefinitionError(str(exc)) from None
     if not isinstance(raw, dict):
         raise WorkListDefinitionError(f"{file}: expected a mapping with `segment:` and "
                                       "`workflow:` keys")  # fmt: skip
@@ -128,38 +129,61 @@ def read_named_worklist(path: Path, segments: dict[str, Any]) -> WorkListInfo:
         raise WorkListDefinitionError(_pydantic_message(file, exc)) from None
 
 
-def build_worklists(
+@dataclass(frozen=True)
+class WorkListSet:
+    """The work lists that can be used, and the problems of the others by work-list slug
+    (each message names its file). One bad definition never hides the others."""
+
+    lists: dict[str, WorkListInfo]
+    problems: dict[str, str]
+
+
+def collect_worklists(
     segments: Iterable[tuple[str, Any, str | Path | None]],
     named_files: Iterable[Path] = (),
-) -> dict[str, WorkListInfo]:
+) -> WorkListSet:
     """All work lists from (slug, definition, file) triples and named work list files.
 
     A named work list may not reuse a slug that a segment's own work list already has.
     """
     by_slug: dict[str, Any] = {}
     result: dict[str, WorkListInfo] = {}
+    problems: dict[str, str] = {}
     for slug, definition, file in segments:
         by_slug[slug] = definition
-        info = worklist_from_segment(slug, definition, file)
+        try:
+            info = worklist_from_segment(slug, definition, file)
+        except WorkListDefinitionError as exc:
+            problems[slug] = str(exc)
+            continue
         if info is not None:
             result[slug] = info
-    problems = []
     for path in named_files:
+        slug = path.name.removesuffix(".yaml").removesuffix(".yml")
         try:
             info = read_named_worklist(path, by_slug)
         except WorkListDefinitionError as exc:
-            problems.append(str(exc))
+            problems[slug] = str(exc)
             continue
         if info.slug in result:
-            problems.append(
+            problems[slug] = (
                 f"{path}: work list slug {info.slug!r} is already taken by the segment "
                 f"{result[info.slug].segment_slug!r}'s workflow; rename the file"
             )
             continue
         result[info.slug] = info
-    if problems:
-        raise WorkListDefinitionError("\n".join(problems))
-    return result
+    return WorkListSet(result, problems)
+
+
+def build_worklists(
+    segments: Iterable[tuple[str, Any, str | Path | None]],
+    named_files: Iterable[Path] = (),
+) -> dict[str, WorkListInfo]:
+    """`collect_worklists`, refusing the whole set if any definition has a problem."""
+    found = collect_worklists(segments, named_files)
+    if found.problems:
+        raise WorkListDefinitionError("\n".join(found.problems.values()))
+    return found.lists
 
 
 def named_worklist_files(folder: Path | None) -> list[Path]:
@@ -171,16 +195,25 @@ def named_worklist_files(folder: Path | None) -> list[Path]:
 def load_worklists(
     segment_folders: list[Path] | None = None, worklists_folder: Path | None = None
 ) -> dict[str, WorkListInfo]:
+    """The usable work lists of the segment library (shipped + `SEGMENTS_PATH`) and
+    `WORKLISTS_PATH`; `read_worklists` also tells the problems of the others."""
+    return read_worklists(segment_folders, worklists_folder).lists
+
+
+def read_worklists(
+    segment_folders: list[Path] | None = None, worklists_folder: Path | None = None
+) -> WorkListSet:
     """Work lists from the segment library (shipped + `SEGMENTS_PATH`) and `WORKLISTS_PATH`.
 
     Without the segments package (a deployment of the workflow stage alone) there are no
-    definitions to read, and the set is empty.
+    definitions to read, and the set is empty. A segment file that does not load has no
+    work list; its problems are the segments stage's to report.
     """
     try:
-        from segments.validation import load_segments
+        from segments.validation import read_library
     except ModuleNotFoundError as exc:
         if exc.name is not None and exc.name.startswith("segments"):
-            return {}
+            return WorkListSet({}, {})
         raise
 
     if segment_folders is None:
@@ -189,9 +222,10 @@ def load_worklists(
         worklists_folder = Path(os.environ[WORKLISTS_PATH_ENV])
     # Shape-only validation: the full field check needs the warehouse catalogue and is
     # the segments stage's job; a work list only needs the workflow block and metadata.
-    loaded = load_segments(segment_folders, None)
-    return build_worklists(
-        ((s.slug, s.definition, s.path) for s in loaded), named_worklist_files(worklists_folder)
+    library = read_library(segment_folders, None)
+    return collect_worklists(
+        ((s.slug, s.definition, s.path) for s in library.segments),
+        named_worklist_files(worklists_folder),
     )
 
 

@@ -34,7 +34,7 @@ from sqlalchemy.engine import Engine
 
 from clinic_audiences.config import Settings
 from workflow import api
-from workflow.catalog import WorkListDefinitionError, load_worklists
+from workflow.catalog import read_worklists
 from workflow.spec import UnknownStageError, WorkListInfo
 from workflow.store import open_state
 
@@ -51,23 +51,23 @@ class _Context:
         return value.astimezone(self.tz).strftime("%Y-%m-%d %H:%M") if value else "-"
 
 
-def resolve_worklist(engine: Engine, slug: str) -> WorkListInfo:
-    """The work list from the current definitions, else as it was last synced."""
-    try:
-        defined = load_worklists()
-    except (WorkListDefinitionError, ValueError) as exc:
-        stored = api.stored_worklist(engine, slug)
-        if stored is None:
-            raise
-        print(f"warning: definitions did not load ({exc}); using {slug!r} as last synced",
-              file=sys.stderr)  # fmt: skip
-        return stored
-    if slug in defined:
-        return defined[slug]
-    stored = api.stored_worklist(engine, slug)
-    if stored is not None:
-        return stored
-    known = sorted(set(defined) | set(api.stored_worklist_slugs(engine)))
+def resolve_worklist(engine: Engine, slug: str, user: str | None = None) -> WorkListInfo:
+    """The work list from the current definitions, else as it was last synced.
+
+    Someone else's private work list does not exist for `user`: asking for it is "no work
+    list", and the list of known ones leaves it out.
+    """
+    found = read_worklists()
+    for problem in found.problems.values():
+        print(f"warning: {problem}", file=sys.stderr)
+    info = found.lists.get(slug) or api.stored_worklist(engine, slug)
+    if info is not None and api.visible_to(info, user):
+        return info
+    known = sorted(
+        s
+        for s in set(found.lists) | set(api.stored_worklist_slugs(engine))
+        if (w := found.lists.get(s) or api.stored_worklist(engine, s)) and api.visible_to(w, user)
+    )
     raise LookupError(
         f"no work list {slug!r}; work lists: {', '.join(known) or '(none defined)'}. "
         "A segment gets one with a `workflow:` block"
@@ -109,7 +109,7 @@ def cmd_show(
     def action(ctx: _Context) -> int:
         if fmt not in ("table", "csv"):
             raise ValueError(f"--format {fmt!r} is not known; use table or csv")
-        info = resolve_worklist(ctx.engine, slug)
+        info = resolve_worklist(ctx.engine, slug, user)
         rows = api.list_members(ctx.engine, info, user=user, stage=stage, assignee=assignee)
         if fmt == "csv":
             writer = csv.writer(sys.stdout, lineterminator="\n")
@@ -147,7 +147,7 @@ def cmd_show(
 
 def cmd_move(slug: str, member_id: str, stage: str, by: str, note: str | None) -> int:
     def action(ctx: _Context) -> int:
-        info = resolve_worklist(ctx.engine, slug)
+        info = resolve_worklist(ctx.engine, slug, by)
         after = api.move(ctx.engine, info, member_id, stage, by, note)
         # The event with the version this move produced says where the member came from,
         # even if someone else moved them just before.
@@ -161,7 +161,7 @@ def cmd_move(slug: str, member_id: str, stage: str, by: str, note: str | None) -
 
 def cmd_assign(slug: str, member_id: str, user: str, by: str) -> int:
     def action(ctx: _Context) -> int:
-        info = resolve_worklist(ctx.engine, slug)
+        info = resolve_worklist(ctx.engine, slug, by)
         after = api.assign(ctx.engine, info, member_id, user, by)
         print(f"{member_id}: assigned to {after.assignee or '-'} (by {by})")
         return OK
@@ -171,7 +171,7 @@ def cmd_assign(slug: str, member_id: str, user: str, by: str) -> int:
 
 def cmd_note(slug: str, member_id: str, text: str, by: str) -> int:
     def action(ctx: _Context) -> int:
-        info = resolve_worklist(ctx.engine, slug)
+        info = resolve_worklist(ctx.engine, slug, by)
         api.add_note(ctx.engine, info, member_id, text, by)
         print(f"{member_id}: note added (by {by})")
         return OK
@@ -181,7 +181,7 @@ def cmd_note(slug: str, member_id: str, text: str, by: str) -> int:
 
 def cmd_history(slug: str, member_id: str, user: str | None) -> int:
     def action(ctx: _Context) -> int:
-        info = resolve_worklist(ctx.engine, slug)
+        info = resolve_worklist(ctx.engine, slug, user)
         rows = [
             [
                 str(e.member_version),
@@ -203,7 +203,7 @@ def cmd_history(slug: str, member_id: str, user: str | None) -> int:
 
 def cmd_counts(slug: str, user: str | None) -> int:
     def action(ctx: _Context) -> int:
-        info = resolve_worklist(ctx.engine, slug)
+        info = resolve_worklist(ctx.engine, slug, user)
         counts = api.stage_counts(ctx.engine, info, user)
         rows = [
             [stage, str(counts.active.get(stage, 0)), str(counts.left_segment.get(stage, 0)),

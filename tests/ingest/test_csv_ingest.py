@@ -257,10 +257,8 @@ def test_unterminated_quote_rejects_its_line_alone(write, load):
     results, con = load()
     # The quote opened on line 3 is never closed: that line is rejected on its own and
     # reading resumes on line 4, so patient 3 is loaded.
-    assert con.execute("select patient_id, _source_row from raw.patients order by 1").fetchall() == [
-        ("1", 2),
-        ("3", 4),
-    ]
+    loaded = con.execute("select patient_id, _source_row from raw.patients order by 1")
+    assert loaded.fetchall() == [("1", 2), ("3", 4)]
     ((row, reason, record),) = con.execute(
         "select source_row, reason, record from raw.patients__rejected"
     ).fetchall()

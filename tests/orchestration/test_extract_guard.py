@@ -179,3 +179,55 @@ def test_a_bad_allowed_drop_is_a_clear_failure(tmp_path, monkeypatch, value):
     result = run(tmp_path, write_extract(tmp_path / "d1", 3), "2026-12-01")
     assert not result.success
     assert "INGEST_MAX_DROP" in failure(result)[1]
+
+
+@pytest.mark.dbt
+def test_after_a_failed_export_segments_and_work_lists_stay_as_they_were(
+    tmp_path, monkeypatch, capsys
+):
+    import shutil
+
+    import sqlalchemy as sa
+
+    from extract.synthetic import generate_clinic
+    from workflow.store import members
+
+    monkeypatch.setenv("DUCKDB_PATH", str(tmp_path / "w.duckdb"))
+    monkeypatch.setenv("STATE_DB_URL", f"sqlite:///{tmp_path / 's.db'}")
+    monkeypatch.setenv("OUTBOUND_SEND_DISABLED", "1")
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    good = tmp_path / "2026-11-30"
+    generate_clinic(300, good, seed=7, fmt="csv", as_of=None)
+    assert main(["run", "--extracts", str(good), "--as-of", "2026-11-30"]) == 0
+
+    def state() -> tuple[list, list]:
+        con = duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
+        try:
+            membership = con.execute(
+                "select segment_slug, count(*), max(as_of) from segments.membership "
+                "group by 1 order by 1"
+            ).fetchall()
+        finally:
+            con.close()
+        engine = sa.create_engine(f"sqlite:///{tmp_path / 's.db'}")
+        with engine.connect() as conn:
+            worklists = conn.execute(
+                sa.select(members.c.worklist_slug, members.c.left_segment, sa.func.count())
+                .group_by(members.c.worklist_slug, members.c.left_segment)
+                .order_by(members.c.worklist_slug, members.c.left_segment)
+            ).all()
+        engine.dispose()
+        return membership, [tuple(r) for r in worklists]
+
+    before = state()
+    assert before[0] and before[1]
+    # The PMS export fails overnight: the files are written with a header and no rows.
+    bad = tmp_path / "2026-12-01"
+    shutil.copytree(good, bad)
+    for name in ("patients.csv", "appointments.csv"):
+        header = (good / name).read_text().splitlines()[0]
+        (bad / name).write_text(header + "\n")
+    capsys.readouterr()
+    assert main(["run", "--extracts", str(bad), "--as-of", "2026-12-01"]) == 1
+    assert "looks like a failed export" in capsys.readouterr().out
+    assert state() == before

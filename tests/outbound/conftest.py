@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -135,6 +136,18 @@ class Reply:
     body: str = ""
     # Read the request, then close the socket without answering (a lost connection).
     drop: bool = False
+    # Wait this long before answering (longer than the client's timeout: no answer in time).
+    delay: float = 0.0
+    # Answer the status and headers, then close before the body is complete.
+    truncate: bool = False
+    # Whether the stand-in took the messages for delivery; by default, on a 2xx or when it
+    # read the whole request before failing to answer (the provider may well have sent it).
+    accepted: bool | None = None
+
+    def takes(self) -> bool:
+        if self.accepted is not None:
+            return self.accepted
+        return self.drop or self.truncate or self.delay > 0 or 200 <= self.status < 300
 
 
 @dataclass
@@ -146,6 +159,13 @@ class FakeSendGrid:
     headers: list[dict] = field(default_factory=list)
     # Called with the 0-based request number and the parsed body; None → 202.
     script: Callable[[int, dict], Reply | None] = lambda n, body: None
+
+    # (ledger id, address) of every message the stand-in took for delivery.
+    delivered: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def delivered_addresses(self) -> list[str]:
+        return [address for _, address in self.delivered]
 
     @property
     def ledger_ids(self) -> list[str]:
@@ -188,6 +208,14 @@ def fake_sendgrid() -> Iterator[FakeSendGrid]:
                 reply = Reply(404, body='{"errors": [{"message": "not found"}]}')
             else:
                 reply = state.script(n, body) or Reply(202, {"X-Message-Id": f"msg-{n}"})
+            if reply.takes():
+                with lock:
+                    state.delivered += [
+                        (p["custom_args"]["ledger_id"], p["to"][0]["email"])
+                        for p in body["personalizations"]
+                    ]
+            if reply.delay:
+                time.sleep(reply.delay)
             if reply.drop:
                 self.close_connection = True
                 self.connection.shutdown(2)
@@ -196,9 +224,13 @@ def fake_sendgrid() -> Iterator[FakeSendGrid]:
             self.send_response(reply.status)
             for k, v in reply.headers.items():
                 self.send_header(k, v)
-            self.send_header("Content-Length", str(len(payload)))
+            self.send_header("Content-Length", str(len(payload) + (100 if reply.truncate else 0)))
             self.end_headers()
             self.wfile.write(payload)
+            if reply.truncate:
+                self.wfile.flush()
+                self.close_connection = True
+                self.connection.shutdown(2)
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 
-import pytest
 import sqlalchemy as sa
 
 from outbound import ledger as L

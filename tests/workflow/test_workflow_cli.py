@@ -151,10 +151,15 @@ def test_refusals_are_clear_and_exit_1(env: Engine, capsys: pytest.CaptureFixtur
         "error: stage 'Called' does not exist; the stages are: "
         "To call, Left voicemail, Booked, Not interested\n"
     )
+    # Someone else's private work list does not exist for ann, not even by name.
     assert cli.cmd_show("cli-mine", None, None, "table", "ann") == 1
-    assert "is private to its owner" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("error: no work list 'cli-mine'; work lists: ")
+    assert err.count("cli-mine") == 1
     assert cli.cmd_move("cli-mine", "p1", "Booked", "ann", None) == 1
-    assert "is private to its owner" in capsys.readouterr().err
+    assert capsys.readouterr().err.startswith("error: no work list 'cli-mine'")
+    assert cli.cmd_counts("nope", "ann") == 1
+    assert "cli-mine" not in capsys.readouterr().err
     assert cli.cmd_show("cli-mine", None, None, "table", "dr.lee@clinic.example") == 0
     assert capsys.readouterr().out.startswith("cli-mine: 3 in the segment\n")
     assert cli.cmd_move("cli-front-desk", "p9", "Booked", "ann", None) == 1

@@ -1,0 +1,183 @@
+"""Property: whatever sequence of sends (for any as-of day, in any time zone) and opt-outs
+(from any source) happens, nobody is messaged twice inside the cap window by wall-clock
+time, and nobody is messaged once they have opted out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+
+import duckdb
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from outbound import ledger as L
+from outbound.campaigns import Campaign, FrequencyCap
+from outbound.channels import BatchOutcome, Content, Recipient
+from outbound.run import OutboundSettings, make_plan, send_planned
+from outbound.selection import RunClock
+from state import connect_state, migrate
+
+PATIENTS = [f"p{i}" for i in range(6)]
+START = datetime(2026, 7, 1, 9, 0, tzinfo=UTC)
+DAYS = [date(2026, 6, 25) + timedelta(days=d) for d in range(120)]
+ZONES = ["UTC", "Australia/Sydney", "Pacific/Kiritimati", "America/Los_Angeles"]
+GLOBAL_WINDOW = 7
+
+
+def camp(slug: str, priority: int, **kw) -> Campaign:
+    return Campaign.model_validate(
+        {"name": slug, "segment": "seg", "template": {"local": "reactivation"},
+         "priority": priority, "schedule": {"every": "day"}, "slug": slug,
+         "send_window": {"start": "00:00", "end": "23:59"}, **kw}
+    )  # fmt: skip
+
+
+# A campaign with a cap of its own, longer than the global one.
+CAMPAIGNS = [
+    camp("often", 10),
+    camp("rarely", 50, frequency_cap={"max_messages": 1, "window_days": 10}),
+]
+WINDOW = {"often": GLOBAL_WINDOW, "rarely": 10}
+
+
+@dataclass
+class RecordingChannel:
+    """The edge: what would have reached each patient, and when (the simulated clock)."""
+
+    now: datetime
+    name: str = "email"
+    deliveries: list[tuple[str, str, datetime]] = field(default_factory=list)
+
+    def send_batch(
+        self, recipients: list[Recipient], content: Content, categories, custom_args
+    ) -> BatchOutcome:
+        campaign = custom_args["campaign"]
+        for r in recipients:
+            self.deliveries.append((r.address.split("@")[0], campaign, self.now))
+        return BatchOutcome(True, 1, 202)
+
+
+actions = st.lists(
+    st.one_of(
+        st.tuples(st.just("advance"), st.integers(1, 24 * 8)),  # hours
+        # Mostly today's plan; sometimes another day's (which must never send).
+        st.tuples(st.just("send"), st.sampled_from([0, 0, 0, 0, -3, -1, 1, 2])),
+        st.tuples(st.just("send"), st.just(0)),
+        # Planned, then someone opts out, then the plan is sent: the opt-out still counts.
+        st.tuples(st.just("opt_out_then_send"), st.sampled_from(PATIENTS)),
+        st.tuples(st.just("zone"), st.sampled_from(ZONES)),
+        st.tuples(
+            st.just("opt_out"),
+            st.sampled_from(PATIENTS),
+            st.sampled_from(["learned", "extract", "consent", "sms_only"]),
+            # The date an extract writes on its opt-out row, relative to now: past or future.
+            st.integers(-30, 30),
+        ),
+    ),
+    min_size=1,
+    max_size=16,
+)
+
+
+def build(folder) -> tuple[OutboundSettings, object]:
+    db = folder / "wh.duckdb"
+    con = duckdb.connect(str(db))
+    try:
+        from ingest.warehouse import create_empty_raw_tables
+
+        con.execute("SET TimeZone = 'UTC'")
+        create_empty_raw_tables(con)
+        for p in PATIENTS:
+            con.execute(
+                "insert into raw.patients (patient_id, first_name, email) values (?, ?, ?)",
+                [p, p.upper(), f"{p}@clinic.example"],
+            )
+        con.execute("create schema segments")
+        con.execute(
+            "create table segments.membership (segment_slug varchar, patient_id varchar, "
+            "case_id varchar, as_of date, entered_at timestamptz)"
+        )
+        for day in DAYS:
+            for p in PATIENTS:
+                con.execute(
+                    "insert into segments.membership values ('seg', ?, null, ?, null)", [p, day]
+                )
+    finally:
+        con.close()
+    engine = connect_state(f"sqlite:///{folder / 'state.db'}")
+    migrate(engine)
+    return OutboundSettings(
+        duckdb_path=str(db), state_db_url="", timezone="UTC",
+        cap=FrequencyCap(max_messages=1, window_days=GLOBAL_WINDOW),
+    ), engine  # fmt: skip
+
+
+@settings(
+    max_examples=30, deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)  # fmt: skip
+@given(steps=actions)
+def test_nobody_twice_in_the_window_and_nobody_after_opting_out(tmp_path_factory, steps):
+    settings_, engine = build(tmp_path_factory.mktemp("sends"))
+    now, zone = START, "UTC"
+    channel = RecordingChannel(now)
+    opted_out: dict[str, datetime] = {}  # patient → when they opted out of email
+    for step in steps:
+        kind = step[0]
+        if kind == "advance":
+            now += timedelta(hours=step[1])
+        elif kind == "zone":
+            zone = step[1]
+        elif kind == "opt_out":
+            _, patient, source, days = step
+            if source == "learned":
+                L.record_opt_out(engine, patient, "email", "unsubscribe link", now)
+            else:
+                con = duckdb.connect(settings_.duckdb_path)
+                try:
+                    if source == "consent":
+                        con.execute(
+                            "update raw.patients set accepted_email_marketing = false "
+                            "where patient_id = ?",
+                            [patient],
+                        )
+                    else:
+                        channel_name = "sms" if source == "sms_only" else "all"
+                        con.execute(
+                            "insert into raw.opt_outs (patient_id, channel, opted_out_at) "
+                            "values (?, ?, ?)",
+                            [patient, channel_name, now + timedelta(days=days)],
+                        )
+                finally:
+                    con.close()
+            if source != "sms_only":
+                opted_out.setdefault(patient, now)
+        else:
+            today = RunClock.at(now, zone).today
+            offset = step[1] if kind == "send" else 0
+            clock = RunClock.at(now, zone, today + timedelta(days=offset))
+            s = OutboundSettings(settings_.duckdb_path, "", zone, cap=settings_.cap)
+            planned = make_plan(s, CAMPAIGNS, clock, engine)
+            if kind == "opt_out_then_send":
+                L.record_opt_out(engine, step[1], "all", "reply STOP", now)
+                opted_out.setdefault(step[1], now)
+            channel.now = now
+            send_planned(s, CAMPAIGNS, planned, clock, engine, channel)
+        # time passes a little between steps
+        now += timedelta(minutes=1)
+
+    by_patient: dict[str, list[tuple[datetime, str]]] = {}
+    for patient, campaign, at in channel.deliveries:
+        by_patient.setdefault(patient, []).append((at, campaign))
+        assert patient not in opted_out or at < opted_out[patient], (
+            f"{patient} messaged at {at} after opting out at {opted_out[patient]}"
+        )
+    for patient, sent in by_patient.items():
+        sent.sort()
+        for (earlier, _), (later, campaign) in zip(sent, sent[1:], strict=False):
+            # The later message's campaign cap: no earlier message within its window.
+            assert later - earlier > timedelta(days=WINDOW[campaign]), (
+                f"{patient} messaged at {earlier} and again at {later} ({campaign})"
+            )
+    engine.dispose()

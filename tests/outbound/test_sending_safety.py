@@ -1,0 +1,202 @@
+"""Sending is for now: the findings that messaged patients twice or after they opted out,
+each reproduced against the real `sendgrid` client and a local stand-in."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from outbound import ledger as L
+from outbound.campaigns import Campaign
+from outbound.channels import SendGridEmail
+from outbound.run import OutboundSettings, SenderSettings, make_plan, send_planned
+from outbound.selection import RunClock
+
+
+def camp(slug: str, segment: str = "seg", priority: int = 50, **kw) -> Campaign:
+    return Campaign.model_validate(
+        {"name": slug, "segment": segment, "template": {"local": "reactivation"},
+         "priority": priority, "schedule": {"every": "day"}, "slug": slug, **kw}
+    )  # fmt: skip
+
+
+def clinic(make_warehouse, tmp_path, state_url, n: int, days: list[date], **kw):
+    patients = [(f"p{i}", f"First{i}", f"p{i}@clinic.example", None, None, None) for i in range(n)]
+    membership = [("seg", f"p{i}", None, d) for d in days for i in range(n)]
+    db = make_warehouse(tmp_path / "wh.duckdb", patients, membership, **kw)
+    return OutboundSettings(duckdb_path=str(db), state_db_url=state_url, timezone="UTC")
+
+
+def channel(url: str, **kw) -> SendGridEmail:
+    return SendGridEmail(api_key="k", from_email="clinic@clinic.example", host=url,
+                         sleep=lambda s: None, **kw)  # fmt: skip
+
+
+def send(settings, campaigns, engine, ch, clock):
+    planned = make_plan(settings, campaigns, clock, engine)
+    return send_planned(settings, campaigns, planned, clock, engine, ch)
+
+
+def statuses(engine) -> dict[str, tuple[str, int, bool]]:
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(L.ledger.c.recipient, L.ledger.c.status,
+                                      L.ledger.c.attempts, L.ledger.c.retryable))  # fmt: skip
+        return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+
+def closed_port_url() -> str:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens here: every connection is refused
+    return f"http://127.0.0.1:{port}"
+
+
+JULY_2 = datetime(2026, 7, 2, 10, 0, tzinfo=UTC)
+
+
+def test_a_backfill_day_after_a_send_messages_nobody_again(
+    tmp_path, engine, state_url, fake_sendgrid, make_warehouse
+):
+    days = [date(2026, 6, 30), date(2026, 7, 2)]
+    settings = clinic(make_warehouse, tmp_path, state_url, 112, days)
+    today = RunClock.at(JULY_2, "UTC")
+    assert send(settings, [camp("c")], engine, channel(fake_sendgrid.url), today).sent == 112
+    # A minute later someone sends "for" 30 June: that is not today, so it is a dry run.
+    backfill = RunClock.at(JULY_2 + timedelta(minutes=1), "UTC", date(2026, 6, 30))
+    report = send(settings, [camp("c")], engine, channel(fake_sendgrid.url), backfill)
+    assert report.dry_run and report.sent == 0
+    assert report.dry_run_reason.startswith("sending is for the clinic's today only (2026-07-02")
+    assert len(fake_sendgrid.addresses) == 112
+
+
+def test_the_cap_counts_real_time_whatever_the_time_zone_calls_the_day(
+    tmp_path, engine, state_url, fake_sendgrid, make_warehouse
+):
+    # Sent at 10:00 UTC on 2 July. Moments later the clinic's zone is changed to one where
+    # it is already 3 July: a new as-of day, but the same 7 days of real time.
+    days = [date(2026, 7, 2), date(2026, 7, 3), date(2026, 7, 9)]
+    settings = clinic(make_warehouse, tmp_path, state_url, 5, days)
+    send(settings, [camp("c")], engine, channel(fake_sendgrid.url), RunClock.at(JULY_2, "UTC"))
+    kiritimati = OutboundSettings(settings.duckdb_path, state_url, "Pacific/Kiritimati")
+    later = RunClock.at(JULY_2 + timedelta(minutes=5), "Pacific/Kiritimati")
+    assert later.as_of == date(2026, 7, 3) and later.is_today
+    report = send(kiritimati, [camp("c2")], engine, channel(fake_sendgrid.url), later)
+    assert report.sent == 0 and len(fake_sendgrid.addresses) == 5
+    # The window is 7 days of the clock, its first moment included: capped exactly 7 days
+    # later, free a second after.
+    week = RunClock.at(JULY_2 + timedelta(days=7), "UTC")
+    assert send(settings, [camp("c3")], engine, channel(fake_sendgrid.url), week).sent == 0
+    after = RunClock.at(JULY_2 + timedelta(days=7, seconds=1), "UTC")
+    assert send(settings, [camp("c3")], engine, channel(fake_sendgrid.url), after).sent == 5
+
+
+def test_an_opt_out_learned_after_the_plan_is_honoured_at_the_batch(
+    tmp_path, engine, state_url, fake_sendgrid, make_warehouse
+):
+    settings = clinic(make_warehouse, tmp_path, state_url, 3, [date(2026, 7, 2)])
+    clock = RunClock.at(JULY_2, "UTC")
+    planned = make_plan(settings, [camp("c")], clock, engine)
+    assert planned.plan.filter(planned.plan["decision"] == "send").height == 3
+    # p1 clicks unsubscribe between the plan and the send.
+    L.record_opt_out(engine, "p1", "all", "unsubscribe link")
+    report = send_planned(settings, [camp("c")], planned, clock, engine, channel(fake_sendgrid.url))
+    assert sorted(fake_sendgrid.addresses) == ["p0@clinic.example", "p2@clinic.example"]
+    assert report.sent == 2
+
+
+def test_connection_refused_every_time_is_failed_and_retried_by_a_later_run(
+    tmp_path, engine, state_url, fake_sendgrid, make_warehouse
+):
+    settings = clinic(make_warehouse, tmp_path, state_url, 3, [date(2026, 7, 2)])
+    clock = RunClock.at(JULY_2, "UTC")
+    down = channel(closed_port_url(), max_attempts=3)
+    report = send(settings, [camp("c")], engine, down, clock)
+    assert report.failed == 3 and report.stopped is None
+    # Provably never sent: failed and retryable, not unknown, and not counted by the cap.
+    assert statuses(engine) == {f"p{i}": ("failed", 1, True) for i in range(3)}
+    errors = set(L.ledger_errors(engine, clock.as_of).values())
+    assert errors == {"could not reach SendGrid after 3 attempts (ConnectionRefusedError); "
+                      "nothing was sent, a later run tries again"}  # fmt: skip
+    # SendGrid is back an hour later: the same rows are tried again, once each.
+    later = RunClock.at(JULY_2 + timedelta(hours=1), "UTC")
+    again = send(settings, [camp("c")], engine, channel(fake_sendgrid.url), later)
+    assert again.sent == 3 and again.campaigns["c"].retried == 3
+    assert sorted(fake_sendgrid.addresses) == [f"p{i}@clinic.example" for i in range(3)]
+    assert statuses(engine) == {f"p{i}": ("sent", 2, False) for i in range(3)}
+    assert send(settings, [camp("c")], engine, channel(fake_sendgrid.url), later).sent == 0
+    assert len(fake_sendgrid.addresses) == 3
+
+
+def test_retries_of_a_provider_that_stays_away_are_bounded(
+    tmp_path, engine, state_url, fake_sendgrid, make_warehouse
+):
+    settings = clinic(make_warehouse, tmp_path, state_url, 1, [date(2026, 7, 2)])
+    for hour in range(4):
+        clock = RunClock.at(JULY_2 + timedelta(hours=hour), "UTC")
+        send(settings, [camp("c")], engine, channel(closed_port_url(), max_attempts=1), clock)
+    # Three requests in all (L.MAX_ATTEMPTS); the fourth run leaves the row alone.
+    assert statuses(engine) == {"p0": ("failed", 3, True)}
+    clock = RunClock.at(JULY_2 + timedelta(hours=5), "UTC")
+    assert send(settings, [camp("c")], engine, channel(fake_sendgrid.url), clock).sent == 0
+    assert fake_sendgrid.requests == []
+
+
+@pytest.mark.parametrize(
+    ("host", "words"),
+    [
+        ("localhost:9999", "SENDGRID_API_HOST='localhost:9999' is not a URL"),
+        ("ftp://api.sendgrid.com", "is not a URL"),
+        ("https://api.sendgrid.com/v3", "must be only scheme, host and port"),
+    ],
+)
+def test_a_host_without_a_scheme_is_refused_before_anything(monkeypatch, host, words):
+    monkeypatch.setenv("SENDGRID_API_HOST", host)
+    with pytest.raises(ValueError, match=words.replace("(", r"\(").replace("'", "'")):
+        SenderSettings.from_env()
+
+
+def test_one_send_run_at_a_time(tmp_path, engine, state_url, fake_sendgrid, make_warehouse):
+    settings = clinic(make_warehouse, tmp_path, state_url, 2, [date(2026, 7, 2)])
+    clock = RunClock.at(JULY_2, "UTC")
+    L.acquire_send_lock(engine, "someone-else", JULY_2)
+    with pytest.raises(L.SendLockHeld, match=r"another send run \(pid \d+ on .*, started "
+                       r"2026-07-02T10:00:00\+00:00\) is sending; nothing was sent"):
+        send(settings, [camp("c")], engine, channel(fake_sendgrid.url), clock)
+    assert fake_sendgrid.requests == [] and statuses(engine) == {}
+    # A holder silent for longer than SEND_LOCK_STALE crashed: its lock is taken over.
+    stale = RunClock.at(JULY_2 + L.SEND_LOCK_STALE + timedelta(seconds=1), "UTC")
+    assert send(settings, [camp("c")], engine, channel(fake_sendgrid.url), stale).sent == 2
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(L.send_lock)).scalar() == 0
+
+
+def test_two_send_runs_at_once_message_nobody_twice(
+    tmp_path, engine, state_url, fake_sendgrid, make_warehouse
+):
+    settings = clinic(make_warehouse, tmp_path, state_url, 40, [date(2026, 7, 2)])
+    clock = RunClock.at(JULY_2, "UTC")
+    start = threading.Barrier(2)
+    outcomes: list[object] = []
+
+    def one(campaign: str) -> None:
+        planned = make_plan(settings, [camp(campaign)], clock, engine)
+        start.wait()
+        try:
+            outcomes.append(send_planned(settings, [camp(campaign)], planned, clock, engine,
+                                         channel(fake_sendgrid.url, )))  # fmt: skip
+        except L.SendLockHeld as exc:
+            outcomes.append(exc)
+
+    # Two different campaigns over the same patients, planned at the same moment.
+    threads = [threading.Thread(target=one, args=(c,)) for c in ("first", "second")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    addresses = fake_sendgrid.addresses
+    assert len(addresses) == len(set(addresses)) == 40
