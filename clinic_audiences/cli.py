@@ -8,7 +8,9 @@ a traceback.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
@@ -24,12 +26,14 @@ class UserError(Exception):
 
 
 def _as_of(value: str | None) -> date | None:
+    from clinic_audiences.config import parse_day
+
     if value is None:
         return None
     try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise UserError(f"--as-of {value!r} is not a date; write it as YYYY-MM-DD") from None
+        return parse_day(value)
+    except ValueError as err:
+        raise UserError(str(err)) from None
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -263,6 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # A terminate request (a scheduler stopping the job) stops like Ctrl-C: cleanly, with
+    # the ledger saying what was and was not sent.
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         return int(args.func(args) or 0)
     except UserError as err:
@@ -271,6 +280,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ variables configures the CLI, the Dagster code location and the tests.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -42,11 +43,26 @@ class Settings:
 def validate_timezone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        # OSError: a name that is a folder of the zone database ('America'), not a zone.
         raise ValueError(
             f"CLINIC_TIMEZONE {name!r} is not an IANA time zone; "
             "use a name such as 'Australia/Sydney' or 'UTC'"
         ) from None
+
+
+_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def parse_day(value: str, what: str = "--as-of") -> date:
+    """A calendar day written YYYY-MM-DD (nothing else: not 20261201, not 2026-W49-2)."""
+    text = value.strip() if isinstance(value, str) else value
+    if isinstance(text, str) and _DAY.match(text):
+        try:
+            return date.fromisoformat(text)
+        except ValueError:
+            pass
+    raise ValueError(f"{what} {value!r} is not a date; write it as YYYY-MM-DD")
 
 
 def today_in(timezone: str) -> date:
@@ -57,7 +73,4 @@ def today_in(timezone: str) -> date:
 def parse_as_of(value: str | None, timezone: str) -> date:
     if not value:
         return today_in(timezone)
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise ValueError(f"--as-of {value!r} is not a date; write it as YYYY-MM-DD") from None
+    return parse_day(value)

@@ -23,11 +23,13 @@ RUN_EVENTS = {"STEP_START", "STEP_SUCCESS", "STEP_FAILURE", "ASSET_CHECK_EVALUAT
 class ProgressHandler(logging.Handler):
     """Turns Dagster's structured events into one line per step on the console."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, hidden: set[str] | None = None) -> None:
         super().__init__(level=logging.DEBUG)
         self.console = console
         self.started: dict[str, float] = {}
         self.failures: list[str] = []
+        # Steps of private segments and work lists: shown without their names.
+        self.hidden = hidden or set()
 
     def emit(self, record: logging.LogRecord) -> None:
         meta = getattr(record, "dagster_meta", None) or {}
@@ -35,6 +37,8 @@ class ProgressHandler(logging.Handler):
         if event is None or event.event_type_value not in RUN_EVENTS:
             return
         step = meta.get("step_key") or "?"
+        if step in self.hidden or any(step.startswith(f"{h}_") for h in self.hidden):
+            step = "(a private segment or work list)"
         kind = event.event_type_value
         if kind == "STEP_START":
             self.started[step] = time.perf_counter()
@@ -56,7 +60,11 @@ class ProgressHandler(logging.Handler):
         elif kind == "ASSET_CHECK_EVALUATION":
             data = event.event_specific_data
             if data is not None and not data.passed:
-                name = f"{data.asset_key.to_user_string()}:{data.check_name}"
+                asset = data.asset_key.to_python_identifier()
+                shown = "(a private segment)" if asset in self.hidden else (
+                    data.asset_key.to_user_string()
+                )
+                name = f"{shown}:{data.check_name}"
                 if data.severity == dg.AssetCheckSeverity.WARN:
                     # A warning (e.g. an orphan reference in the extract) does not fail the run.
                     self.console.print(f"  ! check {name} (warning)", style="yellow", markup=False)
@@ -106,7 +114,7 @@ def run_pipeline(
 
     settings = Settings.from_env()
     as_of = as_of or today_in(settings.clinic_timezone)
-    handler = ProgressHandler(console)
+    handler = ProgressHandler(console, private_step_keys())
     resources = resources_from_env(
         extracts_dir=str(extracts.resolve()), extract_format=fmt, as_of=as_of.isoformat()
     )
@@ -144,7 +152,7 @@ def run_pipeline(
             },
         )
     seconds = time.perf_counter() - started
-    print_summary(settings.duckdb_path, console)
+    print_summary(settings.duckdb_path, console, as_of)
     if not result.success or handler.failures:
         console.print(f"Run failed after {seconds:.1f}s:", style="red")
         for failure in handler.failures:
@@ -154,7 +162,7 @@ def run_pipeline(
     return 0
 
 
-def print_summary(duckdb_path: Path, console: Console) -> None:
+def print_summary(duckdb_path: Path, console: Console, as_of: date | None = None) -> None:
     if not Path(duckdb_path).exists():
         return
     with connect(duckdb_path, read_only=True) as con:
@@ -211,7 +219,25 @@ def print_summary(duckdb_path: Path, console: Console) -> None:
             if hidden:
                 console.print(f"  and {hidden} private segment(s), shown to their owners only")
         if ("outbound", "send_plan") in tables:
-            print_send_summary(con, tables, console)
+            print_send_summary(con, tables, console, as_of)
+
+
+def private_step_keys() -> set[str]:
+    """Dagster step keys of private segments and work lists (their names are their
+    owners' alone)."""
+    keys = {dg.AssetKey(["segments", s]).to_python_identifier() for s in private_segment_slugs()}
+    try:
+        from workflow.catalog import read_worklists
+
+        lists = read_worklists().lists.values()
+    except (ImportError, ValueError, OSError):
+        lists = []
+    keys |= {
+        dg.AssetKey(["worklists", w.slug]).to_python_identifier()
+        for w in lists
+        if w.visibility == "private"
+    }
+    return keys
 
 
 def private_segment_slugs() -> set[str]:
@@ -226,10 +252,14 @@ def private_segment_slugs() -> set[str]:
     return {s.slug for s in library.segments if s.definition.visibility == "private"}
 
 
-def print_send_summary(con, tables: set[tuple[str, str]], console: Console) -> None:  # noqa: ANN001
+def print_send_summary(
+    con, tables: set[tuple[str, str]], console: Console, as_of: date | None = None  # noqa: ANN001
+) -> None:
     """The plan's decisions per campaign, titled by what became of it: sent, or a dry run
-    and why."""
+    and why; a plan left by an earlier run is called so."""
     plan_day = scalar(con, "select max(as_of) from outbound.send_plan")
+    if as_of is not None and plan_day != as_of:
+        console.print(f"This run made no send plan for {as_of}; the last one, for {plan_day}:")
     title = f"Send plan for {plan_day} (dry run)"
     sent: dict[str, tuple[int, int]] = {}
     if ("outbound", "send_report") in tables:

@@ -52,10 +52,10 @@ def _construct_mapping(loader: _DefinitionLoader, node: yaml.MappingNode, deep: 
     seen: set[Any] = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=True)
-        if not isinstance(key, str | int | float | bool) or key is None:
+        if not isinstance(key, str):
             raise yaml.constructor.ConstructorError(
-                None, None, "a key must be plain text (not a list or a mapping)",
-                key_node.start_mark,
+                None, None, f"the key {key!r} is not text; every key of a definition is a "
+                "name (quote it if it is meant as one)", key_node.start_mark,
             )  # fmt: skip
         if key in seen:
             raise yaml.constructor.ConstructorError(
@@ -86,6 +86,27 @@ def _size(node: yaml.Node) -> tuple[int, int]:
     return deepest, nodes
 
 
+def _refuse_non_text(data: Any, file: str) -> None:
+    """A string with a lone surrogate (written as a `\\ud800` escape) is not text: refuse
+    it here, not when it is printed or saved somewhere later."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise YamlFileError(
+                    file, None, f"{item[:40]!r} holds a character that is not text (a lone "
+                    "surrogate escape such as \\ud800); remove it",
+                ) from None  # fmt: skip
+
+
 def parse_yaml(text: str, file: str) -> Any:
     """The YAML document in `text` (None for an empty file)."""
     loader = _DefinitionLoader(text)
@@ -105,7 +126,9 @@ def parse_yaml(text: str, file: str) -> Any:
                 f"holds more than {MAX_NODES:,} values (counting each alias in full); "
                 "no definition is that large",
             )  # fmt: skip
-        return loader.construct_document(node)
+        data = loader.construct_document(node)
+        _refuse_non_text(data, file)
+        return data
     except YamlFileError:
         raise
     except yaml.MarkedYAMLError as exc:

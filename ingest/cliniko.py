@@ -9,6 +9,7 @@ same text frame the CSV reader produces, so parsing and validation are shared.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,23 +49,38 @@ def text(value: Any) -> str | None:
     return value if value.strip() != "" else None
 
 
-def link_id(value: Any, resource: str | None = None) -> str | None | BadValue:
+_ID = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def link_id(value: Any, resource: str | tuple[str, ...] | None = None) -> str | None | BadValue:
     """`{"links": {"self": ".../patients/82"}}` → `"82"`; plain ids pass through.
 
     The id is the last segment of the URL's path (a query string or fragment is not part of
-    it). A URL with nothing after the resource (`.../patients/`) names no record: that is a
-    BadValue, not an id, so the record is rejected rather than linked to a wrong one.
+    it), and the segment before it must be the resource the field links to. A link that
+    names no record (`.../patients/`), one to another resource (`.../practitioners/7` for a
+    patient), or one whose id is not an id (`..`) is a BadValue: the record is rejected
+    rather than linked to a wrong one.
     """
     if not isinstance(value, dict):
         return text(value)
-    url = (value.get("links") or {}).get("self")
-    if url is None or (isinstance(url, str) and not url.strip()):
+    links = value.get("links")
+    if links is None:
         return None
-    path = urlsplit(str(url).strip()).path
-    segments = path.split("/")
+    if not isinstance(links, dict) or not isinstance(links.get("self"), str | None):
+        return BadValue(f"{text(value)!r} is not a Cliniko link ({{'links': {{'self': URL}}}})")
+    url = links.get("self")
+    if url is None or not url.strip():
+        return None
+    segments = urlsplit(url.strip()).path.split("/")
     ident = segments[-1]
-    if not ident or (resource is not None and ident == resource):
-        return BadValue(f"link {str(url)!r} names no record (nothing after the resource)")
+    names = (resource,) if isinstance(resource, str) else resource
+    if not ident or (names is not None and ident in names):
+        return BadValue(f"link {url!r} names no record (nothing after the resource)")
+    if names is not None and (len(segments) < 2 or segments[-2] not in names):
+        return BadValue(f"link {url!r} points to {segments[-2] if len(segments) > 1 else '?'}, "
+                        f"not to {' or '.join(names)}")  # fmt: skip
+    if not _ID.match(ident):
+        return BadValue(f"link {url!r} ends in {ident!r}, which is not a record id")
     return ident
 
 
@@ -79,7 +95,7 @@ def field(name: str, *fallbacks: str) -> Getter:
     return get
 
 
-def link(name: str, resource: str | None = None) -> Getter:
+def link(name: str, resource: str | tuple[str, ...] | None = None) -> Getter:
     def get(record: Record) -> str | None | BadValue:
         found = link_id(record.get(name), resource)
         if isinstance(found, BadValue):
@@ -89,8 +105,11 @@ def link(name: str, resource: str | None = None) -> Getter:
     return get
 
 
-def mobile(record: Record) -> str | None:
-    for phone in record.get("patient_phone_numbers") or []:
+def mobile(record: Record) -> str | None | BadValue:
+    phones = record.get("patient_phone_numbers") or []
+    if not isinstance(phones, list):
+        return BadValue(f"patient_phone_numbers {text(phones)!r} is not a list of phone numbers")
+    for phone in phones:
         if isinstance(phone, dict) and str(phone.get("phone_type", "")).lower() == "mobile":
             return text(phone.get("number"))
     return None
@@ -218,7 +237,7 @@ def mappings(contacts: dict[str, str]) -> dict[str, tuple[str, dict[str, Getter]
                 "total_amount": field("total_amount"),
                 "status": invoice_status,
                 "amount_paid": field("amount_paid"),
-                "appointment_id": link("appointment"),
+                "appointment_id": link("appointment", ("appointments", "individual_appointments")),
                 "case_id": link("patient_case", "patient_cases"),
                 "practitioner_id": link("practitioner", "practitioners"),
             },
@@ -249,9 +268,26 @@ def page_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*.json") if p.is_file())
 
 
+def read_record(record: Record, getters: dict[str, Getter]) -> dict[str, str | None | BadValue]:
+    """Every canonical column of one record; a field the adapter cannot read is a BadValue
+    (its record is rejected with the reason), never an error that stops the entity."""
+    values: dict[str, str | None | BadValue] = {}
+    for name, get in getters.items():
+        try:
+            values[name] = get(record)
+        except (TypeError, AttributeError, ValueError) as err:
+            values[name] = BadValue(f"{name} could not be read from the record ({err})")
+    return values
+
+
 def read_page(path: Path, resource: str) -> list[Any]:
     try:
         body = json.loads(path.read_bytes(), parse_int=str, parse_float=str)
+    except RecursionError:
+        raise ExtractFileError(
+            f"{path}: the page is nested too deeply to be a Cliniko page; re-run the extract "
+            f"for '{resource}'"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ExtractFileError(
             f"{path}: the page is not valid JSON ({err}); re-run the extract for '{resource}'"
@@ -308,7 +344,7 @@ def read_cliniko_text(extract_dir: Path, ent: Entity) -> tuple[pl.DataFrame, pl.
                     (str(page), position, "record is not a JSON object", text(record) or "")
                 )
                 continue
-            values = {name: get(record) for name, get in getters.items()}
+            values = read_record(record, getters)
             bad = [v.reason for v in values.values() if isinstance(v, BadValue)]
             if bad:
                 rejected.append((str(page), position, "; ".join(bad), text(record) or ""))

@@ -68,6 +68,15 @@ class CsvLayout:
         fits = at_line_start & inside & (gap_skippable == record_line - line)
         return np.where(fits, record, -1)
 
+    def records_spanning(self, offsets: np.ndarray) -> np.ndarray:
+        """The index of the record each byte offset lies in (offsets in no record dropped)."""
+        if not len(offsets) or not self.records:
+            return np.zeros(0, np.int64)
+        starts, ends = self.record_start_offsets(), self.record_end_offsets()
+        record = np.searchsorted(starts, offsets, side="right") - 1
+        inside = (record >= 0) & (offsets < ends[np.maximum(record, 0)])
+        return np.unique(record[inside])
+
     @property
     def records(self) -> int:
         return len(self.record_first_line)

@@ -25,6 +25,7 @@ import polars as pl
 
 from ingest.csv_layout import (
     CsvLayout,
+    OffsetMap,
     blank_out_lines,
     record_text,
     scan_layout,
@@ -33,6 +34,7 @@ from ingest.entities import ROW_NUMBER, SOURCE_FILE, SOURCE_ROW, Entity
 from ingest.parse import REJECTED_SCHEMA
 
 _CHUNK = 64 * 1024 * 1024
+_CR, _LF, _QUOTE = 13, 10, 34
 # DuckDB refuses a record longer than its line limit (2 MiB by default): the limit is
 # raised to the longest record the scan found, so a long value is read whole.
 _DEFAULT_MAX_LINE = 2 * 1024 * 1024
@@ -46,7 +48,10 @@ def read_header(path: Path) -> list[str]:
     # Decode only the start of the file: a bad byte further down is a per-record problem.
     with path.open("rb") as fh:
         raw = fh.read(1024 * 1024)
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in raw[:4096]:
+    head = raw[:4096]
+    # UTF-16 text of a CSV export (mostly ASCII) has a NUL beside almost every character;
+    # a stray NUL or two is a record's problem, not the file's encoding.
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")) or head.count(b"\x00") > len(head) // 4:
         sign = (
             "it starts with a UTF-16 byte-order mark"
             if raw[:2] in (b"\xff\xfe", b"\xfe\xff")
@@ -114,6 +119,11 @@ REJECT_REASONS = {
     "INVALID ENCODING": "is not valid UTF-8 text; re-export the file as UTF-8",
     "LINE SIZE OVER MAXIMUM": "is longer than the maximum record size",
 }
+CR_IN_VALUE_REASON = (
+    "record has a carriage return inside a quoted value, in a file whose line ends are mixed; "
+    "read as a line end it would change the value: re-export the file with one kind of line "
+    "end"
+)
 UNCLOSED_REASON = (
     "record opens a quoted value that is never closed; this line was read on its own and "
     "reading resumed on the next line; close the quote, or double it if it is part of the value"
@@ -201,22 +211,62 @@ class StagedCsv:
         self.con.execute(f"drop table if exists {self.table}")
 
 
-def copy_with_lf_line_ends(source: Path, target: Path) -> bool:
-    """Copy `source` with CRLF and lone CR turned into LF, a chunk at a time; returns
-    whether there was any CR to turn."""
-    found = pending_cr = False
+def copy_with_lf_line_ends(source: Path, target: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Copy `source` with every CRLF and lone CR turned into LF, a chunk at a time, as
+    Python's csv module reads line ends; returns the offsets (in the copy) of the line
+    breaks made from a CR that was inside a quoted value, and of every LF that was a CRLF
+    (so that an offset in the copy can be found again in `source`).
+
+    Such a value would change (CR → LF); the records holding one are rejected, not
+    loaded changed. (Quote parity decides what is inside a quoted value; a quote that is
+    never closed makes every later CR look quoted, which only marks more records to check.)
+    """
+    inside = False  # within a quoted value at the start of the chunk
+    removed = 0  # bytes dropped so far (the CR of each CRLF)
+    inner: list[np.ndarray] = []
+    shortened: list[np.ndarray] = []  # copy offsets of the LF of each CRLF
+    position = 0  # offset in the source of the chunk's first byte
     with source.open("rb") as fin, target.open("wb") as fout:
-        while chunk := fin.read(_CHUNK):
-            if pending_cr:
-                chunk, pending_cr = b"\r" + chunk, False
-            if chunk.endswith(b"\r"):  # maybe the first half of a CRLF: decide with the next
-                chunk, pending_cr = chunk[:-1], True
-            found = found or b"\r" in chunk
-            fout.write(chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n"))
-        if pending_cr:
-            fout.write(b"\n")
-            found = True
-    return found
+        carry = b""
+        while True:
+            chunk = fin.read(_CHUNK)
+            data = carry + chunk
+            if not data:
+                break
+            if chunk and data.endswith(b"\r"):
+                # Maybe the first half of a CRLF: decide with the next chunk.
+                data, carry = data[:-1], b"\r"
+            else:
+                carry = b""
+            array = np.frombuffer(data, np.uint8)
+            crs = np.flatnonzero(array == _CR)
+            quotes = np.flatnonzero(array == _QUOTE)
+            if len(crs):
+                following = array[np.minimum(crs + 1, len(array) - 1)]
+                crlf = (crs + 1 < len(array)) & (following == _LF)
+                keep = np.ones(len(array), bool)
+                keep[crs[crlf]] = False
+                out = array.copy()
+                out[crs[~crlf]] = _LF
+                quoted = (np.searchsorted(quotes, crs) + int(inside)) % 2 == 1
+                # Where each quoted CR's line break lands in the copy.
+                dropped_before = np.cumsum(~keep)[crs] - (~keep)[crs]
+                inner.append(position - removed + crs[quoted] - dropped_before[quoted])
+                # The CR of a CRLF is dropped: its LF lands where the CR was.
+                shortened.append(position - removed + crs[crlf] - dropped_before[crlf])
+                removed += int(np.count_nonzero(~keep))
+                fout.write(out[keep].tobytes())
+            else:
+                fout.write(data)
+            inside = (int(inside) + len(quotes)) % 2 == 1
+            position += len(data)
+            if not chunk:
+                break
+    empty = np.zeros(0, np.int64)
+    return (
+        np.concatenate(inner) if inner else empty,
+        np.concatenate(shortened) if shortened else empty,
+    )
 
 
 def _reasons(errors: pl.DataFrame, field_count: int) -> list[str]:
@@ -281,6 +331,39 @@ def _python_split(
     return np.array(staged, dtype=np.int64), reasons
 
 
+def _parse(
+    con: duckdb.DuckDBPyConnection,
+    source: Path,
+    folder: Path,
+    table: str,
+    field_count: int,
+    layout: CsvLayout,
+    changed: np.ndarray,
+) -> tuple[CsvLayout, pl.DataFrame, OffsetMap | None]:
+    """Stage the records of `source` with DuckDB, the lines of records it must not load
+    (a quote never closed, a value that would change) emptied in a copy first; returns the
+    layout, DuckDB's rejects and how to map its byte offsets back to `source`'s."""
+    parsed_from, offsets = source, None
+    withheld = withheld_lines(layout, changed)
+    if len(withheld):
+        parsed_from = folder / f"closed-{source.name}"
+        offsets = blank_out_lines(source, parsed_from, layout, withheld)
+    errors = _stage(con, parsed_from, table, field_count, layout.max_record_bytes())
+    return layout, errors, offsets
+
+
+def withheld_lines(layout: CsvLayout, changed: np.ndarray) -> np.ndarray:
+    """Every physical line of the records DuckDB is not given: lines whose quote is never
+    closed, and the records whose value would change."""
+    first = np.isin(layout.record_first_line, changed)
+    spans = [
+        np.arange(a, b + 1)
+        for a, b in zip(layout.record_first_line[first], layout.record_last_line[first],
+                        strict=True)
+    ]  # fmt: skip
+    return np.unique(np.concatenate([layout.unclosed_lines, *spans])).astype(np.int64)
+
+
 def stage_csv(con: duckdb.DuckDBPyConnection, path: Path, ent: Entity) -> StagedCsv:
     """Stage `path` in the warehouse as text, named per the contract, with line numbers."""
     header = read_header(path)
@@ -289,45 +372,49 @@ def stage_csv(con: duckdb.DuckDBPyConnection, path: Path, ent: Entity) -> Staged
     field_count = len(names)
     con.execute("create schema if not exists raw")
     with tempfile.TemporaryDirectory() as tmp:
-        source = path
+        folder = Path(tmp)
         layout = scan_layout(path, field_count)
+        source, changed = path, np.zeros(0, np.int64)
+        shortened = np.zeros(0, np.int64)
         if layout.has_lone_cr or layout.mixed_line_ends:
             # DuckDB's strict reader stops at a carriage return that does not end a CRLF
             # file (a file mixing CRLF and LF, or a stray CR). Read a copy with LF line
             # ends, taking a lone CR as a line end too, as Python's CSV module does.
-            source = Path(tmp) / f"lf-{path.name}"
-            copy_with_lf_line_ends(path, source)
+            source = folder / f"lf-{path.name}"
+            inner_crs, shortened = copy_with_lf_line_ends(path, source)
             layout = scan_layout(source, field_count)
-        parsed_from, offsets = source, None
-        if len(layout.unclosed_lines):
-            parsed_from = Path(tmp) / f"closed-{path.name}"
-            offsets = blank_out_lines(source, parsed_from, layout, layout.unclosed_lines)
+            # Records whose quoted value held a CR: it would read as LF, so they are
+            # rejected rather than loaded changed.
+            changed = layout.record_first_line[layout.records_spanning(inner_crs)]
         try:
-            errors = _stage(con, parsed_from, table, field_count, layout.max_record_bytes())
+            layout, errors, offsets = _parse(con, source, folder, table, field_count, layout,
+                                             changed)  # fmt: skip
         except duckdb.Error as err:
             raise ExtractFileError(f"{path}: the file could not be read as CSV: {err}") from None
         rows = con.execute(f"select count(*) from {table}").fetchall()[0][0]
 
         unclosed = np.isin(layout.record_first_line, layout.unclosed_lines)
+        would_change = np.isin(layout.record_first_line, changed) & ~unclosed
+        withheld = unclosed | would_change
         # One report per record, even when DuckDB reports several errors for it.
         positions = errors["position"].to_numpy().astype(np.int64)
         if offsets is not None:
             positions = offsets.original(positions)
-        reported = layout.records_at(positions, layout.unclosed_lines)
+        reported = layout.records_at(positions, withheld_lines(layout, changed))
         first_errors = errors.with_columns(pl.Series("record", reported)).unique(
             "record", keep="first", maintain_order=True
         )
         index = first_errors["record"].to_numpy()
-        parsed = np.flatnonzero(~unclosed)
+        parsed = np.flatnonzero(~withheld)
         agree = (
             bool((index >= 0).all())
-            and not unclosed[index].any()
+            and not withheld[index].any()
             and rows + len(index) == len(parsed)
         )
         if agree:
             bad = np.zeros(layout.records, bool)
             bad[index] = True
-            good = np.flatnonzero(~bad & ~unclosed)
+            good = np.flatnonzero(~bad & ~withheld)
             rejected_index, rejected_reason = index, _reasons(first_errors, field_count)
         else:
             good, split_reasons = _python_split(con, source, layout, parsed, table, field_count)
@@ -336,9 +423,16 @@ def stage_csv(con: duckdb.DuckDBPyConnection, path: Path, ent: Entity) -> Staged
             rejected_index = parsed[failed] if failed else np.zeros(0, np.int64)
             rejected_reason = [split_reasons[i] for i in failed]
 
-        all_rejected = np.concatenate([rejected_index, np.flatnonzero(unclosed)]).astype(np.int64)
-        reasons = [*rejected_reason, *[UNCLOSED_REASON] * int(unclosed.sum())]
-        rejected = _rejected_frame(source, path, layout, all_rejected, reasons)
+        all_rejected = np.concatenate(
+            [rejected_index, np.flatnonzero(unclosed), np.flatnonzero(would_change)]
+        ).astype(np.int64)
+        reasons = [
+            *rejected_reason,
+            *[UNCLOSED_REASON] * int(unclosed.sum()),
+            *[CR_IN_VALUE_REASON] * int(would_change.sum()),
+        ]
+        # The rejected records' text is read from the original file, exactly as it is.
+        rejected = _rejected_frame(path, layout, all_rejected, reasons, shortened)
     return StagedCsv(
         con=con,
         table=table,
@@ -352,14 +446,24 @@ def stage_csv(con: duckdb.DuckDBPyConnection, path: Path, ent: Entity) -> Staged
 
 
 def _rejected_frame(
-    source: Path, path: Path, layout: CsvLayout, records: np.ndarray, reasons: list[str]
+    path: Path,
+    layout: CsvLayout,
+    records: np.ndarray,
+    reasons: list[str],
+    shortened: np.ndarray,
 ) -> pl.DataFrame:
-    """Rejected records with their first line and their full original text."""
+    """Rejected records with their first line and their full original text.
+
+    `layout` may be of a copy with LF line ends; `shortened` (copy offsets of the LFs that
+    were CRLFs) turns its offsets back into `path`'s.
+    """
     if not len(records):
         return pl.DataFrame(schema=REJECTED_SCHEMA)
     starts = layout.record_start_offsets()[records]
     ends = layout.record_end_offsets()[records]
-    with source.open("rb") as fh:
+    starts = starts + np.searchsorted(shortened, starts, side="left")
+    ends = ends + np.searchsorted(shortened, ends, side="left")
+    with path.open("rb") as fh:
         texts = [record_text(fh, s, e) for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
     return pl.DataFrame(
         {

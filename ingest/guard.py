@@ -25,7 +25,7 @@ import duckdb
 import numpy as np
 
 from ingest.csv_reader import ExtractFileError
-from ingest.entities import ENTITIES, Entity
+from ingest.entities import ENTITIES, ENTITIES_BY_NAME, Entity
 from ingest.load import BeforeSwap, LoadCounts
 from ingest.sources import count_source_rows
 
@@ -194,27 +194,43 @@ def check_extract(
     return counts
 
 
-def guarded_swap(ent: Entity, rows_in: int, rule: ShrinkRule, as_of: date | None) -> BeforeSwap:
-    """The last word before `raw.<entity>` is replaced, inside the swap's transaction: the
-    independent count must agree, the loaded rows must not have shrunk, and the load is
-    recorded as the entity's last accepted one."""
+def guarded_swap(
+    rows_in: dict[str, int], rule: ShrinkRule, as_of: date | None
+) -> BeforeSwap:
+    """The last word before an extract is swapped in, inside the swap's transaction: every
+    entity's independent count (`rows_in`) must agree with what ingest read, no entity's
+    loaded rows may have shrunk past the limit, and each load is recorded as the entity's
+    last accepted one. Any problem refuses the whole extract."""
 
-    def before_swap(con: duckdb.DuckDBPyConnection, counts: LoadCounts) -> None:
-        if counts.rows_in != rows_in or counts.loaded + counts.rejected != rows_in:
-            raise ExtractRefused(
-                f"{ent.name}: ingest read {counts.rows_in:,} records ({counts.loaded:,} loaded, "
-                f"{counts.rejected:,} rejected) but an independent count of {counts.source} "
-                f"finds {rows_in:,}; nothing was replaced. This is a fault in ingest: keep the "
-                "file and report it"
+    def before_swap(con: duckdb.DuckDBPyConnection, staged: list[LoadCounts]) -> None:
+        last = last_loads(con)
+        faults, shrunk = [], {}
+        for counts in staged:
+            expected = rows_in.get(counts.entity)
+            read = counts.loaded + counts.rejected
+            if expected is not None and (counts.rows_in != expected or read != expected):
+                faults.append(
+                    f"{counts.entity}: ingest read {counts.rows_in:,} records "
+                    f"({counts.loaded:,} loaded, {counts.rejected:,} rejected) but an "
+                    f"independent count of {counts.source} finds {expected:,}"
+                )
+            ent = ENTITIES_BY_NAME[counts.entity]
+            problem = shrink_problem(
+                ent, counts.loaded, last.get(ent.name), rule, what="rows loaded"
             )
-        problem = shrink_problem(
-            ent, counts.loaded, last_loads(con).get(ent.name), rule, what="rows loaded"
-        )
-        if problem is not None:
-            raise refusal({ent.name: problem}, rule)
-        record_load(
-            con, ent.name, as_of, counts.source, counts.rows_in, counts.loaded,
-            counts.rejected, accepted_shrink=rule.accepts(ent.name),
-        )  # fmt: skip
+            if problem is not None:
+                shrunk[ent.name] = problem
+        if faults:
+            raise ExtractRefused(
+                "; ".join(faults) + "; nothing was replaced. This is a fault in ingest: keep "
+                "the files and report it"
+            )
+        if shrunk:
+            raise refusal(shrunk, rule)
+        for counts in staged:
+            record_load(
+                con, counts.entity, as_of, counts.source, counts.rows_in, counts.loaded,
+                counts.rejected, accepted_shrink=rule.accepts(counts.entity),
+            )  # fmt: skip
 
     return before_swap

@@ -1,10 +1,13 @@
-"""Load one extract folder into the warehouse's `raw` schema, entity by entity.
+"""Load one extract folder into the warehouse's `raw` schema.
 
 For each entity: read text (CSV or Cliniko pages) → keep the last row of each duplicate
-id → type → validate with pandera → replace `raw.<entity>` and `raw.<entity>__rejected`
-in one transaction. Every input row ends in one of the two tables: rows in = rows loaded
-+ rows rejected. A CSV file is staged in the warehouse and processed in batches, so
-memory stays flat however large the extract is.
+id → type → validate with pandera → write the new `raw.<entity>` and
+`raw.<entity>__rejected` beside the live tables (staging). Then every staged entity is
+swapped in together, in one transaction (publishing): readers see the whole previous
+extract or the whole new one, never a mix, and a refusal of any entity keeps them all.
+Every input row ends in one of the two tables: rows in = rows loaded + rows rejected. A
+CSV file is staged in the warehouse and processed in batches, so memory stays flat however
+large the extract is.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import duckdb
 import polars as pl
 
 from ingest import cliniko
-from ingest.csv_reader import stage_csv
+from ingest.csv_reader import ExtractFileError, stage_csv
 from ingest.entities import ENTITIES, ROW_NUMBER, SOURCE_FILE, SOURCE_ROW, Entity, entity
 from ingest.parse import REJECTED_SCHEMA, clean_frame, parse_entity, typed_schema
 from ingest.schemas import validate
@@ -43,7 +46,7 @@ class LoadCounts:
 
 
 # Runs inside the transaction that swaps the new tables in: raising keeps the old ones.
-BeforeSwap = Callable[[duckdb.DuckDBPyConnection, LoadCounts], None]
+BeforeSwap = Callable[[duckdb.DuckDBPyConnection, list[LoadCounts]], None]
 
 
 @dataclass(frozen=True)
@@ -123,9 +126,13 @@ def process_batch(
     return valid.cast(typed_schema(ent)), rejected  # type: ignore[arg-type]
 
 
+def side_table(name: str) -> str:
+    return f"raw.__loading_{name}"
+
+
 class RawWriter:
-    """Builds `raw.<entity>` beside the live table and swaps it in with the rejected
-    table in one short transaction, so readers see the old or the new load, never half.
+    """Builds `raw.<entity>` and its rejected table beside the live ones (`publish` swaps
+    them in).
 
     Batches are inserted into the side table as they come (one big transaction would
     hold every uncommitted row in memory).
@@ -135,7 +142,7 @@ class RawWriter:
         self.con, self.ent = con, ent
         self.loaded = 0
         self.rejected: list[pl.DataFrame] = []
-        self.building = f"raw.__loading_{ent.name}"
+        self.building = side_table(ent.name)
         extra_ddl = "".join(f', "{c}" VARCHAR' for c in extras)
         con.execute("CREATE SCHEMA IF NOT EXISTS raw")
         con.execute(f"CREATE OR REPLACE TABLE {self.building} ({raw_columns_ddl(ent)}{extra_ddl})")
@@ -148,39 +155,50 @@ class RawWriter:
         self.loaded += valid.height
         self.rejected.append(rejected)
 
-    def commit(
-        self,
-        reader_rejects: pl.DataFrame,
-        rows_in: int,
-        source: str,
-        before_swap: BeforeSwap | None = None,
-    ) -> int:
+    def finish(self, reader_rejects: pl.DataFrame, rows_in: int, source: str) -> LoadCounts:
+        """Write the rejected side table; the entity is staged, ready to publish."""
         rejected = pl.concat([reader_rejects.cast(REJECTED_SCHEMA), *self.rejected]).sort(
             "source_file", "source_row"
         )
-        name = self.ent.name
-        self.con.execute("BEGIN TRANSACTION")
+        table = f"{self.building}__rejected"
+        self.con.execute(f"CREATE OR REPLACE TABLE {table} ({rejected_columns_ddl()})")
+        self.con.register("_rejected", rejected.to_arrow())
         try:
-            if before_swap is not None:
-                before_swap(
-                    self.con, LoadCounts(name, rows_in, self.loaded, rejected.height, source)
-                )
-            self.con.execute(f"DROP TABLE IF EXISTS raw.{name}")
-            self.con.execute(f"ALTER TABLE {self.building} RENAME TO {name}")
-            self.con.execute(
-                f"CREATE OR REPLACE TABLE raw.{name}__rejected ({rejected_columns_ddl()})"
-            )
-            self.con.register("_rejected", rejected.to_arrow())
-            self.con.execute(f"INSERT INTO raw.{name}__rejected BY NAME SELECT * FROM _rejected")
+            self.con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _rejected")
+        finally:
             self.con.unregister("_rejected")
-            self.con.execute("COMMIT")
-        except BaseException:
-            self.con.execute("ROLLBACK")
-            raise
-        return rejected.height
+        return LoadCounts(self.ent.name, rows_in, self.loaded, rejected.height, source)
 
-    def abort(self) -> None:
-        self.con.execute(f"DROP TABLE IF EXISTS {self.building}")
+
+def discard(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    """Drop an entity's side tables (a staging that is not to be published)."""
+    con.execute(f"DROP TABLE IF EXISTS {side_table(name)}")
+    con.execute(f"DROP TABLE IF EXISTS {side_table(name)}__rejected")
+
+
+def publish(
+    con: duckdb.DuckDBPyConnection,
+    staged: list[LoadCounts],
+    before_swap: BeforeSwap | None = None,
+) -> None:
+    """Swap every staged entity in, in one transaction. `before_swap` may refuse (raise):
+    then nothing is replaced and the side tables are dropped."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        if before_swap is not None:
+            before_swap(con, staged)
+        for counts in staged:
+            name = counts.entity
+            con.execute(f"DROP TABLE IF EXISTS raw.{name}")
+            con.execute(f"ALTER TABLE {side_table(name)} RENAME TO {name}")
+            con.execute(f"DROP TABLE IF EXISTS raw.{name}__rejected")
+            con.execute(f"ALTER TABLE {side_table(name)}__rejected RENAME TO {name}__rejected")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        for counts in staged:
+            discard(con, counts.entity)
+        raise
 
 
 def write_batches(
@@ -193,17 +211,60 @@ def write_batches(
     rows_in: int,
     source: str,
     as_of: date | None = None,
-    before_swap: BeforeSwap | None = None,
-) -> tuple[int, int]:
+) -> LoadCounts:
     writer = RawWriter(con, ent, extras)
     try:
         for batch in batches:
             writer.add(*process_batch(batch, ent, duplicates, as_of))
-        rejected = writer.commit(reader_rejects, rows_in, source, before_swap)
+        return writer.finish(reader_rejects, rows_in, source)
     except BaseException:
-        writer.abort()
+        discard(con, ent.name)
         raise
-    return writer.loaded, rejected
+
+
+def stage_entity(
+    con: duckdb.DuckDBPyConnection,
+    name: str,
+    extract_dir: Path,
+    fmt: str = "csv",
+    batch_rows: int = BATCH_ROWS,
+    as_of: date | None = None,
+) -> LoadCounts:
+    """Read, type and validate one entity into its side tables (nothing is replaced yet).
+
+    `as_of` is the day the extract describes (dates of birth may not lie after it).
+    """
+    ent = entity(name)
+    extract_dir = Path(extract_dir)
+    check_format(extract_dir, fmt)
+    no_duplicates = pl.DataFrame(schema=DUPLICATES_SCHEMA)
+    found = entity_source(extract_dir, ent, fmt)
+    if found.kind == "cliniko" or found.path is None:
+        if found.path is not None:
+            text, reader_rejects, rows_in = cliniko.read_cliniko_text(extract_dir, ent)
+            source = str(found.path)
+        else:
+            text, reader_rejects, rows_in, source = empty_text(ent), empty_rejected(), 0, ""
+        text = text.with_row_index(ROW_NUMBER).with_columns(pl.col(ROW_NUMBER).cast(pl.Int64))
+        duplicates = last_occurrences(text, ent.key) if ent.key else no_duplicates
+        return write_batches(
+            con, ent, [text], [], duplicates, reader_rejects, rows_in, source, as_of
+        )
+    staged = stage_csv(con, found.path, ent)
+    try:
+        extras = [n for n in staged.names if n not in ent.column_names]
+        missing = [c for c in ent.column_names if c not in staged.names]
+        batches = (
+            b.with_columns(pl.lit(None, dtype=pl.String).alias(c) for c in missing)
+            for b in staged.batches(batch_rows)
+        )
+        duplicates = staged.duplicates(ent.key) if ent.key else no_duplicates
+        return write_batches(
+            con, ent, batches, extras, duplicates, staged.rejected, staged.records,
+            str(found.path), as_of,
+        )  # fmt: skip
+    finally:
+        staged.drop()
 
 
 def load_entity(
@@ -215,54 +276,22 @@ def load_entity(
     as_of: date | None = None,
     before_swap: BeforeSwap | None = None,
 ) -> LoadResult:
-    """Load one entity of an extract folder into `raw.<entity>` (+ `__rejected`).
-
-    `as_of` is the day the extract describes (dates of birth may not lie after it);
-    `before_swap` may refuse the load after every row is read and before anything is
-    replaced (the guard against a shrunken extract uses it).
-    """
-    ent = entity(name)
-    extract_dir = Path(extract_dir)
+    """Stage and publish one entity on its own (tests, tools); a pipeline run loads the
+    whole extract with `load_all`, so that it is swapped in as one."""
     started = time.perf_counter()
-    check_format(extract_dir, fmt)
-    no_duplicates = pl.DataFrame(schema=DUPLICATES_SCHEMA)
+    counts = stage_entity(con, name, extract_dir, fmt, batch_rows, as_of)
+    publish(con, [counts], before_swap)
+    return _result(counts, time.perf_counter() - started)
 
-    found = entity_source(extract_dir, ent, fmt)
-    if found.kind == "cliniko" or found.path is None:
-        if found.path is not None:
-            text, reader_rejects, rows_in = cliniko.read_cliniko_text(extract_dir, ent)
-            source = str(found.path)
-        else:
-            text, reader_rejects, rows_in, source = empty_text(ent), empty_rejected(), 0, ""
-        text = text.with_row_index(ROW_NUMBER).with_columns(pl.col(ROW_NUMBER).cast(pl.Int64))
-        duplicates = last_occurrences(text, ent.key) if ent.key else no_duplicates
-        loaded, rejected = write_batches(
-            con, ent, [text], [], duplicates, reader_rejects, rows_in, source, as_of, before_swap
-        )
-    else:
-        staged = stage_csv(con, found.path, ent)
-        try:
-            extras = [n for n in staged.names if n not in ent.column_names]
-            missing = [c for c in ent.column_names if c not in staged.names]
-            batches = (
-                b.with_columns(pl.lit(None, dtype=pl.String).alias(c) for c in missing)
-                for b in staged.batches(batch_rows)
-            )
-            duplicates = staged.duplicates(ent.key) if ent.key else no_duplicates
-            rows_in, source = staged.records, str(found.path)
-            loaded, rejected = write_batches(
-                con, ent, batches, extras, duplicates, staged.rejected, rows_in, source, as_of,
-                before_swap,
-            )
-        finally:
-            staged.drop()
+
+def _result(counts: LoadCounts, seconds: float) -> LoadResult:
     return LoadResult(
-        entity=ent.name,
-        rows_in=rows_in,
-        loaded=loaded,
-        rejected=rejected,
-        source=source,
-        seconds=time.perf_counter() - started,
+        entity=counts.entity,
+        rows_in=counts.rows_in,
+        loaded=counts.loaded,
+        rejected=counts.rejected,
+        source=counts.source,
+        seconds=seconds,
     )
 
 
@@ -271,5 +300,33 @@ def load_all(
     extract_dir: Path,
     fmt: str = "csv",
     as_of: date | None = None,
+    before_swap: BeforeSwap | None = None,
+    before_stage: Callable[[Entity], None] | None = None,
 ) -> dict[str, LoadResult]:
-    return {ent.name: load_entity(con, ent.name, extract_dir, fmt, as_of=as_of) for ent in ENTITIES}
+    """Stage every entity, then publish them all in one transaction.
+
+    A file-level problem of any entity (or a refusal by `before_swap`) replaces nothing;
+    every entity's file-level problem is reported at once. `before_stage` runs before each
+    entity is read (the pipeline counts the file independently there).
+    """
+    staged: list[LoadCounts] = []
+    seconds: dict[str, float] = {}
+    problems: list[str] = []
+    try:
+        for ent in ENTITIES:
+            started = time.perf_counter()
+            try:
+                if before_stage is not None:
+                    before_stage(ent)
+                staged.append(stage_entity(con, ent.name, extract_dir, fmt, as_of=as_of))
+            except ExtractFileError as err:
+                problems.append(str(err))
+            seconds[ent.name] = time.perf_counter() - started
+        if problems:
+            raise ExtractFileError("\n".join(problems))
+        publish(con, staged, before_swap)
+    except BaseException:
+        for counts in staged:
+            discard(con, counts.entity)
+        raise
+    return {c.entity: _result(c, seconds[c.entity]) for c in staged}

@@ -54,12 +54,17 @@ _TIMESTAMP_RE = (
     r"(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d{1,9}))?)?)?"
     r"\s*(Z|z|[+-]\d{2}(?::?\d{2})?)?$"
 )
-_MONEY_RE = r"^-?\$?-?\d+(\.\d+)?$"
+_SIGN_AND_DIGITS = r"^(-\$?|\$-?)?\d{1,16}"  # -5, $5, -$5, $-5; DECIMAL(18, 2) holds 16
+_MONEY_RE = _SIGN_AND_DIGITS + r"(\.\d+)?$"
 # An amount is kept to the cent: more decimal places are taken only when they are zeros.
-_CENTS_RE = r"^-?\$?-?\d+(\.\d{1,2}0*)?$"
+_CENTS_RE = _SIGN_AND_DIGITS + r"(\.\d{1,2}0*)?$"
+_MORE_THAN_CENTS_RE = _SIGN_AND_DIGITS + r"\.\d{2}0*[1-9]\d*$"
 # A leap second (:60) is not a time of day the warehouse can keep: it would become the next
 # minute.
 _LEAP_SECOND_RE = r"T?\d{2}:\d{2}:60(?:[.,]\d+)?\s*(?:Z|z|[+-]\d{2}(?::?\d{2})?)?$"
+# The warehouse keeps timestamps to the microsecond: a finer digit that is not 0 would be
+# cut off.
+_BELOW_MICROSECONDS_RE = r":\d{2}[.,]\d{6}\d*[1-9]\d*\s*(?:Z|z|[+-]\d{2}(?::?\d{2})?)?$"
 REASON = "_reason"
 
 # Dates outside these are placeholders or typing errors in every extract seen (0001-01-01,
@@ -160,9 +165,11 @@ def parse_series(column: Column, text: pl.Series) -> pl.Series:
         lookup = {choice.lower(): choice for choice in column.choices or ()}
         return text.str.to_lowercase().replace_strict(lookup, default=None, return_dtype=pl.String)
     if column.kind == Kind.TIMESTAMP:
-        if text.str.contains(":60", literal=True).any():
-            leap = text.str.contains(_LEAP_SECOND_RE)
-            text = pl.select(pl.when(leap).then(None).otherwise(text)).to_series()
+        for pattern, hint in ((_LEAP_SECOND_RE, ":60"), (_BELOW_MICROSECONDS_RE, None)):
+            if hint is None or text.str.contains(hint, literal=True).any():
+                changed = text.str.contains(pattern)
+                if changed.any():
+                    text = pl.select(pl.when(changed).then(None).otherwise(text)).to_series()
         present = text.len() - text.null_count()
         for fmt in FAST_TIMESTAMP_FORMATS:
             fast = text.str.to_datetime(fmt, time_unit="us", time_zone="UTC", strict=False)
@@ -195,13 +202,15 @@ def parse_problem(column: Column) -> pl.Expr | None:
     reason = pl.lit(f"{column.name} ") + quoted(text) + pl.lit(message)
     # Values of the right shape that would still be changed to fit: say exactly why.
     specific = {
-        Kind.MONEY: (_MONEY_RE, " has more than two decimal places; amounts are kept to the "
-                     "cent and this one would be rounded: fix the amount in the export"),
-        Kind.TIMESTAMP: (_LEAP_SECOND_RE, " has 60 seconds, which would become the next "
-                         "minute; write :59 or :00"),
-    }.get(column.kind)  # fmt: skip
-    if specific is not None:
-        pattern, why = specific
+        Kind.MONEY: [(_MORE_THAN_CENTS_RE, " has more than two decimal places; amounts are "
+                      "kept to the cent and this one would be rounded: fix the amount in the "
+                      "export")],
+        Kind.TIMESTAMP: [(_LEAP_SECOND_RE, " has 60 seconds, which would become the next "
+                          "minute; write :59 or :00"),
+                         (_BELOW_MICROSECONDS_RE, " is finer than a microsecond, which the "
+                          "warehouse keeps; it would be cut off: round it in the export")],
+    }.get(column.kind, [])  # fmt: skip
+    for pattern, why in specific:
         reason = (
             pl.when(text.str.contains(pattern))
             .then(pl.lit(f"{column.name} ") + quoted(text) + pl.lit(why))

@@ -1,4 +1,9 @@
-"""Ingest assets: the extract's manifest, then one asset per raw entity, each with its
+"""Ingest: one step that loads the whole extract, an asset per raw entity.
+
+The extract is one day's data, so it is loaded as one: every entity is read into tables
+beside the live ones, then all are checked (each file counted again independently, no
+entity shrunk past the limit) and swapped in together. A file-level problem or a refusal
+anywhere replaces nothing. Each entity's asset carries its counts and its
 rows-in = loaded + rejected check.
 
 Thin wrappers around `ingest.load` and `ingest.guard`; the logic lives there.
@@ -14,7 +19,7 @@ from ingest.csv_reader import ExtractFileError
 from ingest.entities import ENTITIES, Entity
 from ingest.guard import DEFAULT_MAX_DROP, ShrinkRule, check_extract, guarded_swap
 from ingest.inputs import count_input_rows
-from ingest.load import load_entity
+from ingest.load import load_all
 from ingest.warehouse import connect, scalar
 from orchestration.resources import (
     AS_OF_TAG,
@@ -29,7 +34,6 @@ FORMAT_TAG = "clinic-audiences/format"
 # Entities (comma-separated, or 'all') whose drop against the last accepted load this run
 # accepts on purpose (`audiences run --accept-shrink`).
 ACCEPT_SHRINK_TAG = "clinic-audiences/accept_shrink"
-MANIFEST = dg.AssetKey(["raw", "extract_manifest"])
 
 DATED_FOLDER = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -87,107 +91,100 @@ def shrink_rule(tags: dict[str, str]) -> ShrinkRule:
         raise dg.Failure(description=f"INGEST_MAX_DROP / accept-shrink: {err}") from None
 
 
-@dg.asset(
-    key=MANIFEST,
-    group_name="ingest",
-    description="What the new extract holds: rows per entity, compared with the last accepted "
-    "load. Refuses an extract that empties a required entity or shrinks one by more than half "
-    "(a failed export) before any raw table is replaced.",
-    kinds={"duckdb"},
+ROW_CHECK = "rows_in_equal_loaded_plus_rejected"
+
+
+def raw_key(ent: Entity) -> dg.AssetKey:
+    return dg.AssetKey(["raw", ent.name])
+
+
+@dg.multi_asset(
+    name="ingest_extract",
+    specs=[
+        dg.AssetSpec(
+            raw_key(ent),
+            group_name="ingest",
+            kinds={"duckdb", "polars"},
+            description=f"{ent.description} Loaded from the extract into raw.{ent.name}; bad "
+            f"rows go to raw.{ent.name}__rejected with a reason.",
+        )
+        for ent in ENTITIES
+    ],
+    check_specs=[
+        dg.AssetCheckSpec(
+            ROW_CHECK,
+            asset=raw_key(ent),
+            blocking=True,
+            description="Every input row is loaded or rejected with a reason (counted again "
+            "from the file, independently of the loader).",
+        )
+        for ent in ENTITIES
+    ],
     pool="warehouse",
 )
-def extract_manifest(
+def ingest_extract(
     context: dg.AssetExecutionContext,
     warehouse: WarehouseResource,
     settings: ClinicSettingsResource,
-) -> dg.MaterializeResult:
+):
+    """Refuse a failed export up front; read every entity beside the live tables; swap the
+    whole extract in only if every count agrees and nothing shrank past the limit."""
     tags = dict(context.run.tags)
     extract_dir, fmt = resolve_extract(tags, settings)
     rule = shrink_rule(tags)
+    as_of = run_as_of(tags, settings)
+    rows_in: dict[str, int] = {}
+
+    def count_first(ent: Entity) -> None:
+        # Counted from the file, independently of the loader, before it reads the file.
+        rows_in[ent.name] = count_input_rows(extract_dir, ent, fmt)
+
     try:
         with connect(warehouse.duckdb_path) as con:
-            counts = check_extract(con, extract_dir, fmt, rule)
+            expected = check_extract(con, extract_dir, fmt, rule)
+            context.log.info(
+                "extract " + ", ".join(f"{e} {n:,}" for e, n in expected.items() if n)
+            )
+            results = load_all(
+                con, extract_dir, fmt, as_of=as_of,
+                before_swap=guarded_swap(rows_in, rule, as_of), before_stage=count_first,
+            )  # fmt: skip
+            tables = {
+                ent.name: (
+                    scalar(con, f"select count(*) from raw.{ent.name}"),
+                    scalar(con, f"select count(*) from raw.{ent.name}__rejected"),
+                    top_reasons_markdown(con, ent),
+                )
+                for ent in ENTITIES
+            }
     except ExtractFileError as err:
         raise dg.Failure(description=str(err)) from None
-    lines = ["| entity | rows |", "|---|---:|"] + [f"| {e} | {n:,} |" for e, n in counts.items()]
-    return dg.MaterializeResult(
-        metadata={
-            "extract": str(extract_dir),
-            "format": fmt,
-            "accepted_shrink": ", ".join(sorted(rule.accepted)) or "(none)",
-            "rows": dg.MetadataValue.md("\n".join(lines)),
-        }
-    )
-
-
-def build_ingest_asset(ent: Entity) -> dg.AssetsDefinition:
-    key = dg.AssetKey(["raw", ent.name])
-
-    @dg.asset(
-        key=key,
-        group_name="ingest",
-        description=f"{ent.description} Loaded from the extract into raw.{ent.name}; bad rows "
-        f"go to raw.{ent.name}__rejected with a reason.",
-        kinds={"duckdb", "polars"},
-        deps=[MANIFEST],
-        pool="warehouse",
-        check_specs=[
-            dg.AssetCheckSpec(
-                "rows_in_equal_loaded_plus_rejected",
-                asset=key,
-                blocking=True,
-                description="Every input row is loaded or rejected with a reason.",
-            )
-        ],
-    )
-    def _ingest(
-        context: dg.AssetExecutionContext,
-        warehouse: WarehouseResource,
-        settings: ClinicSettingsResource,
-    ):
-        tags = dict(context.run.tags)
-        extract_dir, fmt = resolve_extract(tags, settings)
-        rule = shrink_rule(tags)
-        as_of = run_as_of(tags, settings)
-        try:
-            # Counted first, from the files, independently of the loader: the load is
-            # swapped in only if the two agree.
-            rows_in = count_input_rows(extract_dir, ent, fmt)
-            with connect(warehouse.duckdb_path) as con:
-                result = load_entity(
-                    con, ent.name, extract_dir, fmt, as_of=as_of,
-                    before_swap=guarded_swap(ent, rows_in, rule, as_of),
-                )  # fmt: skip
-                loaded_count = scalar(con, f"select count(*) from raw.{ent.name}")
-                rejected_count = scalar(con, f"select count(*) from raw.{ent.name}__rejected")
-                reasons = top_reasons_markdown(con, ent)
-        except ExtractFileError as err:
-            raise dg.Failure(description=str(err)) from None
+    for ent in ENTITIES:
+        result = results[ent.name]
+        loaded, rejected, reasons = tables[ent.name]
         yield dg.MaterializeResult(
+            asset_key=raw_key(ent),
             metadata={
                 "source": result.source or "(absent: empty entity)",
-                "rows_in": rows_in,
-                "rows_loaded": loaded_count,
-                "rows_rejected": rejected_count,
-                "dagster/row_count": loaded_count,
+                "rows_in": rows_in[ent.name],
+                "rows_loaded": loaded,
+                "rows_rejected": rejected,
+                "dagster/row_count": loaded,
                 "seconds": round(result.seconds, 3),
+                "accepted_shrink": rule.accepts(ent.name),
                 "rejection_reasons": dg.MetadataValue.md(reasons),
-            }
-        )
-        yield dg.AssetCheckResult(
-            check_name="rows_in_equal_loaded_plus_rejected",
-            passed=rows_in == loaded_count + rejected_count,
-            metadata={
-                "rows_in": rows_in,
-                "rows_loaded": loaded_count,
-                "rows_rejected": rejected_count,
             },
         )
+        yield dg.AssetCheckResult(
+            asset_key=raw_key(ent),
+            check_name=ROW_CHECK,
+            passed=rows_in[ent.name] == loaded + rejected,
+            metadata={"rows_in": rows_in[ent.name], "rows_loaded": loaded,
+                      "rows_rejected": rejected},
+        )  # fmt: skip
 
-    return _ingest
 
-
-ingest_assets = [extract_manifest, *(build_ingest_asset(ent) for ent in ENTITIES)]
+ingest_assets = [ingest_extract]
 
 __all__ = [
     "ACCEPT_SHRINK_TAG", "AS_OF_TAG", "EXTRACTS_TAG", "FORMAT_TAG", "ingest_assets", "defs",

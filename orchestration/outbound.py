@@ -66,7 +66,7 @@ def _campaigns(s: OutboundSettings) -> list[Campaign]:
     never stops the others."""
     try:
         return campaign_set(s).campaigns
-    except (CampaignError, ValueError) as e:
+    except (CampaignError, ValueError, OSError) as e:
         raise dg.Failure(description=str(e)) from None
 
 

@@ -61,6 +61,14 @@ class Once(_Strict):
     every: Literal["once"]
     on: date
 
+    @field_validator("on", mode="before")
+    @classmethod
+    def _a_day(cls, v: object) -> object:
+        # A day as written, YYYY-MM-DD: a number (a Unix time) is not a day.
+        if isinstance(v, date) or (isinstance(v, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", v)):
+            return v
+        raise ValueError(f"{v!r} is not a day; write it as YYYY-MM-DD, e.g. 2026-12-01")
+
 
 Schedule = Annotated[Daily | Weekly | Once, Field(discriminator="every")]
 
@@ -70,6 +78,16 @@ class TimeRange(_Strict):
 
     start: time
     end: time
+
+    @field_validator("start", "end")
+    @classmethod
+    def _clinic_clock(cls, v: time) -> time:
+        if v.tzinfo is not None:
+            raise ValueError(
+                f"{v.isoformat()!r} has a time zone; send windows and quiet hours are times "
+                "on the clinic's clock (CLINIC_TIMEZONE): write e.g. '12:00'"
+            )
+        return v
 
     @model_validator(mode="after")
     def _not_empty(self) -> TimeRange:

@@ -73,6 +73,16 @@ class DeliveryUnknown(RuntimeError):
     """
 
 
+class NotSent(Exception):  # noqa: N818 - it says what happened to the batch
+    """The run was stopped (SIGTERM, Ctrl-C, a Dagster run being terminated) while waiting
+    to try the batch again: no request was in flight, so nothing was sent. `cause` is what
+    stopped it, to be raised on once the batch is recorded as failed."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__("stopped while waiting to retry; no request was in flight")
+        self.cause = cause
+
+
 def check_api_host(host: str, setting: str = "SENDGRID_API_HOST") -> str:
     """A provider base URL as the client needs it: http(s)://host[:port], no path."""
     from urllib.parse import urlsplit
@@ -85,6 +95,12 @@ def check_api_host(host: str, setting: str = "SENDGRID_API_HOST") -> str:
         )
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ValueError(f"{setting}={host!r} must be only scheme, host and port (no path)")
+    try:
+        parts.port  # noqa: B018 - raises for a port that is not a number 0-65535
+    except ValueError:
+        raise ValueError(f"{setting}={host!r} has a port that is not a number") from None
+    if not parts.hostname:
+        raise ValueError(f"{setting}={host!r} names no host")
     return f"{parts.scheme}://{parts.netloc}"
 
 
@@ -187,6 +203,13 @@ class SendGridEmail:
             ]
         return body
 
+    def _wait(self, seconds: float) -> None:
+        """Wait before trying again; a stop meanwhile leaves nothing in flight."""
+        try:
+            self.sleep(seconds)
+        except BaseException as stop:  # KeyboardInterrupt, SystemExit, a terminated run
+            raise NotSent(stop) from stop
+
     def _retry_delay(self, attempt: int, headers) -> float:
         delay = self.base_delay * 2 ** (attempt - 1)
         reset = headers.get("X-RateLimit-Reset") if headers is not None else None
@@ -232,7 +255,7 @@ class SendGridEmail:
                         len(recipients),
                         delay,
                     )
-                    self.sleep(delay)
+                    self._wait(delay)
                     continue
                 text = _sendgrid_error_text(e.body)
                 if retryable:
@@ -249,7 +272,7 @@ class SendGridEmail:
                         "could not reach SendGrid (%s; attempt %d/%d); retrying",
                         reason, attempt, self.max_attempts,
                     )  # fmt: skip
-                    self.sleep(self._retry_delay(attempt, None))
+                    self._wait(self._retry_delay(attempt, None))
                     continue
                 return BatchOutcome(
                     False, attempt, None,
@@ -257,10 +280,23 @@ class SendGridEmail:
                     "was sent, a later run tries again",
                     retryable=True,
                 )  # fmt: skip
+            except http.client.InvalidURL as e:
+                # Refused while building the request: nothing was sent.
+                return BatchOutcome(False, attempt, None, f"invalid SendGrid URL: {e}")
             except (TimeoutError, http.client.HTTPException, ConnectionError, OSError) as e:
                 raise DeliveryUnknown(
                     f"connection lost after the request was sent: {type(e).__name__}"
                 ) from None
+            # mail/send answers 202 (200 as well in sandbox mode).
+            if response.status_code not in ({200, 202} if self.sandbox else {202}):
+                # Any other 2xx is not SendGrid's answer: a redirect followed to a login
+                # page, a proxy. Not sent, and not retried until someone looks.
+                return BatchOutcome(
+                    False, attempt, response.status_code,
+                    f"unexpected answer HTTP {response.status_code} (SendGrid answers 202): "
+                    "the request did not reach SendGrid's mail/send; check SENDGRID_API_HOST "
+                    "and any proxy in between",
+                )  # fmt: skip
             return BatchOutcome(
                 True,
                 attempt,

@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from clinic_audiences.run_lock import WarehouseBusy
 from clinic_audiences.tables import format_table
 from outbound import ledger as ledger_mod
 from outbound.campaigns import CampaignError, Daily, Weekly
@@ -56,7 +57,7 @@ def _report_problems(problems: list[str]) -> None:
 def cmd_list() -> int:
     try:
         loaded = campaign_set(OutboundSettings.from_env())
-    except (CampaignError, ValueError) as e:
+    except (CampaignError, ValueError, OSError, WarehouseBusy) as e:
         return _fail(str(e))
     print(f"{'campaign':<34} {'segment':<34} {'priority':>8}  {'enabled':<7}  schedule")
     for c in sorted(loaded.campaigns, key=lambda c: (-c.priority, c.slug)):
@@ -89,7 +90,7 @@ def print_summary(planned: Planned, clock: RunClock) -> None:
 def cmd_dry_run(as_of: str | None, out: str | None) -> int:
     try:
         _, loaded, clock, _, planned = _plan(as_of)
-    except (CampaignError, TemplateError, ValueError, LookupError) as e:
+    except (CampaignError, TemplateError, ValueError, LookupError, OSError, WarehouseBusy) as e:
         return _fail(str(e))
     print_summary(planned, clock)
     if out:
@@ -106,7 +107,7 @@ def cmd_send(as_of: str | None) -> int:
         sender = SenderSettings.from_env()
         settings, loaded, clock, engine, planned = _plan(as_of)
         channel = sender.channel() if sender.api_key else None
-    except (CampaignError, TemplateError, ValueError, LookupError) as e:
+    except (CampaignError, TemplateError, ValueError, LookupError, OSError, WarehouseBusy) as e:
         return _fail(str(e))
     print_summary(planned, clock)
     if channel is None:
@@ -127,6 +128,9 @@ def cmd_send(as_of: str | None) -> int:
         )
     except (TemplateError, ledger_mod.SendLockHeld) as e:
         return _fail(str(e))
+    if report.dry_run:
+        print(f"{report.dry_run_reason}: nothing was sent")
+        return 1
     mode = " (SendGrid sandbox mode: nothing delivered)" if sender.sandbox else ""
     print(f"send run {report.run_id}{mode}")
     for rep in report.campaigns.values():

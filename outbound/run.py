@@ -33,6 +33,7 @@ from outbound.channels import (
     Channel,
     Content,
     DeliveryUnknown,
+    NotSent,
     Recipient,
     SendGridEmail,
     check_api_host,
@@ -240,11 +241,25 @@ def read_history(
 
 
 def read_opt_outs(settings: OutboundSettings, engine: Engine) -> pl.DataFrame:
-    """Every opt-out known now: the extract's, whatever date it carries, and the learned
-    ones. Consent is the latest known at the moment of sending."""
+    """Every opt-out known now: the extract's, whatever date it carries (rejected rows
+    included), and the learned ones. Consent is the latest known at the moment of sending."""
     with connect(settings.duckdb_path, read_only=True) as con:
-        extract = read_extract_opt_outs(con)
+        extract, _ = read_extract_opt_outs(con)
     return pl.concat([extract, ledger_mod.read_learned_opt_outs(engine)]).unique()
+
+
+def unreadable_opt_outs(settings: OutboundSettings) -> str | None:
+    """Why nothing may be sent while the extract holds opt-out rows naming no readable
+    patient (any of them may be someone who opted out), or None."""
+    with connect(settings.duckdb_path, read_only=True) as con:
+        _, unreadable = read_extract_opt_outs(con)
+    if not unreadable:
+        return None
+    return (
+        f"{unreadable} opt-out row(s) of the extract could not be read at all (see "
+        "raw.opt_outs__rejected); any of them may be a patient who opted out, so nothing is "
+        "sent until the extract is fixed"
+    )
 
 
 def make_plan(
@@ -410,17 +425,20 @@ def send_planned(
     )
     to_send = planned.plan.filter(pl.col("decision") == SEND)
     by_slug = {c.slug: c for c in campaigns}
-    if channel is None or not clock.is_today:
+    blocked = None if channel is None or not clock.is_today else unreadable_opt_outs(settings)
+    if channel is None or not clock.is_today or blocked:
         report.dry_run = True
         if channel is not None:
-            report.dry_run_reason = today_only(clock, settings.timezone)
+            report.dry_run_reason = blocked or today_only(clock, settings.timezone)
         for slug in sorted(set(to_send["campaign"].to_list())):
             report.campaigns[slug] = CampaignSendReport(
                 slug, planned=to_send.filter(pl.col("campaign") == slug).height
             )
         return report
 
-    ledger_mod.acquire_send_lock(engine, run_id, clock.real_now)
+    # From here on the real clock: send windows and quiet hours as it is now.
+    clock = clock.sending(settings.timezone)
+    ledger_mod.acquire_send_lock(engine, run_id, clock.now())
     try:
         # The plan again, now, under the lock: what others sent and who opted out since the
         # plan was made count.
@@ -435,7 +453,7 @@ def send_planned(
                 slug, planned=to_send.filter(pl.col("campaign") == slug).height
             )
         contents, digests = _render_all(settings, campaigns, to_send)
-        report.unknown = ledger_mod.mark_abandoned_unknown(engine, run_id, clock.real_now)
+        report.unknown = ledger_mod.mark_abandoned_unknown(engine, run_id, clock.now())
         _send_rows(settings, by_slug, order, to_send, fresh, clock, engine, channel, run_id,
                    report, contents, digests, sandbox, after_batch)  # fmt: skip
     except DeliveryUnknown as e:
@@ -504,12 +522,19 @@ def _send_rows(
             sent_ids = [i for i, _ in sending]
             rep.requests += 1
             batch_no += 1
-            outcome = channel.send_batch(
-                recipients,
-                contents[slug],
-                campaign.sendgrid_categories,
-                {"campaign": slug, "send_date": clock.as_of.isoformat()},
-            )
+            try:
+                outcome = channel.send_batch(
+                    recipients,
+                    contents[slug],
+                    campaign.sendgrid_categories,
+                    {"campaign": slug, "send_date": clock.as_of.isoformat()},
+                )
+            except NotSent as stopped:
+                # Stopped between two attempts: nothing is in flight, so these messages
+                # were not sent and a later run may try them.
+                ledger_mod.set_status(engine, sent_ids, ledger_mod.FAILED, error=str(stopped),
+                                      retryable=True)  # fmt: skip
+                raise stopped.cause from None
             if outcome.ok:
                 ledger_mod.set_status(engine, sent_ids, ok_status,
                                       provider_message_id=outcome.provider_message_id)  # fmt: skip
@@ -554,10 +579,11 @@ def _ledger_rows(
         )
         for r in fresh
     ]
-    inserted = iter(ledger_mod.insert_pending(engine, entries, clock.as_of, run_id, clock.real_now))
+    # Each row records when its own request is made: that is what the cap counts by.
+    inserted = iter(ledger_mod.insert_pending(engine, entries, clock.as_of, run_id, clock.now()))
     keys = [(slug, r["patient_id"]) for r in chunk]
     wanted = [retryable[k] for k in keys if k in retryable]
-    claimed = set(ledger_mod.claim_retries(engine, wanted, run_id, clock.real_now))
+    claimed = set(ledger_mod.claim_retries(engine, wanted, run_id, clock.now()))
     rep.retried += len(claimed)
     ids: list[str | None] = []
     for r in chunk:
@@ -603,7 +629,7 @@ def _send_digest(
         ],
         clock.as_of,
         run_id,
-        clock.real_now,
+        clock.now(),
     )
     if ledger_id is None:
         rep.digest = "already sent today"

@@ -19,7 +19,8 @@ One patient gets at most one message per run, whatever the cap allows over the w
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time as monotonic_clock
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -81,6 +82,18 @@ class RunClock:
     local_now: datetime
     real_now: datetime
     today: date  # the real date in the clinic time zone
+    # When the clock was made (monotonic seconds), so that `now()` moves with real time.
+    started: float = field(default_factory=monotonic_clock.monotonic, compare=False, repr=False)
+
+    def now(self) -> datetime:
+        """The real time now: `real_now` plus what has passed since the clock was made (so a
+        simulated clock in a test moves on from its own start)."""
+        return self.real_now + timedelta(seconds=monotonic_clock.monotonic() - self.started)
+
+    def sending(self, timezone: str) -> RunClock:
+        """The clock a send goes by: the real time of day, never a pinned one, so send
+        windows and quiet hours hold for what is actually sent."""
+        return RunClock.at(self.now(), timezone, self.as_of)
 
     @classmethod
     def at(

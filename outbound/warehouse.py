@@ -69,16 +69,47 @@ def read_contacts(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     )
 
 
-def read_extract_opt_outs(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
-    """Every opt-out of the extract, whatever date it carries: an opt-out dated after the
-    day a plan is for is still an opt-out at the moment of sending."""
-    if not table_exists(con, "raw", "opt_outs"):
-        return pl.DataFrame(schema=OPT_OUTS_SCHEMA)
-    return (
-        con.sql("select distinct patient_id, lower(channel) as channel from raw.opt_outs")
-        .pl()
-        .cast(OPT_OUTS_SCHEMA)
-    )
+def read_extract_opt_outs(con: duckdb.DuckDBPyConnection) -> tuple[pl.DataFrame, int]:
+    """Every opt-out of the extract, whatever date it carries, and how many opt-out rows
+    could not be read at all.
+
+    An opt-out is an opt-out at the moment of sending even when its row was rejected by
+    ingest (a date or a channel it could not read): a rejected row that still names a
+    patient counts, for every channel when its channel is not one of sms, email, whatsapp
+    or all. A rejected record that names no patient (a line the CSV reader could not split)
+    is counted as unreadable: the caller must not send while any exists.
+    """
+    frames = [pl.DataFrame(schema=OPT_OUTS_SCHEMA)]
+    unreadable = 0
+    if table_exists(con, "raw", "opt_outs"):
+        frames.append(
+            con.sql("select distinct patient_id, lower(channel) as channel from raw.opt_outs")
+            .pl()
+            .cast(OPT_OUTS_SCHEMA)
+        )
+    if table_exists(con, "raw", "opt_outs__rejected"):
+        rejected = con.sql(
+            """
+            select
+                nullif(trim(json_extract_string(try_cast(record as json), '$.patient_id')), '')
+                    as patient_id,
+                lower(trim(json_extract_string(try_cast(record as json), '$.channel')))
+                    as channel
+            from raw.opt_outs__rejected
+            """
+        ).pl()
+        unreadable = rejected.filter(pl.col("patient_id").is_null()).height
+        frames.append(
+            rejected.filter(pl.col("patient_id").is_not_null())
+            .with_columns(
+                pl.when(pl.col("channel").is_in(["sms", "email", "whatsapp", "all"]))
+                .then(pl.col("channel"))
+                .otherwise(pl.lit("all"))
+                .alias("channel")
+            )
+            .cast(OPT_OUTS_SCHEMA)
+        )
+    return pl.concat(frames).unique(), unreadable
 
 
 def read_recipient_data(con: duckdb.DuckDBPyConnection, keys: pl.DataFrame) -> pl.DataFrame:

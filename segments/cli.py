@@ -15,6 +15,8 @@ import duckdb
 import polars as pl
 
 from clinic_audiences.config import Settings, parse_as_of
+from clinic_audiences.run_lock import WarehouseBusy
+from ingest.warehouse import connect
 from segments.catalogue import Catalogue, CatalogueError
 from segments.evaluate import WarehouseError, WarehouseFrames
 from segments.library import default_catalogue, load_library, preview, resnapshot, visible_to
@@ -46,7 +48,7 @@ def cmd_validate(paths: list[str]) -> int:
         for issue in exc.issues:
             print(issue)
         return _fail(f"{len(exc.issues)} problem(s) found; nothing was run")
-    except (CatalogueError, FileNotFoundError) as exc:
+    except (CatalogueError, FileNotFoundError, WarehouseBusy) as exc:
         return _fail(str(exc), 2)
     for seg in segments:
         print(f"ok  {seg.slug}  ({seg.path})")
@@ -65,7 +67,7 @@ def cmd_preview(file: str, as_of: str | None) -> int:
         for issue in exc.issues:
             print(issue)
         return _fail(f"{len(exc.issues)} problem(s) found; nothing was run")
-    except (CatalogueError, ValueError) as exc:
+    except (CatalogueError, ValueError, WarehouseBusy) as exc:
         return _fail(str(exc), 2)
     frames = WarehouseFrames(settings.duckdb_path)
     try:
@@ -73,7 +75,7 @@ def cmd_preview(file: str, as_of: str | None) -> int:
         frames.prepare([segment.definition])
         loaded = time.perf_counter() - started
         result = preview(segment, frames, catalogue, day, settings.clinic_timezone)
-    except WarehouseError as exc:
+    except (WarehouseError, WarehouseBusy) as exc:
         return _fail(str(exc), 2)
     print(f"{segment.slug}: {segment.definition.name}  (as of {day.isoformat()})")
     print(f"members: {result.count}")
@@ -105,17 +107,17 @@ def cmd_members(slug: str, fmt: str, user: str | None) -> int:
         return _fail(f"--format {fmt!r} is not supported; use csv or json", 2)
     try:
         segment = _find_visible(settings, slug, user)
-    except (SegmentValidationError, FileNotFoundError, CatalogueError) as exc:
+    except (SegmentValidationError, FileNotFoundError, CatalogueError, WarehouseBusy) as exc:
         return _fail(str(exc), 2)
     if segment is None:
         return _fail(f"no segment {slug!r}; `audiences segments list` shows the slugs")
     if not settings.duckdb_path.exists():
         return _fail(f"warehouse {settings.duckdb_path} does not exist; run the pipeline first")
-    con = duckdb.connect(str(settings.duckdb_path), read_only=True)
     try:
-        members = _membership_with_names(con, slug)
-    finally:
-        con.close()
+        with connect(settings.duckdb_path, read_only=True) as con:
+            members = _membership_with_names(con, slug)
+    except WarehouseBusy as exc:
+        return _fail(str(exc), 2)
     if members is None:
         return _fail(f"segment {slug!r} has not been materialised yet; run the pipeline first")
     if fmt == "csv":
@@ -165,22 +167,22 @@ def cmd_segments_list(user: str | None) -> int:
         print(f"warning: {issue}", file=sys.stderr)
     counts: dict[str, int] = {}
     if settings.duckdb_path.exists():
-        con = duckdb.connect(str(settings.duckdb_path), read_only=True)
         try:
-            has_table = con.execute(
-                "select count(*) from information_schema.tables "
-                "where table_schema = 'segments' and table_name = 'segment_runs'"
-            ).fetchall()[0][0]
-            if has_table:
-                # The latest run's count; a segment that never ran shows null.
-                counts = dict(
-                    con.execute(
-                        "select segment_slug, arg_max(members, recorded_at) "
-                        "from segments.segment_runs group by 1"
-                    ).fetchall()
-                )
-        finally:
-            con.close()
+            with connect(settings.duckdb_path, read_only=True) as con:
+                has_table = con.execute(
+                    "select count(*) from information_schema.tables "
+                    "where table_schema = 'segments' and table_name = 'segment_runs'"
+                ).fetchall()[0][0]
+                if has_table:
+                    # The latest run's count; a segment that never ran shows null.
+                    counts = dict(
+                        con.execute(
+                            "select segment_slug, arg_max(members, recorded_at) "
+                            "from segments.segment_runs group by 1"
+                        ).fetchall()
+                    )
+        except WarehouseBusy as exc:
+            print(f"warning: {exc}; member counts are not shown", file=sys.stderr)
     rows = [
         {
             "slug": s.slug,
@@ -209,7 +211,7 @@ def cmd_resnapshot(slug: str, as_of: str | None = None, user: str | None = None)
     """Re-freeze a snapshot segment's list on purpose (a private one only for its owner)."""
     try:
         count = resnapshot(slug, as_of, user=user)
-    except (KeyError, ValueError, CatalogueError, WarehouseError) as exc:
+    except (KeyError, ValueError, CatalogueError, WarehouseError, WarehouseBusy) as exc:
         return _fail(str(exc.args[0]) if isinstance(exc, KeyError) else str(exc))
     print(f"{slug}: snapshot re-frozen with {count} member(s); the next run writes them")
     return 0

@@ -14,6 +14,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
+from ingest.warehouse import connect
 from segments.catalogue import ENTITY_KEYS, ENTITY_TABLES, EVENT_SOURCES, Catalogue
 from segments.compiler import Compiled, EventCount, columns_read, compile_steps, event_filter
 from segments.model import SegmentDefinition
@@ -83,17 +84,13 @@ class WarehouseFrames:
                 f"warehouse {self.duckdb_path} does not exist; run the pipeline (or dbt build) "
                 "first, or set DUCKDB_PATH"
             )
-        con = duckdb.connect(str(self.duckdb_path), read_only=True)
-        try:
-            con.execute("SET TimeZone = 'UTC'")
+        with connect(self.duckdb_path, read_only=True) as con:
             for table, cols in missing.items():
                 if table in self._frames:
                     derived = set(HASHED.values())
                     cols = cols | (set(self._frames[table].columns) - derived)
                 self._frames[table] = self._read(con, table, cols)
                 self._check_hash_collisions(table, self._frames[table])
-        finally:
-            con.close()
 
     @staticmethod
     def _read(con: duckdb.DuckDBPyConnection, table: str, cols: set[str]) -> pl.DataFrame:

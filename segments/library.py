@@ -13,10 +13,10 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import duckdb
 import polars as pl
 
 from clinic_audiences.config import Settings
+from ingest.warehouse import connect
 from segments.catalogue import (
     DEFAULT_CATALOGUE_PATH,
     ENTITY_TABLES,
@@ -58,11 +58,8 @@ def default_catalogue(duckdb_path: Path | None = None) -> Catalogue:
     if DEFAULT_CATALOGUE_PATH.exists():
         return load_catalogue(DEFAULT_CATALOGUE_PATH)
     if duckdb_path is not None and Path(duckdb_path).exists():
-        con = duckdb.connect(str(duckdb_path), read_only=True)
-        try:
+        with connect(duckdb_path, read_only=True) as con:
             return catalogue_from_warehouse(con)
-        finally:
-            con.close()
     raise CatalogueError(
         f"no field catalogue: neither {DEFAULT_CATALOGUE_PATH} nor a warehouse at "
         f"{duckdb_path} exists"
@@ -179,13 +176,9 @@ def materialise(
     members, snapshotted = current_members(
         segment, frames, catalogue, as_of, timezone, engine, resnapshot
     )
-    con = duckdb.connect(str(duckdb_path))
-    try:
-        con.execute("SET TimeZone = 'UTC'")
+    with connect(duckdb_path) as con:
         change = record_membership(con, segment.slug, members, as_of)
         consistency = check_consistency(con, segment.slug)
-    finally:
-        con.close()
     return Materialised(members, change, snapshotted, consistency)
 
 

@@ -166,7 +166,7 @@ def _pydantic_issue(file: str, err: dict[str, Any]) -> Issue:
     elif kind == "too_short":
         msg = f"{loc[-1]} is empty; list at least one"
     elif kind == "condition_kind":
-        unknown = sorted(set(given) - set(KNOWN_KEYS)) if isinstance(given, dict) else []
+        unknown = sorted(map(str, set(given) - set(KNOWN_KEYS))) if isinstance(given, dict) else []
         hints = "".join(f" Unknown key {k!r}{_did_you_mean(k, KNOWN_KEYS)}." for k in unknown)
         msg = (
             "not a condition: write {field, op, value}, {events, where, within, count} "

@@ -265,3 +265,117 @@ def test_record_lines_of_the_independent_count_follow_quoted_line_breaks(tmp_pat
     # Record 1 spans lines 2-3; line 4 is blank; line 5 never closes its quote, so line 6
     # starts the next record.
     assert list(csv_record_lines(Path(path))) == [2, 5, 6]
+
+
+def test_cliniko_records_that_cannot_be_read_are_rejected_alone(write, load):
+    base = "https://api.au1.cliniko.com/v1"
+    write(
+        "patients/page-00001.json",
+        cliniko_page("patients", [
+            {"id": "1", "patient_phone_numbers": True},
+            {"id": "2", "patient_phone_numbers": [{"phone_type": "Mobile", "number": "0412"}]},
+        ]),
+    )  # fmt: skip
+    appointments = [
+        {"id": "a1", "starts_at": "2026-01-05T09:00:00Z", "patient": {"links": "x"}},
+        {"id": "a2", "starts_at": "2026-01-05T09:00:00Z", "patient": {"links": ["x"]}},
+        {"id": "a3", "starts_at": "2026-01-05T09:00:00Z",
+         "patient": {"links": {"self": f"{base}/practitioners/7"}}},
+        {"id": "a4", "starts_at": "2026-01-05T09:00:00Z",
+         "patient": {"links": {"self": f"{base}/patients/.."}}},
+        {"id": "a5", "starts_at": "2026-01-05T09:00:00Z",
+         "patient": {"links": {"self": f"{base}/patients/2"}}},
+    ]  # fmt: skip
+    write("individual_appointments/page-00001.json",
+          cliniko_page("individual_appointments", appointments))  # fmt: skip
+    _, con = load("cliniko")
+    assert con.execute("select patient_id, mobile from raw.patients").fetchall() == [("2", "0412")]
+    assert con.execute("select source_row, reason from raw.patients__rejected").fetchall() == [
+        (1, "patient_phone_numbers 'true' is not a list of phone numbers")
+    ]
+    assert con.execute("select appointment_id from raw.appointments").fetchall() == [("a5",)]
+    rows = con.execute("select reason from raw.appointments__rejected order by source_row")
+    reasons = [r[0] for r in rows.fetchall()]
+    assert reasons == [
+        'patient \'{"links":"x"}\' is not a Cliniko link ({\'links\': {\'self\': URL}})',
+        'patient \'{"links":["x"]}\' is not a Cliniko link ({\'links\': {\'self\': URL}})',
+        f"patient link '{base}/practitioners/7' points to practitioners, not to patients",
+        f"patient link '{base}/patients/..' ends in '..', which is not a record id",
+    ]
+
+
+def test_a_cliniko_page_nested_too_deeply_is_a_clear_error(write, load):
+    write("patients/page-00001.json", '{"patients": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    write("individual_appointments/page-00001.json", cliniko_page("individual_appointments", []))
+    with pytest.raises(ExtractFileError, match="nested too deeply to be a Cliniko page"):
+        load("cliniko")
+
+
+def test_amounts_too_large_or_oddly_signed_are_not_called_too_precise(write, load):
+    write("patients.csv", "patient_id\np1\n")
+    write("appointments.csv", APPOINTMENTS_HEADER)
+    write(
+        "invoices.csv",
+        "invoice_id,patient_id,issue_date,total_amount\n"
+        "i1,p1,2026-01-05,99999999999999999.99\n"  # 17 digits: more than DECIMAL(18, 2) holds
+        "i2,p1,2026-01-05,-$-5\n"
+        "i3,p1,2026-01-05,-$5\n"
+        "i4,p1,2026-01-05,$-5\n",
+    )
+    _, con = load()
+    assert con.execute(
+        "select invoice_id, total_amount from raw.invoices order by 1"
+    ).fetchall() == [("i3", Decimal("-5.00")), ("i4", Decimal("-5.00"))]
+    reasons = [r[0] for r in con.execute(
+        "select reason from raw.invoices__rejected order by source_row").fetchall()]  # fmt: skip
+    assert reasons == [
+        "total_amount '99999999999999999.99' is not an amount (expected a decimal such as "
+        "120.50)",
+        "total_amount '-$-5' is not an amount (expected a decimal such as 120.50)",
+    ]
+
+
+def test_a_time_finer_than_a_microsecond_is_rejected_not_cut(write, load):
+    write("patients.csv", "patient_id\np1\n")
+    write(
+        "appointments.csv",
+        APPOINTMENTS_HEADER
+        + "a1,p1,2026-03-02T09:30:00.123456789Z\n"
+        + "a2,p1,2026-03-02T09:30:00.123456000Z\n",  # the same time to the microsecond: kept
+    )
+    _, con = load()
+    assert con.execute("select appointment_id, starts_at from raw.appointments").fetchall() == [
+        ("a2", datetime(2026, 3, 2, 9, 30, 0, 123456, tzinfo=UTC))
+    ]
+    assert con.execute("select reason from raw.appointments__rejected").fetchall() == [
+        ("starts_at '2026-03-02T09:30:00.123456789Z' is finer than a microsecond, which the "
+         "warehouse keeps; it would be cut off: round it in the export",)
+    ]  # fmt: skip
+
+
+def test_a_stray_nul_byte_is_not_mistaken_for_utf16(write, load):
+    write("patients.csv", b"patient_id,first_name\n1,Ann\n2,B\x00o\n3,Cy\n")
+    write("appointments.csv", APPOINTMENTS_HEADER)
+    results, _ = load()
+    assert results["patients"].rows_in == 3
+
+
+def test_a_carriage_return_inside_a_value_of_a_mixed_file_is_not_changed(write, load):
+    # Line ends mixed (CRLF and LF): the file is read with every line end made LF, which
+    # would turn the CR inside patient 2's quoted name into LF. That record is rejected.
+    write(
+        "patients.csv",
+        b'patient_id,first_name\r\n1,Ann\n2,"Bo\rJo"\r\n3,Cy\n',
+    )
+    write("appointments.csv", APPOINTMENTS_HEADER)
+    results, con = load()
+    assert con.execute("select patient_id, first_name from raw.patients order by 1").fetchall() == [
+        ("1", "Ann"),
+        ("3", "Cy"),
+    ]
+    ((row, reason, record),) = con.execute(
+        "select source_row, reason, record from raw.patients__rejected"
+    ).fetchall()
+    assert row == 3 and reason.startswith("record has a carriage return inside a quoted value")
+    assert record == '2,"Bo\rJo"'  # its text exactly as in the file
+    assert results["patients"].rows_in == 3

@@ -338,8 +338,17 @@ def test_line_end_normalising_copy_across_chunk_boundaries(tmp_path, monkeypatch
     source, target = tmp_path / "in.csv", tmp_path / "out.csv"
     # CRLF, a lone CR, LF, and a CR as the very last byte.
     source.write_bytes(b"a\r\nb\rc\nd\r")
-    assert csv_reader.copy_with_lf_line_ends(source, target) is True
+    inner, shortened = csv_reader.copy_with_lf_line_ends(source, target)
     assert target.read_bytes() == b"a\nb\nc\nd\n"
+    assert (inner.tolist(), shortened.tolist()) == ([], [1])  # 'a' CRLF: its LF lands at 1
     source.write_bytes(b"a\nb\n")
-    assert csv_reader.copy_with_lf_line_ends(source, target) is False
+    inner, shortened = csv_reader.copy_with_lf_line_ends(source, target)
+    assert (inner.tolist(), shortened.tolist()) == ([], [])
     assert target.read_bytes() == b"a\nb\n"
+    # CRs inside quoted values: where their line breaks land in the copy is told.
+    source.write_bytes(b'id,a\r\n1,"x\ry"\r2,"p\r\nq"\n')
+    inner, shortened = csv_reader.copy_with_lf_line_ends(source, target)
+    assert target.read_bytes() == b'id,a\n1,"x\ny"\n2,"p\nq"\n'
+    # In the copy: 'id,a' LF (0-4), '1,"x' (5-8), the line break at 9; 'y"' LF (10-12),
+    # '2,"p' (13-16), the line break at 17. The CRLFs were at 4 and 17.
+    assert inner.tolist() == [9, 17] and shortened.tolist() == [4, 17]

@@ -61,13 +61,13 @@ def test_a_failed_export_is_refused_before_any_table_is_replaced(tmp_path):
     result = run(tmp_path, bad, "2026-12-01")
     assert not result.success
     step, message = failure(result)
-    assert step == "raw__extract_manifest"
+    assert step == "ingest_extract"
     assert "looks like a failed export" in message and "nothing was replaced" in message
     assert "patients: no rows, and patients is required" in message
     assert "appointments: no rows, and appointments is required" in message
     assert "--accept-shrink patients,appointments" in message
     # No entity was loaded: yesterday's rows are all still there.
-    assert not [e for e in result.all_events if e.event_type_value == "STEP_SUCCESS"]
+    assert not result.get_asset_materialization_events()
     assert rows(tmp_path, "raw.patients") == 10 and rows(tmp_path, "raw.appointments") == 10
 
 
@@ -120,10 +120,20 @@ def test_rows_all_rejected_count_as_a_shrink_inside_the_swap(tmp_path):
     result = run(tmp_path, bad, "2026-12-01")
     assert not result.success
     step, message = failure(result)
-    assert step == "raw__appointments"
+    assert step == "ingest_extract"
     assert "appointments: no rows loaded, and appointments is required" in message
+    # Nothing at all was replaced: not the appointments, and not the patients either,
+    # whose file was fine.
     assert rows(tmp_path, "raw.appointments") == 10
     assert rows(tmp_path, "raw.appointments__rejected") == 0
+    con = duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
+    try:
+        sources = {r[0] for r in con.execute("select _source_file from raw.patients").fetchall()}
+        baselines = con.execute("select count(*) from ingest.loads").fetchall()[0][0]
+    finally:
+        con.close()
+    assert sources == {str(tmp_path / "d1" / "patients.csv")}
+    assert baselines == 12  # only the first day's twelve entities
 
 
 def test_a_count_that_disagrees_with_the_loader_keeps_the_previous_tables(tmp_path, monkeypatch):
@@ -138,10 +148,12 @@ def test_a_count_that_disagrees_with_the_loader_keeps_the_previous_tables(tmp_pa
     result = run(tmp_path, write_extract(tmp_path / "d2", 12), "2026-12-01")
     assert not result.success
     step, message = failure(result)
-    assert step == "raw__patients"
-    assert "ingest read 12 records (12 loaded, 0 rejected) but an independent count" in message
+    assert step == "ingest_extract"
+    assert "patients: ingest read 12 records (12 loaded, 0 rejected) but an independent count" in (
+        message
+    )
     assert "finds 13; nothing was replaced" in message
-    assert rows(tmp_path, "raw.patients") == 10
+    assert rows(tmp_path, "raw.patients") == 10 and rows(tmp_path, "raw.appointments") == 10
 
 
 def test_a_value_over_128_kib_passes_the_independent_count(tmp_path):
@@ -153,6 +165,7 @@ def test_a_value_over_128_kib_passes_the_independent_count(tmp_path):
     [check] = [
         e for e in result.get_asset_check_evaluations() if e.asset_key.path[-1] == "patients"
     ]
+    assert check.metadata["rows_loaded"].value == 3
     assert check.passed and check.metadata["rows_in"].value == 3
 
 

@@ -41,7 +41,11 @@ def test_materialising_ingest_records_counts_and_passes_the_row_check(tmp_path):
     write_extract(extract)
     result = dg.materialize(ingest_assets, resources=resources(tmp_path, extract))
     assert result.success
-    patients = result.asset_materializations_for_node("raw__patients")[0].metadata
+    [patients] = [
+        m.metadata
+        for m in result.asset_materializations_for_node("ingest_extract")
+        if m.asset_key == dg.AssetKey(["raw", "patients"])
+    ]
     # 3 rows in: patient 2 has a bad date, the first patient 1 is replaced by the last.
     assert (
         patients["rows_in"].value,
@@ -63,7 +67,10 @@ def test_a_missing_required_column_fails_that_asset_with_the_message(tmp_path):
     )
     assert not result.success
     failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    assert [e.step_key for e in failures] == ["raw__appointments"]
+    # The extract is loaded as one: the whole step fails, naming the file, and nothing of
+    # it (not even the good patients file) is loaded.
+    assert [e.step_key for e in failures] == ["ingest_extract"]
+    assert not result.get_asset_materialization_events()
     description = failures[0].step_failure_data.user_failure_data.description
     assert "required column 'starts_at' is missing" in description
     assert str(extract / "appointments.csv") in description
@@ -107,7 +114,7 @@ def test_cli_run_and_clear_errors(tmp_path, monkeypatch, capsys):
         main(["run", "--extracts", str(extract), "--as-of", "2026-11-26", "--select", "raw"]) == 0
     )
     out = capsys.readouterr().out
-    assert "✓ raw__patients" in out
+    assert "✓ ingest_extract" in out
     con = duckdb.connect(str(tmp_path / "cli.duckdb"), read_only=True)
     try:
         assert con.execute("select count(*) from raw.patients").fetchall() == [(1,)]

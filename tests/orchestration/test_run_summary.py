@@ -66,3 +66,25 @@ def test_private_segments_are_counted_but_not_named(tmp_path, monkeypatch):
     # The shipped practitioner pipeline is private to its owner.
     assert "practitioner-own-physio-pipeline" not in text
     assert "and 1 private segment(s), shown to their owners only" in text
+
+
+def test_step_lines_do_not_name_private_segments():
+    import logging
+    from types import SimpleNamespace
+
+    from clinic_audiences.runner import ProgressHandler, private_step_keys
+
+    hidden = private_step_keys()
+    assert "segments__practitioner_own_physio_pipeline" in hidden
+    console = Console(record=True, width=120)
+    handler = ProgressHandler(console, hidden)
+    for step in ("segments__practitioner_own_physio_pipeline", "segments__waitlist"):
+        record = logging.LogRecord("x", logging.INFO, "", 0, "", None, None)
+        record.dagster_meta = {
+            "dagster_event": SimpleNamespace(event_type_value="STEP_START"),
+            "step_key": step,
+        }
+        handler.emit(record)
+    text = console.export_text()
+    assert "practitioner" not in text
+    assert "(a private segment or work list)" in text and "segments__waitlist" in text

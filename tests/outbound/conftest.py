@@ -177,6 +177,22 @@ class FakeSendGrid:
 
 
 @pytest.fixture
+def window_around_now():
+    """A send window of three hours either side of the real time in a zone: a real send
+    goes by the real clock, so a test that sends must not depend on when it runs."""
+
+    def window(zone: str) -> str:
+        from datetime import datetime, timedelta
+        from zoneinfo import ZoneInfo
+
+        now = datetime.now(ZoneInfo(zone))
+        start, end = now - timedelta(hours=3), now + timedelta(hours=3)
+        return f"send_window: {{start: '{start:%H:%M}', end: '{end:%H:%M}'}}\n"
+
+    return window
+
+
+@pytest.fixture
 def make_warehouse():
     """`build_warehouse`, for tests (importlib mode: helpers travel as fixtures)."""
     return build_warehouse
@@ -196,6 +212,13 @@ def fake_sendgrid() -> Iterator[FakeSendGrid]:
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args) -> None:  # keep test output quiet
             pass
+
+        def do_GET(self) -> None:  # noqa: N802 - what a redirect is followed to: a page
+            payload = b"<html>please sign in</html>"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
 
         def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
             length = int(self.headers.get("Content-Length", "0"))

@@ -107,8 +107,13 @@ def test_dry_run_materialisation_plan_table_checks_and_empty_ledger(wired):
 
 
 @pytest.mark.parametrize("wired", [TODAY], indirect=True)
-def test_sending_materialisation_exports_the_ledger(wired, monkeypatch, fake_sendgrid):
+def test_sending_materialisation_exports_the_ledger(
+    wired, monkeypatch, fake_sendgrid, window_around_now, tmp_path
+):
     defs, resources, db = wired
+    (tmp_path / "campaigns" / "reactivation.yaml").write_text(
+        CAMPAIGN + window_around_now("Australia/Sydney")
+    )
     monkeypatch.setenv("SENDGRID_API_KEY", "test-key")
     monkeypatch.setenv("SENDGRID_API_HOST", fake_sendgrid.url)
     monkeypatch.setenv("OUTBOUND_FROM_EMAIL", "clinic@clinic.example")

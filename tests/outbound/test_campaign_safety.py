@@ -138,3 +138,22 @@ def test_one_bad_file_does_not_stop_the_others(tmp_path):
     loaded = load_campaigns(tmp_path, KNOWN)
     assert [c.slug for c in loaded.campaigns] == ["a-good"]
     assert len(loaded.problems) == 2
+
+
+@pytest.mark.parametrize(
+    ("window", "words"),
+    [
+        ("quiet_hours: {start: '12:00Z', end: '13:00Z'}", "quiet_hours.start"),
+        ("send_window: {start: '08:00+10:00', end: '17:00'}", "send_window.start"),
+    ],
+)
+def test_a_time_with_a_zone_is_refused_not_a_crash_later(tmp_path, window, words):
+    message = refusal(tmp_path, GOOD + window + "\n")
+    assert words in message and "has a time zone; send windows and quiet hours are times" in (
+        message
+    )
+
+
+def test_a_number_is_not_a_day(tmp_path):
+    message = refusal(tmp_path, GOOD.replace("{every: day}", "{every: once, on: 1764547200}"))
+    assert "schedule.on: Value error, 1764547200 is not a day; write it as YYYY-MM-DD" in message

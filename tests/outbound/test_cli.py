@@ -123,8 +123,13 @@ def test_send_without_a_key_is_a_dry_run(env, capsys):
 
 
 @pytest.mark.parametrize("env", [TODAY], indirect=True)
-def test_send_then_send_again(env, capsys, monkeypatch, fake_sendgrid):
-    _, state = env
+def test_send_then_send_again(env, capsys, monkeypatch, fake_sendgrid, window_around_now):
+    tmp_path, state = env
+    window = window_around_now("Australia/Sydney")
+    for name in ("reactivation.yaml", "billing.yaml"):
+        path = tmp_path / "campaigns" / name
+        text = "\n".join(ln for ln in path.read_text().splitlines() if "send_window" not in ln)
+        path.write_text(text + "\n" + window)
     monkeypatch.setenv("SENDGRID_API_KEY", "test-key")
     monkeypatch.setenv("SENDGRID_API_HOST", fake_sendgrid.url)
     monkeypatch.setenv("OUTBOUND_FROM_EMAIL", "clinic@clinic.example")

@@ -122,6 +122,23 @@ def test_fault_then_clean_rerun(name, clinic, engine, fake_sendgrid, reply, caps
     assert got["delivered"] == 24
 
 
+def test_a_redirect_to_a_page_is_not_taken_for_sent(clinic, engine, fake_sendgrid, reply, capsys):
+    # A captive portal or proxy answers the POST with a redirect; the client follows it to
+    # a page that answers 200. That is not SendGrid's 202.
+    fake_sendgrid.script = lambda n, b: reply(302, {"Location": "/login"}) if n == 0 else None
+    run(clinic, engine, channel(fake_sendgrid.url), NOW)
+    run(clinic, engine, channel(fake_sendgrid.url), NOW + timedelta(hours=1))
+    got = outcome(engine, fake_sendgrid)
+    with capsys.disabled():
+        print(f"\n  fault: redirect to a sign-in page (batch 1): {got}")
+    assert got == {"duplicates_delivered": 0, "opted_out_delivered": 0, "unknown": 0,
+                   "delivered": 14}  # fmt: skip
+    errors = set(L.ledger_errors(engine, DAY).values())
+    assert errors == {"unexpected answer HTTP 200 (SendGrid answers 202): the request did not "
+                      "reach SendGrid's mail/send; check SENDGRID_API_HOST and any proxy in "
+                      "between"}  # fmt: skip
+
+
 def test_refused_connections_then_a_clean_rerun(clinic, engine, fake_sendgrid, capsys):
     run(clinic, engine, channel(closed_port()), NOW)
     run(clinic, engine, channel(fake_sendgrid.url), NOW + timedelta(hours=1))
@@ -132,9 +149,8 @@ def test_refused_connections_then_a_clean_rerun(clinic, engine, fake_sendgrid, c
                    "delivered": 24}  # fmt: skip
 
 
-def test_kill_9_mid_request_then_rerun(tmp_path, make_warehouse, fake_sendgrid, reply, capsys):
-    """`audiences campaigns send` killed while its second request is in flight, then run
-    again: the batch in flight is unknown (it was delivered), nothing is sent twice."""
+def send_env(tmp_path, make_warehouse, fake_sendgrid, window: str) -> dict[str, str]:
+    """A clinic, its campaign folder and the environment of `audiences campaigns send`."""
     today = datetime.now(ZoneInfo("UTC")).date()
     members = [("lapsed-physio-6-12mo", f"p{i}", None, today) for i in range(PATIENTS)]
     db = make_warehouse(tmp_path / "wh.duckdb", patients(PATIENTS), members,
@@ -143,8 +159,7 @@ def test_kill_9_mid_request_then_rerun(tmp_path, make_warehouse, fake_sendgrid, 
     campaigns.mkdir()
     (campaigns / "c.yaml").write_text(
         "name: C\nsegment: lapsed-physio-6-12mo\ntemplate: {local: reactivation}\n"
-        f"priority: 50\nschedule: {{every: day}}\nbatch_size: {BATCH}\n"
-        "send_window: {start: '00:00', end: '23:59'}\n"
+        f"priority: 50\nschedule: {{every: day}}\nbatch_size: {BATCH}\n" + window
     )
     env = {
         **os.environ, "DUCKDB_PATH": str(db), "STATE_DB_URL": f"sqlite:///{tmp_path / 's.db'}",
@@ -154,6 +169,46 @@ def test_kill_9_mid_request_then_rerun(tmp_path, make_warehouse, fake_sendgrid, 
     }  # fmt: skip
     for name in ("OUTBOUND_SEND_DISABLED", "OUTBOUND_RUN_TIME", "SEGMENTS_PATH"):
         env.pop(name, None)
+    return env
+
+
+def test_sigterm_while_waiting_to_retry_leaves_nothing_unknown(
+    tmp_path, make_warehouse, fake_sendgrid, reply, capsys, window_around_now
+):
+    env = send_env(tmp_path, make_warehouse, fake_sendgrid, window_around_now("UTC"))
+    audiences = str(Path(sys.executable).parent / "audiences")
+    # Batch 2 is rate-limited for a minute: the run waits to try again, and is stopped.
+    reset = str(int(time.time()) + 60)
+    fake_sendgrid.script = lambda n, b: (reply(429, {"X-RateLimit-Reset": reset}, "{}")
+                                         if n == 1 else None)  # fmt: skip
+    proc = subprocess.Popen([audiences, "campaigns", "send"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.time() + 60
+    while time.time() < deadline and len(fake_sendgrid.requests) < 2:
+        time.sleep(0.05)
+    time.sleep(0.5)  # well inside the wait before the third request
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 130
+    fake_sendgrid.script = lambda n, b: None
+    again = subprocess.run([audiences, "campaigns", "send"], env=env, capture_output=True,
+                           text=True, timeout=120)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert "now 'unknown'" not in again.stdout
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 's.db'}")
+    got = outcome(engine, fake_sendgrid)
+    engine.dispose()
+    with capsys.disabled():
+        print(f"\n  fault: SIGTERM while waiting to retry, then re-run: {got}")
+    assert got == {"duplicates_delivered": 0, "opted_out_delivered": 0, "unknown": 0,
+                   "delivered": 24}  # fmt: skip
+
+
+def test_kill_9_mid_request_then_rerun(
+    tmp_path, make_warehouse, fake_sendgrid, reply, capsys, window_around_now
+):
+    """`audiences campaigns send` killed while its second request is in flight, then run
+    again: the batch in flight is unknown (it was delivered), nothing is sent twice."""
+    env = send_env(tmp_path, make_warehouse, fake_sendgrid, window_around_now("UTC"))
     audiences = str(Path(sys.executable).parent / "audiences")
     # The second request is taken, then the stand-in holds its answer back.
     fake_sendgrid.script = lambda n, b: reply(delay=30) if n == 1 else None

@@ -7,6 +7,7 @@ import socket
 import threading
 from datetime import UTC, date, datetime, timedelta
 
+import duckdb
 import pytest
 import sqlalchemy as sa
 
@@ -152,6 +153,7 @@ def test_retries_of_a_provider_that_stays_away_are_bounded(
         ("localhost:9999", "SENDGRID_API_HOST='localhost:9999' is not a URL"),
         ("ftp://api.sendgrid.com", "is not a URL"),
         ("https://api.sendgrid.com/v3", "must be only scheme, host and port"),
+        ("http://127.0.0.1:12ab", "has a port that is not a number"),
     ],
 )
 def test_a_host_without_a_scheme_is_refused_before_anything(monkeypatch, host, words):
@@ -200,3 +202,88 @@ def test_two_send_runs_at_once_message_nobody_twice(
         t.join()
     addresses = fake_sendgrid.addresses
     assert len(addresses) == len(set(addresses)) == 40
+
+
+def test_an_opt_out_row_ingest_rejected_still_opts_the_patient_out(
+    tmp_path, engine, state_url, fake_sendgrid, make_warehouse
+):
+    from ingest.load import load_entity
+
+    settings = clinic(make_warehouse, tmp_path, state_url, 6, [date(2026, 7, 2)])
+    extract = tmp_path / "extract"
+    extract.mkdir()
+    # Dates and channels ingest cannot read: each row is rejected, but each is an opt-out.
+    (extract / "opt_outs.csv").write_text(
+        "patient_id,channel,opted_out_at,source\n"
+        "p1,email,2026-13-01,Front desk\n"
+        "p2,email,9999-12-31T00:00:00Z,Front desk\n"
+        "p3,e-mail,2026-11-01T00:00:00Z,Unsubscribe link\n"
+        "p4,sms,26/11/2026,Reply\n"  # an SMS opt-out says nothing about email
+    )
+    con = duckdb.connect(settings.duckdb_path)
+    try:
+        load_entity(con, "opt_outs", extract)
+        assert con.execute("select count(*) from raw.opt_outs__rejected").fetchall() == [(4,)]
+    finally:
+        con.close()
+    clock = RunClock.at(JULY_2, "UTC")
+    planned = make_plan(settings, [camp("c")], clock, engine)
+    got = dict(zip(planned.plan["patient_id"], planned.plan["reason"], strict=True))
+    assert got == {"p0": "", "p1": "opted_out", "p2": "opted_out", "p3": "opted_out",
+                   "p4": "", "p5": ""}  # fmt: skip
+    send_planned(settings, [camp("c")], planned, clock, engine, channel(fake_sendgrid.url))
+    assert sorted(fake_sendgrid.addresses) == [f"p{i}@clinic.example" for i in (0, 4, 5)]
+
+
+def test_an_opt_out_line_nobody_can_read_stops_all_sending(
+    tmp_path, engine, state_url, fake_sendgrid, make_warehouse
+):
+    from ingest.load import load_entity
+
+    settings = clinic(make_warehouse, tmp_path, state_url, 3, [date(2026, 7, 2)])
+    extract = tmp_path / "extract"
+    extract.mkdir()
+    (extract / "opt_outs.csv").write_text(
+        "patient_id,channel,opted_out_at,source\np1,email,,Front desk\n"
+        'p2,email,"2026-11-01,Front desk\n'  # a quote never closed: whose opt-out is it?
+    )
+    con = duckdb.connect(settings.duckdb_path)
+    try:
+        load_entity(con, "opt_outs", extract)
+    finally:
+        con.close()
+    report = send(settings, [camp("c")], engine, channel(fake_sendgrid.url),
+                  RunClock.at(JULY_2, "UTC"))  # fmt: skip
+    assert report.dry_run and fake_sendgrid.requests == []
+    assert report.dry_run_reason.startswith("1 opt-out row(s) of the extract could not be read")
+
+
+def test_a_pinned_clock_time_never_sends_outside_the_window(
+    tmp_path, engine, state_url, fake_sendgrid, make_warehouse, monkeypatch
+):
+    from outbound.run import run_clock
+
+    settings = clinic(make_warehouse, tmp_path, state_url, 2, [date(2026, 7, 2)])
+    day_only = camp("c", send_window={"start": "09:00", "end": "17:00"})
+    # 03:00 at the clinic, with the plan's clock pinned to 10:00 (as the demo does).
+    monkeypatch.setenv("OUTBOUND_RUN_TIME", "10:00")
+    clock = run_clock(None, "UTC", now=datetime(2026, 7, 2, 3, 0, tzinfo=UTC))
+    planned = make_plan(settings, [day_only], clock, engine)
+    assert set(planned.plan["decision"]) == {"send"}  # the pinned dry-run view
+    report = send_planned(settings, [day_only], planned, clock, engine, channel(fake_sendgrid.url))
+    # The send itself goes by the real clock: 03:00 is outside 09:00-17:00.
+    assert report.sent == 0 and fake_sendgrid.requests == []
+
+
+def test_each_row_records_when_its_own_request_was_made(
+    tmp_path, engine, state_url, fake_sendgrid, reply, make_warehouse
+):
+    settings = clinic(make_warehouse, tmp_path, state_url, 3, [date(2026, 7, 2)])
+    fake_sendgrid.script = lambda n, b: reply(202, delay=0.4)
+    send(settings, [camp("c", batch_size=1)], engine, channel(fake_sendgrid.url),
+         RunClock.at(JULY_2, "UTC"))  # fmt: skip
+    with engine.connect() as conn:
+        stamps = sorted(conn.execute(sa.select(L.ledger.c.attempted_at)).scalars())
+    # Three requests of 0.4 s each, one after the other: the last row's request was made
+    # at least 0.8 s after the first's, not at the run's start.
+    assert (stamps[2] - stamps[0]).total_seconds() >= 0.8

@@ -39,9 +39,14 @@ FILES = {
         "line 4",
         "byte 0xe9 is not UTF-8 text; save the file as UTF-8",
     ),
-    "unhashable-key": (HEAD + "    - ? [field, op]\n      : x\n", "line 4", "a key must be plain"),
+    "unhashable-key": (
+        HEAD + "    - ? [field, op]\n      : x\n", "line 4", "the key ['field', 'op'] is not text"
+    ),
     "deep": ("name: t\ninclude: " + "[" * 2000 + "]" * 2000 + "\n", "", "nested more than 100"),
     "duplicate-key": (GOOD + "name: again\n", "line 5", "duplicate key 'name'"),
+    "number-key": (HEAD + "    - {1: a, x: b}\n", "line 4", "the key 1 is not text"),
+    "surrogate": ('name: "\\ud800"\n' + GOOD.split("\n", 1)[1], "",
+                  "holds a character that is not text"),
 }
 
 
