@@ -95,7 +95,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         return run_pipeline(
             extracts, args.format, as_of, console=console, select=select,
-            accept_shrink=args.accept_shrink,
+            accept_shrink=args.accept_shrink, accept_incomplete=args.accept_incomplete,
         )  # fmt: skip
     except (ValueError, WarehouseBusy) as err:
         raise UserError(str(err)) from None
@@ -160,6 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ENTITIES",
         help="accept on purpose an extract with far fewer rows than the last accepted one, "
         "for these entities (comma-separated) or 'all'; without it such an extract is refused",
+    )
+    p.add_argument(
+        "--accept-incomplete",
+        action="store_true",
+        help="load a Cliniko pull whose pages do not add up to Cliniko's total_entries (or "
+        "whose next-page links are broken) on purpose; without it such a pull is refused",
     )
     p.set_defaults(func=cmd_run)
 

@@ -34,10 +34,18 @@ class ProgressHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         meta = getattr(record, "dagster_meta", None) or {}
         event = meta.get("dagster_event")
-        if event is None or event.event_type_value not in RUN_EVENTS:
-            return
         step = meta.get("step_key") or "?"
-        if step in self.hidden or any(step.startswith(f"{h}_") for h in self.hidden):
+        private = step in self.hidden or any(step.startswith(f"{h}_") for h in self.hidden)
+        if event is None:
+            # A warning a step logs for the user (context.log.warning); a private step's
+            # are not shown, they may name what is private.
+            message = meta.get("orig_message")
+            if record.levelno >= logging.WARNING and isinstance(message, str) and not private:
+                self.console.print(f"  ! {step}: {message}", style="yellow", markup=False)
+            return
+        if event.event_type_value not in RUN_EVENTS:
+            return
+        if private:
             step = "(a private segment or work list)"
         kind = event.event_type_value
         if kind == "STEP_START":
@@ -101,15 +109,22 @@ def run_pipeline(
     console: Console,
     select: list[str] | None = None,
     accept_shrink: str | None = None,
+    accept_incomplete: bool = False,
 ) -> int:
     """Materialise every asset (or those whose key starts with one of `select`, e.g.
     `raw`, `marts`, `segments`) on one extract folder, in this process.
 
     `accept_shrink` (entity names, comma-separated, or 'all') accepts on purpose an extract
     that is much smaller than the last accepted one; otherwise such an extract is refused
-    before anything is replaced."""
+    before anything is replaced. `accept_incomplete` loads a Cliniko pull whose pages do
+    not add up (otherwise refused)."""
     from orchestration.definitions import build_definitions
-    from orchestration.ingest import ACCEPT_SHRINK_TAG, EXTRACTS_TAG, FORMAT_TAG
+    from orchestration.ingest import (
+        ACCEPT_INCOMPLETE_TAG,
+        ACCEPT_SHRINK_TAG,
+        EXTRACTS_TAG,
+        FORMAT_TAG,
+    )
     from orchestration.resources import AS_OF_TAG, resources_from_env
 
     settings = Settings.from_env()
@@ -149,6 +164,7 @@ def run_pipeline(
                 FORMAT_TAG: fmt,
                 AS_OF_TAG: as_of.isoformat(),
                 **({ACCEPT_SHRINK_TAG: accept_shrink} if accept_shrink else {}),
+                **({ACCEPT_INCOMPLETE_TAG: "true"} if accept_incomplete else {}),
             },
         )
     seconds = time.perf_counter() - started

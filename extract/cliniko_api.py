@@ -1,10 +1,18 @@
 """Pull the Cliniko REST API into the page-file layout of `docs/extract-formats.md`.
 
-Every resource of DESIGN.md section 3(b) is fetched page by page (`per_page=100`, then
-`links.next` until it is absent) and each page body is saved byte for byte as
-`<out>/<resource>/page-00001.json`, ... . The run is resumable: after each saved page a
-state file (`_extract_state.json`) records how far every resource got, so a re-run after a
-crash continues with the next page and skips finished resources.
+Every endpoint the Cliniko adapter reads (`ingest.cliniko.ALL_ENDPOINTS`: the lists, and
+their archived, deleted, cancelled and inactive variants) is fetched page by page
+(`per_page=100`, then `links.next` until it is absent) and each page body is saved byte for
+byte as `<out>/<folder>/page-00001.json`, ... (`patients/archived` → `patients_archived`).
+The run is resumable: after each saved page a state file (`_extract_state.json`) records
+how far every endpoint got, so a re-run after a crash continues with the next page and
+skips finished endpoints.
+
+A finished endpoint is checked like ingest checks it (`ingest.cliniko.check_complete`):
+its records must add up to the `total_entries` every page gave and its `links.next` chain
+must be whole. A pull that does not add up (records changed while it ran, a page that went
+missing) is pulled again from its first page once; if it still does not add up the extract
+stops with what is missing, and the folder is left for ingest to refuse.
 
 Cliniko allows 200 requests per minute per API key and answers `429` with an
 `X-RateLimit-Reset` header when that is exceeded; a client-side sliding window keeps us
@@ -31,18 +39,16 @@ from urllib.parse import urlsplit
 
 import requests
 
+from ingest.cliniko import ALL_ENDPOINTS, Endpoint, check_complete
+from ingest.csv_reader import ExtractFileError
+
 logger = logging.getLogger(__name__)
 
-RESOURCES: tuple[str, ...] = (
-    "patients",
-    "individual_appointments",
-    "appointment_types",
-    "practitioners",
-    "businesses",
-    "invoices",
-    "patient_cases",
-    "contacts",
-)
+# Folder name → endpoint, for everything an extract is pulled from.
+ENDPOINTS_BY_FOLDER: dict[str, Endpoint] = {e.folder: e for e in ALL_ENDPOINTS}
+RESOURCES: tuple[str, ...] = tuple(ENDPOINTS_BY_FOLDER)
+# How often a finished endpoint whose pages do not add up is pulled again from page 1.
+MAX_PULLS = 2
 STATE_FILE_NAME = "_extract_state.json"
 STATE_FORMAT_VERSION = 1
 DEFAULT_SHARD = "au1"
@@ -81,6 +87,10 @@ _TRANSIENT_ERRORS = (
 
 class ExtractError(RuntimeError):
     """The extract cannot go on; the message says what failed and how to fix it."""
+
+
+class PullChanged(Exception):
+    """An endpoint's pages stopped adding up during the pull (internal: pull it again)."""
 
 
 # --------------------------------------------------------------------------- settings
@@ -374,16 +384,19 @@ class ClinikoExtractor:
 
     @staticmethod
     def _check_resources(resources: Sequence[str] | None) -> list[str]:
+        """Folder names of the endpoints to pull (`patients/archived` or its folder name
+        `patients_archived`); all of them by default."""
         if resources is None:
             return list(RESOURCES)
-        unknown = [name for name in resources if name not in RESOURCES]
+        folders = [name.strip("/").replace("/", "_") for name in resources]
+        unknown = [name for name, f in zip(resources, folders, strict=True) if f not in RESOURCES]
         if unknown:
             raise ExtractError(
                 f"unknown Cliniko resource(s) {', '.join(map(repr, unknown))}; "
-                f"choose from {', '.join(RESOURCES)}"
+                f"choose from {', '.join(e.path for e in ALL_ENDPOINTS)}"
             )
         # Keep the caller's order, drop repeats.
-        return list(dict.fromkeys(resources))
+        return list(dict.fromkeys(folders))
 
     def _prepare_state(
         self, out_dir: Path, state_path: Path, wanted: list[str], *, restart: bool
@@ -424,56 +437,101 @@ class ClinikoExtractor:
     def _extract_resource(
         self, out_dir: Path, state_path: Path, state: ExtractState, resource: str
     ) -> int:
+        ep = ENDPOINTS_BY_FOLDER[resource]
+        folder = out_dir / resource
         entry = state.resources.get(resource)
         if entry is not None and entry.complete:
-            self._report(
-                f"{resource}: already complete ({_pages(entry.pages_saved)}, "
-                f"{entry.records} records), skipped"
-            )
-            return entry.records
-        if entry is None:
-            entry = ResourceState(
-                next_url=f"{self.base_url}/{resource}?per_page={self.per_page}&page=1"
-            )
-            state.resources[resource] = entry
-            state.save(state_path)
-        elif entry.pages_saved:
-            self._report(f"{resource}: resuming after page {entry.pages_saved}")
-        folder = out_dir / resource
-        folder.mkdir(parents=True, exist_ok=True)
+            problem = self._check(folder, ep)
+            if problem is None:
+                self._report(
+                    f"{resource}: already complete ({_pages(entry.pages_saved)}, "
+                    f"{entry.records} records), skipped"
+                )
+                return entry.records
+            self._report(f"{resource}: the saved pages no longer add up ({problem}); "
+                         "pulling it again")  # fmt: skip
+            entry = None
+        problem = ""
+        for pull in range(1, MAX_PULLS + 1):
+            if entry is None or pull > 1:
+                remove_pages(folder)
+                entry = ResourceState(next_url=self._first_page_url(ep))
+                state.resources[resource] = entry
+                state.save(state_path)
+            elif entry.pages_saved:
+                self._report(f"{resource}: resuming after page {entry.pages_saved}")
+            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                self._pull_pages(folder, state_path, state, entry, ep, resource)
+            except PullChanged as changed:
+                problem = str(changed)
+            else:
+                problem = self._check(folder, ep) or ""
+            if not problem:
+                entry.complete = True
+                state.save(state_path)
+                self._report(
+                    f"{resource}: done, {_pages(entry.pages_saved)}, {entry.records} records"
+                )
+                return entry.records
+            if pull < MAX_PULLS:
+                message = f"{resource}: the pull does not add up ({problem}); pulling it again"
+                logger.warning(message)
+                self._report(message)
+        # Start over next time; the pages stay, and ingest refuses them as incomplete.
+        state.resources[resource] = ResourceState(next_url=self._first_page_url(ep))
+        state.save(state_path)
+        raise ExtractError(
+            f"{resource}: the pull does not add up after {MAX_PULLS} tries: {problem}. Records "
+            "may be changing in Cliniko while they are pulled; run the extract again (best "
+            "when the clinic is closed). The incomplete pages are kept for inspection and "
+            "ingest refuses them."
+        )
 
+    @staticmethod
+    def _check(folder: Path, ep: Endpoint) -> str | None:
+        """Why the saved pages are not a whole pull of the endpoint, or None."""
+        try:
+            return check_complete(folder, ep.resource)
+        except ExtractFileError as err:
+            return str(err)
+
+    def _first_page_url(self, ep: Endpoint) -> str:
+        return f"{self.base_url}/{ep.path}?per_page={self.per_page}&page=1"
+
+    def _pull_pages(
+        self, folder: Path, state_path: Path, state: ExtractState, entry: ResourceState,
+        ep: Endpoint, resource: str,
+    ) -> None:  # fmt: skip
         while entry.next_url is not None:
             page_number = entry.pages_saved + 1
             url = entry.next_url
             body = self._fetch(url, resource, page_number)
-            records, next_url = self._parse_page(body, resource, page_number, url)
+            records, next_url = self._parse_page(body, ep.resource, resource, page_number, url)
             write_atomic(folder / page_file_name(page_number), body)
             entry.pages_saved = page_number
             entry.records += records
             entry.next_url = next_url
-            entry.complete = next_url is None
             state.save(state_path)
             self._report(f"{resource}: page {page_number} saved ({entry.records} records so far)")
-        self._report(f"{resource}: done, {_pages(entry.pages_saved)}, {entry.records} records")
-        return entry.records
 
     def _parse_page(
-        self, body: bytes, resource: str, page_number: int, url: str
+        self, body: bytes, key: str, resource: str, page_number: int, url: str
     ) -> tuple[int, str | None]:
         where = f"{resource} page {page_number}"
         try:
             payload = json.loads(body)
         except ValueError:
             raise ExtractError(f"{where}: the response is not JSON") from None
-        if not isinstance(payload, dict) or not isinstance(payload.get(resource), list):
+        if not isinstance(payload, dict) or not isinstance(payload.get(key), list):
             raise ExtractError(
-                f"{where}: the response has no {resource!r} list; check that "
+                f"{where}: the response has no {key!r} list; check that "
                 f"{self.base_url} is a Cliniko API v1 base URL"
             )
         links = payload.get("links")
         next_url = links.get("next") if isinstance(links, dict) else None
         if next_url in (None, ""):
-            return len(payload[resource]), None
+            return len(payload[key]), None
         if not isinstance(next_url, str):
             raise ExtractError(f"{where}: links.next is not a URL")
         parts = urlsplit(next_url)
@@ -485,7 +543,7 @@ class ClinikoExtractor:
             )
         if next_url == url:
             raise ExtractError(f"{where}: links.next points back to the same page")
-        return len(payload[resource]), next_url
+        return len(payload[key]), next_url
 
     # -- HTTP
 
@@ -529,6 +587,13 @@ class ClinikoExtractor:
                 failures += 1
                 self._backoff_or_fail(where, f"HTTP {status}", failures)
                 continue
+            if status == 404 and page_number > 1:
+                # The endpoint exists (page 1 was served): the page the last one linked to
+                # is gone, so records changed under the pull.
+                raise PullChanged(
+                    f"page {page_number}, which page {page_number - 1} linked to, is not found "
+                    "(HTTP 404)"
+                )
             raise ExtractError(self._client_error_message(where, url, response))
 
     def _backoff_or_fail(self, where: str, problem: str, failures: int) -> None:

@@ -584,7 +584,8 @@ def _generate_chunk(clinic: _Clinic, rng: np.random.Generator, first_index: int,
     inv_ids = _ids("invoices", inv_index, (age > LEGACY_DAYS))
     # Cliniko: 10 open, 20 paid, 30 closed, 40 open credit; a void invoice is deleted.
     cliniko_status = np.select([inv_status == 0, inv_status == 1], [10, 20], 30)
-    cliniko_status = np.where((inv_status == 0) & (rng.random(n_i) < 0.1), 40, cliniko_status)
+    # 40, Open (credit): paid, with more paid than the total (a credit), so nothing owed.
+    cliniko_status = np.where((inv_status == 1) & (rng.random(n_i) < 0.1), 40, cliniko_status)
     cliniko_status = np.where(inv_status == 3, 10, cliniko_status)
     deleted_at = np.minimum(starts[iv] + rng.integers(DAY, 20 * DAY, n_i), now - 60)
     invoices = pl.DataFrame({
@@ -777,6 +778,8 @@ def _patients_frame(clinic: _Clinic, rng: np.random.Generator, n: int, patient_i
         _lookup([s for s, _ in cat.REFERRAL_SOURCES], referral_source).alias("referral_source"),
         when(gp_referred, _lookup(GP_NAMES, gp))
         .alias("referring_provider"),
+        # The referring doctor's Cliniko contact (contact ids are 1.. in GPS order).
+        when(gp_referred, pl.Series(gp + 1)).alias("_contact_id"),
         _lookup([p for p, _ in cat.INSURANCE_PLANS],
                 _weighted(rng, cat.INSURANCE_PLANS, n)).alias("insurance_plan"),
         _lookup(PATIENT_STATUSES, status).alias("status"),

@@ -1,9 +1,21 @@
 """Cliniko API pages → the canonical raw entities (docs/extract-formats.md).
 
-The pages are JSON as the API returns them. Numbers are read as text (ids can be
-19-digit integers that a float would corrupt; money arrives as strings anyway), link
-objects become the id at the end of their URL, and `""` becomes null. The result is the
-same text frame the CSV reader produces, so parsing and validation are shared.
+What is read follows Cliniko's API documentation, endpoint by endpoint (`ENDPOINTS`). An
+extract holds one folder per endpoint, each with the page files as the API returned them.
+Several endpoints may feed one entity, and an endpoint can say something its records do
+not: a practitioner listed by `/practitioners/inactive` is inactive (Cliniko has no
+`active` field), one listed by `/practitioners` is active.
+
+The pages are JSON. Numbers are read as text (ids can be 19-digit integers that a float
+would corrupt; money arrives as strings anyway), link objects become the id at the end of
+their URL, and `""` becomes null. The result is the same text frame the CSV reader
+produces, so parsing and validation are shared.
+
+A record Cliniko marks deleted (`deleted_at`) is not part of the clinic: it is rejected
+with that reason, and it replaces any earlier copy of the same id (the deleted endpoints
+are read last). A deleted invoice is kept, as `void`. A pull is checked for completeness
+(`check_complete`): a folder whose pages do not add up to `total_entries`, or whose
+`links.next` chain is broken, is refused rather than taken for the whole clinic.
 """
 
 from __future__ import annotations
@@ -14,12 +26,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import polars as pl
 
 from ingest.csv_reader import ExtractFileError
-from ingest.entities import SOURCE_FILE, SOURCE_ROW, Entity
+from ingest.entities import DELETED_AT, SOURCE_FILE, SOURCE_ROW, Entity
 from ingest.parse import REJECTED_SCHEMA
 
 Record = dict[str, Any]
@@ -34,8 +46,58 @@ class BadValue:
 
 Getter = Callable[[Record], "str | None | BadValue"]
 
-# Cliniko invoice status codes (docs/extract-formats.md).
-INVOICE_STATUS = {"10": "open", "20": "paid", "30": "closed", "40": "open"}
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One documented Cliniko endpoint, as an extract folder."""
+
+    folder: str  # the folder of its page files in the extract
+    path: str  # the API path under /v1
+    resource: str  # the key of the record list in its pages
+    # Canonical column values every record of the endpoint has (what the endpoint says).
+    implies: tuple[tuple[str, str], ...] = ()
+
+
+def endpoint(path: str, resource: str | None = None, **implies: str) -> Endpoint:
+    return Endpoint(path.replace("/", "_"), path, resource or path.split("/")[0],
+                    tuple(implies.items()))  # fmt: skip
+
+
+# entity → its endpoints, in reading order: the later ones win for an id seen twice, so
+# deleted records come last.
+ENDPOINTS: dict[str, tuple[Endpoint, ...]] = {
+    "patients": (
+        endpoint("patients"),
+        endpoint("patients/archived"),
+        endpoint("patients/deleted"),
+    ),
+    "practitioners": (
+        endpoint("practitioners", active="true"),
+        endpoint("practitioners/inactive", active="false"),
+    ),
+    "locations": (endpoint("businesses"),),
+    "appointment_types": (endpoint("appointment_types"), endpoint("appointment_types/archived")),
+    "appointments": (
+        endpoint("individual_appointments"),
+        endpoint("individual_appointments/cancelled"),
+        endpoint("individual_appointments/deleted"),
+    ),
+    "invoices": (endpoint("invoices"), endpoint("invoices/deleted")),
+    "invoice_items": (endpoint("invoice_items"), endpoint("invoice_items/deleted")),
+    "cases": (endpoint("patient_cases"),),
+}
+# Read for what they tell about other records: referrers' names, case attendees.
+CONTACTS = endpoint("contacts")
+ATTENDEES = (endpoint("attendees"), endpoint("attendees/cancelled"), endpoint("attendees/deleted"))
+LOOKUPS: tuple[Endpoint, ...] = (CONTACTS, *ATTENDEES)
+# Every endpoint an extract is pulled from (the extractor's list).
+ALL_ENDPOINTS: tuple[Endpoint, ...] = (*(e for es in ENDPOINTS.values() for e in es), *LOOKUPS)
+# An extract without these folders is not a Cliniko extract of a clinic.
+REQUIRED_FOLDERS = {"patients": "patients", "appointments": "individual_appointments"}
+
+# Cliniko's invoice statuses (its documentation's table): 10 Open, 20 Paid, 30 Closed,
+# 40 Open (credit) — paid more than its total, so nothing is owed.
+INVOICE_STATUS = {"10": "open", "20": "paid", "30": "closed", "40": "paid"}
 
 
 def text(value: Any) -> str | None:
@@ -105,6 +167,22 @@ def link(name: str, resource: str | tuple[str, ...] | None = None) -> Getter:
     return get
 
 
+def own_id(resource: str) -> Getter:
+    """The record's id: its `id`, or (on a deleted endpoint, which lists only `deleted_at`
+    and `links`) the end of its own `links.self`."""
+
+    def get(record: Record) -> str | None | BadValue:
+        ident = text(record.get("id"))
+        if ident is not None:
+            return ident
+        found = link_id({"links": record.get("links")}, resource)
+        if isinstance(found, BadValue):
+            return BadValue(f"id: the record has no id, and its own {found.reason}")
+        return found
+
+    return get
+
+
 def mobile(record: Record) -> str | None | BadValue:
     phones = record.get("patient_phone_numbers") or []
     if not isinstance(phones, list):
@@ -136,151 +214,235 @@ def invoice_status(record: Record) -> str | None:
     return INVOICE_STATUS.get(raw, raw) if raw is not None else None
 
 
-def contact_name(contacts: dict[str, str]) -> Getter:
+def contact_name(link_field: str, contacts: dict[str, str]) -> Getter:
+    """The name of the contact a link names (a referring doctor), else its id."""
+
     def get(record: Record) -> str | None | BadValue:
-        contact = link_id(record.get("contact"), "contacts")
+        contact = link_id(record.get(link_field), "contacts")
         if isinstance(contact, BadValue):
-            return BadValue(f"contact {contact.reason}")
+            return BadValue(f"{link_field} {contact.reason}")
         if contact is None:
-            return field("referring_provider")(record)
+            return None
         return contacts.get(contact, contact)
 
     return get
 
 
-def mappings(contacts: dict[str, str]) -> dict[str, tuple[str, dict[str, Getter]]]:
-    """entity → (resource folder, canonical column → getter)."""
+def iana_zone(record: Record) -> str | None:
+    """A business's IANA time zone: `time_zone_identifier` (Australia/Melbourne), not
+    `time_zone`, Cliniko's label (Melbourne), unless that is itself an IANA name."""
+    zone = text(record.get("time_zone_identifier"))
+    if zone is None:
+        label = text(record.get("time_zone"))
+        zone = label if label is not None and "/" in label else None
+    return zone
+
+
+# -- custom fields ---------------------------------------------------------------------
+
+
+def custom_field_values(record: Record) -> dict[str, str] | BadValue:
+    """Cliniko's `custom_fields` as "Section / Field" → value: the text of a text field,
+    the selected option(s) of a choice field (joined by ", "), the `other` text when given.
+    """
+    raw = record.get("custom_fields")
+    if raw in (None, "", {}):
+        return {}
+    sections = raw.get("sections") if isinstance(raw, dict) else None
+    if not isinstance(sections, list):
+        return BadValue(f"custom_fields {text(raw)!r} is not Cliniko's {{sections: [...]}}")
+    values: dict[str, str] = {}
+    for section in sections:
+        if not isinstance(section, dict):
+            continue
+        for item in section.get("fields") or []:
+            if not isinstance(item, dict):
+                continue
+            key = f"{text(section.get('name')) or '?'} / {text(item.get('name')) or '?'}"
+            options = item.get("options")
+            if isinstance(options, list):
+                chosen = [text(o.get("name")) for o in options
+                          if isinstance(o, dict) and o.get("selected")]  # fmt: skip
+                other = item.get("other")
+                if isinstance(other, dict) and other.get("selected") and text(other.get("value")):
+                    chosen.append(text(other.get("value")))
+                value = ", ".join(c for c in chosen if c) or None
+            else:
+                value = text(item.get("value"))
+            if value is not None:
+                values[key] = value
+    return values
+
+
+def custom_fields(record: Record) -> str | None | BadValue:
+    values = custom_field_values(record)
+    if isinstance(values, BadValue):
+        return values
+    return json.dumps(values, ensure_ascii=False, sort_keys=True) if values else None
+
+
+_INSURANCE = re.compile(r"insur|health fund|\bfund\b|cover", re.IGNORECASE)
+_NOT_A_PLAN = re.compile(r"number|\bno\b|\bid\b|expir|date|member|policy", re.IGNORECASE)
+
+
+def insurance_plan(record: Record) -> str | None:
+    """The patient's insurer, where a clinic keeps it in Cliniko: the first custom field of
+    an insurance section (or named after insurance) that is not a number or a date, e.g.
+    "Insurance coverage / Provider" → "Super Insurance"."""
+    values = custom_field_values(record)
+    if isinstance(values, BadValue):
+        return None
+    for key, value in values.items():
+        section, _, name = key.partition(" / ")
+        if (_INSURANCE.search(section) or _INSURANCE.search(name)) and not _NOT_A_PLAN.search(
+            name
+        ):
+            return value
+    return None
+
+
+# -- entities ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Lookups:
+    """What other endpoints tell about a record: a contact's name, an appointment's case."""
+
+    contacts: dict[str, str]
+    case_of_appointment: dict[str, str]
+
+
+NO_LOOKUPS = Lookups({}, {})
+
+
+def appointment_case(lookups: Lookups) -> Getter:
+    """The case of an appointment: its `patient_case` link, else the case whose
+    `attendee_ids` name the appointment's attendee."""
+    linked = link("patient_case", "patient_cases")
+
+    def get(record: Record) -> str | None | BadValue:
+        found = linked(record)
+        if found is not None:
+            return found
+        ident = text(record.get("id"))
+        return lookups.case_of_appointment.get(ident) if ident else None
+
+    return get
+
+
+def archived_or(name: str) -> Getter:
+    """A case's `closed` / `closed_at`: an archived case is closed, at its archiving."""
+
+    def get(record: Record) -> str | None:
+        archived = text(record.get("archived_at"))
+        if name == "closed":
+            return "true" if archived else text(record.get("closed"))
+        return text(record.get("closed_at")) or archived
+
+    return get
+
+
+def mappings(lookups: Lookups = NO_LOOKUPS) -> dict[str, dict[str, Getter]]:
+    """entity → canonical column → how it is read from a Cliniko record."""
     return {
-        "patients": (
-            "patients",
-            {
-                "patient_id": field("id"),
-                "first_name": field("first_name"),
-                "last_name": field("last_name"),
-                "date_of_birth": field("date_of_birth"),
-                "sex": field("sex", "gender"),
-                "email": field("email"),
-                "mobile": mobile,
-                "has_whatsapp": field("has_whatsapp"),
-                "address": address,
-                "city": field("city"),
-                "state": field("state"),
-                "post_code": field("post_code"),
-                "country": field("country"),
-                "latitude": field("latitude"),
-                "longitude": field("longitude"),
-                "referral_source": field("referral_source"),
-                "referring_provider": field("referring_provider"),
-                "insurance_plan": field("insurance_plan"),
-                "status": patient_status,
-                "accepted_email_marketing": field("accepted_email_marketing"),
-                "accepted_sms_marketing": field("accepted_sms_marketing"),
-                "created_at": field("created_at"),
-            },
-        ),
-        "practitioners": (
-            "practitioners",
-            {
-                "practitioner_id": field("id"),
-                "first_name": field("first_name"),
-                "last_name": field("last_name"),
-                "designation": field("designation"),
-                "active": field("active"),
-                "left_at": field("left_at", "archived_at"),
-            },
-        ),
-        "locations": (
-            "businesses",
-            {
-                "location_id": field("id"),
-                "name": field("business_name", "name"),
-                "city": field("city"),
-                "state": field("state"),
-                "post_code": field("post_code"),
-                "latitude": field("latitude"),
-                "longitude": field("longitude"),
-                "time_zone": field("time_zone", "time_zone_identifier"),
-            },
-        ),
-        "appointment_types": (
-            "appointment_types",
-            {
-                "appointment_type_id": field("id"),
-                "name": field("name"),
-                "category": field("category"),
-                "duration_minutes": field("duration_in_minutes", "duration_minutes"),
-            },
-        ),
-        "appointments": (
-            "individual_appointments",
-            {
-                "appointment_id": field("id"),
-                "patient_id": link("patient", "patients"),
-                "starts_at": field("starts_at"),
-                "appointment_type_id": link("appointment_type", "appointment_types"),
-                "practitioner_id": link("practitioner", "practitioners"),
-                "location_id": link("business", "businesses"),
-                "case_id": link("patient_case", "patient_cases"),
-                "ends_at": field("ends_at"),
-                "created_at": field("created_at"),
-                "cancelled_at": field("cancelled_at"),
-                "did_not_arrive": field("did_not_arrive"),
-                "patient_arrived": field("patient_arrived"),
-            },
-        ),
-        "invoices": (
-            "invoices",
-            {
-                "invoice_id": field("id"),
-                "patient_id": link("patient", "patients"),
-                "issue_date": field("issue_date"),
-                "total_amount": field("total_amount"),
-                "status": invoice_status,
-                "amount_paid": field("amount_paid"),
-                "appointment_id": link("appointment", ("appointments", "individual_appointments")),
-                "case_id": link("patient_case", "patient_cases"),
-                "practitioner_id": link("practitioner", "practitioners"),
-            },
-        ),
-        "cases": (
-            "patient_cases",
-            {
-                "case_id": field("id"),
-                "patient_id": link("patient", "patients"),
-                "name": field("name"),
-                "issue_date": field("issue_date"),
-                "expiry_date": field("expiry_date"),
-                "max_sessions": field("max_sessions"),
-                "max_invoiceable_amount": field("max_invoiceable_amount"),
-                "closed": field("closed"),
-                "closed_at": field("closed_at"),
-                "referral_type": field("referral_type"),
-                "referring_provider": contact_name(contacts),
-            },
-        ),
+        "patients": {
+            "patient_id": own_id("patients"),
+            "first_name": field("first_name"),
+            "last_name": field("last_name"),
+            "date_of_birth": field("date_of_birth"),
+            "sex": field("sex", "gender"),
+            "email": field("email"),
+            "mobile": mobile,
+            "address": address,
+            "city": field("city"),
+            "state": field("state"),
+            "post_code": field("post_code"),
+            "country": field("country"),
+            "referral_source": field("referral_source"),
+            "referring_provider": contact_name("referring_doctor", lookups.contacts),
+            "insurance_plan": insurance_plan,
+            "status": patient_status,
+            "accepted_email_marketing": field("accepted_email_marketing"),
+            "accepted_sms_marketing": field("accepted_sms_marketing"),
+            "created_at": field("created_at"),
+            "custom_fields": custom_fields,
+        },
+        "practitioners": {
+            "practitioner_id": own_id("practitioners"),
+            "first_name": field("first_name"),
+            "last_name": field("last_name"),
+            "designation": field("designation"),
+        },
+        "locations": {
+            "location_id": own_id("businesses"),
+            "name": field("business_name", "display_name"),
+            "city": field("city"),
+            "state": field("state"),
+            "post_code": field("post_code"),
+            "time_zone": iana_zone,
+        },
+        "appointment_types": {
+            "appointment_type_id": own_id("appointment_types"),
+            "name": field("name"),
+            "category": field("category"),
+            "duration_minutes": field("duration_in_minutes"),
+        },
+        "appointments": {
+            "appointment_id": own_id("individual_appointments"),
+            "patient_id": link("patient", "patients"),
+            "starts_at": field("starts_at"),
+            "appointment_type_id": link("appointment_type", "appointment_types"),
+            "practitioner_id": link("practitioner", "practitioners"),
+            "location_id": link("business", "businesses"),
+            "case_id": appointment_case(lookups),
+            "ends_at": field("ends_at"),
+            "created_at": field("created_at"),
+            "cancelled_at": field("cancelled_at"),
+            "did_not_arrive": field("did_not_arrive"),
+            "patient_arrived": field("patient_arrived"),
+        },
+        "invoices": {
+            "invoice_id": own_id("invoices"),
+            "patient_id": link("patient", "patients"),
+            "issue_date": field("issue_date"),
+            "total_amount": field("total_amount"),
+            "status": invoice_status,
+            "appointment_id": link("appointment", ("appointments", "individual_appointments")),
+            "case_id": link("patient_case", "patient_cases"),
+            "practitioner_id": link("practitioner", "practitioners"),
+        },
+        "invoice_items": {
+            "invoice_id": link("invoice", "invoices"),
+            "item_name": field("name"),
+            "quantity": field("quantity"),
+            "unit_price": field("unit_price"),
+        },
+        "cases": {
+            "case_id": own_id("patient_cases"),
+            "patient_id": link("patient", "patients"),
+            "name": field("name"),
+            "issue_date": field("issue_date"),
+            "expiry_date": field("expiry_date"),
+            "max_sessions": field("max_sessions"),
+            "max_invoiceable_amount": field("max_invoiceable_amount"),
+            "closed": archived_or("closed"),
+            "closed_at": archived_or("closed_at"),
+            "referral_type": field("referral_type"),
+            "referring_provider": contact_name("contact", lookups.contacts),
+            "sessions_include_cancelled": field("include_cancelled_attendees"),
+            "sessions_include_dna": field("include_dna_attendees"),
+        },
     }
 
 
-REQUIRED_FOLDERS = {"patients": "patients", "appointments": "individual_appointments"}
+# -- pages -------------------------------------------------------------------------------
 
 
 def page_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*.json") if p.is_file())
 
 
-def read_record(record: Record, getters: dict[str, Getter]) -> dict[str, str | None | BadValue]:
-    """Every canonical column of one record; a field the adapter cannot read is a BadValue
-    (its record is rejected with the reason), never an error that stops the entity."""
-    values: dict[str, str | None | BadValue] = {}
-    for name, get in getters.items():
-        try:
-            values[name] = get(record)
-        except (TypeError, AttributeError, ValueError) as err:
-            values[name] = BadValue(f"{name} could not be read from the record ({err})")
-    return values
-
-
-def read_page(path: Path, resource: str) -> list[Any]:
+def read_body(path: Path, resource: str) -> dict[str, Any]:
     try:
         body = json.loads(path.read_bytes(), parse_int=str, parse_float=str)
     except RecursionError:
@@ -297,7 +459,62 @@ def read_page(path: Path, resource: str) -> list[Any]:
             f"{path}: expected a Cliniko page with a '{resource}' list; "
             "is this file in the right folder?"
         )
-    return body[resource]
+    return body
+
+
+def read_page(path: Path, resource: str) -> list[Any]:
+    return read_body(path, resource)[resource]
+
+
+def _page_number(url: Any) -> int | None:
+    if not isinstance(url, str):
+        return None
+    pages = parse_qs(urlsplit(url).query).get("page")
+    try:
+        return int(pages[0]) if pages else None
+    except ValueError:
+        return None
+
+
+def check_complete(folder: Path, resource: str) -> str | None:
+    """Why the pages of `folder` are not a whole pull, or None.
+
+    Whole means: the pages add up to the `total_entries` the API gave, and every page but
+    the last links to a next page the folder holds (the last links to none).
+    """
+    pages = page_files(folder)
+    if not pages:
+        return None
+    bodies = [read_body(p, resource) for p in pages]
+    records = sum(len(b[resource]) for b in bodies)
+    numbers = {n for b in bodies if (n := _page_number((b.get("links") or {}).get("self")))}
+    for page, body in zip(pages, bodies, strict=True):
+        nxt = (body.get("links") or {}).get("next") if isinstance(body.get("links"), dict) else None
+        number = _page_number(nxt)
+        if nxt and number is not None and numbers and number not in numbers:
+            return (
+                f"{page} links to page {number} of {resource} ({nxt}), which the folder does "
+                f"not hold; {records:,} record(s) were found"
+            )
+    last_next = (bodies[-1].get("links") or {}).get("next") if isinstance(
+        bodies[-1].get("links"), dict) else None  # fmt: skip
+    if last_next:
+        return (
+            f"{pages[-1]}, the last page of the folder, still links to a next page "
+            f"({last_next}); {records:,} record(s) were found"
+        )
+    totals = {text(b.get("total_entries")) for b in bodies} - {None}
+    for total in totals:
+        try:
+            expected = int(total)
+        except ValueError:
+            return f"{pages[0]}: total_entries {total!r} is not a number"
+        if expected != records:
+            return (
+                f"the pages of {folder} hold {records:,} record(s) but the API said "
+                f"total_entries {expected:,}"
+            )
+    return None
 
 
 def count_records(folder: Path, resource: str) -> int:
@@ -305,39 +522,121 @@ def count_records(folder: Path, resource: str) -> int:
     return sum(len(read_page(p, resource)) for p in page_files(folder))
 
 
-def load_contacts(extract_dir: Path) -> dict[str, str]:
-    folder = extract_dir / "contacts"
-    names: dict[str, str] = {}
+def count_entity_records(extract_dir: Path, ent: Entity) -> int:
+    """Records in every folder an entity is read from."""
+    return sum(
+        count_records(extract_dir / e.folder, e.resource)
+        for e in ENDPOINTS.get(ent.name, ())
+        if (extract_dir / e.folder).is_dir()
+    )
+
+
+def records(extract_dir: Path, ep: Endpoint):  # noqa: ANN201 - yields (page, position, record)
+    folder = extract_dir / ep.folder
     if not folder.is_dir():
-        return names
+        return
     for page in page_files(folder):
-        for record in read_page(page, "contacts"):
-            if not isinstance(record, dict) or text(record.get("id")) is None:
-                continue
-            person = " ".join(
-                p for p in (text(record.get("first_name")), text(record.get("last_name"))) if p
-            )
-            name = person or text(record.get("company_name"))
-            if name:
-                names[str(text(record.get("id")))] = name
+        for position, record in enumerate(read_page(page, ep.resource), start=1):
+            yield page, position, record
+
+
+def load_contacts(extract_dir: Path) -> dict[str, str]:
+    names: dict[str, str] = {}
+    for _, _, record in records(extract_dir, CONTACTS):
+        if not isinstance(record, dict) or text(record.get("id")) is None:
+            continue
+        person = " ".join(
+            p for p in (text(record.get("first_name")), text(record.get("last_name"))) if p
+        )
+        name = person or text(record.get("company_name"))
+        if name:
+            names[str(text(record.get("id")))] = name
     return names
 
 
-def read_cliniko_text(extract_dir: Path, ent: Entity) -> tuple[pl.DataFrame, pl.DataFrame, int]:
-    """Flatten an entity's page folder to text columns.
+def load_case_of_appointment(extract_dir: Path) -> dict[str, str]:
+    """appointment id → case id, from the cases' `attendee_ids` and each attendee's
+    booking (an individual appointment's booking is the appointment)."""
+    booking_of: dict[str, str] = {}
+    for ep in ATTENDEES:
+        for _, _, record in records(extract_dir, ep):
+            if isinstance(record, dict) and (ident := text(record.get("id"))):
+                booking = link_id(record.get("booking"), ("bookings", "individual_appointments"))
+                if isinstance(booking, str):
+                    booking_of[ident] = booking
+    case_of: dict[str, str] = {}
+    for ep in ENDPOINTS["cases"]:
+        for _, _, record in records(extract_dir, ep):
+            if not isinstance(record, dict) or not (case := text(record.get("id"))):
+                continue
+            attendees = record.get("attendee_ids")
+            for attendee in attendees if isinstance(attendees, list) else []:
+                appointment = booking_of.get(str(attendee))
+                if appointment is not None:
+                    case_of.setdefault(appointment, case)
+    return case_of
 
-    Returns (rows, rejected records that are not JSON objects, number of records).
+
+def lookups_for(extract_dir: Path, ent: Entity) -> Lookups:
+    contacts = load_contacts(extract_dir) if ent.name in ("patients", "cases") else {}
+    cases = load_case_of_appointment(extract_dir) if ent.name == "appointments" else {}
+    return Lookups(contacts, cases)
+
+
+def endpoints_read(ent: Entity) -> tuple[Endpoint, ...]:
+    """Every endpoint an entity's rows depend on: its own, and those it looks things up in
+    (a patient's referrer in contacts; an appointment's case in attendees and cases)."""
+    own = ENDPOINTS.get(ent.name, ())
+    if ent.name in ("patients", "cases"):
+        return (*own, CONTACTS)
+    if ent.name == "appointments":
+        return (*own, *ATTENDEES, *ENDPOINTS["cases"])
+    return own
+
+
+def incomplete_folders(extract_dir: Path, ent: Entity) -> list[str]:
+    """The completeness problems of the folders an entity is read from."""
+    return [
+        problem
+        for ep in endpoints_read(ent)
+        if (extract_dir / ep.folder).is_dir()
+        and (problem := check_complete(extract_dir / ep.folder, ep.resource))
+    ]
+
+
+def read_cliniko_text(
+    extract_dir: Path, ent: Entity, accept_incomplete: bool = False
+) -> tuple[pl.DataFrame, pl.DataFrame, int]:
+    """Flatten an entity's page folders to text columns.
+
+    Returns (rows, records rejected here: not JSON objects or with fields that cannot be
+    read; number of records). A deleted record stays among the rows, marked in
+    `DELETED_AT`, so that it replaces an earlier copy of its id and is then rejected for
+    being deleted. An incomplete pull is refused unless `accept_incomplete`.
     """
-    contacts = load_contacts(extract_dir) if ent.name == "cases" else {}
-    resource, getters = mappings(contacts)[ent.name]
-    folder = extract_dir / resource
-    columns: dict[str, list[str | None]] = {name: [] for name in getters}
+    if not accept_incomplete:
+        problems = incomplete_folders(extract_dir, ent)
+        if problems:
+            raise ExtractFileError(
+                f"the Cliniko pull of {ent.name} is incomplete: " + "; ".join(problems)
+                + ". Re-run `audiences extract cliniko` (it resumes), or, to load what is "
+                "there on purpose, run with --accept-incomplete (in the Dagster UI: the run "
+                "tag clinic-audiences/accept_incomplete=true)"
+            )
+    getters = mappings(lookups_for(extract_dir, ent))[ent.name]
+    key = next(iter(getters))
+    implied_columns = {n for ep in ENDPOINTS.get(ent.name, ()) for n, _ in ep.implies}
+    names = [*getters, *sorted(implied_columns - set(getters))]
+    # Canonical columns Cliniko has no field for (coordinates, amount paid, ...) are null.
+    names += [c for c in ent.column_names if c not in names]
+    columns: dict[str, list[str | None]] = {name: [] for name in (*names, DELETED_AT)}
     files: list[str] = []
     rows: list[int] = []
     rejected: list[tuple[str, int, str, str]] = []
     total = 0
-    for page in page_files(folder):
-        for position, record in enumerate(read_page(page, resource), start=1):
+    for ep in ENDPOINTS.get(ent.name, ()):
+        implied = dict(ep.implies)
+        for page, position, record in records(extract_dir, ep):
             total += 1
             if not isinstance(record, dict):
                 rejected.append(
@@ -345,21 +644,49 @@ def read_cliniko_text(extract_dir: Path, ent: Entity) -> tuple[pl.DataFrame, pl.
                 )
                 continue
             values = read_record(record, getters)
+            deleted = deleted_at(ent, record)
             bad = [v.reason for v in values.values() if isinstance(v, BadValue)]
+            if deleted and isinstance(values[key], str):
+                # A deleted record is rejected for that; what else cannot be read of it
+                # does not matter.
+                values = {n: None if isinstance(v, BadValue) else v for n, v in values.items()}
+                bad = []
             if bad:
                 rejected.append((str(page), position, "; ".join(bad), text(record) or ""))
                 continue
-            for name, value in values.items():
-                columns[name].append(value)  # type: ignore[arg-type]
+            for name in names:
+                columns[name].append(implied.get(name, values.get(name)))  # type: ignore[arg-type]
+            columns[DELETED_AT].append(deleted)
             files.append(str(page))
             rows.append(position)
     frame = pl.DataFrame(
         {**columns, SOURCE_FILE: files, SOURCE_ROW: rows},
-        schema={**{n: pl.String for n in getters}, SOURCE_FILE: pl.String, SOURCE_ROW: pl.Int64},
+        schema={**{n: pl.String for n in columns}, SOURCE_FILE: pl.String, SOURCE_ROW: pl.Int64},
     )
-    rejects = pl.DataFrame(
-        rejected,
-        schema=REJECTED_SCHEMA,
-        orient="row",
-    )
+    rejects = pl.DataFrame(rejected, schema=REJECTED_SCHEMA, orient="row")
     return frame, rejects, total
+
+
+def deleted_at(ent: Entity, record: Record) -> str | None:
+    """When Cliniko deleted the record, or None. An invoice keeps its record (a deleted
+    invoice is void); an appointment's `archived_at` is Cliniko's older name for its
+    deletion, so an archived appointment is deleted too (archived patients, cases and
+    appointment types are kept, as archived, closed and still naming old visits)."""
+    if ent.name == "invoices":
+        return None
+    deleted = text(record.get("deleted_at"))
+    if deleted is None and ent.name == "appointments":
+        deleted = text(record.get("archived_at"))
+    return deleted
+
+
+def read_record(record: Record, getters: dict[str, Getter]) -> dict[str, str | None | BadValue]:
+    """Every canonical column of one record; a field the adapter cannot read is a BadValue
+    (its record is rejected with the reason), never an error that stops the entity."""
+    values: dict[str, str | None | BadValue] = {}
+    for name, get in getters.items():
+        try:
+            values[name] = get(record)
+        except (TypeError, AttributeError, ValueError) as err:
+            values[name] = BadValue(f"{name} could not be read from the record ({err})")
+    return values

@@ -111,6 +111,9 @@ ENTITIES: tuple[Entity, ...] = (
             Column("accepted_email_marketing", B),
             Column("accepted_sms_marketing", B),
             Column("created_at", T),
+            # The PMS's own fields (Cliniko's custom fields): a JSON object of
+            # "Section / Field" → value, e.g. {"Insurance coverage / Provider": "Bupa"}.
+            Column("custom_fields"),
         ),
     ),
     Entity(
@@ -216,6 +219,10 @@ ENTITIES: tuple[Entity, ...] = (
             Column("closed_at", T),
             Column("referral_type"),
             Column("referring_provider"),
+            # Whether cancelled / did-not-arrive appointments of the case count toward its
+            # sessions (Cliniko: include_cancelled_attendees, include_dna_attendees).
+            Column("sessions_include_cancelled", B),
+            Column("sessions_include_dna", B),
         ),
     ),
     Entity(
@@ -277,6 +284,9 @@ SOURCE_FILE = "_source_file"
 SOURCE_ROW = "_source_row"
 # A row's position in its source while it is being loaded (not stored).
 ROW_NUMBER = "_row_number"
+# When the source marks a record deleted (Cliniko's deleted_at): once it has replaced any
+# earlier copy of its id, the record is rejected as not part of the clinic (not stored).
+DELETED_AT = "_deleted_at"
 # The layout of every `raw.<entity>__rejected` table.
 REJECTED_COLUMNS: tuple[tuple[str, Kind], ...] = (
     ("source_file", Kind.STRING),

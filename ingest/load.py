@@ -23,7 +23,15 @@ import polars as pl
 
 from ingest import cliniko
 from ingest.csv_reader import ExtractFileError, stage_csv
-from ingest.entities import ENTITIES, ROW_NUMBER, SOURCE_FILE, SOURCE_ROW, Entity, entity
+from ingest.entities import (
+    DELETED_AT,
+    ENTITIES,
+    ROW_NUMBER,
+    SOURCE_FILE,
+    SOURCE_ROW,
+    Entity,
+    entity,
+)
 from ingest.parse import REJECTED_SCHEMA, clean_frame, parse_entity, typed_schema
 from ingest.schemas import validate
 from ingest.sources import check_format, entity_source
@@ -31,7 +39,7 @@ from ingest.warehouse import raw_columns_ddl, rejected_columns_ddl
 
 BATCH_ROWS = 1_000_000
 DUPLICATES_SCHEMA = {ROW_NUMBER: pl.Int64, "winner_file": pl.String, "winner_row": pl.Int64}
-LINEAGE = (SOURCE_FILE, SOURCE_ROW, ROW_NUMBER)
+LINEAGE = (SOURCE_FILE, SOURCE_ROW, ROW_NUMBER, DELETED_AT)
 
 
 @dataclass(frozen=True)
@@ -114,11 +122,21 @@ def process_batch(
         ).alias("reason")
     )
     kept = marked.filter(~is_duplicate).drop("winner_file", "winner_row")
+    deleted = kept.head(0).with_columns(pl.lit(None, dtype=pl.String).alias("reason"))
+    if DELETED_AT in kept.columns:
+        # The source says the (latest copy of the) record is deleted: not the clinic's.
+        is_deleted = pl.col(DELETED_AT).is_not_null()
+        deleted = kept.filter(is_deleted).with_columns(
+            (pl.lit("deleted in the practice-management system at ") + pl.col(DELETED_AT)
+             + pl.lit(": not part of the clinic")).alias("reason")
+        )  # fmt: skip
+        kept = kept.filter(~is_deleted).drop(DELETED_AT)
     parsed, parse_rejects = parse_entity(kept, ent, as_of)
     valid, failed = validate(parsed.drop(ROW_NUMBER), ent)
     rejected = pl.concat(
         [
             as_rejected(earlier.drop("winner_file", "winner_row")),
+            as_rejected(deleted),
             parse_rejects.cast(REJECTED_SCHEMA),
             as_rejected(failed),
         ]
@@ -229,10 +247,12 @@ def stage_entity(
     fmt: str = "csv",
     batch_rows: int = BATCH_ROWS,
     as_of: date | None = None,
+    accept_incomplete: bool = False,
 ) -> LoadCounts:
     """Read, type and validate one entity into its side tables (nothing is replaced yet).
 
-    `as_of` is the day the extract describes (dates of birth may not lie after it).
+    `as_of` is the day the extract describes (dates of birth may not lie after it);
+    `accept_incomplete` loads a Cliniko pull whose pages do not add up, on purpose.
     """
     ent = entity(name)
     extract_dir = Path(extract_dir)
@@ -241,7 +261,9 @@ def stage_entity(
     found = entity_source(extract_dir, ent, fmt)
     if found.kind == "cliniko" or found.path is None:
         if found.path is not None:
-            text, reader_rejects, rows_in = cliniko.read_cliniko_text(extract_dir, ent)
+            text, reader_rejects, rows_in = cliniko.read_cliniko_text(
+                extract_dir, ent, accept_incomplete
+            )
             source = str(found.path)
         else:
             text, reader_rejects, rows_in, source = empty_text(ent), empty_rejected(), 0, ""
@@ -302,6 +324,7 @@ def load_all(
     as_of: date | None = None,
     before_swap: BeforeSwap | None = None,
     before_stage: Callable[[Entity], None] | None = None,
+    accept_incomplete: bool = False,
 ) -> dict[str, LoadResult]:
     """Stage every entity, then publish them all in one transaction.
 
@@ -318,7 +341,8 @@ def load_all(
             try:
                 if before_stage is not None:
                     before_stage(ent)
-                staged.append(stage_entity(con, ent.name, extract_dir, fmt, as_of=as_of))
+                staged.append(stage_entity(con, ent.name, extract_dir, fmt, as_of=as_of,
+                                           accept_incomplete=accept_incomplete))  # fmt: skip
             except ExtractFileError as err:
                 problems.append(str(err))
             seconds[ent.name] = time.perf_counter() - started

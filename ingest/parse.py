@@ -13,6 +13,7 @@ from datetime import date
 import polars as pl
 
 from ingest.entities import (
+    DELETED_AT,
     REJECTED_COLUMNS,
     ROW_NUMBER,
     SOURCE_FILE,
@@ -258,7 +259,7 @@ def record_json(text_columns: list[str]) -> pl.Expr:
 
 
 def data_columns(frame: pl.DataFrame) -> list[str]:
-    return [c for c in frame.columns if c not in (SOURCE_FILE, SOURCE_ROW, ROW_NUMBER)]
+    return [c for c in frame.columns if c not in (SOURCE_FILE, SOURCE_ROW, ROW_NUMBER, DELETED_AT)]
 
 
 def clean_frame(text: pl.DataFrame) -> pl.DataFrame:

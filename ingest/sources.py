@@ -15,8 +15,10 @@ FORMATS = ("csv", "cliniko")
 
 @dataclass(frozen=True)
 class EntitySource:
-    kind: str  # "csv" (a file) or "cliniko" (a folder of pages)
-    path: Path | None  # None: the entity is absent from the extract (an empty entity)
+    kind: str  # "csv" (a file) or "cliniko" (folders of pages)
+    # The file, or the extract folder of the Cliniko folders; None: the entity is absent
+    # from the extract (an empty entity).
+    path: Path | None
     resource: str = ""  # the Cliniko resource the pages hold
 
 
@@ -28,21 +30,20 @@ def check_format(extract_dir: Path, fmt: str) -> None:
 
 
 def entity_source(extract_dir: Path, ent: Entity, fmt: str) -> EntitySource:
-    """The file or page folder an entity is read from; a missing required one is an error,
-    a missing optional one an empty entity."""
+    """The file, or the extract folder holding the Cliniko page folders, an entity is read
+    from; a missing required one is an error, a missing optional one an empty entity."""
     extract_dir = Path(extract_dir)
-    resources = cliniko.mappings({})
-    if fmt == "cliniko" and ent.name in resources:
-        resource = resources[ent.name][0]
-        folder = extract_dir / resource
-        if folder.is_dir():
-            return EntitySource("cliniko", folder, resource)
+    endpoints = cliniko.ENDPOINTS.get(ent.name, ())
+    if fmt == "cliniko" and endpoints:
+        main = extract_dir / endpoints[0].folder
+        if any((extract_dir / e.folder).is_dir() for e in endpoints):
+            return EntitySource("cliniko", extract_dir, endpoints[0].resource)
         if ent.name in cliniko.REQUIRED_FOLDERS:
             raise ExtractFileError(
-                f"{folder}: the '{folder.name}' folder is missing from the Cliniko extract; "
+                f"{main}: the '{main.name}' folder is missing from the Cliniko extract; "
                 "run `audiences extract cliniko` again or check --extracts"
             )
-        return EntitySource("cliniko", None, resource)
+        return EntitySource("cliniko", None, endpoints[0].resource)
     path = extract_dir / ent.file_name
     if path.is_file():
         return EntitySource("csv", path)
@@ -63,5 +64,5 @@ def count_source_rows(
     if found.path is None:
         return 0
     if found.kind == "cliniko":
-        return cliniko.count_records(found.path, found.resource)
+        return cliniko.count_entity_records(found.path, ent)
     return count_csv(found.path)

@@ -34,6 +34,9 @@ FORMAT_TAG = "clinic-audiences/format"
 # Entities (comma-separated, or 'all') whose drop against the last accepted load this run
 # accepts on purpose (`audiences run --accept-shrink`).
 ACCEPT_SHRINK_TAG = "clinic-audiences/accept_shrink"
+# "true": load a Cliniko pull whose pages do not add up, on purpose
+# (`audiences run --accept-incomplete`).
+ACCEPT_INCOMPLETE_TAG = "clinic-audiences/accept_incomplete"
 
 DATED_FOLDER = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -89,6 +92,16 @@ def shrink_rule(tags: dict[str, str]) -> ShrinkRule:
         return ShrinkRule.parse(tags.get(ACCEPT_SHRINK_TAG), max_drop)
     except ValueError as err:
         raise dg.Failure(description=f"INGEST_MAX_DROP / accept-shrink: {err}") from None
+
+
+def other_time_zones(con, clinic_timezone: str) -> list[str]:
+    """The locations' time zones that are not the clinic's (dates are taken in the clinic's)."""
+    rows = con.execute(
+        "select distinct time_zone from raw.locations where time_zone is not null "
+        "and time_zone <> ? order by 1",
+        [clinic_timezone],
+    ).fetchall()
+    return [zone for (zone,) in rows]
 
 
 ROW_CHECK = "rows_in_equal_loaded_plus_rejected"
@@ -148,7 +161,9 @@ def ingest_extract(
             results = load_all(
                 con, extract_dir, fmt, as_of=as_of,
                 before_swap=guarded_swap(rows_in, rule, as_of), before_stage=count_first,
+                accept_incomplete=tags.get(ACCEPT_INCOMPLETE_TAG, "").lower() == "true",
             )  # fmt: skip
+            zones = other_time_zones(con, settings.clinic_timezone)
             tables = {
                 ent.name: (
                     scalar(con, f"select count(*) from raw.{ent.name}"),
@@ -159,6 +174,13 @@ def ingest_extract(
             }
     except ExtractFileError as err:
         raise dg.Failure(description=str(err)) from None
+    if zones:
+        context.log.warning(
+            f"the extract's locations are in {', '.join(zones)}, but dates are taken in "
+            f"CLINIC_TIMEZONE={settings.clinic_timezone}: a visit late in the evening or "
+            f"early in the morning lands on another day. Set CLINIC_TIMEZONE={zones[0]} "
+            "if that is the clinic's time zone."
+        )
     for ent in ENTITIES:
         result = results[ent.name]
         loaded, rejected, reasons = tables[ent.name]
@@ -173,8 +195,10 @@ def ingest_extract(
                 "seconds": round(result.seconds, 3),
                 "accepted_shrink": rule.accepts(ent.name),
                 "rejection_reasons": dg.MetadataValue.md(reasons),
+                **({"time_zones_not_clinic_time_zone": ", ".join(zones)}
+                   if ent.name == "locations" and zones else {}),
             },
-        )
+        )  # fmt: skip
         yield dg.AssetCheckResult(
             asset_key=raw_key(ent),
             check_name=ROW_CHECK,
@@ -187,7 +211,8 @@ def ingest_extract(
 ingest_assets = [ingest_extract]
 
 __all__ = [
-    "ACCEPT_SHRINK_TAG", "AS_OF_TAG", "EXTRACTS_TAG", "FORMAT_TAG", "ingest_assets", "defs",
+    "ACCEPT_INCOMPLETE_TAG", "ACCEPT_SHRINK_TAG", "AS_OF_TAG", "EXTRACTS_TAG", "FORMAT_TAG",
+    "ingest_assets", "defs",
 ]  # fmt: skip
 
 defs = dg.Definitions(assets=ingest_assets)

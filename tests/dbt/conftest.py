@@ -67,6 +67,7 @@ PATIENTS = [
         "referral_source": "Google", "insurance_plan": "Bupa", "status": "active",
         "accepted_email_marketing": True, "accepted_sms_marketing": True,
         "created_at": "2020-01-01 00:00:00+00",
+        "custom_fields": '{"Referral / Source": "GP", "Insurance coverage / Provider": "Bupa"}',
     },
     {
         "patient_id": "p2", "first_name": "Ben", "last_name": "Jones",
@@ -82,6 +83,7 @@ PATIENTS = [
         "patient_id": "p4", "first_name": "Dan", "last_name": "Wu", "date_of_birth": "1990-12-31",
         "email": " p4@clinic.example ", "mobile": "+61 400 000 000", "has_whatsapp": False,
         "status": "active", "post_code": "0800",
+        "custom_fields": '["not", "an object"]',
     },
     {"patient_id": "p5", "first_name": "Eve", "last_name": "Moss", "status": "active"},
 ]

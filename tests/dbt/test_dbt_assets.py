@@ -23,8 +23,8 @@ from orchestration.resources import ClinicSettingsResource, WarehouseResource
 pytestmark = pytest.mark.dbt
 
 MARTS = {
-    "patient_features", "case_features", "appointments", "invoices", "leads", "diagnoses",
-    "cases",
+    "patient_features", "case_features", "appointments", "invoices", "invoice_items", "leads",
+    "diagnoses", "cases",
 }
 STAGING_BY_ENTITY = {e.name: f"stg_raw__{e.name}" for e in ENTITIES} | {
     "waitlist": "stg_raw__waitlist_entries"

@@ -81,6 +81,8 @@ EXPECTED_PATIENTS: dict[str, dict[str, object]] = {
         "procedure_of_interest": "Pilates",
         "on_waitlist": True,  # w2 removed 5 Mar, after D (w1 removed 10 Feb)
         "diagnosis_codes": ["97110", "M54.5"],  # distinct, sorted
+        # The PMS's own fields as "Section / Field: value", sorted.
+        "custom_fields": ["Insurance coverage / Provider: Bupa", "Referral / Source: GP"],
     },
     "p2": {
         **NO_ADDRESS,
@@ -107,7 +109,7 @@ EXPECTED_PATIENTS: dict[str, dict[str, object]] = {
         "oldest_open_invoice_days": 51,  # inv5 issued 10 Jan; inv6 has no balance
         "open_case_count": 0,  # c2 closed_at 1 Feb
         **NO_LEAD,
-        "on_waitlist": False, "diagnosis_codes": [],
+        "on_waitlist": False, "diagnosis_codes": [], "custom_fields": [],
     },
     "p3": {
         **NO_ADDRESS, **NO_VISITS, **NO_MONEY,
@@ -124,7 +126,7 @@ EXPECTED_PATIENTS: dict[str, dict[str, object]] = {
         "lead_created_date": date(2024, 2, 29), "lead_owner": "sam",
         "procedure_of_interest": "ACL rehab",
         "on_waitlist": True,  # w3 never removed
-        "diagnosis_codes": [],
+        "diagnosis_codes": [], "custom_fields": [],
     },
     "p4": {
         **NO_ADDRESS, **NO_LEAD,
@@ -150,6 +152,7 @@ EXPECTED_PATIENTS: dict[str, dict[str, object]] = {
         "balance_due": Decimal("0.00"), "avg_visit_fee": Decimal("56.67"),  # 170 / 3
         "oldest_open_invoice_days": None, "open_case_count": 1,
         "on_waitlist": False, "diagnosis_codes": [],
+        "custom_fields": None,  # the text is a JSON list, not an object of fields
     },
     "p5": {
         **NO_ADDRESS, **NO_LEAD, **NO_MONEY,
@@ -170,6 +173,7 @@ EXPECTED_PATIENTS: dict[str, dict[str, object]] = {
         "last_appointment_category": None, "appointment_categories_attended": [],
         "avg_visit_fee": Decimal("0.00"),  # one visit, no invoices
         "open_case_count": 0, "on_waitlist": False, "diagnosis_codes": [],
+        "custom_fields": [],
     },
 }
 

@@ -71,16 +71,24 @@ class FakeCliniko:
     queries: list[str] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     bodies_sent: dict[tuple[str, int], bytes] = field(default_factory=dict)
+    # What a misbehaving API does: claim another total_entries for an endpoint; answer 404
+    # for pages (each listed page once per entry); call a hook after serving a page.
+    claimed_total: dict[str, int] = field(default_factory=dict)
+    missing_pages: list[tuple[str, int]] = field(default_factory=list)
+    after_page: dict[tuple[str, int], Any] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def page_body(self, resource: str, page: int, per_page: int) -> bytes:
+        # An endpoint such as `patients/archived` lists its records under `patients`.
+        key = resource.split("/")[0]
         rows = self.records[resource]
         chunk = rows[(page - 1) * per_page : page * per_page]
         host = self.next_host or f"127.0.0.1:{self.port}"
         links = {"self": f"http://127.0.0.1:{self.port}/v1/{resource}?page={page}"}
         if page * per_page < len(rows):
             links["next"] = f"http://{host}/v1/{resource}?page={page + 1}&per_page={per_page}"
-        return json.dumps({resource: chunk, "total_entries": len(rows), "links": links}).encode()
+        total = self.claimed_total.get(resource, len(rows))
+        return json.dumps({key: chunk, "total_entries": total, "links": links}).encode()
 
 
 class ClinikoHandler(BaseHTTPRequestHandler):
@@ -118,12 +126,19 @@ class ClinikoHandler(BaseHTTPRequestHandler):
             body = json.dumps({"message": f"API key {key} is not valid"}).encode()
             self._reply(401, body, {})
             return
-        if resource not in fake.records:
+        with fake.lock:
+            vanished = (resource, page) in fake.missing_pages
+            if vanished:
+                fake.missing_pages.remove((resource, page))
+        if resource not in fake.records or vanished:
             self._reply(404, b'{"message": "Not found"}', {})
             return
         body = fake.page_body(resource, page, per_page)
         with fake.lock:
             fake.bodies_sent[(resource, page)] = body
+            hook = fake.after_page.pop((resource, page), None)
+        if hook is not None:
+            hook(fake)
         self._reply(200, body, {})
 
     def _reply(self, status: int, body: bytes, headers: dict[str, str]) -> None:
@@ -612,3 +627,153 @@ def test_bad_shard_is_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("CLINIKO_SHARD", "api.evil")
     with pytest.raises(ExtractError, match="CLINIKO_SHARD 'api.evil' is not a Cliniko shard"):
         extract_from_env(tmp_path)
+
+
+# ------------------------------------------------ every endpoint, and pulls that do not add up
+
+
+def deleted_record(path: str, n: int) -> dict[str, Any]:
+    # What Cliniko's deleted endpoints list: when, and the record's own link.
+    return {"deleted_at": "2016-07-22T15:10:08Z",
+            "links": {"self": f"https://api.au1.cliniko.com/v1/{path.split('/')[0]}/{n}"}}
+
+
+def test_default_pulls_every_endpoint_the_adapter_reads_into_its_own_folder(
+    cliniko: FakeCliniko, fake_time: FakeTime, tmp_path: Path
+) -> None:
+    from ingest.cliniko import ALL_ENDPOINTS
+
+    paths = [e.path for e in ALL_ENDPOINTS]
+    # The adapter's reading list, written out: the lists and their variants.
+    assert paths == [
+        "patients", "patients/archived", "patients/deleted",
+        "practitioners", "practitioners/inactive", "businesses",
+        "appointment_types", "appointment_types/archived",
+        "individual_appointments", "individual_appointments/cancelled",
+        "individual_appointments/deleted", "invoices", "invoices/deleted",
+        "invoice_items", "invoice_items/deleted", "patient_cases",
+        "contacts", "attendees", "attendees/cancelled", "attendees/deleted",
+    ]  # fmt: skip
+    cliniko.records = {path: [] for path in paths}
+    cliniko.records["practitioners"] = [simple(1, "Active")]
+    cliniko.records["practitioners/inactive"] = [simple(2, "Left"), simple(3, "Left")]
+    cliniko.records["individual_appointments/deleted"] = [
+        deleted_record("individual_appointments", n) for n in (7, 8, 9)
+    ]
+    counts = run(cliniko, fake_time, tmp_path, None)  # type: ignore[arg-type]
+
+    folders = [p.replace("/", "_") for p in paths]
+    assert list(counts) == folders
+    assert counts["practitioners"] == 1 and counts["practitioners_inactive"] == 2
+    assert counts["individual_appointments_deleted"] == 3
+    assert sum(counts.values()) == 6
+    # 3 deleted appointments in pages of 2 -> 2 pages; every other endpoint 1 page.
+    assert len(cliniko.seen) == len(paths) + 1
+    assert [r for r, _ in cliniko.seen][:3] == ["patients", "patients/archived", "patients/deleted"]
+    inactive = json.loads((tmp_path / "practitioners_inactive" / "page-00001.json").read_text())
+    assert [p["id"] for p in inactive["practitioners"]] == ["2", "3"]
+    assert page_files(tmp_path / "individual_appointments_deleted") == THREE_PAGES[:2]
+    # Asking for one by its API path or its folder name is the same.
+    assert run(cliniko, fake_time, tmp_path / "again", ["practitioners/inactive"]) == {
+        "practitioners_inactive": 2
+    }
+
+
+def test_429_on_a_variant_endpoint_waits_for_x_ratelimit_reset(
+    cliniko: FakeCliniko, fake_time: FakeTime, tmp_path: Path
+) -> None:
+    cliniko.records["practitioners/inactive"] = [simple(n, "Left") for n in (1, 2, 3)]
+    # page 2: reset in epoch seconds, 45 s after the (still) clock.
+    cliniko.faults[("practitioners/inactive", 2)] = [
+        Fault(429, {"X-RateLimit-Reset": str(int(START) + 45)})
+    ]
+    counts = run(cliniko, fake_time, tmp_path, ["practitioners/inactive"])
+
+    assert counts == {"practitioners_inactive": 3}
+    assert fake_time.sleeps == [45.0]
+    assert cliniko.seen == [("practitioners/inactive", 1), ("practitioners/inactive", 2),
+                            ("practitioners/inactive", 2)]  # fmt: skip
+
+
+def test_a_page_missing_mid_pull_is_pulled_again_from_page_one(
+    cliniko: FakeCliniko, fake_time: FakeTime, tmp_path: Path
+) -> None:
+    cliniko.missing_pages.append(("patients", 2))  # page 1 links to page 2, which 404s once
+    messages: list[str] = []
+    counts = run(cliniko, fake_time, tmp_path, ["patients"], progress=messages.append)
+
+    assert counts == {"patients": 5}
+    assert cliniko.seen == [("patients", 1), ("patients", 2),
+                            ("patients", 1), ("patients", 2), ("patients", 3)]  # fmt: skip
+    assert any("page 2, which page 1 linked to, is not found" in m for m in messages)
+    assert page_files(tmp_path / "patients") == THREE_PAGES
+    state = json.loads((tmp_path / STATE_FILE_NAME).read_text())
+    assert state["resources"]["patients"]["complete"] is True
+
+
+def test_a_page_missing_on_every_pull_refuses_the_extract_and_ingest_refuses_the_folder(
+    cliniko: FakeCliniko, fake_time: FakeTime, tmp_path: Path
+) -> None:
+    from ingest.cliniko import read_cliniko_text
+    from ingest.csv_reader import ExtractFileError
+    from ingest.entities import entity
+
+    cliniko.missing_pages += [("patients", 3), ("patients", 3)]
+    with pytest.raises(ExtractError) as err:
+        run(cliniko, fake_time, tmp_path, ["patients"])
+
+    assert "patients: the pull does not add up after 2 tries" in str(err.value)
+    assert "page 3, which page 2 linked to, is not found" in str(err.value)
+    # Pages 1 and 2 of the second pull are kept, and say they are not the whole list.
+    assert page_files(tmp_path / "patients") == THREE_PAGES[:2]
+    state = json.loads((tmp_path / STATE_FILE_NAME).read_text())
+    assert state["resources"]["patients"]["complete"] is False
+    with pytest.raises(ExtractFileError, match="pull of patients is incomplete.*page 3"):
+        read_cliniko_text(tmp_path, entity("patients"))
+
+    # The API recovers: the next run starts the endpoint over and completes it.
+    cliniko.seen.clear()
+    assert run(cliniko, fake_time, tmp_path, ["patients"]) == {"patients": 5}
+    assert cliniko.seen == [("patients", 1), ("patients", 2), ("patients", 3)]
+    frame, rejects, total = read_cliniko_text(tmp_path, entity("patients"))
+    assert (frame.height, rejects.height, total) == (5, 0, 5)
+
+
+def test_total_entries_that_the_pages_never_reach_refuses_the_extract(
+    cliniko: FakeCliniko, fake_time: FakeTime, tmp_path: Path
+) -> None:
+    # The first page says 952 entries and no page links further: 5 records is not 952.
+    cliniko.claimed_total["patients"] = 952
+    with pytest.raises(ExtractError, match="hold 5 record.*total_entries 952"):
+        run(cliniko, fake_time, tmp_path, ["patients"])
+    assert len(cliniko.seen) == 6  # two pulls of three pages
+
+
+def test_a_record_added_while_pulling_is_pulled_again_and_then_adds_up(
+    cliniko: FakeCliniko, fake_time: FakeTime, tmp_path: Path
+) -> None:
+    # After page 1 (total 5) is served, a sixth patient is created: pages 2 and 3 say 6.
+    cliniko.after_page[("patients", 1)] = lambda fake: fake.records["patients"].append(
+        patient(6)
+    )
+    counts = run(cliniko, fake_time, tmp_path, ["patients"])
+
+    # First pull: 2 + 2 + 2 records under totals 5, 6, 6 -> pulled again (6 in 3 pages).
+    assert counts == {"patients": 6}
+    assert cliniko.seen == [("patients", n) for n in (1, 2, 3, 1, 2, 3)]
+    bodies = [json.loads((tmp_path / "patients" / name).read_text()) for name in THREE_PAGES]
+    assert {b["total_entries"] for b in bodies} == {6}
+
+
+def test_a_complete_endpoint_whose_pages_were_removed_is_pulled_again(
+    cliniko: FakeCliniko, fake_time: FakeTime, tmp_path: Path
+) -> None:
+    run(cliniko, fake_time, tmp_path, ["patients"])
+    (tmp_path / "patients" / "page-00003.json").unlink()
+    cliniko.seen.clear()
+    messages: list[str] = []
+    assert run(cliniko, fake_time, tmp_path, ["patients"], progress=messages.append) == {
+        "patients": 5
+    }
+    assert cliniko.seen == [("patients", 1), ("patients", 2), ("patients", 3)]
+    assert any("no longer add up" in m for m in messages)

@@ -165,12 +165,14 @@ def test_references_resolve(t: dict[str, pl.DataFrame]) -> None:
     assert (on_case["ap"] == on_case["patient_id"]).all()
 
 
-@pytest.mark.parametrize(("fmt", "n_files"), [("csv", 12), ("cliniko", 8 + 5)])
+@pytest.mark.parametrize(("fmt", "n_files"), [("csv", 12), ("cliniko", 15 + 4)])
 def test_same_seed_gives_identical_files_and_another_seed_does_not(
     tmp_path: Path, fmt: str, n_files: int
 ) -> None:
-    # csv: one file per entity (12). cliniko: 8 resource folders (7 entities + contacts)
-    # and 5 canonical CSVs beside them (leads, diagnoses, waitlist, opt_outs, invoice_items).
+    # csv: one file per entity (12). cliniko: 15 endpoint folders (patients, archived;
+    # practitioners, inactive; businesses; appointment_types; individual_appointments,
+    # cancelled; attendees, cancelled; invoices, deleted; invoice_items; patient_cases;
+    # contacts) and 4 canonical CSVs beside them (leads, diagnoses, waitlist, opt_outs).
     runs = [generate_clinic(300, tmp_path / name, seed=seed, as_of=AS_OF, fmt=fmt)
             for name, seed in (("a", 11), ("b", 11), ("c", 12))]
 
@@ -500,18 +502,25 @@ def cliniko_run(tmp_path_factory: pytest.TempPathFactory) -> GenerationSummary:
                            fmt="cliniko")
 
 
-def _records(root: Path, resource: str) -> list[dict]:
-    """All records of a resource folder, checking the page envelope on the way."""
-    bodies = [orjson.loads(p.read_bytes()) for p in sorted((root / resource).glob("*.json"))]
-    records = [r for body in bodies for r in body[resource]]
-    for i, body in enumerate(bodies):
-        last = i == len(bodies) - 1
-        assert body["total_entries"] == len(records)
-        assert len(body[resource]) == 100 or (last and 1 <= len(body[resource]) < 100)
-        assert body["links"]["self"] == (
-            f"https://api.au1.cliniko.com/v1/{resource}?page={i + 1}&per_page=100")
-        assert ("next" in body["links"]) == (not last)
-    return records
+def _records(root: Path, *paths: str) -> list[dict]:
+    """All records of endpoint folders (`patients/archived` is the folder
+    `patients_archived`, its records listed under `patients`), checking the page envelope
+    on the way."""
+    found = []
+    for path in paths:
+        key = path.split("/")[0]
+        folder = root / path.replace("/", "_")
+        bodies = [orjson.loads(p.read_bytes()) for p in sorted(folder.glob("*.json"))]
+        records = [r for body in bodies for r in body[key]]
+        for i, body in enumerate(bodies):
+            last = i == len(bodies) - 1
+            assert body["total_entries"] == len(records)
+            assert len(body[key]) == 100 or (last and len(body[key]) < 100)
+            assert body["links"]["self"] == (
+                f"https://api.au1.cliniko.com/v1/{path}?page={i + 1}&per_page=100")
+            assert ("next" in body["links"]) == (not last)
+        found += records
+    return found
 
 
 def _link_id(link: dict) -> str:
@@ -520,46 +529,71 @@ def _link_id(link: dict) -> str:
 
 def test_cliniko_pages(cliniko_run: GenerationSummary) -> None:
     root = cliniko_run.out_dir
-    for beside in ("leads", "diagnoses", "waitlist", "opt_outs", "invoice_items"):
+    for beside in ("leads", "diagnoses", "waitlist", "opt_outs"):
         assert (root / f"{beside}.csv").exists()
-    patients = _records(root, "patients")
+    active = _records(root, "patients")
+    archived = _records(root, "patients/archived")
+    patients = active + archived
     assert len(patients) == 1_000 == cliniko_run.rows["patients"]
     ids = [p["id"] for p in patients]
     assert all(isinstance(i, str) for i in ids) and len(set(ids)) == len(ids)
     assert any(len(i) == 19 for i in ids) and any(len(i) <= 6 for i in ids)
-    assert {p["archived_at"] for p in patients} >= {""}
-    assert any(p["archived_at"] for p in patients)
+    # Archived patients are listed by their own endpoint, and only there.
+    assert archived and all(p["archived_at"] for p in archived)
+    assert {p["archived_at"] for p in active} == {""}
     phones = [ph for p in patients for ph in p["patient_phone_numbers"]]
     assert {ph["phone_type"] for ph in phones} == {"Mobile", "Home", "Work"}
     assert any(not p["patient_phone_numbers"] for p in patients) or any(
         all(ph["phone_type"] != "Mobile" for ph in p["patient_phone_numbers"]) for p in patients)
     assert {type(p["accepted_sms_marketing"]) for p in patients} >= {bool}
+    # Only documented fields: no coordinates, WhatsApp flag or insurance field; the fund is
+    # a custom field, the referrer a link to a contact.
+    assert not {"latitude", "longitude", "has_whatsapp", "insurance_plan",
+                "referring_provider"} & set(patients[0])  # fmt: skip
+    funds = [p["custom_fields"]["sections"][0]["fields"][0] for p in patients
+             if p["custom_fields"]]  # fmt: skip
+    assert funds and {f["name"] for f in funds} == {"Provider"}
+    assert all([o["selected"] for o in f["options"]] == [True] for f in funds)
+    contacts = {c["id"] for c in _records(root, "contacts")}
+    referred = [p for p in patients if p["referring_doctor"]]
+    assert referred and {_link_id(p["referring_doctor"]) for p in referred} <= contacts
 
-    appointments = _records(root, "individual_appointments")
+    appointments = _records(root, "individual_appointments", "individual_appointments/cancelled")
     assert len(appointments) == cliniko_run.rows["appointments"]
+    assert all(a["cancelled_at"] for a in _records(root, "individual_appointments/cancelled"))
+    assert {a["cancelled_at"] for a in _records(root, "individual_appointments")} == {""}
     cases = {c["id"]: c for c in _records(root, "patient_cases")}
     assert {_link_id(a["patient"]) for a in appointments} <= set(ids)
-    on_case = [a for a in appointments if a["patient_case"]]
-    assert on_case and {_link_id(a["patient_case"]) for a in on_case} <= set(cases)
-    assert {a["cancelled_at"] for a in appointments} >= {""}
+    # A case names its sessions by attendee; each attendee's booking is an appointment.
+    attendees = {a["id"]: a for a in _records(root, "attendees", "attendees/cancelled")}
+    assert len(attendees) == len(appointments)
+    named = [i for c in cases.values() for i in c["attendee_ids"]]
+    assert named and set(named) <= set(attendees)
+    assert {_link_id(attendees[i]["booking"]) for i in named} <= {a["id"] for a in appointments}
 
     invoices = _records(root, "invoices")
+    deleted = _records(root, "invoices/deleted")
     assert {i["status"] for i in invoices} == {10, 20, 30, 40}
+    assert deleted and all(i["deleted_at"] for i in deleted)
     assert all(isinstance(i["total_amount"], str)
                and re.fullmatch(r"\d+\.\d{1,2}", i["total_amount"]) for i in invoices)
     assert any(i["total_amount"].endswith(".0") for i in invoices)
-    assert any(i["deleted_at"] for i in invoices)
+    assert "amount_paid" not in invoices[0]
+    items = _records(root, "invoice_items")
+    assert len(items) == cliniko_run.rows["invoice_items"]
+    assert {_link_id(i["invoice"]) for i in items} <= {i["id"] for i in invoices + deleted}
 
     case = next(iter(cases.values()))
     assert {"issue_date", "expiry_date", "max_sessions", "max_invoiceable_amount", "closed",
-            "referral_type"} <= set(case)
+            "referral_type", "include_cancelled_attendees", "include_dna_attendees"} <= set(case)
     assert isinstance(case["max_invoiceable_amount"], str)
-    contacts = {c["id"] for c in _records(root, "contacts")}
     assert {_link_id(c["contact"]) for c in cases.values()} <= contacts
-    practitioners = _records(root, "practitioners")
-    assert any(p["archived_at"] and not p["active"] for p in practitioners)
+    # Cliniko has no active field: inactive practitioners are their own endpoint.
+    inactive = _records(root, "practitioners/inactive")
+    assert inactive and "active" not in inactive[0]
     businesses = _records(root, "businesses")
-    assert {b["time_zone"] for b in businesses} <= AU_ZONES
+    assert {b["time_zone_identifier"] for b in businesses} <= AU_ZONES
+    assert {b["time_zone"] for b in businesses} <= {z.split("/")[1] for z in AU_ZONES}
     assert len(_records(root, "appointment_types")) >= 7
 
 
@@ -569,7 +603,9 @@ def test_cliniko_and_csv_describe_the_same_clinic(
     csv = generate_clinic(1_000, tmp_path, seed=7, as_of=AS_OF)
     assert csv.rows == cliniko_run.rows
     csv_ids = set(pl.read_csv(tmp_path / "patients.csv", infer_schema=False)["patient_id"])
-    assert csv_ids == {p["id"] for p in _records(cliniko_run.out_dir, "patients")}
+    assert csv_ids == {
+        p["id"] for p in _records(cliniko_run.out_dir, "patients", "patients/archived")
+    }
     # A case's referring provider is its Cliniko contact's first and last name.
     contacts = {c["id"]: f"{c['first_name']} {c['last_name']}"
                 for c in _records(cliniko_run.out_dir, "contacts")}
@@ -578,3 +614,23 @@ def test_cliniko_and_csv_describe_the_same_clinic(
     csv_cases = pl.read_csv(tmp_path / "cases.csv", infer_schema=False)
     assert dict(zip(csv_cases["case_id"], csv_cases["referring_provider"], strict=True)) == (
         via_contact)
+    # So is a patient's (their referring doctor's), and the insurer is the custom field.
+    patients = _records(cliniko_run.out_dir, "patients", "patients/archived")
+    csv_patients = pl.read_csv(tmp_path / "patients.csv", infer_schema=False)
+    assert {p["id"]: contacts[_link_id(p["referring_doctor"])] for p in patients
+            if p["referring_doctor"]} == dict(  # fmt: skip
+        csv_patients.drop_nulls("referring_provider")
+        .select("patient_id", "referring_provider").iter_rows()
+    )
+    fund = {p["id"]: p["custom_fields"]["sections"][0]["fields"][0]["options"][0]["name"]
+            for p in patients if p["custom_fields"]}  # fmt: skip
+    assert fund == dict(
+        csv_patients.drop_nulls("insurance_plan").select("patient_id", "insurance_plan").iter_rows()
+    )
+    # An appointment's case is the case naming its attendee.
+    case_of = {i: c["id"] for c in _records(cliniko_run.out_dir, "patient_cases")
+               for i in c["attendee_ids"]}  # fmt: skip
+    csv_appointments = pl.read_csv(tmp_path / "appointments.csv", infer_schema=False)
+    assert case_of == dict(
+        csv_appointments.drop_nulls("case_id").select("appointment_id", "case_id").iter_rows()
+    )

@@ -74,6 +74,7 @@ profiled as (
         patients.referral_source,
         patients.referring_provider,
         patients.insurance_plan,
+        patients.custom_fields,
         patients.created_at
     from birthdays as patients
     left join opt_outs on patients.patient_id = opt_outs.patient_id

@@ -123,7 +123,8 @@ features as (
         latest_leads.lead_owner,
         latest_leads.procedure_of_interest,
         waitlisted.patient_id is not null as on_waitlist,
-        coalesce(diagnoses.diagnosis_codes, []::varchar[]) as diagnosis_codes
+        coalesce(diagnoses.diagnosis_codes, []::varchar[]) as diagnosis_codes,
+        patients.custom_fields
     from patients
     left join visits on patients.patient_id = visits.patient_id
     left join money on patients.patient_id = money.patient_id

@@ -18,6 +18,8 @@ renamed as (
         closed_at,
         referral_type,
         referring_provider,
+        coalesce(sessions_include_cancelled, false) as sessions_include_cancelled,
+        coalesce(sessions_include_dna, false) as sessions_include_dna,
         _source_file as source_file,
         _source_row as source_row
     from source
