@@ -41,14 +41,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     if args.patients < 1:
         raise UserError("--patients must be at least 1")
-    summary = generate_clinic(
-        args.patients,
-        Path(args.out),
-        seed=args.seed,
-        fmt=args.format,
-        as_of=_as_of(args.as_of),
-        progress=lambda msg: console.print(f"  {msg}"),
-    )
+    try:
+        summary = generate_clinic(
+            args.patients,
+            Path(args.out),
+            seed=args.seed,
+            fmt=args.format,
+            as_of=_as_of(args.as_of),
+            progress=lambda msg: console.print(f"  {msg}"),
+        )
+    except ValueError as err:
+        raise UserError(str(err)) from None
     console.print(
         f"Generated a {summary.fmt} extract of {args.patients:,} patients as of "
         f"{summary.as_of} in {summary.out_dir} ({summary.seconds:.1f}s):"
@@ -216,6 +219,16 @@ def build_parser() -> argparse.ArgumentParser:
     q = camp.add_parser("send", help="send today's plan (needs SENDGRID_API_KEY)")
     q.add_argument("--as-of")
     q.set_defaults(func=lambda a: _delegate("outbound.cli", "cmd_send", a.as_of))
+    q = camp.add_parser(
+        "lift-opt-out",
+        help="forget a kept opt-out (after the patient opted in again and the "
+        "practice-management system no longer lists it)",
+    )
+    q.add_argument("patient_id")
+    q.add_argument("channel", help="email, sms, whatsapp or all")
+    q.set_defaults(
+        func=lambda a: _delegate("outbound.cli", "cmd_lift_opt_out", a.patient_id, a.channel)
+    )
 
     p = sub.add_parser("worklist", help="work through segment members in stages")
     wl = p.add_subparsers(dest="worklist_command", required=True, metavar="ACTION")
@@ -271,6 +284,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def environment_error(err: Exception) -> str | None:
+    """What a failure of the machine or the settings means for the user, or None for a
+    failure that is not of that kind (then the traceback is the useful answer)."""
+    from clinic_audiences.config import SettingsError
+
+    if isinstance(err, SettingsError):
+        return str(err)
+    module = type(err).__module__
+    if module.startswith("sqlalchemy") and type(err).__name__ == "OperationalError":
+        cause = str(getattr(err, "orig", err)).splitlines()[0]
+        return (f"the state store (STATE_DB_URL) cannot be opened: {cause}; check that its "
+                "folder exists and is writable, or that the server is up")  # fmt: skip
+    if module.startswith(("duckdb", "_duckdb")) and type(err).__name__ == "IOException":
+        return (f"the warehouse (DUCKDB_PATH) cannot be opened or written: "
+                f"{str(err).splitlines()[0]}")  # fmt: skip
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # A terminate request (a scheduler stopping the job) stops like Ctrl-C: cleanly, with
@@ -282,6 +313,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except UserError as err:
         err_console.print(f"error: {err}", style="red", markup=False)
+        return 2
+    except OSError as err:
+        # A folder that cannot be written, a full disk: the file and what the system says.
+        where = f"{err.filename}: " if err.filename else ""
+        err_console.print(f"error: {where}{err.strerror or err}", style="red", markup=False)
+        return 2
+    except Exception as err:
+        message = environment_error(err)
+        if message is None:
+            raise
+        err_console.print(f"error: {message}", style="red", markup=False)
         return 2
     except KeyboardInterrupt:
         err_console.print("interrupted")

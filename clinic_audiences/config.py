@@ -13,6 +13,11 @@ from datetime import date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+
+class SettingsError(ValueError):
+    """A setting of the environment is wrong; the message names it and how to fix it."""
+
+
 DEFAULT_DUCKDB_PATH = "var/warehouse.duckdb"
 DEFAULT_STATE_DB_URL = "sqlite:///var/state.db"
 DEFAULT_EXTRACTS_ROOT = "var/extracts"
@@ -31,13 +36,44 @@ class Settings:
         tz = os.environ.get("CLINIC_TIMEZONE") or "UTC"
         validate_timezone(tz)
         segments = os.environ.get("SEGMENTS_PATH")
+        duckdb_path = Path(os.environ.get("DUCKDB_PATH") or DEFAULT_DUCKDB_PATH)
+        if duckdb_path.is_dir():
+            raise SettingsError(
+                f"DUCKDB_PATH {duckdb_path} is a folder; point it at the warehouse file, e.g. "
+                f"{duckdb_path / 'warehouse.duckdb'}"
+            )
+        validate_memory_limit(os.environ.get("DUCKDB_MEMORY_LIMIT"))
+        state_db_url = os.environ.get("STATE_DB_URL") or DEFAULT_STATE_DB_URL
+        validate_state_db_url(state_db_url)
         return cls(
-            duckdb_path=Path(os.environ.get("DUCKDB_PATH") or DEFAULT_DUCKDB_PATH),
-            state_db_url=os.environ.get("STATE_DB_URL") or DEFAULT_STATE_DB_URL,
+            duckdb_path=duckdb_path,
+            state_db_url=state_db_url,
             clinic_timezone=tz,
             extracts_root=Path(os.environ.get("EXTRACTS_ROOT") or DEFAULT_EXTRACTS_ROOT),
             segments_path=Path(segments) if segments else None,
         )
+
+
+_MEMORY = re.compile(r"^\s*\d+(\.\d+)?\s*(B|KB|KIB|MB|MIB|GB|GIB|TB|TIB)?\s*$", re.IGNORECASE)
+
+
+def validate_memory_limit(value: str | None) -> None:
+    if value and not _MEMORY.match(value):
+        raise SettingsError(
+            f"DUCKDB_MEMORY_LIMIT {value!r} is not an amount of memory; use e.g. 4GB or 512MB"
+        )
+
+
+def validate_state_db_url(url: str) -> None:
+    """The state store is SQLite or PostgreSQL, named by a SQLAlchemy URL."""
+    hint = "use sqlite:///path/to/state.db or postgresql://user@host/dbname"
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    dialect = scheme.split("+", 1)[0]
+    if dialect == "postgres":
+        raise SettingsError(f"STATE_DB_URL starts with postgres://; SQLAlchemy needs "
+                         f"postgresql:// ({hint})")  # fmt: skip
+    if dialect not in ("sqlite", "postgresql") or "://" not in url:
+        raise SettingsError(f"STATE_DB_URL is not a SQLite or PostgreSQL URL; {hint}")
 
 
 def validate_timezone(name: str) -> ZoneInfo:
@@ -45,7 +81,7 @@ def validate_timezone(name: str) -> ZoneInfo:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):
         # OSError: a name that is a folder of the zone database ('America'), not a zone.
-        raise ValueError(
+        raise SettingsError(
             f"CLINIC_TIMEZONE {name!r} is not an IANA time zone; "
             "use a name such as 'Australia/Sydney' or 'UTC'"
         ) from None

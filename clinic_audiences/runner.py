@@ -57,7 +57,11 @@ class ProgressHandler(logging.Handler):
         elif kind == "STEP_FAILURE":
             data = event.step_failure_data
             user = data.user_failure_data if data else None
-            if user is not None and user.description:
+            if private:
+                # Its message names its file, which names what is private.
+                message = ("failed; its owner sees why with `audiences validate` (details "
+                           "of a private definition are not shown here)")  # fmt: skip
+            elif user is not None and user.description:
                 message = user.description  # a dg.Failure: already written for the user
             else:
                 error = data.error if data else None

@@ -75,6 +75,10 @@ def read_header(path: Path) -> list[str]:
     return header
 
 
+# Extra columns may not take the names ingest gives its own columns while loading.
+RESERVED_COLUMNS = frozenset({"reason", "winner_file", "winner_row"})
+
+
 def match_columns(path: Path, header: list[str], ent: Entity) -> list[str]:
     """Map header names to contract names (case and surrounding space ignored).
 
@@ -91,6 +95,12 @@ def match_columns(path: Path, header: list[str], ent: Entity) -> list[str]:
                 "give every column a name or remove the empty one"
             )
         key = name.lower()
+        if key not in declared and (key.startswith("_") or key in RESERVED_COLUMNS):
+            raise ExtractFileError(
+                f"{path}: column {position + 1} of the header, '{name}', is a name ingest "
+                "uses for its own bookkeeping (names starting with '_', and "
+                f"{', '.join(sorted(RESERVED_COLUMNS))}); rename it or drop it"
+            )
         if key in seen:
             raise ExtractFileError(
                 f"{path}: column '{header[position].strip()}' appears twice in the header "

@@ -34,7 +34,7 @@ from ingest.entities import (
 )
 from ingest.parse import REJECTED_SCHEMA, clean_frame, parse_entity, typed_schema
 from ingest.schemas import validate
-from ingest.sources import check_format, entity_source
+from ingest.sources import check_file_names, check_format, entity_source
 from ingest.warehouse import raw_columns_ddl, rejected_columns_ddl
 
 BATCH_ROWS = 1_000_000
@@ -194,6 +194,17 @@ def discard(con: duckdb.DuckDBPyConnection, name: str) -> None:
     con.execute(f"DROP TABLE IF EXISTS {side_table(name)}__rejected")
 
 
+def drop_leftover_side_tables(con: duckdb.DuckDBPyConnection) -> None:
+    """Side tables a killed run left behind (one run per warehouse holds the lock, so
+    none belongs to a running load)."""
+    leftovers = con.execute(
+        "select table_name from information_schema.tables where table_schema = 'raw' "
+        "and starts_with(table_name, '__loading_')"
+    ).fetchall()
+    for (table,) in leftovers:
+        con.execute(f'DROP TABLE IF EXISTS raw."{table}"')
+
+
 def publish(
     con: duckdb.DuckDBPyConnection,
     staged: list[LoadCounts],
@@ -335,6 +346,9 @@ def load_all(
     staged: list[LoadCounts] = []
     seconds: dict[str, float] = {}
     problems: list[str] = []
+    check_format(extract_dir, fmt)
+    check_file_names(Path(extract_dir))
+    drop_leftover_side_tables(con)
     try:
         for ent in ENTITIES:
             started = time.perf_counter()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import difflib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from ingest import cliniko
 from ingest.csv_reader import ExtractFileError
-from ingest.entities import Entity
+from ingest.entities import ENTITIES, Entity
 
 FORMATS = ("csv", "cliniko")
 
@@ -27,6 +29,37 @@ def check_format(extract_dir: Path, fmt: str) -> None:
         raise ExtractFileError(f"unknown extract format {fmt!r}; use one of: {', '.join(FORMATS)}")
     if not Path(extract_dir).is_dir():
         raise ExtractFileError(f"{extract_dir}: the extract folder does not exist")
+
+
+def check_file_names(extract_dir: Path) -> None:
+    """An entity file must be a file, named exactly as its entity. A file that is almost
+    an entity's name (`Opt_Outs.csv`, `opt-outs.csv`) is an error, not an absent entity:
+    an opt-out file that is not read would let opted-out patients be messaged."""
+    names = sorted(e.file_name for e in ENTITIES)
+    # Only an entity whose own file is absent can be misnamed.
+    absent = [n for n in names if not os.path.lexists(extract_dir / n)]
+    problems = []
+    for child in sorted(extract_dir.iterdir()):
+        if child.name in names:
+            if not child.is_file():
+                problems.append(
+                    f"{child}: {child.name} is not a file (a folder, or a link to nothing); "
+                    f"put the {child.stem} extract there as a CSV file"
+                )
+            continue
+        if not child.name.lower().endswith(".csv"):
+            continue
+        near = child.name.lower().replace("-", "_").replace(" ", "_")
+        close = [n for n in absent if n == near] or difflib.get_close_matches(
+            near, absent, n=1, cutoff=0.85
+        )
+        if close:
+            problems.append(
+                f"{child}: extract files are named exactly as their entity; is this "
+                f"{close[0]}? Rename it (a file under another name is not read)"
+            )
+    if problems:
+        raise ExtractFileError("\n".join(problems))
 
 
 def entity_source(extract_dir: Path, ent: Entity, fmt: str) -> EntitySource:

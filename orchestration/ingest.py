@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 import dagster as dg
+import duckdb
 
 from ingest.csv_reader import ExtractFileError
 from ingest.entities import ENTITIES, Entity
@@ -174,12 +175,21 @@ def ingest_extract(
             }
     except ExtractFileError as err:
         raise dg.Failure(description=str(err)) from None
+    except (duckdb.IOException, duckdb.OutOfMemoryException, OSError) as err:
+        # A full disk or a file that cannot be written: the extract is swapped in as one
+        # transaction, so the live tables are as they were.
+        raise dg.Failure(
+            description=f"ingest could not write the warehouse ({str(err).splitlines()[0]}); "
+            f"nothing was replaced. Free disk space where {warehouse.duckdb_path} lives (the "
+            "load needs room for the whole extract beside the live tables) and run again."
+        ) from None
     if zones:
         context.log.warning(
             f"the extract's locations are in {', '.join(zones)}, but dates are taken in "
             f"CLINIC_TIMEZONE={settings.clinic_timezone}: a visit late in the evening or "
-            f"early in the morning lands on another day. Set CLINIC_TIMEZONE={zones[0]} "
-            "if that is the clinic's time zone."
+            "early in the morning lands on another day. "
+            + (f"Set CLINIC_TIMEZONE={zones[0]} if that is the clinic's time zone."
+               if len(zones) == 1 else "Set CLINIC_TIMEZONE to the clinic's own time zone.")
         )
     for ent in ENTITIES:
         result = results[ent.name]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -69,3 +71,16 @@ def run_as_of(tags: dict[str, str], settings: ClinicSettingsResource):
     from clinic_audiences.config import parse_as_of
 
     return parse_as_of(tags.get(AS_OF_TAG) or settings.as_of or None, settings.clinic_timezone)
+
+
+_KEY_PART = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def key_part(name: str) -> str:
+    """`name` as one part of an asset key. A name Dagster cannot carry (a file named with a
+    space or an accent) becomes `invalid-<name, other characters as _>-<hash>`, so its asset
+    can still exist and fail with the file's problem instead of stopping every definition."""
+    if _KEY_PART.match(name):
+        return name
+    digest = hashlib.sha1(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"invalid-{re.sub(r'[^A-Za-z0-9_-]', '_', name)}-{digest}"

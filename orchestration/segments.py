@@ -12,7 +12,12 @@ import dagster as dg
 import polars as pl
 
 from clinic_audiences.config import Settings
-from orchestration.resources import ClinicSettingsResource, WarehouseResource, run_as_of
+from orchestration.resources import (
+    ClinicSettingsResource,
+    WarehouseResource,
+    key_part,
+    run_as_of,
+)
 from segments.catalogue import Catalogue
 from segments.compiler import columns_read
 from segments.evaluate import WarehouseError, WarehouseFrames
@@ -200,7 +205,11 @@ def build_segment_assets(folders: list[Path]) -> list[dg.AssetsDefinition]:
             except SegmentValidationError as exc:
                 entries.append((slug, path, None, exc.issues))
     library = [seg for _, _, seg, _ in entries if seg is not None]
-    return [build_segment_asset(slug, p, seg, probs, library) for slug, p, seg, probs in entries]
+    # A file name Dagster cannot carry has failed its slug check: its asset fails with it.
+    return [
+        build_segment_asset(key_part(slug), p, seg, probs, library)
+        for slug, p, seg, probs in entries
+    ]
 
 
 def build_defs(segments_path: Path | None = None) -> dg.Definitions:

@@ -7,7 +7,12 @@ from collections.abc import Iterable
 
 import dagster as dg
 
-from orchestration.resources import ClinicSettingsResource, WarehouseResource, run_as_of
+from orchestration.resources import (
+    ClinicSettingsResource,
+    WarehouseResource,
+    key_part,
+    run_as_of,
+)
 from workflow.api import SyncResult
 from workflow.catalog import read_worklists
 from workflow.run import materialize_worklist
@@ -97,7 +102,8 @@ def build_workflow_defs(
     worklists: Iterable[WorkListInfo], problems: dict[str, str] | None = None
 ) -> dg.Definitions:
     assets = [build_worklist_asset(info) for info in worklists]
-    assets += [build_broken_worklist_asset(s, p) for s, p in sorted((problems or {}).items())]
+    assets += [build_broken_worklist_asset(key_part(s), p)
+               for s, p in sorted((problems or {}).items())]  # fmt: skip
     return dg.Definitions(assets=assets)
 
 

@@ -276,7 +276,10 @@ def _segment_problem(path: Path, campaign: Campaign, known: KnownSegments) -> st
         )
     facts = known.valid.get(slug)
     if facts is None:
-        close = difflib.get_close_matches(slug, list(known.valid), n=3)
+        # Only segments this campaign may target are suggested: no private one of another.
+        usable = [s for s, f in known.valid.items() if f.visibility != "private" or (
+            campaign.owner and f.owner and campaign.owner.lower() == f.owner.lower())]
+        close = difflib.get_close_matches(slug, usable, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         return (
             f"{path}: segment: unknown segment {slug!r}{hint} "

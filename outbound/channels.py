@@ -229,9 +229,10 @@ class SendGridEmail:
         """One request for the batch, retried while the outcome is known to be "not taken".
 
         - 2xx: sent. 4xx (but 429): failed, as the provider said (not retried).
-        - 429 and 5xx: retried with backoff (honouring X-RateLimit-Reset); 429 exhausted is
-          retryable by a later run (rate-limited means not taken), 5xx exhausted is not
-          (the provider may have acted on it).
+        - 429 and 503: retried with backoff (honouring X-RateLimit-Reset); exhausted, they
+          are retryable by a later run (rate-limited or unavailable means not taken).
+        - Any other 5xx (500, 502, 504, ...): the request reached the provider, which may
+          have acted on it before failing: DeliveryUnknown, never retried.
         - No connection (refused, unreachable, name not found, TLS failed, the request not
           fully written): retried; exhausted, it is `failed` and retryable: nothing left.
         - Anything after the request was sent (reset, timeout, a cut-short answer):
@@ -244,7 +245,12 @@ class SendGridEmail:
                 response = self.client.send(body)
             except HTTPError as e:
                 code = int(e.status_code)
-                retryable = code == 429 or code >= 500
+                if code >= 500 and code != 503:
+                    raise DeliveryUnknown(
+                        f"SendGrid answered HTTP {code}: it may have acted on the request "
+                        "before failing, so it is not sent again"
+                    ) from None
+                retryable = code in (429, 503)
                 if retryable and not last:
                     delay = self._retry_delay(attempt, e.headers)
                     log.warning(
@@ -261,7 +267,7 @@ class SendGridEmail:
                 if retryable:
                     text = f"gave up after {attempt} attempts: {text}"
                 return BatchOutcome(
-                    False, attempt, code, f"HTTP {code}: {text}", retryable=code == 429
+                    False, attempt, code, f"HTTP {code}: {text}", retryable=retryable
                 )
             except URLError as e:
                 # urllib raises URLError only while connecting or writing the request: the

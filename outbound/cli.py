@@ -1,4 +1,4 @@
-"""Plain functions behind `audiences campaigns list | dry-run | send`.
+"""Plain functions behind `audiences campaigns list | dry-run | send | lift-opt-out`.
 
 Each prints to stdout and returns the exit code; the `audiences` argparse dispatch calls
 them. Only ids and counts are printed, never names or addresses.
@@ -10,6 +10,8 @@ import os
 import sys
 from pathlib import Path
 
+import polars as pl
+
 from clinic_audiences.run_lock import WarehouseBusy
 from clinic_audiences.tables import format_table
 from outbound import ledger as ledger_mod
@@ -20,6 +22,7 @@ from outbound.run import (
     SenderSettings,
     campaign_set,
     make_plan,
+    read_opt_outs,
     run_clock,
     send_planned,
     state_engine,
@@ -158,3 +161,23 @@ def cmd_send(as_of: str | None) -> int:
         print(f"run stopped: {report.stopped}; the batch in flight stays pending (unknown)")
         return 1
     return 1 if loaded.problems else 0
+
+
+def cmd_lift_opt_out(patient_id: str, channel: str) -> int:
+    """Forget a kept opt-out. Refused while the extract still lists it: the next plan
+    would keep it again, and the extract is the practice-management system's word."""
+    try:
+        settings = OutboundSettings.from_env()
+        ident, kind = ledger_mod.normalise_opt_out(patient_id, channel)
+        extract = read_opt_outs(settings, None)
+        listed = extract.filter((pl.col("patient_id") == ident) & (pl.col("channel") == kind))
+        if not listed.is_empty():
+            return _fail(
+                f"the extract still lists this opt-out ({kind}); record the opt-in in the "
+                "practice-management system first, then run again after the next ingest"
+            )
+        removed = ledger_mod.forget_opt_out(state_engine(settings), ident, kind)
+    except (ValueError, OSError, LookupError, WarehouseBusy) as e:
+        return _fail(str(e))
+    print(f"opt-out ({kind}) forgotten" if removed else f"no kept opt-out ({kind}) to forget")
+    return 0 if removed else 1

@@ -203,12 +203,16 @@ def mark_abandoned_unknown(engine: Engine, run_id: str, now: datetime | None = N
         return res.rowcount or 0
 
 
-def _insert_ignoring_existing(conn: Connection):  # noqa: ANN202 - a dialect insert
-    keys = ["campaign", "recipient", "send_date"]
+def _insert_ignoring_duplicates(  # noqa: ANN202 - a dialect insert
+    conn: Connection, table: sa.Table, keys: Sequence[str] | None = None
+):
+    """INSERT ... ON CONFLICT (`keys`, default the primary key) DO NOTHING, in the state
+    store's dialect."""
+    keys = list(keys or [c.name for c in table.primary_key.columns])
     if conn.dialect.name == "sqlite":
-        return sqlite.insert(ledger).on_conflict_do_nothing(index_elements=keys)
+        return sqlite.insert(table).on_conflict_do_nothing(index_elements=keys)
     if conn.dialect.name == "postgresql":
-        return postgresql.insert(ledger).on_conflict_do_nothing(index_elements=keys)
+        return postgresql.insert(table).on_conflict_do_nothing(index_elements=keys)
     raise NotImplementedError(f"state store dialect {conn.dialect.name!r} is not supported")
 
 
@@ -253,7 +257,8 @@ def insert_pending(
     if not rows:
         return []
     with engine.begin() as conn:
-        conn.execute(_insert_ignoring_existing(conn), rows)
+        one_per_message = ["campaign", "recipient", "send_date"]
+        conn.execute(_insert_ignoring_duplicates(conn, ledger, one_per_message), rows)
         mine = set()
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
@@ -343,7 +348,7 @@ def acquire_send_lock(engine: Engine, holder: str, now: datetime | None = None) 
             # RETURNING tells whether this insert took the row (rowcount does not, for an
             # INSERT ... ON CONFLICT DO NOTHING on every driver).
             inserted = conn.execute(
-                _insert_lock_ignoring_existing(conn)
+                _insert_ignoring_duplicates(conn, send_lock)
                 .values(**row)
                 .returning(send_lock.c.holder)
             ).first()
@@ -386,12 +391,6 @@ def _holder_died(current) -> bool:  # noqa: ANN001 - a row of send_lock
     except PermissionError:
         return False  # alive, under another user
     return False
-
-
-def _insert_lock_ignoring_existing(conn: Connection):  # noqa: ANN202 - a dialect insert
-    if conn.dialect.name == "sqlite":
-        return sqlite.insert(send_lock).on_conflict_do_nothing(index_elements=["name"])
-    return postgresql.insert(send_lock).on_conflict_do_nothing(index_elements=["name"])
 
 
 def heartbeat_send_lock(engine: Engine, holder: str, now: datetime | None = None) -> None:
@@ -481,37 +480,86 @@ def ledger_errors(engine: Engine, send_date: date) -> dict[str, str]:
         return {r.id: r.error or "" for r in rows}
 
 
+OPT_OUT_CHANNELS = ("email", "sms", "whatsapp", "all")
+
+
+def normalise_opt_out(patient_id: str, channel: str) -> tuple[str, str]:
+    """(patient id, channel) as they are compared: blanks trimmed, the channel lower-cased.
+    A channel that is not one of email / sms / whatsapp / all is refused."""
+    ident = (patient_id or "").strip()
+    kind = (channel or "").strip().lower()
+    if not ident:
+        raise ValueError("an opt-out needs a patient id")
+    if kind not in OPT_OUT_CHANNELS:
+        raise ValueError(
+            f"opt-out channel {channel!r} is not one of {', '.join(OPT_OUT_CHANNELS)}"
+        )
+    return ident, kind
+
+
 def record_opt_out(
     engine: Engine, patient_id: str, channel: str, source: str, now: datetime | None = None
 ) -> None:
     """Remember an opt-out learned outside the extract (unsubscribe link, reply)."""
+    patient_id, channel = normalise_opt_out(patient_id, channel)
+    remember_opt_outs(engine, [(patient_id, channel)], source, now)
+
+
+def remember_opt_outs(
+    engine: Engine, opt_outs: Sequence[tuple[str, str]], source: str, now: datetime | None = None
+) -> int:
+    """Keep these (patient id, channel) opt-outs for good, once each; returns how many were
+    new. Opt-outs are compared normalised (`normalise_opt_out`)."""
+    wanted = {normalise_opt_out(p, c) for p, c in opt_outs}
+    if not wanted:
+        return 0
+    known = set(map(tuple, read_learned_opt_outs(engine).iter_rows()))
+    new = sorted(wanted - known)
+    stamp = now or _now()
     with engine.begin() as conn:
-        exists = conn.execute(
-            sa.select(learned_opt_outs.c.patient_id).where(
-                learned_opt_outs.c.patient_id == patient_id, learned_opt_outs.c.channel == channel
+        for i in range(0, len(new), 1000):
+            rows = [dict(patient_id=p, channel=c, recorded_at=stamp, source=source)
+                    for p, c in new[i : i + 1000]]  # fmt: skip
+            # Two runs may remember the same opt-out at once: the second finds it there.
+            stmt = _insert_ignoring_duplicates(conn, learned_opt_outs)
+            conn.execute(stmt, rows)
+    return len(new)
+
+
+def forget_opt_out(engine: Engine, patient_id: str, channel: str) -> int:
+    """Remove a kept opt-out (as stored, blanks and case aside); returns rows removed."""
+    patient_id, channel = normalise_opt_out(patient_id, channel)
+    with engine.begin() as conn:
+        res = conn.execute(
+            learned_opt_outs.delete().where(
+                sa.func.trim(learned_opt_outs.c.patient_id) == patient_id,
+                sa.func.lower(sa.func.trim(learned_opt_outs.c.channel)) == channel,
             )
-        ).first()
-        if exists is None:
-            conn.execute(
-                learned_opt_outs.insert().values(
-                    patient_id=patient_id, channel=channel, recorded_at=now or _now(),
-                    source=source,
-                )
-            )
+        )
+        return res.rowcount or 0
 
 
 def read_learned_opt_outs(
     engine: Engine, patient_ids: Sequence[str] | None = None
 ) -> pl.DataFrame:
-    """Opt-outs learned outside the extract, for everyone or for the given patients."""
+    """Opt-outs learned outside the extract, for everyone or for the given patients. Read
+    normalised (trimmed, lower-case channel; a channel that is none of the known ones
+    counts as `all`), whatever an older version or a hand edit stored."""
     q = sa.select(learned_opt_outs.c.patient_id, learned_opt_outs.c.channel)
     rows: list[tuple[str, str]] = []
     with engine.connect() as conn:
         if patient_ids is None:
             rows = [(r.patient_id, r.channel) for r in conn.execute(q)]
         else:
-            ids = list(patient_ids)
+            ids = sorted({i.strip() for i in patient_ids} | set(patient_ids))
             for i in range(0, len(ids), 500):
-                part = q.where(learned_opt_outs.c.patient_id.in_(ids[i : i + 500]))
+                # Stored ids may carry blanks: match them trimmed.
+                part = q.where(sa.func.trim(learned_opt_outs.c.patient_id).in_(ids[i : i + 500]))
                 rows += [(r.patient_id, r.channel) for r in conn.execute(part)]
-    return pl.DataFrame(rows, schema={"patient_id": pl.String, "channel": pl.String}, orient="row")
+    frame = pl.DataFrame(rows, schema={"patient_id": pl.String, "channel": pl.String}, orient="row")
+    channel = pl.col("channel").str.strip_chars().str.to_lowercase()
+    return frame.select(
+        pl.col("patient_id").str.strip_chars(),
+        pl.when(channel.is_in(list(OPT_OUT_CHANNELS))).then(channel).otherwise(pl.lit("all"))
+        .alias("channel"),
+    ).unique()  # fmt: skip

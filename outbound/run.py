@@ -45,6 +45,7 @@ from outbound.selection import (
     build_candidates,
     due_campaigns,
     plan_sends,
+    recipient_key,
 )
 from outbound.templates import RECIPIENT_FIELDS, TemplateError, campaign_content, digest_content
 from outbound.warehouse import (
@@ -240,11 +241,20 @@ def read_history(
     return ledger_mod.read_history(engine, since=clock.cap_start(max(windows)))
 
 
-def read_opt_outs(settings: OutboundSettings, engine: Engine) -> pl.DataFrame:
+def read_opt_outs(settings: OutboundSettings, engine: Engine | None) -> pl.DataFrame:
     """Every opt-out known now: the extract's, whatever date it carries (rejected rows
-    included), and the learned ones. Consent is the latest known at the moment of sending."""
+    included), and the kept ones. Consent is the latest known at the moment of sending.
+
+    The extract's opt-outs are kept in the state store as they are seen (with `engine`), so
+    an export that later leaves one out does not opt the patient back in; only
+    `audiences campaigns lift-opt-out` forgets one. Without `engine`: the extract's alone.
+    """
     with connect(settings.duckdb_path, read_only=True) as con:
         extract, _ = read_extract_opt_outs(con)
+    if engine is None:
+        return extract.unique()
+    named = extract.filter(pl.col("patient_id").str.strip_chars().str.len_chars() > 0)
+    ledger_mod.remember_opt_outs(engine, named.rows(), source="extract")
     return pl.concat([extract, ledger_mod.read_learned_opt_outs(engine)]).unique()
 
 
@@ -260,6 +270,20 @@ def unreadable_opt_outs(settings: OutboundSettings) -> str | None:
         "raw.opt_outs__rejected); any of them may be a patient who opted out, so nothing is "
         "sent until the extract is fixed"
     )
+
+
+def records_sharing_an_address(contacts: pl.DataFrame) -> dict[str, list[str]]:
+    """patient id → the other patient records with the same email address (only for
+    addresses that more than one record has)."""
+    keyed = contacts.select("patient_id", recipient_key("email").alias("key")).filter(
+        pl.col("key").str.starts_with("email:")
+    )
+    groups = keyed.group_by("key").agg("patient_id").filter(pl.col("patient_id").list.len() > 1)
+    return {
+        pid: [other for other in ids if other != pid]
+        for ids in groups["patient_id"].to_list()
+        for pid in ids
+    }
 
 
 def make_plan(
@@ -485,6 +509,7 @@ def _send_rows(
     with connect(settings.duckdb_path, read_only=True) as con:
         data = read_recipient_data(con, patient_rows.select("patient_id", "case_id").unique())
     addresses = planned.contacts.select("patient_id", "email")
+    sharing = records_sharing_an_address(planned.contacts)
     patient_rows = patient_rows.join(addresses, on="patient_id", how="left").join(
         data, on=["patient_id", "case_id"], how="left", nulls_equal=True
     )
@@ -500,11 +525,17 @@ def _send_rows(
         for chunk in _chunks(todo, campaign.batch_size):
             # Consent once more, just before the request: an opt-out learned a moment ago
             # is honoured.
-            refused = set(
-                ledger_mod.read_learned_opt_outs(engine, [r["patient_id"] for r in chunk])
+            # An opt-out on any record sharing the address counts.
+            mine = [r["patient_id"] for r in chunk]
+            checked = mine + [other for i in mine for other in sharing.get(i, ())]
+            refused_ids = set(
+                ledger_mod.read_learned_opt_outs(engine, checked)
                 .filter(pl.col("channel").is_in(["email", "all"]))["patient_id"]
                 .to_list()
             )
+            refused = {
+                i for i in mine if i in refused_ids or refused_ids & set(sharing.get(i, ()))
+            }
             chunk = [r for r in chunk if r["patient_id"] not in refused]
             rep.withheld += len(refused)
             ids = _ledger_rows(engine, slug, chunk, retryable, clock, run_id, rep)

@@ -9,12 +9,17 @@
 3. `frequency_cap` — messaged by any campaign within the cap window, counted in real time
    by when each request was made, whatever day it was planned for (staff digests and
    failed / sandbox sends do not count);
-4. `lower_priority` — a higher-priority campaign claims the patient in this run (equal
-   priorities: the campaign slug that sorts first wins);
-5. `quiet_hours` — outside the campaign's send window or inside its quiet hours: decision
+4. `lower_priority` — a higher-priority campaign claims the patient (or the patient's
+   address) in this run (equal priorities: the campaign slug that sorts first wins);
+5. `same_address` — another patient record with the same address is messaged by the same
+   campaign in this run (the lowest patient id is the one messaged);
+6. `quiet_hours` — outside the campaign's send window or inside its quiet hours: decision
    `deferred`, the patient stays a candidate for the next run.
 
-One patient gets at most one message per run, whatever the cap allows over the window.
+An address is a person: duplicate patient records that share an email address are one
+recipient. An opt-out (or consent refused) on any of them suppresses the address for all;
+the cap counts the messages of all of them; and one address gets at most one message per
+run, whatever the cap allows over the window.
 """
 
 from __future__ import annotations
@@ -32,7 +37,10 @@ from outbound.ledger import DELIVERED_OR_MAYBE, HISTORY_SCHEMA, STAFF_RECIPIENT
 SEND, SUPPRESSED, DEFERRED = "send", "suppressed", "deferred"
 OPTED_OUT, NO_CONSENT, NO_ADDRESS = "opted_out", "no_consent", "no_address"
 FREQUENCY_CAP, LOWER_PRIORITY, QUIET_HOURS = "frequency_cap", "lower_priority", "quiet_hours"
-SUPPRESSION_ORDER = (OPTED_OUT, NO_CONSENT, NO_ADDRESS, FREQUENCY_CAP, LOWER_PRIORITY, QUIET_HOURS)
+SAME_ADDRESS = "same_address"
+SUPPRESSION_ORDER = (
+    OPTED_OUT, NO_CONSENT, NO_ADDRESS, FREQUENCY_CAP, LOWER_PRIORITY, SAME_ADDRESS, QUIET_HOURS,
+)  # fmt: skip
 STAFF_CHANNEL = "staff_email"
 
 # has_email in the marts: non-blank and of the form x@y.z.
@@ -266,12 +274,12 @@ def plan_sends(
         .agg(pl.col("case_id").drop_nulls().min())
         .join(campaigns_lf, on="campaign")
     )
-    patients = patients.join(
-        contacts.lazy().select(list(CONTACTS_SCHEMA)).cast(CONTACTS_SCHEMA),
-        on="patient_id",
-        how="left",
-    )
     address_col, consent_col = CHANNEL_ADDRESS["email"]
+    # Who a message goes to: the normalised address, else (no address) the patient alone.
+    people = contacts.lazy().select(list(CONTACTS_SCHEMA)).cast(CONTACTS_SCHEMA).with_columns(
+        recipient_key(address_col).alias("recipient_key")
+    )
+    patients = patients.join(people, on="patient_id", how="left")
     opted = (
         opt_outs.lazy()
         .select("patient_id", "channel")
@@ -281,6 +289,14 @@ def plan_sends(
         .unique()
     )
     patients = patients.join(opted, on="patient_id", how="left")
+    # Addresses refused on any patient record that has them.
+    refused = (
+        people.join(opted, on="patient_id", how="left")
+        .filter(pl.col("has_opt_out").fill_null(False) | (pl.col(consent_col) == False))  # noqa: E712
+        .select("recipient_key", pl.lit(True).alias("address_refused"))
+        .unique()
+    )
+    patients = patients.join(refused, on="recipient_key", how="left")
 
     counted = (
         history.lazy()
@@ -290,12 +306,18 @@ def plan_sends(
             pl.col("status").is_in(list(DELIVERED_OR_MAYBE)),
             pl.col("recipient") != STAFF_RECIPIENT,
         )
-        .rename({"recipient": "patient_id", "campaign": "hist_campaign"})
-    )
+        .rename({"recipient": "hist_patient", "campaign": "hist_campaign"})
+        # A past message counts for the address it went to (as the contacts give it now).
+        .join(people.select(pl.col("patient_id").alias("hist_patient"), "recipient_key"),
+              on="hist_patient", how="left")
+        .with_columns(
+            pl.col("recipient_key").fill_null(pl.lit("patient:") + pl.col("hist_patient"))
+        )
+    )  # fmt: skip
     moment = clock.cap_moment.astimezone(UTC)
     prior = (
-        patients.select("campaign", "patient_id", "cap_window")
-        .join(counted, on="patient_id")
+        patients.select("campaign", "patient_id", "recipient_key", "cap_window")
+        .join(counted, on="recipient_key")
         .filter(
             # Every message requested within the window before now, in real time.
             pl.col("attempted_at")
@@ -305,6 +327,7 @@ def plan_sends(
             ~(
                 (pl.col("hist_campaign") == pl.col("campaign"))
                 & (pl.col("send_date") == clock.as_of)
+                & (pl.col("hist_patient") == pl.col("patient_id"))
             ),
         )
         .group_by("campaign", "patient_id")
@@ -315,7 +338,11 @@ def plan_sends(
     consent = pl.col(consent_col)
     address = pl.col(address_col).str.strip_chars()
     step = (
-        pl.when(pl.col("has_opt_out").fill_null(False) | (consent == False))  # noqa: E712
+        pl.when(
+            pl.col("has_opt_out").fill_null(False)
+            | (consent == False)  # noqa: E712
+            | pl.col("address_refused").fill_null(False)
+        )
         .then(pl.lit(OPTED_OUT))
         .when(pl.col("requires_explicit_consent") & ~consent.fill_null(False))
         .then(pl.lit(NO_CONSENT))
@@ -327,21 +354,23 @@ def plan_sends(
     )
     patients = patients.with_columns(step.alias("reason"))
 
-    # Priority among the patient's surviving candidates (one message per patient per run).
+    # Priority among the surviving candidates of an address (one message per address per
+    # run): the highest priority, then the campaign slug, then the patient id first.
+    order = dict(by=["priority", "campaign", "patient_id"], descending=[True, False, False])
     winners = (
         patients.filter(pl.col("reason").is_null())
-        .group_by("patient_id")
+        .group_by("recipient_key")
         .agg(
-            pl.col("campaign")
-            .sort_by(["priority", "campaign"], descending=[True, False])
-            .first()
-            .alias("winner")
+            pl.col("campaign").sort_by(**order).first().alias("winner"),
+            pl.col("patient_id").sort_by(**order).first().alias("winner_patient"),
         )
     )
-    patients = patients.join(winners, on="patient_id", how="left")
+    patients = patients.join(winners, on="recipient_key", how="left")
     patients = patients.with_columns(
         pl.when(pl.col("reason").is_null() & (pl.col("winner") != pl.col("campaign")))
         .then(pl.lit(LOWER_PRIORITY))
+        .when(pl.col("reason").is_null() & (pl.col("winner_patient") != pl.col("patient_id")))
+        .then(pl.lit(SAME_ADDRESS))
         .when(pl.col("reason").is_null() & ~pl.col("open_now"))
         .then(pl.lit(QUIET_HOURS))
         .otherwise(pl.col("reason"))
@@ -363,6 +392,11 @@ def plan_sends(
         pl.col("reason").fill_null(""),
         pl.when(pl.col("reason") == LOWER_PRIORITY)
         .then(pl.lit("claimed by ") + pl.col("winner"))
+        .when((pl.col("reason") == OPTED_OUT) & ~pl.col("has_opt_out").fill_null(False)
+              & (consent != False).fill_null(True))  # noqa: E712
+        .then(pl.lit("the address opted out on another patient record"))
+        .when(pl.col("reason") == SAME_ADDRESS)
+        .then(pl.lit("the address is messaged for another patient record"))
         .when(pl.col("reason") == QUIET_HOURS)
         .then(pl.lit("next window ") + pl.col("next_window"))
         .otherwise(pl.lit(""))
@@ -391,6 +425,17 @@ def plan_sends(
         pl.concat([patient_plan.cast(PLAN_SCHEMA), staff_plan.cast(PLAN_SCHEMA)])
         .sort("campaign", "channel", "patient_id", "case_id", nulls_last=True)
         .collect()
+    )
+
+
+def recipient_key(address_col: str) -> pl.Expr:
+    """Who a message to this contact reaches: its address, trimmed and lower-cased (one
+    person behind several patient records), else the patient alone."""
+    address = pl.col(address_col).str.strip_chars().str.to_lowercase()
+    return (
+        pl.when(address.str.contains(EMAIL_PATTERN).fill_null(False))
+        .then(pl.lit("email:") + address)
+        .otherwise(pl.lit("patient:") + pl.col("patient_id"))
     )
 
 

@@ -155,6 +155,24 @@ def _membership_with_names(con: duckdb.DuckDBPyConnection, slug: str) -> pl.Data
     return con.sql(query, params=[slug]).pl()
 
 
+def file_visible_to(path: Path, user: str | None) -> bool:
+    """Whether a definition file that does not validate may be named to `user`: when what
+    it says of itself reads as shared, or as private to `user`. A file that cannot be read
+    that far may be anyone's private segment, so it is not named."""
+    from clinic_audiences.yaml_files import YamlFileError, read_yaml_file
+
+    try:
+        raw = read_yaml_file(path)
+    except (YamlFileError, OSError):
+        return False
+    if not isinstance(raw, dict):
+        return False
+    if str(raw.get("visibility", "shared")).strip().lower() != "private":
+        return True
+    owner = raw.get("owner")
+    return bool(user and isinstance(owner, str) and owner.strip().lower() == user.lower())
+
+
 def cmd_segments_list(user: str | None) -> int:
     """The library's segments visible to `user` (others' private segments are left out)."""
     settings = Settings.from_env()
@@ -163,8 +181,13 @@ def cmd_segments_list(user: str | None) -> int:
     except FileNotFoundError as exc:
         return _fail(str(exc), 2)
     segments = [s for s in library.segments if visible_to(s, user)]
-    for issue in library.issues:
+    shown = [i for i in library.issues if file_visible_to(Path(i.file), user)]
+    for issue in shown:
         print(f"warning: {issue}", file=sys.stderr)
+    if len(shown) < len(library.issues):
+        print(f"warning: {len(library.issues) - len(shown)} other definition file(s) have "
+              "problems, not shown here as they may be private; `audiences validate` lists "
+              "them", file=sys.stderr)  # fmt: skip
     counts: dict[str, int] = {}
     if settings.duckdb_path.exists():
         try:

@@ -104,7 +104,10 @@ def read_named_worklist(path: Path, segments: dict[str, Any]) -> WorkListInfo:
         raise WorkListDefinitionError(_pydantic_message(file, exc)) from None
     segment = segments.get(named.segment)
     if segment is None:
-        known = ", ".join(sorted(segments)) or "(none)"
+        # Only the segments this work list's owner may see are named.
+        visible = [slug for slug, seg in segments.items() if seg.visibility != "private"
+                   or (named.owner and seg.owner and named.owner.lower() == seg.owner.lower())]
+        known = ", ".join(sorted(visible)) or "(none)"
         raise WorkListDefinitionError(
             f"{file}: segment: no segment named {named.segment!r}; known segments: {known}"
         )

@@ -379,3 +379,74 @@ def test_a_carriage_return_inside_a_value_of_a_mixed_file_is_not_changed(write, 
     assert row == 3 and reason.startswith("record has a carriage return inside a quoted value")
     assert record == '2,"Bo\rJo"'  # its text exactly as in the file
     assert results["patients"].rows_in == 3
+
+
+BASIC = {
+    "patients.csv": "patient_id,first_name\np1,Ann\np2,Bo\n",
+    "appointments.csv": "appointment_id,patient_id,starts_at\na1,p1,2026-01-01T00:00:00Z\n",
+}
+
+
+@pytest.mark.parametrize("name", ["Opt_Outs.csv", "opt-outs.csv", "optouts.csv", "OPT_OUTS.CSV"])
+def test_a_misnamed_opt_out_file_is_an_error_not_an_absent_entity(write, load, name):
+    for file, text in BASIC.items():
+        write(file, text)
+    misnamed = write(name, "patient_id,channel\np1,all\n")
+    with pytest.raises(ExtractFileError) as err:
+        load("csv")
+    assert str(err.value) == (
+        f"{misnamed}: extract files are named exactly as their entity; is this opt_outs.csv? "
+        "Rename it (a file under another name is not read)"
+    )
+
+
+def test_an_entity_file_that_is_a_folder_or_a_dangling_link_is_an_error(write, load, tmp_path):
+    for file, text in BASIC.items():
+        write(file, text)
+    (tmp_path / "extract" / "opt_outs.csv").mkdir()
+    (tmp_path / "extract" / "leads.csv").symlink_to(tmp_path / "nowhere.csv")
+    with pytest.raises(ExtractFileError) as err:
+        load("csv")
+    lines = str(err.value).splitlines()
+    assert lines == [
+        f"{tmp_path / 'extract' / 'leads.csv'}: leads.csv is not a file (a folder, or a link "
+        "to nothing); put the leads extract there as a CSV file",
+        f"{tmp_path / 'extract' / 'opt_outs.csv'}: opt_outs.csv is not a file (a folder, or a "
+        "link to nothing); put the opt_outs extract there as a CSV file",
+    ]
+
+
+def test_other_files_beside_the_entity_files_are_left_alone(write, load):
+    for file, text in BASIC.items():
+        write(file, text)
+    write("patients_old.csv", "whatever\n")  # patients.csv is there: not a misnamed one
+    write("notes.txt", "hello")
+    results, _ = load("csv")
+    assert results["patients"].loaded == 2
+
+
+@pytest.mark.parametrize("column", ["_source_file", "_source_row", "_row_number", "_index",
+                                    "_reason", "winner_file", "winner_row", "reason"])
+def test_an_extra_column_named_like_ingest_bookkeeping_is_refused(write, load, column):
+    write("patients.csv", f"patient_id,first_name,{column}\np1,Ann,x\n")
+    write("appointments.csv", BASIC["appointments.csv"])
+    with pytest.raises(ExtractFileError) as err:
+        load("csv")
+    assert f"column 3 of the header, '{column}', is a name ingest uses for its own " \
+           "bookkeeping" in str(err.value)  # fmt: skip
+
+
+def test_side_tables_a_killed_load_left_behind_are_dropped(write, load, tmp_path):
+    for file, text in BASIC.items():
+        write(file, text)
+    import duckdb as db
+
+    con = db.connect(str(tmp_path / "warehouse.duckdb"))
+    con.execute("create schema raw")
+    con.execute("create table raw.__loading_patients (x int)")
+    con.execute("create table raw.__loading_leads__rejected (x int)")
+    con.close()
+    _, con = load("csv")
+    left = con.execute("select table_name from information_schema.tables "
+                       "where starts_with(table_name, '__loading_')").fetchall()  # fmt: skip
+    assert left == []

@@ -70,3 +70,39 @@ def test_readers_of_a_warehouse_being_written_are_told_so(env, capsys):
         writer.kill()
         writer.wait()
     assert Path(env / "w.duckdb").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "words"),
+    [
+        ("STATE_DB_URL", "garbage", "STATE_DB_URL is not a SQLite or PostgreSQL URL"),
+        ("STATE_DB_URL", "postgres://u@h/db", "SQLAlchemy needs postgresql://"),
+        ("STATE_DB_URL", "mysql://u@h/db", "STATE_DB_URL is not a SQLite or PostgreSQL URL"),
+        ("DUCKDB_MEMORY_LIMIT", "abc", "DUCKDB_MEMORY_LIMIT 'abc' is not an amount of memory"),
+        ("DUCKDB_PATH", "{tmp}", "is a folder; point it at the warehouse file"),
+    ],
+)
+@pytest.mark.parametrize("command", [["campaigns", "dry-run"], ["segments", "list"],
+                                     ["run", "--extracts", "{tmp}/x"]])  # fmt: skip
+def test_a_bad_setting_is_one_line_whatever_the_command(env, monkeypatch, capsys, name, value,
+                                                        words, command):  # fmt: skip
+    (env / "x").mkdir()
+    monkeypatch.setenv(name, value.format(tmp=env))
+    assert main([part.format(tmp=env) for part in command]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
+
+
+def test_a_state_store_that_cannot_be_opened_is_one_line(env, monkeypatch, capsys):
+    blocker = env / "file"
+    blocker.write_text("")  # its "folder" is a file: SQLite cannot create the database
+    monkeypatch.setenv("STATE_DB_URL", f"sqlite:///{blocker}/sub/s.db")
+    assert main(["worklist", "show", "waitlist"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {blocker}/sub: Not a directory\n"
+
+
+def test_generate_into_a_file_is_one_line(env, capsys):
+    (env / "taken").write_text("")
+    assert main(["generate", "--patients", "3", "--out", str(env / "taken")]) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err

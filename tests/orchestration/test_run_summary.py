@@ -88,3 +88,27 @@ def test_step_lines_do_not_name_private_segments():
     text = console.export_text()
     assert "practitioner" not in text
     assert "(a private segment or work list)" in text and "segments__waitlist" in text
+
+
+def test_a_private_step_that_fails_does_not_show_its_message():
+    import logging
+    from types import SimpleNamespace
+
+    from clinic_audiences.runner import ProgressHandler
+
+    console = Console(record=True, width=200)
+    handler = ProgressHandler(console, {"segments__sam_secret_oncology"})
+    for step in ("segments__sam_secret_oncology", "segments__waitlist"):
+        record = logging.LogRecord("x", logging.ERROR, "", 0, "", None, None)
+        failure = SimpleNamespace(user_failure_data=SimpleNamespace(
+            description=f"/defs/{step.removeprefix('segments__')}.yaml: include: bad"))
+        record.dagster_meta = {
+            "dagster_event": SimpleNamespace(event_type_value="STEP_FAILURE",
+                                             step_failure_data=failure),
+            "step_key": step,
+        }  # fmt: skip
+        handler.emit(record)
+    text = console.export_text()
+    assert "secret" not in text and "secret" not in " ".join(handler.failures)
+    assert "(a private segment or work list): failed; its owner sees why" in text
+    assert "segments__waitlist: /defs/waitlist.yaml: include: bad" in text

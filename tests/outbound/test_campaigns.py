@@ -155,3 +155,11 @@ def test_folder_reports_every_bad_file_at_once(tmp_path):
     msg = "\n".join(loaded.problems)
     assert "a.yaml: priority:" in msg and "b.yaml: segment: unknown segment 'nope'" in msg
     assert "c.yaml" not in msg
+
+
+def test_a_typo_never_suggests_someone_elses_private_segment(tmp_path):
+    # The shipped practitioner-own-physio-pipeline is private to its owner.
+    with pytest.raises(CampaignError) as e:
+        parse(tmp_path, GOOD.replace("lapsed-physio-6-12mo", "practitioner-own-physio-pipelin"))
+    assert "did you mean" not in str(e.value)
+    assert "practitioner-own-physio-pipeline" not in str(e.value)

@@ -65,8 +65,11 @@ def decisions(plan: pl.DataFrame) -> dict[tuple[str, str], tuple[str, str]]:
     }
 
 
-def contact(pid, email="x@clinic.example", consent=None):
-    return (pid, "Name", email, None, consent, None)
+OWN = object()  # the patient's own address, <pid>@clinic.example
+
+
+def contact(pid, email=OWN, consent=None):
+    return (pid, "Name", f"{pid}@clinic.example" if email is OWN else email, None, consent, None)
 
 
 def at(*parts: int) -> datetime:
@@ -132,6 +135,40 @@ def test_each_suppression_reason_worked_by_hand():
         "p17": ("suppressed", "frequency_cap"),
     }
     assert got == {("alpha", p): v for p, v in expected.items()}
+
+
+def test_patient_records_sharing_an_address_are_one_recipient():
+    # Duplicate records of one person (the same address, whatever its case and blanks).
+    alpha, beta = camp("alpha", "seg-a", 50), camp("beta", "seg-b", 80)
+    members = [("seg-a", p, None) for p in ("p1", "p3", "p4", "p5", "p7", "p9", "p11")]
+    members += [("seg-b", "p10", None)]
+    contacts = [
+        contact("p1", email="Ann@Clinic.example "), contact("p2", email="ann@clinic.example"),
+        contact("p3", email="bo@x.example"), contact("p4", email=" BO@x.example"),
+        contact("p5", email="cy@x.example"), contact("p6", email="cy@x.example"),
+        contact("p7", email="di@x.example"), contact("p8", email="di@x.example", consent=False),
+        contact("p9", email="ed@x.example"), contact("p10", email="ed@x.example"),
+        contact("p11", email="fay@x.example"),
+    ]  # fmt: skip
+    # p2 (not a member of anything) opted out of email; p6 was emailed 2 days ago.
+    opt_outs = [("p2", "email")]
+    history = [("other", "p6", date(2026, 11, 24), "sent", at(2026, 11, 24, 10))]
+    plan = run_plan([alpha, beta], members, contacts, opt_outs, history)
+    got = decisions(plan)
+    assert got == {
+        ("alpha", "p1"): ("suppressed", "opted_out"),  # the address opted out via p2
+        ("alpha", "p3"): ("send", ""),  # the lower patient id of the two
+        ("alpha", "p4"): ("suppressed", "same_address"),
+        ("alpha", "p5"): ("suppressed", "frequency_cap"),  # the address had a message
+        ("alpha", "p7"): ("suppressed", "opted_out"),  # consent refused on p8
+        ("alpha", "p9"): ("suppressed", "lower_priority"),  # beta (80) claims the address
+        ("beta", "p10"): ("send", ""),
+        ("alpha", "p11"): ("send", ""),
+    }
+    details = {r["patient_id"]: r["detail"] for r in plan.iter_rows(named=True)}
+    assert details["p1"] == details["p7"] == "the address opted out on another patient record"
+    assert details["p4"] == "the address is messaged for another patient record"
+    assert details["p9"] == "claimed by beta"
 
 
 def test_explicit_consent_campaign_needs_a_yes():

@@ -99,7 +99,7 @@ def test_batch_size_below_1000_is_honoured(
     assert [len(r["personalizations"]) for r in fake_sendgrid.requests] == [2, 2, 1]
 
 
-def test_429_and_500_are_retried_honouring_rate_limit_reset(
+def test_429_and_503_are_retried_honouring_rate_limit_reset(
     tmp_path, engine, state_url, fake_sendgrid, reply, make_warehouse
 ):
     settings = setup(make_warehouse, tmp_path, state_url, 3)
@@ -109,7 +109,7 @@ def test_429_and_500_are_retried_honouring_rate_limit_reset(
             # Rate limit resets 7 s from "now": wait 7 s rather than the 1 s backoff.
             return reply(429, {"X-RateLimit-Reset": str(int(NOW_EPOCH) + 7)}, '{"errors": []}')
         if n == 1:
-            return reply(500, body='{"errors": [{"message": "internal"}]}')
+            return reply(503, body='{"errors": [{"message": "unavailable"}]}')
         return None
 
     fake_sendgrid.script = script
@@ -122,7 +122,31 @@ def test_429_and_500_are_retried_honouring_rate_limit_reset(
     assert report.sent == 3 and set(statuses(engine).values()) == {"sent"}
 
 
-def test_persistent_5xx_gives_up_and_marks_failed(
+@pytest.mark.parametrize("code", [500, 502, 504])
+def test_a_5xx_that_may_have_been_acted_on_is_never_sent_again(
+    tmp_path, engine, state_url, fake_sendgrid, reply, make_warehouse, code
+):
+    # 3 patients, batches of 2: the first batch's answer is a 500 (the provider had the
+    # request and failed somewhere); it may have mailed them, so it is not repeated and
+    # the run stops before the second batch.
+    settings = setup(make_warehouse, tmp_path, state_url, 3)
+    fake_sendgrid.script = lambda n, body: reply(code, body='{"errors": [{"message": "x"}]}')
+    sleeps: list[float] = []
+    report = run(settings, [camp("c", "seg", 50, batch_size=2)], engine,
+                 channel(fake_sendgrid, sleeps))  # fmt: skip
+    assert len(fake_sendgrid.requests) == 1 and sleeps == []
+    assert report.sent == 0 and f"HTTP {code}" in report.stopped
+    assert sorted(statuses(engine).values()) == ["pending", "pending"]
+    # The next run marks them unknown and does not send them again; the third patient,
+    # never tried, goes out.
+    fake_sendgrid.script = lambda n, body: None
+    again = run(settings, [camp("c", "seg", 50, batch_size=2)], engine,
+                channel(fake_sendgrid, sleeps))  # fmt: skip
+    assert again.unknown == 2 and again.sent == 1 and len(fake_sendgrid.requests) == 2
+    assert sorted(statuses(engine).values()) == ["sent", "unknown", "unknown"]
+
+
+def test_persistent_503_gives_up_and_marks_failed_retryable(
     tmp_path, engine, state_url, fake_sendgrid, reply, make_warehouse
 ):
     settings = setup(make_warehouse, tmp_path, state_url, 2)

@@ -287,3 +287,89 @@ def test_each_row_records_when_its_own_request_was_made(
     # Three requests of 0.4 s each, one after the other: the last row's request was made
     # at least 0.8 s after the first's, not at the run's start.
     assert (stamps[2] - stamps[0]).total_seconds() >= 0.8
+
+
+def test_opt_outs_are_compared_whatever_their_case_and_blanks(
+    tmp_path, engine, state_url, fake_sendgrid, make_warehouse
+):
+    settings = clinic(make_warehouse, tmp_path, state_url, 4, [date(2026, 7, 2)])
+    # Learned from an unsubscribe tool that writes as it likes.
+    L.record_opt_out(engine, "p0", "Email", "unsubscribe link")
+    L.record_opt_out(engine, "p1", " ALL ", "reply STOP")
+    L.record_opt_out(engine, "p2 ", "email", "front desk")
+    with pytest.raises(ValueError, match="channel 'post' is not one of"):
+        L.record_opt_out(engine, "p3", "post", "front desk")
+    report = send(settings, [camp("c")], engine, channel(fake_sendgrid.url),
+                  RunClock.at(JULY_2, "UTC"))  # fmt: skip
+    assert fake_sendgrid.addresses == ["p3@clinic.example"] and report.sent == 1
+
+
+def test_rows_an_older_version_stored_unnormalised_still_opt_out(
+    tmp_path, engine, state_url, fake_sendgrid, make_warehouse
+):
+    settings = clinic(make_warehouse, tmp_path, state_url, 3, [date(2026, 7, 2)])
+    with engine.begin() as conn:  # as written before opt-outs were normalised
+        conn.execute(L.learned_opt_outs.insert(), [
+            {"patient_id": "p0 ", "channel": "EMAIL", "recorded_at": JULY_2, "source": "old"},
+            {"patient_id": "p1", "channel": "letter", "recorded_at": JULY_2, "source": "old"},
+        ])  # fmt: skip
+    send(settings, [camp("c")], engine, channel(fake_sendgrid.url), RunClock.at(JULY_2, "UTC"))
+    # An unknown channel is read as `all`: the safe reading.
+    assert fake_sendgrid.addresses == ["p2@clinic.example"]
+
+
+def test_an_opt_out_the_next_export_leaves_out_is_kept(
+    tmp_path, engine, state_url, fake_sendgrid, make_warehouse
+):
+    # 2 July: the extract says p1 opted out. 9 July: the export lost that row.
+    days = [date(2026, 7, 2), date(2026, 7, 9)]
+    settings = clinic(make_warehouse, tmp_path, state_url, 3, days,
+                      opt_outs=[("p1", "email", "2026-06-01 00:00:00+00")])  # fmt: skip
+    send(settings, [camp("c")], engine, channel(fake_sendgrid.url), RunClock.at(JULY_2, "UTC"))
+    assert sorted(fake_sendgrid.addresses) == ["p0@clinic.example", "p2@clinic.example"]
+    con = duckdb.connect(settings.duckdb_path)
+    con.execute("delete from raw.opt_outs")
+    con.close()
+    later = RunClock.at(JULY_2 + timedelta(days=7, seconds=1), "UTC")
+    report = send(settings, [camp("c")], engine, channel(fake_sendgrid.url), later)
+    assert report.sent == 2 and "p1@clinic.example" not in fake_sendgrid.addresses
+    kept = L.read_learned_opt_outs(engine)
+    assert kept.rows() == [("p1", "email")]
+
+
+def test_lift_opt_out_forgets_a_kept_one_only_once_the_extract_no_longer_lists_it(
+    tmp_path, engine, state_url, make_warehouse, monkeypatch, capsys
+):
+    from outbound.cli import cmd_lift_opt_out
+
+    settings = clinic(make_warehouse, tmp_path, state_url, 2, [date(2026, 7, 2)],
+                      opt_outs=[("p1", "email", "2026-06-01 00:00:00+00")])  # fmt: skip
+    monkeypatch.setenv("DUCKDB_PATH", settings.duckdb_path)
+    monkeypatch.setenv("STATE_DB_URL", state_url)
+    make_plan(settings, [camp("c")], RunClock.at(JULY_2, "UTC"), engine)  # keeps p1's
+    assert cmd_lift_opt_out("p1", "email") == 2
+    assert "the extract still lists this opt-out" in capsys.readouterr().err
+    con = duckdb.connect(settings.duckdb_path)
+    con.execute("delete from raw.opt_outs")
+    con.close()
+    assert cmd_lift_opt_out(" p1", "EMAIL") == 0
+    assert "opt-out (email) forgotten" in capsys.readouterr().out
+    assert L.read_learned_opt_outs(engine).is_empty()
+    assert cmd_lift_opt_out("p1", "email") == 1  # nothing left to forget
+
+
+def test_an_opt_out_on_a_duplicate_record_learned_after_the_plan_stops_the_other(
+    tmp_path, engine, state_url, fake_sendgrid, make_warehouse
+):
+    # p0 and p1 are one person (one address); p1 is not a member of the segment.
+    patients = [("p0", "Ann", "ann@clinic.example", None, None, None),
+                ("p1", "Ann", "ANN@clinic.example", None, None, None),
+                ("p2", "Bo", "bo@clinic.example", None, None, None)]  # fmt: skip
+    membership = [("seg", p, None, date(2026, 7, 2)) for p in ("p0", "p2")]
+    db = make_warehouse(tmp_path / "wh.duckdb", patients, membership)
+    settings = OutboundSettings(duckdb_path=str(db), state_db_url=state_url, timezone="UTC")
+    clock = RunClock.at(JULY_2, "UTC")
+    planned = make_plan(settings, [camp("c")], clock, engine)
+    L.record_opt_out(engine, "p1", "email", "unsubscribe link")  # on the other record
+    send_planned(settings, [camp("c")], planned, clock, engine, channel(fake_sendgrid.url))
+    assert fake_sendgrid.addresses == ["bo@clinic.example"]

@@ -194,3 +194,61 @@ def test_resnapshot_of_someone_elses_private_snapshot_is_refused(
     capsys.readouterr()
     assert cmd_resnapshot("sams-frozen", None, "sam@clinic.example") == 0
     assert "re-frozen with 1 member(s)" in capsys.readouterr().out
+
+
+def test_a_file_name_dagster_cannot_carry_fails_its_own_asset_only(tmp_path):
+    from orchestration.workflow import build_workflow_defs
+    from workflow.catalog import read_worklists
+
+    folder = tmp_path / "segs"
+    folder.mkdir()
+    write(folder, "my segment", GOOD)
+    write(folder, "séance", GOOD)
+    write(folder, "fine", GOOD)
+    assets = build_segment_assets([folder])  # builds: no invalid Dagster name raised
+    keys = sorted(a.key.path[-1] for a in assets)
+    assert keys[0] == "fine" and len(keys) == 3
+    assert [k.split("-")[:2] for k in keys[1:]] == [["invalid", "my_segment"],
+                                                  ["invalid", "s_ance"]]  # fmt: skip
+    bad = [a for a in assets if a.key.path[-1] != "fine"]
+    result = dg.materialize(
+        bad,
+        resources={"warehouse": WarehouseResource(duckdb_path=str(tmp_path / "w.duckdb")),
+                   "settings": ClinicSettingsResource(state_db_url="sqlite://")},
+        tags={AS_OF_TAG: "2026-12-01"}, raise_on_error=False,
+    )  # fmt: skip
+    failures = [e.step_failure_data.user_failure_data.description for e in result.all_events
+                if e.event_type_value == "STEP_FAILURE"]  # fmt: skip
+    assert len(failures) == 2
+    assert all("is not a valid slug" in f for f in failures)
+    lists = tmp_path / "wl"
+    lists.mkdir()
+    (lists / "bad name.yaml").write_text("segment: fine\nstages: [A, B]\n")
+    found = read_worklists([folder], lists)
+    defs = build_workflow_defs(found.lists.values(), found.problems)
+    worklist_keys = [k.path[-1] for k in defs.resolve_asset_graph().get_all_asset_keys()
+                     if k.path[0] == "worklists"]  # fmt: skip
+    assert len(worklist_keys) == 1 and worklist_keys[0].startswith("invalid-bad_name-")
+
+
+def test_segments_list_names_a_broken_private_file_to_its_owner_only(
+    tmp_path, monkeypatch, capsys
+):
+    from segments.cli import cmd_segments_list
+
+    folder = tmp_path / "segs"
+    folder.mkdir()
+    write(folder, "sam-secret-oncology", "name: s\nvisibility: private\nowner: sam@x\n"
+          "include:\n  conditions:\n    - {field: status, op: nonsense}\n")  # fmt: skip
+    write(folder, "broken-shared", "name: s\ninclude:\n  conditions:\n    - {op: eq}\n")
+    write(folder, "unreadable", "name: [unclosed\n")
+    monkeypatch.setenv("SEGMENTS_PATH", str(folder))
+    monkeypatch.setenv("DUCKDB_PATH", str(tmp_path / "none.duckdb"))
+    cmd_segments_list("bob@x")
+    err = capsys.readouterr().err
+    assert "sam-secret-oncology" not in err and "unreadable" not in err
+    assert "broken-shared.yaml" in err
+    assert "2 other definition file(s) have problems, not shown here" in err
+    cmd_segments_list("sam@x")
+    err = capsys.readouterr().err
+    assert "sam-secret-oncology.yaml" in err and "1 other definition file(s)" in err

@@ -95,3 +95,18 @@ def test_shipped_library_loads_and_its_workflows_are_valid(
     lapsed = lists["lapsed-physio-6-12mo"]
     assert lapsed.spec.stages == ["To call", "Left voicemail", "Booked", "Not interested"]
     assert lapsed.spec.on_booking == "Booked"
+
+
+def test_an_unknown_segment_names_only_the_segments_its_owner_may_see(tmp_path: Path) -> None:
+    segs = [("sam-secret-oncology", segment(None, visibility="private", owner="sam@x"), None),
+            ("waitlist", segment(None), None)]  # fmt: skip
+    typo = write(tmp_path, "zz.yaml", "segment: sam-secret-oncolgy\nowner: bob@x\n"
+                 "workflow: {stages: [A]}\n")  # fmt: skip
+    with pytest.raises(WorkListDefinitionError) as err:
+        build_worklists(segs, [typo])
+    assert str(err.value).endswith("known segments: waitlist")
+    typo.write_text("segment: sam-secret-oncolgy\nowner: SAM@x\nvisibility: private\n"
+                    "workflow: {stages: [A]}\n")  # fmt: skip
+    with pytest.raises(WorkListDefinitionError) as err:
+        build_worklists(segs, [typo])
+    assert str(err.value).endswith("known segments: sam-secret-oncology, waitlist")
