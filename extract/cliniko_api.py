@@ -24,8 +24,10 @@ configured host and is scrubbed from every message this module produces.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -39,7 +41,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from ingest.cliniko import ALL_ENDPOINTS, Endpoint, check_complete
+from ingest.cliniko import ALL_ENDPOINTS, STATE_FILE_NAME, Endpoint, check_complete
 from ingest.csv_reader import ExtractFileError
 
 logger = logging.getLogger(__name__)
@@ -49,8 +51,8 @@ ENDPOINTS_BY_FOLDER: dict[str, Endpoint] = {e.folder: e for e in ALL_ENDPOINTS}
 RESOURCES: tuple[str, ...] = tuple(ENDPOINTS_BY_FOLDER)
 # How often a finished endpoint whose pages do not add up is pulled again from page 1.
 MAX_PULLS = 2
-STATE_FILE_NAME = "_extract_state.json"
-STATE_FORMAT_VERSION = 1
+# 2: one entry per endpoint folder (variants included), and `unavailable`.
+STATE_FORMAT_VERSION = 2
 DEFAULT_SHARD = "au1"
 DEFAULT_USER_AGENT = "clinic-audiences (data-team@clinic.example)"
 DEFAULT_PER_PAGE = 100
@@ -91,6 +93,17 @@ class ExtractError(RuntimeError):
 
 class PullChanged(Exception):
     """An endpoint's pages stopped adding up during the pull (internal: pull it again)."""
+
+
+class EndpointUnavailable(Exception):
+    """A variant endpoint answered 404 on its first page (internal: the account lacks it)."""
+
+
+def _whole_number(value: Any) -> int | None:
+    try:
+        return int(str(value))
+    except ValueError:
+        return None
 
 
 # --------------------------------------------------------------------------- settings
@@ -222,6 +235,8 @@ class ResourceState:
     records: int = 0
     next_url: str | None = None
     complete: bool = False
+    # A variant endpoint the account does not offer (404 on its first page).
+    unavailable: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -229,6 +244,7 @@ class ResourceState:
             "records": self.records,
             "next_url": self.next_url,
             "complete": self.complete,
+            "unavailable": self.unavailable,
         }
 
 
@@ -244,13 +260,17 @@ class ExtractState:
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
             if raw.get("format") != STATE_FORMAT_VERSION:
-                raise ValueError(f"unknown format {raw.get('format')!r}")
+                raise ValueError(
+                    f"it is format {raw.get('format')!r}, from another version of the "
+                    f"extractor (this one writes {STATE_FORMAT_VERSION})"
+                )
             resources = {
                 name: ResourceState(
                     pages_saved=int(entry["pages_saved"]),
                     records=int(entry["records"]),
                     next_url=entry["next_url"],
                     complete=bool(entry["complete"]),
+                    unavailable=bool(entry.get("unavailable", False)),
                 )
                 for name, entry in raw["resources"].items()
             }
@@ -401,12 +421,24 @@ class ClinikoExtractor:
     def _prepare_state(
         self, out_dir: Path, state_path: Path, wanted: list[str], *, restart: bool
     ) -> ExtractState:
-        state = ExtractState.load(state_path)
+        try:
+            state = ExtractState.load(state_path)
+        except ExtractError:
+            if not restart or set(wanted) != set(RESOURCES):
+                raise
+            state = None  # a full restart replaces a state it cannot read
         if state is not None and state.base_url != self.base_url:
             if not restart:
                 raise ExtractError(
                     f"{out_dir} holds an extract from {state.base_url}, not {self.base_url}; "
                     "use another output folder or re-run with --restart to replace it"
+                )
+            if set(wanted) != set(RESOURCES):
+                # The other endpoints' pages would stay, from the other account.
+                raise ExtractError(
+                    f"{out_dir} holds an extract from {state.base_url}; a restart against "
+                    f"{self.base_url} must pull every endpoint, not only "
+                    f"{', '.join(wanted)} (or use another output folder)"
                 )
             state = None
         if state is None:
@@ -440,6 +472,9 @@ class ClinikoExtractor:
         ep = ENDPOINTS_BY_FOLDER[resource]
         folder = out_dir / resource
         entry = state.resources.get(resource)
+        if entry is not None and entry.unavailable:
+            self._report(f"{resource}: not offered by this account, skipped")
+            return 0
         if entry is not None and entry.complete:
             problem = self._check(folder, ep)
             if problem is None:
@@ -465,6 +500,18 @@ class ClinikoExtractor:
                 self._pull_pages(folder, state_path, state, entry, ep, resource)
             except PullChanged as changed:
                 problem = str(changed)
+            except EndpointUnavailable:
+                # Cliniko answered 404 for the first page of a variant endpoint: this account
+                # does not offer it, so it has no records to pull.
+                entry.unavailable, entry.complete, entry.next_url = True, True, None
+                state.save(state_path)
+                remove_pages(folder)
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+                message = f"{resource}: not offered by this account (HTTP 404), skipped"
+                logger.warning(message)
+                self._report(message)
+                return 0
             else:
                 problem = self._check(folder, ep) or ""
             if not problem:
@@ -503,11 +550,29 @@ class ClinikoExtractor:
         self, folder: Path, state_path: Path, state: ExtractState, entry: ResourceState,
         ep: Endpoint, resource: str,
     ) -> None:  # fmt: skip
+        fetched: set[str] = set()
+        biggest = 0  # the most records a page of this pull held
         while entry.next_url is not None:
             page_number = entry.pages_saved + 1
             url = entry.next_url
-            body = self._fetch(url, resource, page_number)
-            records, next_url = self._parse_page(body, ep.resource, resource, page_number, url)
+            if url in fetched:
+                raise PullChanged(f"links.next of page {page_number - 1} leads back to a page "
+                                  "already pulled")  # fmt: skip
+            fetched.add(url)
+            body = self._fetch(url, resource, page_number, first=entry.pages_saved == 0,
+                               variant=bool(ep.variant))  # fmt: skip
+            records, next_url, total = self._parse_page(
+                body, ep.resource, resource, page_number, url
+            )
+            biggest = max(biggest, records)
+            if total is not None and next_url is not None and (
+                page_number >= math.ceil(max(total, 0) / max(biggest, 1)) + 2
+            ):
+                # Cliniko said how many there are; a chain that goes on past the pages they
+                # fill would never end.
+                raise PullChanged(
+                    f"the pages go on past the {total:,} records total_entries gives"
+                )
             write_atomic(folder / page_file_name(page_number), body)
             entry.pages_saved = page_number
             entry.records += records
@@ -517,7 +582,7 @@ class ClinikoExtractor:
 
     def _parse_page(
         self, body: bytes, key: str, resource: str, page_number: int, url: str
-    ) -> tuple[int, str | None]:
+    ) -> tuple[int, str | None, int | None]:
         where = f"{resource} page {page_number}"
         try:
             payload = json.loads(body)
@@ -528,38 +593,51 @@ class ClinikoExtractor:
                 f"{where}: the response has no {key!r} list; check that "
                 f"{self.base_url} is a Cliniko API v1 base URL"
             )
+        total = _whole_number(payload.get("total_entries"))
         links = payload.get("links")
         next_url = links.get("next") if isinstance(links, dict) else None
         if next_url in (None, ""):
-            return len(payload[key]), None
+            return len(payload[key]), None, total
         if not isinstance(next_url, str):
             raise ExtractError(f"{where}: links.next is not a URL")
         parts = urlsplit(next_url)
-        # The API key goes with every request, so never follow a link to another host.
-        if (parts.scheme, parts.netloc.lower()) != self._origin:
-            raise ExtractError(
-                f"{where}: links.next points to {parts.scheme}://{parts.netloc}, not to "
+        # The API key goes with every request, so never follow a link to another host (or
+        # one that carries credentials of its own).
+        if (parts.scheme, parts.netloc.lower()) != self._origin or parts.username:
+            host = parts.hostname or "?"
+            raise ExtractError(self._redact(
+                f"{where}: links.next points to {parts.scheme}://{host}, not to "
                 f"{self._origin[0]}://{self._origin[1]}; refusing to send the API key there"
-            )
+            ))  # fmt: skip
         if next_url == url:
             raise ExtractError(f"{where}: links.next points back to the same page")
-        return len(payload[key]), next_url
+        return len(payload[key]), next_url, total
 
     # -- HTTP
 
-    def _fetch(self, url: str, resource: str, page_number: int) -> bytes:
+    def _fetch(
+        self, url: str, resource: str, page_number: int, *, first: bool = False,
+        variant: bool = False,
+    ) -> bytes:  # fmt: skip
         """GET one page: waits for the rate limiter, honours 429, retries transient errors."""
         where = f"{resource} page {page_number}"
         failures = 0
         rate_limited = 0
         while True:
             self._limiter.acquire()
+            failed: str | None = None
             try:
-                response = self._session.get(url, timeout=REQUEST_TIMEOUT)
+                # No redirects: Cliniko answers pages directly, and a redirect could carry
+                # the request (and its key) elsewhere.
+                response = self._session.get(url, timeout=REQUEST_TIMEOUT, allow_redirects=False)
             except _TRANSIENT_ERRORS as exc:
                 problem: str | None = f"connection failed ({type(exc).__name__})"
+            except requests.RequestException as exc:
+                problem, failed = None, f"the request failed ({type(exc).__name__})"
             else:
                 problem = None
+            if failed is not None:
+                raise ExtractError(self._redact(f"{where}: {failed}"))
             if problem is not None:
                 # Handled outside the except block so a final ExtractError does not drag the
                 # request (and its Authorization header) along as its context.
@@ -568,7 +646,19 @@ class ClinikoExtractor:
                 continue
             status = response.status_code
             if 200 <= status < 300:
-                return response.content
+                try:
+                    return response.content
+                except requests.RequestException as exc:  # a body that cannot be decoded
+                    failures += 1
+                    self._backoff_or_fail(where, f"unreadable body ({type(exc).__name__})",
+                                          failures)  # fmt: skip
+                    continue
+            if 300 <= status < 400:
+                raise ExtractError(self._redact(
+                    f"{where}: Cliniko answered HTTP {status} (a redirect to "
+                    f"{urlsplit(response.headers.get('Location', '')).hostname or '?'}); check "
+                    f"CLINIKO_API_BASE_URL ({self.base_url}) and any proxy in between"
+                ))  # fmt: skip
             if status == 429:
                 rate_limited += 1
                 if rate_limited > MAX_RATE_LIMITED_RETRIES:
@@ -587,6 +677,8 @@ class ClinikoExtractor:
                 failures += 1
                 self._backoff_or_fail(where, f"HTTP {status}", failures)
                 continue
+            if status == 404 and first and variant:
+                raise EndpointUnavailable()
             if status == 404 and page_number > 1:
                 # The endpoint exists (page 1 was served): the page the last one linked to
                 # is gone, so records changed under the pull.
@@ -634,6 +726,8 @@ class ClinikoExtractor:
         except ValueError:
             number = None
         if number is not None:
+            if not math.isfinite(number):
+                return None
             return number - self._clock() if number >= EPOCH_THRESHOLD else number
         try:
             moment = parsedate_to_datetime(value)  # Retry-After may be an HTTP date

@@ -57,6 +57,11 @@ class Endpoint:
     # Canonical column values every record of the endpoint has (what the endpoint says).
     implies: tuple[tuple[str, str], ...] = ()
 
+    @property
+    def variant(self) -> str:
+        """'' for a list, else what its records are: deleted, cancelled, archived, inactive."""
+        return self.path.partition("/")[2]
+
 
 def endpoint(path: str, resource: str | None = None, **implies: str) -> Endpoint:
     return Endpoint(path.replace("/", "_"), path, resource or path.split("/")[0],
@@ -68,7 +73,7 @@ def endpoint(path: str, resource: str | None = None, **implies: str) -> Endpoint
 ENDPOINTS: dict[str, tuple[Endpoint, ...]] = {
     "patients": (
         endpoint("patients"),
-        endpoint("patients/archived"),
+        endpoint("patients/archived", status="archived"),
         endpoint("patients/deleted"),
     ),
     "practitioners": (
@@ -82,7 +87,7 @@ ENDPOINTS: dict[str, tuple[Endpoint, ...]] = {
         endpoint("individual_appointments/cancelled"),
         endpoint("individual_appointments/deleted"),
     ),
-    "invoices": (endpoint("invoices"), endpoint("invoices/deleted")),
+    "invoices": (endpoint("invoices"), endpoint("invoices/deleted", status="void")),
     "invoice_items": (endpoint("invoice_items"), endpoint("invoice_items/deleted")),
     "cases": (endpoint("patient_cases"),),
 }
@@ -174,6 +179,9 @@ def own_id(resource: str) -> Getter:
     def get(record: Record) -> str | None | BadValue:
         ident = text(record.get("id"))
         if ident is not None:
+            # "7.0" is not Cliniko's 7: an id is digits (or letters), never a number's text.
+            if not _ID.match(ident):
+                return BadValue(f"id {ident!r} is not a Cliniko record id")
             return ident
         found = link_id({"links": record.get("links")}, resource)
         if isinstance(found, BadValue):
@@ -206,12 +214,15 @@ def patient_status(record: Record) -> str | None:
     return "archived" if text(record.get("archived_at")) else "active"
 
 
-def invoice_status(record: Record) -> str | None:
+def invoice_status(record: Record) -> str | None | BadValue:
     if text(record.get("deleted_at")):
         return "void"
     raw = text(record.get("status"))
+    if raw is None:
+        # Read as open, it would be chased as owed in full.
+        return BadValue("status is missing; Cliniko gives every invoice one of 10, 20, 30, 40")
     # An unknown code stays as it is, so validation rejects the row and names the value.
-    return INVOICE_STATUS.get(raw, raw) if raw is not None else None
+    return INVOICE_STATUS.get(raw, raw)
 
 
 def contact_name(link_field: str, contacts: dict[str, str]) -> Getter:
@@ -262,9 +273,10 @@ def custom_field_values(record: Record) -> dict[str, str] | BadValue:
             options = item.get("options")
             if isinstance(options, list):
                 chosen = [text(o.get("name")) for o in options
-                          if isinstance(o, dict) and o.get("selected")]  # fmt: skip
+                          if isinstance(o, dict) and o.get("selected") is True]  # fmt: skip
                 other = item.get("other")
-                if isinstance(other, dict) and other.get("selected") and text(other.get("value")):
+                if (isinstance(other, dict) and other.get("selected") is True
+                        and text(other.get("value"))):  # fmt: skip
                     chosen.append(text(other.get("value")))
                 value = ", ".join(c for c in chosen if c) or None
             else:
@@ -281,21 +293,27 @@ def custom_fields(record: Record) -> str | None | BadValue:
     return json.dumps(values, ensure_ascii=False, sort_keys=True) if values else None
 
 
-_INSURANCE = re.compile(r"insur|health fund|\bfund\b|cover", re.IGNORECASE)
-_NOT_A_PLAN = re.compile(r"number|\bno\b|\bid\b|expir|date|member|policy", re.IGNORECASE)
+_INSURANCE = re.compile(r"\binsur|\bhealth fund|\bfund\b|\bcover(age)?\b", re.IGNORECASE)
+_NOT_A_PLAN = re.compile(
+    r"number|\bno\b|\bid\b|expir|date|member|policy|note|comment|\?", re.IGNORECASE
+)
+_NOT_A_NAME = re.compile(r"^(yes|no|true|false|y|n|none|n/a)$", re.IGNORECASE)
 
 
 def insurance_plan(record: Record) -> str | None:
     """The patient's insurer, where a clinic keeps it in Cliniko: the first custom field of
-    an insurance section (or named after insurance) that is not a number or a date, e.g.
+    an insurance, health fund or cover section (or so named) that is not a number, date,
+    membership, policy, note or question, and whose value is not yes / no, e.g.
     "Insurance coverage / Provider" → "Super Insurance"."""
     values = custom_field_values(record)
     if isinstance(values, BadValue):
         return None
     for key, value in values.items():
         section, _, name = key.partition(" / ")
-        if (_INSURANCE.search(section) or _INSURANCE.search(name)) and not _NOT_A_PLAN.search(
-            name
+        if (
+            (_INSURANCE.search(section) or _INSURANCE.search(name))
+            and not _NOT_A_PLAN.search(name)
+            and not _NOT_A_NAME.match(value.strip())
         ):
             return value
     return None
@@ -439,7 +457,14 @@ def mappings(lookups: Lookups = NO_LOOKUPS) -> dict[str, dict[str, Getter]]:
 
 
 def page_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.glob("*.json") if p.is_file())
+    """The page files in page order: by the number in the name (page-9 before page-10,
+    page-99999 before page-100000), then by name."""
+    return sorted((p for p in folder.glob("*.json") if p.is_file()), key=_page_order)
+
+
+def _page_order(path: Path) -> tuple[int, str]:
+    digits = re.findall(r"\d+", path.stem)
+    return (int(digits[-1]) if digits else -1, path.name)
 
 
 def read_body(path: Path, resource: str) -> dict[str, Any]:
@@ -502,6 +527,14 @@ def check_complete(folder: Path, resource: str) -> str | None:
         return (
             f"{pages[-1]}, the last page of the folder, still links to a next page "
             f"({last_next}); {records:,} record(s) were found"
+        )
+    without = [
+        p for p, b in zip(pages, bodies, strict=True) if text(b.get("total_entries")) is None
+    ]
+    if without:
+        return (
+            f"{without[0]} has no total_entries, so the pull cannot be checked for "
+            "completeness (Cliniko gives it on every page); re-run the extract"
         )
     totals = {text(b.get("total_entries")) for b in bodies} - {None}
     for total in totals:
@@ -594,14 +627,49 @@ def endpoints_read(ent: Entity) -> tuple[Endpoint, ...]:
     return own
 
 
+# Written by the extractor (`audiences extract cliniko`) beside the endpoint folders:
+# how far the pull of each endpoint got.
+STATE_FILE_NAME = "_extract_state.json"
+
+
+def pull_state(extract_dir: Path) -> dict[str, dict[str, Any]] | str | None:
+    """The extractor's record of each endpoint (folder → its entry), None for a folder
+    the extractor did not write (pages put together by hand), or why it cannot be read."""
+    path = extract_dir / STATE_FILE_NAME
+    if not path.exists():
+        return None
+    try:
+        body = json.loads(path.read_text(encoding="utf-8"))
+        entries = body["resources"]
+        if not isinstance(entries, dict):
+            raise TypeError("resources is not an object")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"{path} cannot be read ({err}), so whether the pull finished is unknown"
+    return {k: v for k, v in entries.items() if isinstance(v, dict)}
+
+
 def incomplete_folders(extract_dir: Path, ent: Entity) -> list[str]:
-    """The completeness problems of the folders an entity is read from."""
-    return [
-        problem
-        for ep in endpoints_read(ent)
-        if (extract_dir / ep.folder).is_dir()
-        and (problem := check_complete(extract_dir / ep.folder, ep.resource))
-    ]
+    """The completeness problems of the folders an entity is read from: the extractor's
+    state says an endpoint did not finish, or a folder's pages do not add up."""
+    state = pull_state(extract_dir)
+    if isinstance(state, str):
+        return [state]
+    problems, unfinished = [], []
+    for ep in endpoints_read(ent):
+        folder = extract_dir / ep.folder
+        if state is not None:
+            entry = state.get(ep.folder, {})
+            if not (entry.get("complete") is True or entry.get("unavailable") is True):
+                pulled = f"{entry.get('pages_saved', 0)} page(s) pulled" if entry else "not pulled"
+                unfinished.append(f"{ep.path} ({pulled})")
+                continue
+        if folder.is_dir() and (problem := check_complete(folder, ep.resource)):
+            problems.append(problem)
+    if unfinished:
+        where = extract_dir / STATE_FILE_NAME
+        problems.insert(0, f"the extract stopped before these were complete: "
+                           f"{', '.join(unfinished)} ({where})")  # fmt: skip
+    return problems
 
 
 def read_cliniko_text(
@@ -634,28 +702,44 @@ def read_cliniko_text(
     rows: list[int] = []
     rejected: list[tuple[str, int, str, str]] = []
     total = 0
+    # A keyless entity (invoice lines) cannot let a deleted copy replace the live one by
+    # key: the deleted endpoint's Cliniko ids are looked up instead.
+    deleted_ids = deleted_record_ids(extract_dir, ent) if not ent.key else {}
     for ep in ENDPOINTS.get(ent.name, ()):
         implied = dict(ep.implies)
         for page, position, record in records(extract_dir, ep):
             total += 1
             if not isinstance(record, dict):
+                if ep.variant == "deleted":
+                    raise unreadable_deletion(page, position, ep, "it is not a JSON object")
                 rejected.append(
                     (str(page), position, "record is not a JSON object", text(record) or "")
                 )
                 continue
-            values = read_record(record, getters)
-            deleted = deleted_at(ent, record)
+            # What the endpoint says overrides what the record says (or cannot say).
+            values = {**read_record(record, getters), **implied}
+            deleted = deleted_at(ent, ep, record)
             bad = [v.reason for v in values.values() if isinstance(v, BadValue)]
             if deleted and isinstance(values[key], str):
                 # A deleted record is rejected for that; what else cannot be read of it
                 # does not matter.
                 values = {n: None if isinstance(v, BadValue) else v for n, v in values.items()}
                 bad = []
+            elif ep.variant == "deleted" and ent.key and not isinstance(values[key], str):
+                # The deletion cannot be applied: the live copy would stay a patient.
+                reason = "; ".join(bad) or f"it names no {ent.key}"
+                raise unreadable_deletion(page, position, ep, reason)
+            if ep.variant == "cancelled" and values.get("cancelled_at") is None:
+                # The endpoint says it is cancelled: when, as near as the record tells.
+                values["cancelled_at"] = text(record.get("updated_at")) or values.get("starts_at")
+            own = text(record.get("id"))
+            if not deleted and own is not None and own in deleted_ids:
+                deleted = f"{deleted_ids[own]} (listed by {ent.name}/deleted)"
             if bad:
                 rejected.append((str(page), position, "; ".join(bad), text(record) or ""))
                 continue
             for name in names:
-                columns[name].append(implied.get(name, values.get(name)))  # type: ignore[arg-type]
+                columns[name].append(values.get(name))  # type: ignore[arg-type]
             columns[DELETED_AT].append(deleted)
             files.append(str(page))
             rows.append(position)
@@ -667,17 +751,43 @@ def read_cliniko_text(
     return frame, rejects, total
 
 
-def deleted_at(ent: Entity, record: Record) -> str | None:
-    """When Cliniko deleted the record, or None. An invoice keeps its record (a deleted
-    invoice is void); an appointment's `archived_at` is Cliniko's older name for its
-    deletion, so an archived appointment is deleted too (archived patients, cases and
-    appointment types are kept, as archived, closed and still naming old visits)."""
+NO_TIME = "a time Cliniko did not give"
+
+
+def deleted_at(ent: Entity, ep: Endpoint, record: Record) -> str | None:
+    """When Cliniko deleted the record, or None. A record of a deleted endpoint is deleted
+    whatever its fields say. An invoice keeps its record (a deleted invoice is void); an
+    appointment's `archived_at` is Cliniko's older name for its deletion, so an archived
+    appointment is deleted too (archived patients, cases and appointment types are kept,
+    as archived, closed and still naming old visits)."""
     if ent.name == "invoices":
         return None
     deleted = text(record.get("deleted_at"))
     if deleted is None and ent.name == "appointments":
         deleted = text(record.get("archived_at"))
+    if deleted is None and ep.variant == "deleted":
+        deleted = NO_TIME
     return deleted
+
+
+def deleted_record_ids(extract_dir: Path, ent: Entity) -> dict[str, str]:
+    """Cliniko id → when, for the records of an entity's deleted endpoint."""
+    found: dict[str, str] = {}
+    for ep in ENDPOINTS.get(ent.name, ()):
+        if ep.variant != "deleted":
+            continue
+        for _, _, record in records(extract_dir, ep):
+            if isinstance(record, dict) and (ident := text(record.get("id"))):
+                found[ident] = text(record.get("deleted_at")) or NO_TIME
+    return found
+
+
+def unreadable_deletion(page: Path, position: int, ep: Endpoint, reason: str) -> ExtractFileError:
+    return ExtractFileError(
+        f"{page}: record {position} of {ep.path} cannot be read ({reason}), so the deletion "
+        "it records cannot be applied and a deleted record would stay in the clinic; "
+        "re-run the extract"
+    )
 
 
 def read_record(record: Record, getters: dict[str, Getter]) -> dict[str, str | None | BadValue]:

@@ -69,7 +69,10 @@ def entity_source(extract_dir: Path, ent: Entity, fmt: str) -> EntitySource:
     endpoints = cliniko.ENDPOINTS.get(ent.name, ())
     if fmt == "cliniko" and endpoints:
         main = extract_dir / endpoints[0].folder
-        if any((extract_dir / e.folder).is_dir() for e in endpoints):
+        # With the extractor's state beside them, absent folders are read too: the state
+        # says whether an endpoint was pulled empty or never pulled at all.
+        pulled_by_extractor = (extract_dir / cliniko.STATE_FILE_NAME).exists()
+        if pulled_by_extractor or any((extract_dir / e.folder).is_dir() for e in endpoints):
             return EntitySource("cliniko", extract_dir, endpoints[0].resource)
         if ent.name in cliniko.REQUIRED_FOLDERS:
             raise ExtractFileError(

@@ -76,6 +76,8 @@ class FakeCliniko:
     claimed_total: dict[str, int] = field(default_factory=dict)
     missing_pages: list[tuple[str, int]] = field(default_factory=list)
     after_page: dict[tuple[str, int], Any] = field(default_factory=dict)
+    endless: set[str] = field(default_factory=set)  # endpoints whose pages always link on
+    next_netloc: str | None = None  # serve links.next with this netloc (e.g. with userinfo)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def page_body(self, resource: str, page: int, per_page: int) -> bytes:
@@ -85,7 +87,9 @@ class FakeCliniko:
         chunk = rows[(page - 1) * per_page : page * per_page]
         host = self.next_host or f"127.0.0.1:{self.port}"
         links = {"self": f"http://127.0.0.1:{self.port}/v1/{resource}?page={page}"}
-        if page * per_page < len(rows):
+        if self.next_netloc:
+            host = self.next_netloc
+        if page * per_page < len(rows) or resource in self.endless:
             links["next"] = f"http://{host}/v1/{resource}?page={page + 1}&per_page={per_page}"
         total = self.claimed_total.get(resource, len(rows))
         return json.dumps({key: chunk, "total_entries": total, "links": links}).encode()
@@ -275,6 +279,7 @@ def test_pulls_every_page_of_each_resource_and_saves_it_as_returned(
         "records": 5,
         "next_url": None,
         "complete": True,
+        "unavailable": False,
     }
 
 
@@ -714,7 +719,7 @@ def test_a_page_missing_mid_pull_is_pulled_again_from_page_one(
 def test_a_page_missing_on_every_pull_refuses_the_extract_and_ingest_refuses_the_folder(
     cliniko: FakeCliniko, fake_time: FakeTime, tmp_path: Path
 ) -> None:
-    from ingest.cliniko import read_cliniko_text
+    from ingest.cliniko import check_complete, read_cliniko_text
     from ingest.csv_reader import ExtractFileError
     from ingest.entities import entity
 
@@ -728,14 +733,24 @@ def test_a_page_missing_on_every_pull_refuses_the_extract_and_ingest_refuses_the
     assert page_files(tmp_path / "patients") == THREE_PAGES[:2]
     state = json.loads((tmp_path / STATE_FILE_NAME).read_text())
     assert state["resources"]["patients"]["complete"] is False
-    with pytest.raises(ExtractFileError, match="pull of patients is incomplete.*page 3"):
+    with pytest.raises(ExtractFileError, match="pull of patients is incomplete: the extract "
+                       r"stopped before these were complete: patients \(0 page\(s\) pulled\)"):
         read_cliniko_text(tmp_path, entity("patients"))
+    # Without the state file, the pages themselves say so.
+    (tmp_path / STATE_FILE_NAME).rename(tmp_path / "state.bak")
+    with pytest.raises(ExtractFileError, match="links to page 3 of patients .*, which the folder"):
+        read_cliniko_text(tmp_path, entity("patients"))
+    (tmp_path / "state.bak").rename(tmp_path / STATE_FILE_NAME)
 
     # The API recovers: the next run starts the endpoint over and completes it.
     cliniko.seen.clear()
     assert run(cliniko, fake_time, tmp_path, ["patients"]) == {"patients": 5}
     assert cliniko.seen == [("patients", 1), ("patients", 2), ("patients", 3)]
-    frame, rejects, total = read_cliniko_text(tmp_path, entity("patients"))
+    assert check_complete(tmp_path / "patients", "patients") is None
+    # Only patients was pulled, so the extract is still not the whole clinic.
+    with pytest.raises(ExtractFileError, match=r"patients/archived \(not pulled\)"):
+        read_cliniko_text(tmp_path, entity("patients"))
+    frame, rejects, total = read_cliniko_text(tmp_path, entity("patients"), accept_incomplete=True)
     assert (frame.height, rejects.height, total) == (5, 0, 5)
 
 
@@ -777,3 +792,135 @@ def test_a_complete_endpoint_whose_pages_were_removed_is_pulled_again(
     }
     assert cliniko.seen == [("patients", 1), ("patients", 2), ("patients", 3)]
     assert any("no longer add up" in m for m in messages)
+
+
+# ------------------------------------------------ what a second hostile pass found
+
+
+def every_endpoint(fake: FakeCliniko) -> None:
+    from ingest.cliniko import ALL_ENDPOINTS
+
+    fake.records = {e.path: [] for e in ALL_ENDPOINTS}
+    fake.records["patients"] = [patient(n) for n in range(1, 4)]
+    fake.records["individual_appointments"] = [
+        {"id": str(n), "starts_at": f"2026-01-0{n}T09:00:00Z",
+         "patient": {"links": {"self": "https://api.au1.cliniko.com/v1/patients/1"}}}
+        for n in (1, 2)
+    ]  # fmt: skip
+
+
+def test_an_extract_that_stopped_halfway_is_refused_by_ingest(
+    cliniko: FakeCliniko, fake_time: FakeTime, tmp_path: Path
+) -> None:
+    import duckdb
+
+    from ingest.csv_reader import ExtractFileError
+    from ingest.load import load_all
+
+    every_endpoint(cliniko)
+    cliniko.fail_forever.add(("invoices", 1))
+    with pytest.raises(ExtractError, match="invoices page 1: HTTP 500"):
+        run(cliniko, fake_time, tmp_path, None)  # type: ignore[arg-type]
+    # invoices and every endpoint after it were never pulled: not an empty clinic.
+    with pytest.raises(ExtractFileError) as err:
+        load_all(duckdb.connect(), tmp_path, "cliniko")
+    message = str(err.value)
+    assert "pull of invoices is incomplete: the extract stopped before these were complete: " \
+           "invoices (0 page(s) pulled), invoices/deleted (not pulled)" in message  # fmt: skip
+    assert "pull of invoice_items is incomplete" in message
+    # Patients were pulled, but not the contacts that name their referrers.
+    assert "pull of patients is incomplete: the extract stopped before these were complete: " \
+           "contacts (not pulled)" in message  # fmt: skip
+
+
+def test_a_variant_endpoint_the_account_lacks_is_skipped_and_the_extract_is_whole(
+    cliniko: FakeCliniko, fake_time: FakeTime, tmp_path: Path
+) -> None:
+    import duckdb
+
+    from ingest.load import load_all
+
+    every_endpoint(cliniko)
+    del cliniko.records["attendees/deleted"]  # 404 on its first page
+    messages: list[str] = []
+    counts = run(cliniko, fake_time, tmp_path, None, progress=messages.append)  # type: ignore[arg-type]
+    assert counts["attendees_deleted"] == 0 and not (tmp_path / "attendees_deleted").exists()
+    assert "attendees_deleted: not offered by this account (HTTP 404), skipped" in messages
+    results = load_all(duckdb.connect(), tmp_path, "cliniko")
+    assert results["patients"].loaded == 3 and results["appointments"].loaded == 2
+    # A main endpoint answering 404 is still a wrong base URL, not a missing variant.
+    del cliniko.records["patients"]
+    with pytest.raises(ExtractError, match="HTTP 404.*CLINIKO_API_BASE_URL"):
+        run(cliniko, fake_time, tmp_path / "b", ["patients"])
+
+
+def test_a_restart_against_another_account_must_pull_everything(
+    cliniko: FakeCliniko, fake_time: FakeTime, tmp_path: Path
+) -> None:
+    run(cliniko, fake_time, tmp_path, ["appointment_types"])
+    with pytest.raises(ExtractError, match="a restart against http://127.0.0.1:9/v1 must pull "
+                       "every endpoint, not only patients"):  # fmt: skip
+        extract(tmp_path, api_key=API_KEY, base_url="http://127.0.0.1:9/v1",
+                resources=["patients"], restart=True, sleep=fake_time.sleep,
+                clock=fake_time.clock)  # fmt: skip
+
+
+def test_a_state_file_of_the_earlier_format_is_not_resumed(
+    cliniko: FakeCliniko, fake_time: FakeTime, tmp_path: Path
+) -> None:
+    (tmp_path / STATE_FILE_NAME).write_text(json.dumps({
+        "format": 1, "base_url": base_url(cliniko),
+        "resources": {"patients": {"pages_saved": 3, "records": 5, "next_url": None,
+                                   "complete": True}},
+    }))  # fmt: skip
+    with pytest.raises(ExtractError, match="format 1, from another version.*--restart"):
+        run(cliniko, fake_time, tmp_path, ["patients"])
+    with pytest.raises(ExtractError, match="format 1"):  # a partial restart keeps the rule
+        run(cliniko, fake_time, tmp_path, ["patients"], restart=True)
+    every_endpoint(cliniko)
+    counts = run(cliniko, fake_time, tmp_path, None, restart=True)  # type: ignore[arg-type]
+    assert counts["patients"] == 3
+
+
+def test_a_reset_header_that_is_not_a_number_falls_back_to_retry_after(
+    cliniko: FakeCliniko, fake_time: FakeTime, tmp_path: Path
+) -> None:
+    cliniko.faults[("patients", 1)] = [
+        Fault(429, {"X-RateLimit-Reset": "nan", "Retry-After": "4"}),
+        Fault(429, {"X-RateLimit-Reset": "inf"}),  # no usable header at all: 60 s
+    ]
+    assert run(cliniko, fake_time, tmp_path, ["patients"]) == {"patients": 5}
+    assert fake_time.sleeps == [4.0, 60.0]
+
+
+def test_a_redirect_is_not_followed(
+    cliniko: FakeCliniko, fake_time: FakeTime, tmp_path: Path
+) -> None:
+    cliniko.faults[("patients", 1)] = [Fault(302, {"Location": "http://login.example/sso"})]
+    with pytest.raises(ExtractError) as err:
+        run(cliniko, fake_time, tmp_path, ["patients"])
+    assert "HTTP 302 (a redirect to login.example); check CLINIKO_API_BASE_URL" in str(err.value)
+    assert cliniko.seen == [("patients", 1)]
+
+
+def test_an_endless_next_chain_stops_past_total_entries(
+    cliniko: FakeCliniko, fake_time: FakeTime, tmp_path: Path
+) -> None:
+    # 3 patients in pages of 2, but every page links to another (empty) one.
+    cliniko.records["patients"] = [patient(n) for n in range(1, 4)]
+    cliniko.endless.add("patients")
+    with pytest.raises(ExtractError, match="go on past the 3 records total_entries gives"):
+        run(cliniko, fake_time, tmp_path, ["patients"])
+    # Pages hold at most 2, so 3 records fill ceil(3 / 2) = 2 pages; a link on from page
+    # 2 + 2 = 4 is past any end. Two pulls of 4 pages each.
+    assert cliniko.seen == [("patients", n) for n in (1, 2, 3, 4)] * 2
+
+
+def test_a_next_link_carrying_credentials_is_refused_without_showing_them(
+    cliniko: FakeCliniko, fake_time: FakeTime, tmp_path: Path
+) -> None:
+    cliniko.next_netloc = f"{API_KEY}@127.0.0.1:{cliniko.port}"
+    with pytest.raises(ExtractError) as err:
+        run(cliniko, fake_time, tmp_path, ["patients"])
+    assert "refusing to send the API key there" in str(err.value)
+    assert API_KEY not in str(err.value)
