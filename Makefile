@@ -24,6 +24,7 @@ demo: $(STAMP)
 	$(BIN)/audiences demo --patients $(DEMO_PATIENTS)
 
 test: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q -n 2
 
 ui: $(STAMP)

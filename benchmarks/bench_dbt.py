@@ -263,9 +263,9 @@ def prepare_raw(patients: int, as_of: date, seed: int, raw_from: Path | None) ->
     if raw.exists():
         print(f"  reusing {raw.relative_to(ROOT)}")
         return raw
+    from core.warehouse import connect
     from extract.synthetic import generate_clinic
     from ingest.load import load_all
-    from ingest.warehouse import connect
 
     extract = OUT_DIR / f"extract_{patients}_{as_of}_{seed}"
     started = time.perf_counter()

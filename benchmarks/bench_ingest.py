@@ -26,7 +26,7 @@ generate_clinic({n}, Path({out!r}), seed=7, fmt="csv", as_of=date(2026, 11, 26))
     "ingest": """
 from pathlib import Path
 from ingest.load import load_all
-from ingest.warehouse import connect
+from core.warehouse import connect
 with connect({db!r}) as con:
     results = load_all(con, Path({out!r}), "csv")
 print("ROWS", sum(r.rows_in for r in results.values()), sum(r.loaded for r in results.values()),

@@ -35,7 +35,8 @@ import polars as pl
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ingest.warehouse import connect, create_empty_raw_tables  # noqa: E402
+from core.warehouse import connect  # noqa: E402
+from ingest.raw_tables import create_empty_raw_tables  # noqa: E402
 from outbound import ledger as L  # noqa: E402
 from outbound.campaigns import Daily, FrequencyCap, load_campaigns  # noqa: E402
 from outbound.run import (  # noqa: E402
@@ -46,7 +47,8 @@ from outbound.run import (  # noqa: E402
     state_engine,
 )
 from outbound.selection import EMAIL_PATTERN, RunClock, build_candidates, plan_sends  # noqa: E402
-from outbound.warehouse import read_contacts, read_members  # noqa: E402
+from outbound.warehouse_io import read_contacts  # noqa: E402
+from segments.members import ensure_membership_tables, read_members  # noqa: E402
 
 AS_OF = date(2026, 11, 23)  # a Monday
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
@@ -118,6 +120,11 @@ def synthesise(db: Path, state_url: str, n: int, seed: int = 7) -> None:
         con.execute(
             "create or replace table segments.membership as "
             "select segment_slug, patient_id, case_id, as_of, now() as entered_at from m"
+        )
+        ensure_membership_tables(con)
+        con.execute(
+            "insert into segments.segment_runs select segment_slug, as_of, count(*), 0, 0, "
+            "now() from segments.membership group by all"
         )
     engine = state_engine(
         OutboundSettings(duckdb_path=str(db), state_db_url=state_url, timezone="UTC")

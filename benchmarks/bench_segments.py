@@ -31,9 +31,9 @@ import duckdb
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from segments.catalogue import ENTITY_TABLES  # noqa: E402
 from segments.dates import resolve_date  # noqa: E402
 from segments.evaluate import WarehouseFrames, evaluate  # noqa: E402
+from segments.field_catalogue import ENTITY_TABLES  # noqa: E402
 from segments.library import (  # noqa: E402
     SHIPPED_DEFINITIONS,
     default_catalogue,

@@ -26,7 +26,7 @@ class UserError(Exception):
 
 
 def _as_of(value: str | None) -> date | None:
-    from clinic_audiences.config import parse_day
+    from core.days import parse_day
 
     if value is None:
         return None
@@ -62,10 +62,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from extract.cliniko_api import ExtractError, extract_from_env
+    from clinic_audiences.environment import current_settings
+    from extract.cliniko_api import ExtractError, extract_with
 
     try:
-        counts = extract_from_env(
+        counts = extract_with(
+            current_settings().cliniko,
             Path(args.out),
             progress=lambda msg: console.print(f"  {msg}", markup=False),
             restart=args.restart,
@@ -79,12 +81,17 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from clinic_audiences.runner import run_pipeline
+    from clinic_audiences.runner import run_days, run_pipeline
 
     extracts = Path(args.extracts)
     if not extracts.is_dir():
         raise UserError(f"--extracts {extracts}: no such folder")
     as_of = _as_of(args.as_of)
+    first, last = _as_of(args.from_day), _as_of(args.to_day)
+    if (first is None) != (last is None):
+        raise UserError("a backfill needs both --from and --to (YYYY-MM-DD)")
+    if first is not None and as_of is not None:
+        raise UserError("give either --as-of (one day) or --from and --to (a backfill)")
     select = [part.strip() for part in args.select.split(",")] if args.select else None
     if args.accept_shrink:
         from ingest.guard import ShrinkRule
@@ -93,25 +100,31 @@ def cmd_run(args: argparse.Namespace) -> int:
             ShrinkRule.parse(args.accept_shrink)
         except ValueError as err:
             raise UserError(str(err)) from None
-    from clinic_audiences.run_lock import WarehouseBusy
+    from core.run_lock import WarehouseBusy
 
+    options = {"select": select, "accept_shrink": args.accept_shrink,
+               "accept_incomplete": args.accept_incomplete}  # fmt: skip
     try:
-        return run_pipeline(
-            extracts, args.format, as_of, console=console, select=select,
-            accept_shrink=args.accept_shrink, accept_incomplete=args.accept_incomplete,
-        )  # fmt: skip
+        if first is not None and last is not None:
+            return run_days(extracts, args.format, first, last, console, **options)
+        return run_pipeline(extracts, args.format, as_of, console=console, **options)
     except (ValueError, WarehouseBusy) as err:
         raise UserError(str(err)) from None
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from clinic_audiences.run_lock import WarehouseBusy
     from clinic_audiences.runner import run_demo
+    from core.run_lock import WarehouseBusy
 
     try:
         return run_demo(args.patients, _as_of(args.as_of), console=console)
     except WarehouseBusy as err:
         raise UserError(str(err)) from None
+
+
+SEGMENTS = "clinic_audiences.segment_commands"
+WORKLISTS = "clinic_audiences.worklist_commands"
+CAMPAIGNS = "clinic_audiences.campaign_commands"
 
 
 def _delegate(module: str, function: str, *call_args: object) -> int:
@@ -153,7 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="materialise every asset on an extract folder")
     p.add_argument("--extracts", required=True, help="the extract folder")
     p.add_argument("--format", choices=("csv", "cliniko"), default="csv")
-    p.add_argument("--as-of", help="as-of date (YYYY-MM-DD; default today in CLINIC_TIMEZONE)")
+    p.add_argument("--as-of", help="as-of day: the partition to materialise (YYYY-MM-DD; "
+                   "default today in CLINIC_TIMEZONE)")
+    p.add_argument("--from", dest="from_day", metavar="D1",
+                   help="backfill: the first day of a range, with --to (oldest first)")
+    p.add_argument("--to", dest="to_day", metavar="D2", help="backfill: the last day of the range")
     p.add_argument(
         "--select",
         help="only assets whose key starts with these prefixes, e.g. raw or raw,staging,marts",
@@ -179,46 +196,46 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="validate segment definition files")
     p.add_argument("paths", nargs="*", help="files or folders (default: every definition)")
-    p.set_defaults(func=lambda a: _delegate("segments.cli", "cmd_validate", a.paths))
+    p.set_defaults(func=lambda a: _delegate(SEGMENTS, "cmd_validate", a.paths))
 
     p = sub.add_parser("preview", help="count and sample a segment file against the warehouse")
     p.add_argument("file")
     p.add_argument("--as-of")
-    p.set_defaults(func=lambda a: _delegate("segments.cli", "cmd_preview", a.file, a.as_of))
+    p.set_defaults(func=lambda a: _delegate(SEGMENTS, "cmd_preview", a.file, a.as_of))
 
     p = sub.add_parser("members", help="list a segment's current members")
     p.add_argument("slug")
     p.add_argument("--format", choices=("csv", "json"), default="csv")
     p.add_argument("--user", help="who is asking (private segments are visible to their owner)")
     p.set_defaults(
-        func=lambda a: _delegate("segments.cli", "cmd_members", a.slug, a.format, a.user)
+        func=lambda a: _delegate(SEGMENTS, "cmd_members", a.slug, a.format, a.user)
     )
 
     p = sub.add_parser("segments", help="list or re-snapshot segments")
     seg = p.add_subparsers(dest="segments_command", required=True, metavar="ACTION")
     q = seg.add_parser("list", help="list the segments you can see")
     q.add_argument("--user")
-    q.set_defaults(func=lambda a: _delegate("segments.cli", "cmd_segments_list", a.user))
+    q.set_defaults(func=lambda a: _delegate(SEGMENTS, "cmd_segments_list", a.user))
     q = seg.add_parser(
         "resnapshot", help="refreeze a snapshot segment now, against the current warehouse"
     )
     q.add_argument("slug")
     q.add_argument("--user", help="who is asking (a private segment only for its owner)")
     q.set_defaults(
-        func=lambda a: _delegate("segments.cli", "cmd_resnapshot", a.slug, None, a.user)
+        func=lambda a: _delegate(SEGMENTS, "cmd_resnapshot", a.slug, None, a.user)
     )
 
     p = sub.add_parser("campaigns", help="outbound campaigns: list, dry-run, send")
     camp = p.add_subparsers(dest="campaigns_command", required=True, metavar="ACTION")
     q = camp.add_parser("list", help="list campaigns")
-    q.set_defaults(func=lambda a: _delegate("outbound.cli", "cmd_list"))
+    q.set_defaults(func=lambda a: _delegate(CAMPAIGNS, "cmd_list"))
     q = camp.add_parser("dry-run", help="plan today's sends without sending")
     q.add_argument("--as-of")
     q.add_argument("--out", help="write the full plan to this CSV file")
-    q.set_defaults(func=lambda a: _delegate("outbound.cli", "cmd_dry_run", a.as_of, a.out))
+    q.set_defaults(func=lambda a: _delegate(CAMPAIGNS, "cmd_dry_run", a.as_of, a.out))
     q = camp.add_parser("send", help="send today's plan (needs SENDGRID_API_KEY)")
     q.add_argument("--as-of")
-    q.set_defaults(func=lambda a: _delegate("outbound.cli", "cmd_send", a.as_of))
+    q.set_defaults(func=lambda a: _delegate(CAMPAIGNS, "cmd_send", a.as_of))
     q = camp.add_parser(
         "lift-opt-out",
         help="forget a kept opt-out (after the patient opted in again and the "
@@ -227,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("patient_id")
     q.add_argument("channel", help="email, sms, whatsapp or all")
     q.set_defaults(
-        func=lambda a: _delegate("outbound.cli", "cmd_lift_opt_out", a.patient_id, a.channel)
+        func=lambda a: _delegate(CAMPAIGNS, "cmd_lift_opt_out", a.patient_id, a.channel)
     )
 
     p = sub.add_parser("worklist", help="work through segment members in stages")
@@ -240,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--user")
     q.set_defaults(
         func=lambda a: _delegate(
-            "workflow.cli", "cmd_show", a.slug, a.stage, a.assignee, a.format, a.user
+            WORKLISTS, "cmd_show", a.slug, a.stage, a.assignee, a.format, a.user
         )
     )
     q = wl.add_parser("move", help="move a member to a stage")
@@ -251,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--note")
     q.set_defaults(
         func=lambda a: _delegate(
-            "workflow.cli", "cmd_move", a.slug, a.member_id, a.stage, a.by, a.note
+            WORKLISTS, "cmd_move", a.slug, a.member_id, a.stage, a.by, a.note
         )
     )
     q = wl.add_parser("assign", help="assign a member to a user")
@@ -260,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("user")
     q.add_argument("--by", required=True)
     q.set_defaults(
-        func=lambda a: _delegate("workflow.cli", "cmd_assign", a.slug, a.member_id, a.user, a.by)
+        func=lambda a: _delegate(WORKLISTS, "cmd_assign", a.slug, a.member_id, a.user, a.by)
     )
     q = wl.add_parser("note", help="add a note to a member")
     q.add_argument("slug")
@@ -268,26 +285,26 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("text")
     q.add_argument("--by", required=True)
     q.set_defaults(
-        func=lambda a: _delegate("workflow.cli", "cmd_note", a.slug, a.member_id, a.text, a.by)
+        func=lambda a: _delegate(WORKLISTS, "cmd_note", a.slug, a.member_id, a.text, a.by)
     )
     q = wl.add_parser("history", help="every change of a member, in order")
     q.add_argument("slug")
     q.add_argument("member_id")
     q.add_argument("--user")
     q.set_defaults(
-        func=lambda a: _delegate("workflow.cli", "cmd_history", a.slug, a.member_id, a.user)
+        func=lambda a: _delegate(WORKLISTS, "cmd_history", a.slug, a.member_id, a.user)
     )
     q = wl.add_parser("counts", help="members per stage")
     q.add_argument("slug")
     q.add_argument("--user")
-    q.set_defaults(func=lambda a: _delegate("workflow.cli", "cmd_counts", a.slug, a.user))
+    q.set_defaults(func=lambda a: _delegate(WORKLISTS, "cmd_counts", a.slug, a.user))
     return parser
 
 
 def environment_error(err: Exception) -> str | None:
     """What a failure of the machine or the settings means for the user, or None for a
     failure that is not of that kind (then the traceback is the useful answer)."""
-    from clinic_audiences.config import SettingsError
+    from core.settings import SettingsError
 
     if isinstance(err, SettingsError):
         return str(err)

@@ -12,10 +12,11 @@ import dagster as dg
 from rich.console import Console
 from rich.table import Table
 
-from clinic_audiences.config import Settings, today_in
-from clinic_audiences.run_lock import hold_warehouse
+from clinic_audiences.environment import current_settings
+from core.days import today_in
+from core.run_lock import hold_warehouse
+from core.warehouse import connect, scalar
 from ingest.entities import ENTITIES
-from ingest.warehouse import connect, scalar
 
 RUN_EVENTS = {"STEP_START", "STEP_SUCCESS", "STEP_FAILURE", "ASSET_CHECK_EVALUATION"}
 
@@ -97,11 +98,26 @@ def progress_logger(console: Console, handler: ProgressHandler) -> dg.LoggerDefi
     return _progress
 
 
+# Written into a new DAGSTER_HOME: no usage statistics leave a machine that holds patient
+# data, and runs of the UI (a backfill, say) go one at a time, oldest day first, as one
+# warehouse file has one writer and a day's membership follows the day before.
+DAGSTER_YAML = """\
+telemetry:
+  enabled: false
+run_queue:
+  max_concurrent_runs: 1
+"""
+
+
 def dagster_instance() -> dg.DagsterInstance:
     """The persistent instance when DAGSTER_HOME is set (so `dagster dev` shows CLI runs),
     else an ephemeral one."""
     if os.environ.get("DAGSTER_HOME"):
-        Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+        home = Path(os.environ["DAGSTER_HOME"])
+        home.mkdir(parents=True, exist_ok=True)
+        config = home / "dagster.yaml"
+        if not config.exists():
+            config.write_text(DAGSTER_YAML)
         return dg.DagsterInstance.get()
     return dg.DagsterInstance.ephemeral()
 
@@ -114,6 +130,7 @@ def run_pipeline(
     select: list[str] | None = None,
     accept_shrink: str | None = None,
     accept_incomplete: bool = False,
+    extra_tags: dict[str, str] | None = None,
 ) -> int:
     """Materialise every asset (or those whose key starts with one of `select`, e.g.
     `raw`, `marts`, `segments`) on one extract folder, in this process.
@@ -129,16 +146,15 @@ def run_pipeline(
         EXTRACTS_TAG,
         FORMAT_TAG,
     )
-    from orchestration.resources import AS_OF_TAG, resources_from_env
+    from orchestration.resources import resources_for
 
-    settings = Settings.from_env()
+    settings = current_settings()
     as_of = as_of or today_in(settings.clinic_timezone)
+    refuse_future(as_of, settings.clinic_timezone)
     handler = ProgressHandler(console, private_step_keys())
-    resources = resources_from_env(
-        extracts_dir=str(extracts.resolve()), extract_format=fmt, as_of=as_of.isoformat()
-    )
+    resources = resources_for(settings, extracts_dir=str(extracts.resolve()), extract_format=fmt)
     defs = build_definitions(
-        resources=resources, loggers={"progress": progress_logger(console, handler)}
+        settings, resources=resources, loggers={"progress": progress_logger(console, handler)}
     )
     job = defs.resolve_job_def("daily_refresh")
     selection = None
@@ -163,12 +179,14 @@ def run_pipeline(
             # Only the progress logger: one line per step instead of Dagster's debug stream.
             run_config={"loggers": {"progress": {}}},
             asset_selection=selection,
+            # The as-of day is the partition: every step of the run computes for it.
+            partition_key=as_of.isoformat(),
             tags={
                 EXTRACTS_TAG: str(extracts.resolve()),
                 FORMAT_TAG: fmt,
-                AS_OF_TAG: as_of.isoformat(),
                 **({ACCEPT_SHRINK_TAG: accept_shrink} if accept_shrink else {}),
                 **({ACCEPT_INCOMPLETE_TAG: "true"} if accept_incomplete else {}),
+                **(extra_tags or {}),
             },
         )
     seconds = time.perf_counter() - started
@@ -179,6 +197,47 @@ def run_pipeline(
             console.print(f"  {failure}", style="red", markup=False)
         return 1
     console.print(f"Run succeeded in {seconds:.1f}s.", style="green")
+    return 0
+
+
+def refuse_future(day: date, timezone: str) -> None:
+    """A day after today (in the clinic's time zone) has no partition and no data yet."""
+    today = today_in(timezone)
+    if day > today:
+        raise ValueError(
+            f"--as-of {day} is after today ({today} in {timezone}); a run is for a day that "
+            "has begun. Ask for a day up to today"
+        )
+
+
+def run_days(
+    extracts: Path,
+    fmt: str,
+    first: date,
+    last: date,
+    console: Console,
+    **options,
+) -> int:
+    """A backfill: one run per as-of day from `first` to `last`, oldest first (segment
+    history and work lists move forward one day at a time), on the same extract. Stops at
+    the first day that fails."""
+    from datetime import timedelta
+
+    if last < first:
+        raise ValueError(f"--to {last} is before --from {first}")
+    refuse_future(last, current_settings().clinic_timezone)
+    days = [first + timedelta(days=n) for n in range((last - first).days + 1)]
+    backfill = f"cli-{first.isoformat()}-{last.isoformat()}"
+    for n, day in enumerate(days, 1):
+        console.print(f"[{n}/{len(days)}] {day}")
+        code = run_pipeline(
+            extracts, fmt, day, console, extra_tags={"dagster/backfill": backfill}, **options
+        )
+        if code != 0:
+            console.print(f"Backfill stopped at {day}: {len(days) - n} day(s) not run.",
+                          style="red")  # fmt: skip
+            return code
+    console.print(f"Backfill of {len(days)} day(s) succeeded.", style="green")
     return 0
 
 
@@ -247,9 +306,9 @@ def private_step_keys() -> set[str]:
     owners' alone)."""
     keys = {dg.AssetKey(["segments", s]).to_python_identifier() for s in private_segment_slugs()}
     try:
-        from workflow.catalog import read_worklists
+        from clinic_audiences.worklist_commands import worklists_of
 
-        lists = read_worklists().lists.values()
+        lists = worklists_of(current_settings()).lists.values()
     except (ImportError, ValueError, OSError):
         lists = []
     keys |= {
@@ -266,7 +325,7 @@ def private_segment_slugs() -> set[str]:
     except ImportError:
         return set()
     try:
-        library = load_library(Settings.from_env(), None)
+        library = load_library(current_settings(), None)
     except (FileNotFoundError, ValueError):
         return set()
     return {s.slug for s in library.segments if s.definition.visibility == "private"}
@@ -323,7 +382,7 @@ def run_demo(patients: int, as_of: date | None, console: Console) -> int:
     # Plan as at 10:00 clinic time, inside the campaigns' send windows, so the demo's dry
     # run shows who would be messaged rather than everyone deferred to the next window.
     os.environ.setdefault("OUTBOUND_RUN_TIME", "10:00")
-    settings = Settings.from_env()
+    settings = current_settings()
     as_of = as_of or today_in(settings.clinic_timezone)
     folder = Path("var/demo-extract") / f"{patients}-{as_of.isoformat()}"
     if not (folder / "patients.csv").exists():

@@ -41,6 +41,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from core.settings import ClinikoAccess
 from ingest.cliniko import ALL_ENDPOINTS, STATE_FILE_NAME, Endpoint, check_complete
 from ingest.csv_reader import ExtractFileError
 
@@ -117,32 +118,31 @@ def shard_from_api_key(api_key: str) -> str:
     return DEFAULT_SHARD
 
 
-def extract_from_env(
+def extract_with(
+    access: ClinikoAccess,
     out_dir: Path,
     resources: Sequence[str] | None = None,
     progress: Progress | None = None,
     *,
     restart: bool = False,
 ) -> dict[str, int]:
-    """Run the extract with settings from the environment; returns records per resource."""
-    api_key = os.environ.get("CLINIKO_API_KEY", "").strip()
+    """Run the extract with the configured Cliniko access (`CLINIKO_*`); returns records
+    per resource."""
+    api_key = access.api_key.strip()
     if not api_key:
         raise ExtractError(
             "CLINIKO_API_KEY is not set. Create an API key in Cliniko (My Info -> Manage API "
             "keys) and export it, e.g. `export CLINIKO_API_KEY=...-au1`; the shard suffix "
             "(au1, uk1, ...) picks the API host unless CLINIKO_SHARD says otherwise."
         )
-    shard = os.environ.get("CLINIKO_SHARD", "").strip() or shard_from_api_key(api_key)
+    shard = access.shard.strip() or shard_from_api_key(api_key)
     if not _SHARD_PATTERN.match(shard):
         raise ExtractError(
             f"CLINIKO_SHARD {shard!r} is not a Cliniko shard; use a value such as au1, au2, "
             "uk1 or ca1 (the suffix of your API key)"
         )
-    base_url = (
-        os.environ.get("CLINIKO_API_BASE_URL", "").strip()
-        or f"https://api.{shard.lower()}.cliniko.com/v1"
-    )
-    user_agent = os.environ.get("CLINIKO_USER_AGENT", "").strip() or DEFAULT_USER_AGENT
+    base_url = access.base_url.strip() or f"https://api.{shard.lower()}.cliniko.com/v1"
+    user_agent = access.user_agent.strip() or DEFAULT_USER_AGENT
     return extract(
         out_dir,
         api_key=api_key,

@@ -1,4 +1,4 @@
-"""The raw entities of the extract contract (DESIGN.md section 3), one spec each.
+"""The raw entities of the extract contract (docs/extract-formats.md), one spec each.
 
 Every other part of ingest reads these specs: the CSV reader (which columns are
 required), the parser (how each column is typed), the pandera models (what values are

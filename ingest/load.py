@@ -33,9 +33,9 @@ from ingest.entities import (
     entity,
 )
 from ingest.parse import REJECTED_SCHEMA, clean_frame, parse_entity, typed_schema
+from ingest.raw_tables import raw_columns_ddl, rejected_columns_ddl
 from ingest.schemas import validate
 from ingest.sources import check_file_names, check_format, entity_source
-from ingest.warehouse import raw_columns_ddl, rejected_columns_ddl
 
 BATCH_ROWS = 1_000_000
 DUPLICATES_SCHEMA = {ROW_NUMBER: pl.Int64, "winner_file": pl.String, "winner_row": pl.Int64}

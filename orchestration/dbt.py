@@ -20,7 +20,12 @@ import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 from filelock import FileLock
 
-from orchestration.resources import ClinicSettingsResource, WarehouseResource, run_as_of
+from orchestration.resources import (
+    ClinicSettingsResource,
+    WarehouseResource,
+    as_of_day,
+    daily_partitions,
+)
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt_project"
 # Folders whose files change the manifest.
@@ -111,28 +116,57 @@ def warehouse_env(warehouse: WarehouseResource) -> dict[str, str]:
     return {"DUCKDB_PATH": str(Path(warehouse.duckdb_path).expanduser().resolve())}
 
 
-@dbt_assets(
-    manifest=ensure_manifest(dbt_project),
-    project=dbt_project,
-    dagster_dbt_translator=ClinicDbtTranslator(),
-    # The warehouse is one DuckDB file with a single writer: share the ingest's pool.
-    pool="warehouse",
-)
-def warehouse_dbt_assets(
-    context: dg.AssetExecutionContext,
-    dbt: DbtCliResource,
-    settings: ClinicSettingsResource,
-    warehouse: WarehouseResource,
-):
-    """Build (run + test) the staging, intermediate and mart models at the run's as-of date."""
-    as_of = run_as_of(context.run.tags, settings)
-    args = [*PIPELINE_BUILD_ARGS, "--vars", dbt_vars(as_of.isoformat(), settings.clinic_timezone)]
-    context.log.info(f"dbt build at as_of={as_of} clinic_timezone={settings.clinic_timezone}")
-    with environment(**warehouse_env(warehouse)):
-        yield from dbt.cli(args, context=context).stream()
+# The analytics models read the send ledger, which the outbound assets write after the
+# warehouse models: they are a separate dbt asset downstream of it.
+ANALYTICS_MODELS = "path:models/analytics"
 
 
-defs = dg.Definitions(
-    assets=[warehouse_dbt_assets],
-    resources={"dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=dbt_executable())},
-)
+def build_dbt_defs(partitions: dg.PartitionsDefinition | None = None) -> dg.Definitions:
+    """The dbt assets, partitioned by as-of day: the warehouse models (staging,
+    intermediate, marts) and, separately, the analytics models over sent messages. The
+    manifest is parsed here, when the definitions are first built, not at import."""
+    partitions = partitions or daily_partitions()
+    manifest = ensure_manifest(dbt_project)
+    translator = ClinicDbtTranslator()
+
+    def dbt_asset(name: str, what: str, **selection: str) -> dg.AssetsDefinition:
+        @dbt_assets(
+            manifest=manifest,
+            project=dbt_project,
+            dagster_dbt_translator=translator,
+            name=name,
+            partitions_def=partitions,
+            # dbt builds one day's warehouse: one run per partition.
+            backfill_policy=dg.BackfillPolicy.multi_run(1),
+            # The warehouse is one DuckDB file with a single writer: share ingest's pool.
+            pool="warehouse",
+            **selection,
+        )
+        def _dbt(
+            context: dg.AssetExecutionContext,
+            dbt: DbtCliResource,
+            settings: ClinicSettingsResource,
+            warehouse: WarehouseResource,
+        ):
+            as_of = as_of_day(context)
+            variables = dbt_vars(as_of.isoformat(), settings.clinic_timezone)
+            context.log.info(f"dbt build of the {what} at as_of={as_of} "
+                             f"clinic_timezone={settings.clinic_timezone}")  # fmt: skip
+            with environment(**warehouse_env(warehouse)):
+                yield from dbt.cli([*PIPELINE_BUILD_ARGS, "--vars", variables],
+                                   context=context).stream()  # fmt: skip
+
+        return _dbt
+
+    # Build (run + test) the staging, intermediate and mart models for the as-of day; then,
+    # after the send ledger, the analytics models (conversions of sent messages).
+    warehouse_dbt_assets = dbt_asset(
+        "warehouse_dbt_assets", "warehouse models", exclude=ANALYTICS_MODELS
+    )
+    analytics_dbt_assets = dbt_asset(
+        "analytics_dbt_assets", "analytics models", select=ANALYTICS_MODELS
+    )
+    return dg.Definitions(
+        assets=[warehouse_dbt_assets, analytics_dbt_assets],
+        resources={"dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=dbt_executable())},
+    )

@@ -9,27 +9,26 @@ rows-in = loaded + rejected check.
 Thin wrappers around `ingest.load` and `ingest.guard`; the logic lives there.
 """
 
-import os
 import re
 from pathlib import Path
 
 import dagster as dg
 import duckdb
 
+from core.warehouse import scalar
 from ingest.csv_reader import ExtractFileError
 from ingest.entities import ENTITIES, Entity
-from ingest.guard import DEFAULT_MAX_DROP, ShrinkRule, check_extract, guarded_swap
+from ingest.guard import ShrinkRule, check_extract, guarded_swap
 from ingest.inputs import count_input_rows
 from ingest.load import load_all
-from ingest.warehouse import connect, scalar
 from orchestration.resources import (
-    AS_OF_TAG,
     ClinicSettingsResource,
     WarehouseResource,
-    run_as_of,
+    as_of_day,
+    daily_partitions,
 )
 
-# Run tags that carry what the sensor or CLI chose for this run (AS_OF_TAG: resources).
+# Run tags that carry what the sensor or CLI chose for this run (the day is its partition).
 EXTRACTS_TAG = "clinic-audiences/extracts_dir"
 FORMAT_TAG = "clinic-audiences/format"
 # Entities (comma-separated, or 'all') whose drop against the last accepted load this run
@@ -84,12 +83,10 @@ def top_reasons_markdown(con, ent: Entity, limit: int = 5) -> str:
     return "\n".join(lines)
 
 
-def shrink_rule(tags: dict[str, str]) -> ShrinkRule:
-    """What this run accepts: the run's accept-shrink tag, and the allowed drop from
-    INGEST_MAX_DROP (a fraction, default 0.5)."""
-    raw = os.environ.get("INGEST_MAX_DROP")
+def shrink_rule(tags: dict[str, str], max_drop: float) -> ShrinkRule:
+    """What this run accepts: the run's accept-shrink tag, and the allowed drop
+    (INGEST_MAX_DROP, a fraction, default 0.5)."""
     try:
-        max_drop = float(raw) if raw else DEFAULT_MAX_DROP
         return ShrinkRule.parse(tags.get(ACCEPT_SHRINK_TAG), max_drop)
     except ValueError as err:
         raise dg.Failure(description=f"INGEST_MAX_DROP / accept-shrink: {err}") from None
@@ -112,117 +109,123 @@ def raw_key(ent: Entity) -> dg.AssetKey:
     return dg.AssetKey(["raw", ent.name])
 
 
-@dg.multi_asset(
-    name="ingest_extract",
-    specs=[
-        dg.AssetSpec(
-            raw_key(ent),
-            group_name="ingest",
-            kinds={"duckdb", "polars"},
-            description=f"{ent.description} Loaded from the extract into raw.{ent.name}; bad "
-            f"rows go to raw.{ent.name}__rejected with a reason.",
-        )
-        for ent in ENTITIES
-    ],
-    check_specs=[
-        dg.AssetCheckSpec(
-            ROW_CHECK,
-            asset=raw_key(ent),
-            blocking=True,
-            description="Every input row is loaded or rejected with a reason (counted again "
-            "from the file, independently of the loader).",
-        )
-        for ent in ENTITIES
-    ],
-    pool="warehouse",
-)
-def ingest_extract(
-    context: dg.AssetExecutionContext,
-    warehouse: WarehouseResource,
-    settings: ClinicSettingsResource,
-):
-    """Refuse a failed export up front; read every entity beside the live tables; swap the
-    whole extract in only if every count agrees and nothing shrank past the limit."""
-    tags = dict(context.run.tags)
-    extract_dir, fmt = resolve_extract(tags, settings)
-    rule = shrink_rule(tags)
-    as_of = run_as_of(tags, settings)
-    rows_in: dict[str, int] = {}
+def build_ingest_assets(
+    partitions: dg.PartitionsDefinition | None = None,
+) -> list[dg.AssetsDefinition]:
+    """The ingest step, partitioned by as-of day (default: daily partitions in UTC)."""
+    partitions = partitions or daily_partitions()
 
-    def count_first(ent: Entity) -> None:
-        # Counted from the file, independently of the loader, before it reads the file.
-        rows_in[ent.name] = count_input_rows(extract_dir, ent, fmt)
-
-    try:
-        with connect(warehouse.duckdb_path) as con:
-            expected = check_extract(con, extract_dir, fmt, rule)
-            context.log.info(
-                "extract " + ", ".join(f"{e} {n:,}" for e, n in expected.items() if n)
+    @dg.multi_asset(
+        name="ingest_extract",
+        partitions_def=partitions,
+        specs=[
+            dg.AssetSpec(
+                raw_key(ent),
+                group_name="ingest",
+                kinds={"duckdb", "polars"},
+                description=f"{ent.description} Loaded from the extract into raw.{ent.name}; bad "
+                f"rows go to raw.{ent.name}__rejected with a reason.",
             )
-            results = load_all(
-                con, extract_dir, fmt, as_of=as_of,
-                before_swap=guarded_swap(rows_in, rule, as_of), before_stage=count_first,
-                accept_incomplete=tags.get(ACCEPT_INCOMPLETE_TAG, "").lower() == "true",
-            )  # fmt: skip
-            zones = other_time_zones(con, settings.clinic_timezone)
-            tables = {
-                ent.name: (
-                    scalar(con, f"select count(*) from raw.{ent.name}"),
-                    scalar(con, f"select count(*) from raw.{ent.name}__rejected"),
-                    top_reasons_markdown(con, ent),
+            for ent in ENTITIES
+        ],
+        check_specs=[
+            dg.AssetCheckSpec(
+                ROW_CHECK,
+                asset=raw_key(ent),
+                blocking=True,
+                description="Every input row is loaded or rejected with a reason (counted again "
+                "from the file, independently of the loader).",
+            )
+            for ent in ENTITIES
+        ],
+        pool="warehouse",
+    )
+    def ingest_extract(
+        context: dg.AssetExecutionContext,
+        warehouse: WarehouseResource,
+        settings: ClinicSettingsResource,
+    ):
+        """Refuse a failed export up front; read every entity beside the live tables; swap the
+        whole extract in only if every count agrees and nothing shrank past the limit."""
+        tags = dict(context.run.tags)
+        extract_dir, fmt = resolve_extract(tags, settings)
+        rule = shrink_rule(tags, settings.ingest_max_drop)
+        as_of = as_of_day(context)
+        rows_in: dict[str, int] = {}
+
+        def count_first(ent: Entity) -> None:
+            # Counted from the file, independently of the loader, before it reads the file.
+            rows_in[ent.name] = count_input_rows(extract_dir, ent, fmt)
+
+        try:
+            with warehouse.connect() as con:
+                expected = check_extract(con, extract_dir, fmt, rule)
+                context.log.info(
+                    "extract " + ", ".join(f"{e} {n:,}" for e, n in expected.items() if n)
                 )
-                for ent in ENTITIES
-            }
-    except ExtractFileError as err:
-        raise dg.Failure(description=str(err)) from None
-    except (duckdb.IOException, duckdb.OutOfMemoryException, OSError) as err:
-        # A full disk or a file that cannot be written: the extract is swapped in as one
-        # transaction, so the live tables are as they were.
-        raise dg.Failure(
-            description=f"ingest could not write the warehouse ({str(err).splitlines()[0]}); "
-            f"nothing was replaced. Free disk space where {warehouse.duckdb_path} lives (the "
-            "load needs room for the whole extract beside the live tables) and run again."
-        ) from None
-    if zones:
-        context.log.warning(
-            f"the extract's locations are in {', '.join(zones)}, but dates are taken in "
-            f"CLINIC_TIMEZONE={settings.clinic_timezone}: a visit late in the evening or "
-            "early in the morning lands on another day. "
-            + (f"Set CLINIC_TIMEZONE={zones[0]} if that is the clinic's time zone."
-               if len(zones) == 1 else "Set CLINIC_TIMEZONE to the clinic's own time zone.")
-        )
-    for ent in ENTITIES:
-        result = results[ent.name]
-        loaded, rejected, reasons = tables[ent.name]
-        yield dg.MaterializeResult(
-            asset_key=raw_key(ent),
-            metadata={
-                "source": result.source or "(absent: empty entity)",
-                "rows_in": rows_in[ent.name],
-                "rows_loaded": loaded,
-                "rows_rejected": rejected,
-                "dagster/row_count": loaded,
-                "seconds": round(result.seconds, 3),
-                "accepted_shrink": rule.accepts(ent.name),
-                "rejection_reasons": dg.MetadataValue.md(reasons),
-                **({"time_zones_not_clinic_time_zone": ", ".join(zones)}
-                   if ent.name == "locations" and zones else {}),
-            },
-        )  # fmt: skip
-        yield dg.AssetCheckResult(
-            asset_key=raw_key(ent),
-            check_name=ROW_CHECK,
-            passed=rows_in[ent.name] == loaded + rejected,
-            metadata={"rows_in": rows_in[ent.name], "rows_loaded": loaded,
-                      "rows_rejected": rejected},
-        )  # fmt: skip
+                results = load_all(
+                    con, extract_dir, fmt, as_of=as_of,
+                    before_swap=guarded_swap(rows_in, rule, as_of), before_stage=count_first,
+                    accept_incomplete=tags.get(ACCEPT_INCOMPLETE_TAG, "").lower() == "true",
+                )  # fmt: skip
+                zones = other_time_zones(con, settings.clinic_timezone)
+                tables = {
+                    ent.name: (
+                        scalar(con, f"select count(*) from raw.{ent.name}"),
+                        scalar(con, f"select count(*) from raw.{ent.name}__rejected"),
+                        top_reasons_markdown(con, ent),
+                    )
+                    for ent in ENTITIES
+                }
+        except ExtractFileError as err:
+            raise dg.Failure(description=str(err)) from None
+        except (duckdb.IOException, duckdb.OutOfMemoryException, OSError) as err:
+            # A full disk or a file that cannot be written: the extract is swapped in as one
+            # transaction, so the live tables are as they were.
+            raise dg.Failure(
+                description=f"ingest could not write the warehouse ({str(err).splitlines()[0]}); "
+                f"nothing was replaced. Free disk space where {warehouse.duckdb_path} lives (the "
+                "load needs room for the whole extract beside the live tables) and run again."
+            ) from None
+        if zones:
+            context.log.warning(
+                f"the extract's locations are in {', '.join(zones)}, but dates are taken in "
+                f"CLINIC_TIMEZONE={settings.clinic_timezone}: a visit late in the evening or "
+                "early in the morning lands on another day. "
+                + (f"Set CLINIC_TIMEZONE={zones[0]} if that is the clinic's time zone."
+                   if len(zones) == 1 else "Set CLINIC_TIMEZONE to the clinic's own time zone.")
+            )
+        for ent in ENTITIES:
+            result = results[ent.name]
+            loaded, rejected, reasons = tables[ent.name]
+            yield dg.MaterializeResult(
+                asset_key=raw_key(ent),
+                metadata={
+                    "source": result.source or "(absent: empty entity)",
+                    "rows_in": rows_in[ent.name],
+                    "rows_loaded": loaded,
+                    "rows_rejected": rejected,
+                    "dagster/row_count": loaded,
+                    "seconds": round(result.seconds, 3),
+                    "accepted_shrink": rule.accepts(ent.name),
+                    "rejection_reasons": dg.MetadataValue.md(reasons),
+                    **({"time_zones_not_clinic_time_zone": ", ".join(zones)}
+                       if ent.name == "locations" and zones else {}),
+                },
+            )  # fmt: skip
+            yield dg.AssetCheckResult(
+                asset_key=raw_key(ent),
+                check_name=ROW_CHECK,
+                passed=rows_in[ent.name] == loaded + rejected,
+                metadata={"rows_in": rows_in[ent.name], "rows_loaded": loaded,
+                          "rows_rejected": rejected},
+            )  # fmt: skip
+
+    return [ingest_extract]
 
 
-ingest_assets = [ingest_extract]
 
 __all__ = [
-    "ACCEPT_INCOMPLETE_TAG", "ACCEPT_SHRINK_TAG", "AS_OF_TAG", "EXTRACTS_TAG", "FORMAT_TAG",
-    "ingest_assets", "defs",
+    "ACCEPT_INCOMPLETE_TAG", "ACCEPT_SHRINK_TAG", "EXTRACTS_TAG", "FORMAT_TAG",
+    "build_ingest_assets",
 ]  # fmt: skip
-
-defs = dg.Definitions(assets=ingest_assets)

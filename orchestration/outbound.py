@@ -1,20 +1,26 @@
 """Outbound assets: campaign candidates → send plan (dry-run table) → sent messages.
 
 Only wiring: planning lives in `outbound.selection`, reading / writing in `outbound.run`
-and `outbound.warehouse`. Without SENDGRID_API_KEY `sent_messages` is a dry run.
+and `outbound.warehouse_io`. Without SENDGRID_API_KEY `sent_messages` is a dry run.
 """
 
-from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 
-from clinic_audiences.config import Settings
-from ingest.warehouse import connect
-from orchestration.resources import ClinicSettingsResource, WarehouseResource, run_as_of
+from orchestration.resources import (
+    ClinicSettingsResource,
+    SegmentLibraryResource,
+    SendGridResource,
+    StateStoreResource,
+    WarehouseResource,
+    as_of_day,
+    daily_partitions,
+)
+from orchestration.schedules import todays_partition_schedule
 from outbound import ledger as ledger_mod
-from outbound.campaigns import Campaign, CampaignError
+from outbound.campaigns import CAMPAIGNS_DIR, Campaign, CampaignError
 from outbound.checks import opted_out_in_plan, twice_in_cap_window
 from outbound.run import (
     OutboundSettings,
@@ -23,7 +29,7 @@ from outbound.run import (
     campaign_set,
     campaigns_for,
     candidates_of,
-    cap_from_env,
+    frequency_cap,
     make_plan,
     read_candidates,
     read_history,
@@ -31,11 +37,10 @@ from outbound.run import (
     report_frame,
     run_clock,
     send_planned,
-    state_engine,
 )
 from outbound.selection import PLAN_SCHEMA, RunClock, summarise
 from outbound.templates import TemplateError
-from outbound.warehouse import export_ledger, read_contacts, write_table
+from outbound.warehouse_io import export_ledger, read_contacts, write_table
 
 CANDIDATES = dg.AssetKey(["outbound", "campaign_candidates"])
 SEND_PLAN = dg.AssetKey(["outbound", "send_plan"])
@@ -46,16 +51,24 @@ LEDGER_TABLE = dg.AssetKey(["outbound", "send_ledger"])
 GROUP = "outbound"
 
 
-def _settings(warehouse: WarehouseResource, settings: ClinicSettingsResource) -> OutboundSettings:
+def _settings(
+    warehouse: WarehouseResource,
+    settings: ClinicSettingsResource,
+    state_store: StateStoreResource,
+    segment_library: SegmentLibraryResource,
+) -> OutboundSettings:
     try:
-        env = OutboundSettings.from_env()
         return OutboundSettings(
             duckdb_path=warehouse.duckdb_path,
-            state_db_url=settings.state_db_url,
+            state_db_url=state_store.url,
             timezone=settings.clinic_timezone,
-            segments_path=env.segments_path,
-            campaigns_dir=env.campaigns_dir,
-            cap=cap_from_env(),
+            segments_path=Path(segment_library.segments_path) if segment_library.segments_path
+            else None,
+            campaigns_dir=Path(settings.campaigns_path) if settings.campaigns_path
+            else CAMPAIGNS_DIR,
+            cap=frequency_cap(settings.cap_max_messages, settings.cap_window_days),
+            memory_limit=warehouse.memory_limit or None,
+            run_time=settings.outbound_run_time or None,
         )
     except ValueError as e:
         raise dg.Failure(description=str(e)) from None
@@ -70,9 +83,8 @@ def _campaigns(s: OutboundSettings) -> list[Campaign]:
         raise dg.Failure(description=str(e)) from None
 
 
-def _clock(context, settings: ClinicSettingsResource) -> RunClock:
-    as_of = run_as_of(context.run.tags, settings)
-    return run_clock(as_of.isoformat(), settings.clinic_timezone)
+def _clock(context, s: OutboundSettings) -> RunClock:
+    return run_clock(as_of_day(context), s.timezone, run_time=s.run_time)
 
 
 def _markdown(frame: pl.DataFrame) -> str:
@@ -84,20 +96,23 @@ def _markdown(frame: pl.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _segment_deps(segments_path: Path | None) -> list[dg.AssetKey]:
+def _segment_deps(s: OutboundSettings) -> list[dg.AssetKey]:
     """The segment assets the campaigns read; none when the campaign files are broken
     (the asset then fails with the file's errors instead of taking the code location down)."""
     try:
-        s = replace(OutboundSettings.from_env(), segments_path=segments_path)
         campaigns = campaigns_for(s)
     except (CampaignError, ValueError):
         return []
     return [dg.AssetKey(["segments", slug]) for slug in sorted({c.segment for c in campaigns})]
 
 
-def build_outbound_defs(segments_path: Path | None = None) -> dg.Definitions:
+def build_outbound_defs(
+    settings: OutboundSettings, partitions: dg.PartitionsDefinition | None = None
+) -> dg.Definitions:
+    """The outbound assets for the campaigns `settings` name, partitioned by as-of day."""
+    partitions = partitions or daily_partitions(settings.timezone)
     deps = [
-        *_segment_deps(segments_path),
+        *_segment_deps(settings),
         dg.AssetKey(["raw", "patients"]),
         dg.AssetKey(["raw", "opt_outs"]),
     ]
@@ -107,6 +122,7 @@ def build_outbound_defs(segments_path: Path | None = None) -> dg.Definitions:
         deps=deps,
         group_name=GROUP,
         kinds={"polars", "duckdb"},
+        partitions_def=partitions,
         pool="warehouse",
         description="Members of the segments of today's campaigns: one row per (campaign, member).",
     )
@@ -114,11 +130,13 @@ def build_outbound_defs(segments_path: Path | None = None) -> dg.Definitions:
         context: dg.AssetExecutionContext,
         warehouse: WarehouseResource,
         settings: ClinicSettingsResource,
+        state_store: StateStoreResource,
+        segment_library: SegmentLibraryResource,
     ) -> dg.MaterializeResult:
-        s = _settings(warehouse, settings)
-        clock = _clock(context, settings)
+        s = _settings(warehouse, settings, state_store, segment_library)
+        clock = _clock(context, s)
         candidates = read_candidates(s, _campaigns(s), clock)
-        with connect(s.duckdb_path) as con:
+        with s.connect() as con:
             write_table(
                 con,
                 "campaign_candidates",
@@ -143,6 +161,7 @@ def build_outbound_defs(segments_path: Path | None = None) -> dg.Definitions:
         deps=[CANDIDATES],
         group_name=GROUP,
         kinds={"polars", "duckdb"},
+        partitions_def=partitions,
         pool="warehouse",
         description="The dry-run table: each candidate with its decision and reason.",
     )
@@ -150,17 +169,19 @@ def build_outbound_defs(segments_path: Path | None = None) -> dg.Definitions:
         context: dg.AssetExecutionContext,
         warehouse: WarehouseResource,
         settings: ClinicSettingsResource,
+        state_store: StateStoreResource,
+        segment_library: SegmentLibraryResource,
     ) -> dg.MaterializeResult:
-        s = _settings(warehouse, settings)
-        clock = _clock(context, settings)
+        s = _settings(warehouse, settings, state_store, segment_library)
+        clock = _clock(context, s)
         campaigns = _campaigns(s)
-        with connect(s.duckdb_path, read_only=True) as con:
+        with s.connect(read_only=True) as con:
             candidates = con.sql(
                 "select campaign, segment_slug, patient_id, case_id, channel, priority "
                 "from outbound.campaign_candidates"
             ).pl()
-        planned = make_plan(s, campaigns, clock, state_engine(s), candidates=candidates)
-        with connect(s.duckdb_path) as con:
+        planned = make_plan(s, campaigns, clock, state_store.engine(), candidates=candidates)
+        with s.connect() as con:
             write_table(
                 con,
                 "send_plan",
@@ -183,14 +204,19 @@ def build_outbound_defs(segments_path: Path | None = None) -> dg.Definitions:
             }
         )
 
-    def _plan_and_inputs(warehouse, settings, context):
-        s = _settings(warehouse, settings)
-        clock = _clock(context, settings)
-        engine = state_engine(s)
-        with connect(s.duckdb_path, read_only=True) as con:
+    def _plan_and_inputs(warehouse, settings, state_store, segment_library, context=None):
+        """The plan and what it was made from; the clock is the step's day, or for a
+        check, the plan's own day (a check validates the plan that exists)."""
+        s = _settings(warehouse, settings, state_store, segment_library)
+        with s.connect(read_only=True) as con:
             plan = con.sql(f"select {', '.join(PLAN_SCHEMA)} from outbound.send_plan").pl()
+            day = con.execute("select max(as_of) from outbound.send_plan").fetchall()[0][0]
             contacts = read_contacts(con)
-        return s, clock, engine, plan.cast(PLAN_SCHEMA), contacts
+        if isinstance(context, dg.AssetExecutionContext):
+            clock = _clock(context, s)
+        else:
+            clock = run_clock(day, s.timezone, run_time=s.run_time)
+        return s, clock, state_store.engine(), plan.cast(PLAN_SCHEMA), contacts
 
     @dg.asset_check(
         asset=SEND_PLAN, description="Nobody opted out (extract, consent or learned) is planned."
@@ -199,8 +225,12 @@ def build_outbound_defs(segments_path: Path | None = None) -> dg.Definitions:
         context: dg.AssetCheckExecutionContext,
         warehouse: WarehouseResource,
         settings: ClinicSettingsResource,
+        state_store: StateStoreResource,
+        segment_library: SegmentLibraryResource,
     ) -> dg.AssetCheckResult:
-        s, clock, engine, plan, contacts = _plan_and_inputs(warehouse, settings, context)
+        s, clock, engine, plan, contacts = _plan_and_inputs(
+            warehouse, settings, state_store, segment_library, context
+        )
         result = opted_out_in_plan(plan, contacts, read_opt_outs(s, engine))
         return dg.AssetCheckResult(
             passed=result.passed,
@@ -217,8 +247,12 @@ def build_outbound_defs(segments_path: Path | None = None) -> dg.Definitions:
         context: dg.AssetCheckExecutionContext,
         warehouse: WarehouseResource,
         settings: ClinicSettingsResource,
+        state_store: StateStoreResource,
+        segment_library: SegmentLibraryResource,
     ) -> dg.AssetCheckResult:
-        s, clock, engine, plan, _ = _plan_and_inputs(warehouse, settings, context)
+        s, clock, engine, plan, _ = _plan_and_inputs(
+            warehouse, settings, state_store, segment_library, context
+        )
         history = read_history(s, _campaigns(s), clock, engine)
         result = twice_in_cap_window(
             plan, history, clock.as_of, clock.cap_start(s.cap.window_days), s.cap.max_messages
@@ -238,9 +272,13 @@ def build_outbound_defs(segments_path: Path | None = None) -> dg.Definitions:
         "A bad file is left out of the plan; the others run.",
     )
     def campaign_files_can_run(
-        warehouse: WarehouseResource, settings: ClinicSettingsResource
+        warehouse: WarehouseResource,
+        settings: ClinicSettingsResource,
+        state_store: StateStoreResource,
+        segment_library: SegmentLibraryResource,
     ) -> dg.AssetCheckResult:
-        problems = campaign_set(_settings(warehouse, settings)).problems
+        s = _settings(warehouse, settings, state_store, segment_library)
+        problems = campaign_set(s).problems
         return dg.AssetCheckResult(
             passed=not problems,
             metadata={
@@ -271,16 +309,25 @@ def build_outbound_defs(segments_path: Path | None = None) -> dg.Definitions:
                 description="The send ledger exported for the analytics models (ids, no texts).",
             ),
         ],
+        partitions_def=partitions,
         pool="warehouse",
     )
     def sent_messages(
         context: dg.AssetExecutionContext,
         warehouse: WarehouseResource,
         settings: ClinicSettingsResource,
+        state_store: StateStoreResource,
+        segment_library: SegmentLibraryResource,
+        sendgrid: SendGridResource,
     ):
-        s, clock, engine, plan, contacts = _plan_and_inputs(warehouse, settings, context)
+        s, clock, engine, plan, contacts = _plan_and_inputs(
+            warehouse, settings, state_store, segment_library, context
+        )
         campaigns = _campaigns(s)
-        sender = SenderSettings.from_env()
+        try:
+            sender = SenderSettings.of(sendgrid.access())
+        except ValueError as e:
+            raise dg.Failure(description=str(e)) from None
         try:
             channel = sender.channel() if sender.api_key else None
         except ValueError as e:
@@ -293,7 +340,7 @@ def build_outbound_defs(segments_path: Path | None = None) -> dg.Definitions:
         except (TemplateError, ledger_mod.SendLockHeld) as e:
             raise dg.Failure(description=str(e)) from None
         ledger = ledger_mod.read_ledger(engine)
-        with connect(s.duckdb_path) as con:
+        with s.connect() as con:
             export_ledger(con, ledger)
             write_table(con, "send_report", report_frame(report))
         if report.dry_run:
@@ -352,17 +399,15 @@ def build_outbound_defs(segments_path: Path | None = None) -> dg.Definitions:
     # of the working day on the clinic clock. The ledger makes repeated runs harmless.
     send_job = dg.define_asset_job(
         "outbound_send",
+        partitions_def=partitions,
         selection=dg.AssetSelection.assets(CANDIDATES, SEND_PLAN, SENT, LEDGER_TABLE),
         description="Re-plan from the current segment membership and send what is due.",
     )
-    send_schedule = dg.ScheduleDefinition(
-        name="outbound_send_hourly",
-        job=send_job,
-        cron_schedule="5 8-19 * * *",
-        execution_timezone=Settings.from_env().clinic_timezone,
-        description="Hourly 08:05-19:05 clinic time, so deferred messages go out when due.",
-        default_status=dg.DefaultScheduleStatus.STOPPED,
-    )
+    send_schedule = todays_partition_schedule(
+        "outbound_send_hourly", send_job, "5 8-19 * * *", settings.timezone,
+        "Hourly 08:05-19:05 clinic time, for today's partition, so deferred messages go out "
+        "when due.",
+    )  # fmt: skip
     return dg.Definitions(
         assets=[campaign_candidates, send_plan, sent_messages],
         asset_checks=[
@@ -372,5 +417,3 @@ def build_outbound_defs(segments_path: Path | None = None) -> dg.Definitions:
         schedules=[send_schedule],
     )
 
-
-defs = build_outbound_defs(Settings.from_env().segments_path)

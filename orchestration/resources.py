@@ -1,30 +1,54 @@
-"""Environment-specific resources: one place switches local and production settings."""
+"""The resources every asset uses, and the one place they are made from the environment.
+
+`resources_for(settings)` turns the product's `Settings` into Dagster resources;
+`settings_from_env()` is the only reader of the process environment (with the CLI). A
+test or another deployment passes its own resources instead: the assets never look
+anything up for themselves.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import date
+from functools import cache
+from pathlib import Path
 
 import dagster as dg
+import duckdb
+from sqlalchemy.engine import Engine
 
-from clinic_audiences.config import (
+from core.run_lock import hold_warehouse
+from core.settings import (
     DEFAULT_DUCKDB_PATH,
     DEFAULT_EXTRACTS_ROOT,
+    DEFAULT_MAX_DROP,
+    DEFAULT_SENDGRID_HOST,
     DEFAULT_STATE_DB_URL,
+    SenderAccess,
+    Settings,
 )
-from clinic_audiences.run_lock import hold_warehouse
+from core.warehouse import connect
+
+
+def settings_from_env() -> Settings:
+    """The settings of this process, from its environment variables."""
+    return Settings.from_environ(os.environ)
 
 
 class WarehouseResource(dg.ConfigurableResource):
-    """The DuckDB warehouse file (`DUCKDB_PATH`).
+    """The DuckDB warehouse file (`DUCKDB_PATH`, `DUCKDB_MEMORY_LIMIT`).
 
     A run holds the warehouse from its first step to its last (the code location runs every
     step in one process): a second run on the same file stops at once, naming the first.
+    Readers open short-lived read-only connections.
     """
 
     duckdb_path: str = DEFAULT_DUCKDB_PATH
+    memory_limit: str = ""
 
     @contextmanager
     def yield_for_execution(self, context: dg.InitResourceContext) -> Iterator[WarehouseResource]:
@@ -32,45 +56,142 @@ class WarehouseResource(dg.ConfigurableResource):
         with hold_warehouse(self.duckdb_path, f"Dagster run {run}"):
             yield self
 
+    @contextmanager
+    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        with connect(self.duckdb_path, read_only=read_only,
+                     memory_limit=self.memory_limit or None) as con:  # fmt: skip
+            yield con
+
+
+class StateStoreResource(dg.ConfigurableResource):
+    """The operational state store (`STATE_DB_URL`): SQLite or PostgreSQL. Its migrations
+    run once per process, the first time an asset asks for it."""
+
+    url: str = DEFAULT_STATE_DB_URL
+
+    def engine(self) -> Engine:
+        return _migrated_engine(self.url)
+
+
+@cache
+def _migrated_engine(url: str) -> Engine:
+    # Importing the components registers their migrations.
+    import outbound.ledger  # noqa: F401
+    import segments.snapshots  # noqa: F401
+    import workflow.store  # noqa: F401
+    from core.state_store import connect_state, migrate
+
+    engine = connect_state(url)
+    migrate(engine)
+    return engine
+
+
+class SegmentLibraryResource(dg.ConfigurableResource):
+    """Where segment definitions live: the shipped library and `SEGMENTS_PATH`."""
+
+    segments_path: str = ""
+
+    def folders(self) -> list[Path]:
+        from segments.library import library_folders
+
+        return library_folders(Path(self.segments_path) if self.segments_path else None)
+
+
+class SendGridResource(dg.ConfigurableResource):
+    """SendGrid (`SENDGRID_API_KEY`, `SENDGRID_API_HOST`, `OUTBOUND_FROM_*`). Without a
+    key, or with `disabled`, sending is a dry run."""
+
+    api_key: str = ""
+    host: str = DEFAULT_SENDGRID_HOST
+    from_email: str = ""
+    from_name: str = ""
+    sandbox: bool = False
+    disabled: bool = False
+
+    def access(self) -> SenderAccess:
+        return SenderAccess(
+            api_key=self.api_key or None, host=self.host, from_email=self.from_email or None,
+            from_name=self.from_name or None, sandbox=self.sandbox, disabled=self.disabled,
+        )  # fmt: skip
+
 
 class ClinicSettingsResource(dg.ConfigurableResource):
-    """Run-wide settings: clinic time zone, as-of date, where extracts and state live."""
+    """Run-wide settings: the clinic's time zone, where extracts and definitions live, the
+    extract guard and the frequency cap."""
 
     clinic_timezone: str = "UTC"
-    # YYYY-MM-DD; empty means today in the clinic time zone.
-    as_of: str = ""
     extracts_dir: str = ""
     extract_format: str = "csv"
     extracts_root: str = DEFAULT_EXTRACTS_ROOT
-    state_db_url: str = DEFAULT_STATE_DB_URL
+    ingest_max_drop: float = DEFAULT_MAX_DROP
+    worklists_path: str = ""
+    campaigns_path: str = ""
+    cap_max_messages: int = 1
+    cap_window_days: int = 7
+    # HH:MM clinic time outbound plans are made at (reproducible dry runs); empty: now.
+    outbound_run_time: str = ""
 
 
-def resources_from_env(**settings_overrides: str) -> dict[str, dg.ConfigurableResource]:
-    """The resources of the code location, configured from the environment."""
-    from clinic_audiences.config import Settings
-
-    env = Settings.from_env()
-    values = {
-        "clinic_timezone": env.clinic_timezone,
-        "extracts_root": str(env.extracts_root),
-        "state_db_url": env.state_db_url,
-        **settings_overrides,
-    }
+def resources_for(settings: Settings, **overrides: str) -> dict[str, dg.ConfigurableResource]:
+    """The resources of the code location for these settings (`overrides`: fields of the
+    clinic settings resource, e.g. the extract folder a CLI run reads)."""
+    s, sender = settings, settings.sender
     return {
-        "warehouse": WarehouseResource(duckdb_path=str(env.duckdb_path)),
-        "settings": ClinicSettingsResource(**values),
+        "warehouse": WarehouseResource(
+            duckdb_path=str(s.duckdb_path), memory_limit=s.duckdb_memory_limit or ""
+        ),
+        "state_store": StateStoreResource(url=s.state_db_url),
+        "segment_library": SegmentLibraryResource(segments_path=str(s.segments_path or "")),
+        "sendgrid": SendGridResource(
+            api_key=sender.api_key or "", host=sender.host, from_email=sender.from_email or "",
+            from_name=sender.from_name or "", sandbox=sender.sandbox, disabled=sender.disabled,
+        ),  # fmt: skip
+        "settings": ClinicSettingsResource(
+            **{
+                "clinic_timezone": s.clinic_timezone,
+                "extracts_root": str(s.extracts_root),
+                "ingest_max_drop": s.ingest_max_drop,
+                "worklists_path": str(s.worklists_path or ""),
+                "campaigns_path": str(s.campaigns_path or ""),
+                "cap_max_messages": s.cap_max_messages,
+                "cap_window_days": s.cap_window_days,
+                "outbound_run_time": s.outbound_run_time or "",
+                **overrides,
+            }
+        ),
     }
 
 
-AS_OF_TAG = "clinic-audiences/as_of"
+# -- the as-of day as a partition ---------------------------------------------------------
+
+# The first day a partition exists for: far enough back for any clinic's history.
+PARTITIONS_START = "2010-01-01"
+DAY_FORMAT = "%Y-%m-%d"
 
 
-def run_as_of(tags: dict[str, str], settings: ClinicSettingsResource):
-    """The as-of date of a run: the run's tag (set by the sensor or CLI), else the
-    settings' `as_of`, else today in the clinic time zone."""
-    from clinic_audiences.config import parse_as_of
+def daily_partitions(timezone: str = "UTC") -> dg.DailyPartitionsDefinition:
+    """One partition per as-of day in the clinic's time zone, up to and including today
+    (`end_offset=1`: the partition of a day exists from its first minute, as a daily run
+    is for the day it runs on)."""
+    return dg.DailyPartitionsDefinition(
+        start_date=PARTITIONS_START, timezone=timezone, end_offset=1, fmt=DAY_FORMAT
+    )
 
-    return parse_as_of(tags.get(AS_OF_TAG) or settings.as_of or None, settings.clinic_timezone)
+
+def as_of_day(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext) -> date:
+    """The as-of day of a step: its partition."""
+    key = None
+    if isinstance(context, dg.AssetCheckExecutionContext):
+        key = context.op_execution_context.partition_key if (
+            context.op_execution_context.has_partition_key) else None
+    elif context.has_partition_key:
+        key = context.partition_key
+    if key is None:
+        raise dg.Failure(
+            description="this step is computed for one as-of day: materialise one partition "
+            "(`audiences run --as-of YYYY-MM-DD`, or pick the day in the Dagster UI)"
+        )
+    return date.fromisoformat(key)
 
 
 _KEY_PART = re.compile(r"^[A-Za-z0-9_-]+$")

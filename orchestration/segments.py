@@ -1,6 +1,7 @@
 """Segment assets: one per definition file, downstream of the marts it reads.
 
-An asset factory over the shipped library and `SEGMENTS_PATH`. Each asset evaluates its
+An asset factory over the segment library (the shipped definitions and `SEGMENTS_PATH`),
+partitioned by as-of day. Each asset evaluates its
 segment with the one evaluation function (`segments.evaluate`) and records membership and
 history in the warehouse; the logic lives in `segments.library`, this module only wires.
 """
@@ -11,21 +12,22 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from clinic_audiences.config import Settings
+from core.warehouse import Warehouse
 from orchestration.resources import (
     ClinicSettingsResource,
+    StateStoreResource,
     WarehouseResource,
+    as_of_day,
+    daily_partitions,
     key_part,
-    run_as_of,
 )
-from segments.catalogue import Catalogue
 from segments.compiler import columns_read
 from segments.evaluate import WarehouseError, WarehouseFrames
+from segments.field_catalogue import Catalogue
 from segments.library import (
     default_catalogue,
     library_folders,
     materialise,
-    state_engine,
 )
 from segments.validation import (
     Issue,
@@ -57,12 +59,12 @@ def group_name_for(department: str | None) -> str:
 
 
 def _frames_for(
-    duckdb_path: str, run_id: str, segments: list[Segment], catalogue: Catalogue
+    warehouse: Warehouse, run_id: str, segments: list[Segment], catalogue: Catalogue
 ) -> WarehouseFrames:
-    key = (duckdb_path, run_id)
+    key = (str(warehouse.path), run_id)
     if key not in _frames_by_run:
         _frames_by_run.clear()
-        frames = WarehouseFrames(duckdb_path)
+        frames = WarehouseFrames(warehouse)
         # One read of every column the run's valid segments need; invalid ones fail alone.
         frames.prepare([s.definition for s in segments if _is_valid(s, catalogue)])
         _frames_by_run[key] = frames
@@ -96,7 +98,8 @@ def _mart_deps(segment: Segment | None) -> list[dg.AssetKey]:
 
 
 def build_segment_asset(
-    slug: str, path: Path, segment: Segment | None, problems: list[Issue], library: list[Segment]
+    slug: str, path: Path, segment: Segment | None, problems: list[Issue], library: list[Segment],
+    partitions: dg.PartitionsDefinition,
 ) -> dg.AssetsDefinition:
     """The asset of one definition file. A file that does not validate still gets its asset,
     which fails with the file's problems, so one typo does not take the code location down."""
@@ -112,6 +115,7 @@ def build_segment_asset(
         kinds={"polars", "duckdb"},
         tags={"department": group_name_for(department)} if department else None,
         metadata={"definition_file": str(path)},
+        partitions_def=partitions,
         pool="warehouse",
         check_specs=[
             dg.AssetCheckSpec(
@@ -127,6 +131,7 @@ def build_segment_asset(
         config: SegmentRunConfig,
         warehouse: WarehouseResource,
         settings: ClinicSettingsResource,
+        state_store: StateStoreResource,
     ) -> dg.MaterializeResult:
         if problems:
             raise dg.Failure(description="\n".join(str(p) for p in problems))
@@ -137,15 +142,16 @@ def build_segment_asset(
             checked = load_segment(segment.path, catalogue)
         except SegmentValidationError as exc:
             raise dg.Failure(description=str(exc)) from None
-        as_of = run_as_of(context.run.tags, settings)
+        as_of = as_of_day(context)
+        wh = Warehouse.at(warehouse.duckdb_path, warehouse.memory_limit or None)
         try:
-            frames = _frames_for(warehouse.duckdb_path, context.run_id, library, catalogue)
+            frames = _frames_for(wh, context.run_id, library, catalogue)
             result = materialise(
                 checked,
                 frames,
                 catalogue,
-                duckdb_path,
-                state_engine(settings.state_db_url),
+                wh,
+                state_store.engine(),
                 as_of,
                 settings.clinic_timezone,
                 resnapshot=config.resnapshot,
@@ -186,7 +192,9 @@ def build_segment_asset(
     return _segment_asset
 
 
-def build_segment_assets(folders: list[Path]) -> list[dg.AssetsDefinition]:
+def build_segment_assets(
+    folders: list[Path], partitions: dg.PartitionsDefinition | None = None
+) -> list[dg.AssetsDefinition]:
     """One asset per definition file in `folders`. Duplicate slugs are refused here,
     since two files cannot both own `segments/<slug>`."""
     entries: list[tuple[str, Path, Segment | None, list[Issue]]] = []
@@ -207,13 +215,13 @@ def build_segment_assets(folders: list[Path]) -> list[dg.AssetsDefinition]:
     library = [seg for _, _, seg, _ in entries if seg is not None]
     # A file name Dagster cannot carry has failed its slug check: its asset fails with it.
     return [
-        build_segment_asset(key_part(slug), p, seg, probs, library)
+        build_segment_asset(key_part(slug), p, seg, probs, library,
+                            partitions or daily_partitions())
         for slug, p, seg, probs in entries
     ]
 
 
-def build_defs(segments_path: Path | None = None) -> dg.Definitions:
-    return dg.Definitions(assets=build_segment_assets(library_folders(segments_path)))
-
-
-defs = build_defs(Settings.from_env().segments_path)
+def build_segment_defs(
+    segments_path: Path | None = None, partitions: dg.PartitionsDefinition | None = None
+) -> dg.Definitions:
+    return dg.Definitions(assets=build_segment_assets(library_folders(segments_path), partitions))

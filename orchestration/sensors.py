@@ -4,15 +4,16 @@ from pathlib import Path
 
 import dagster as dg
 
-from orchestration.ingest import AS_OF_TAG, EXTRACTS_TAG, latest_dated_folder
+from orchestration.ingest import EXTRACTS_TAG, latest_dated_folder
 from orchestration.resources import ClinicSettingsResource
-from orchestration.schedules import everything_job
+from orchestration.schedules import DAILY_JOB
 
 
 @dg.sensor(
-    job=everything_job,
+    job_name=DAILY_JOB,
     minimum_interval_seconds=60,
-    description="Watches EXTRACTS_ROOT for a new YYYY-MM-DD folder and ingests it once.",
+    description="Watches EXTRACTS_ROOT for a new YYYY-MM-DD folder and runs that day's "
+    "partition on it, once.",
     default_status=dg.DefaultSensorStatus.STOPPED,
 )
 def new_extract_folder_sensor(
@@ -24,8 +25,7 @@ def new_extract_folder_sensor(
     if context.cursor == latest.name:
         return dg.SkipReason(f"{latest.name} was already picked up")
     context.update_cursor(latest.name)
-    # The folder's date is the as-of date of the extract it holds.
+    # The folder's date is the as-of day of the extract it holds: its partition.
     return dg.RunRequest(
-        run_key=latest.name,
-        tags={EXTRACTS_TAG: str(latest), AS_OF_TAG: latest.name},
+        run_key=latest.name, partition_key=latest.name, tags={EXTRACTS_TAG: str(latest)}
     )

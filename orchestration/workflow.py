@@ -1,4 +1,4 @@
-"""Work-list assets: one per work list, downstream of its segment (DESIGN.md section 6).
+"""Work-list assets: one per work list, downstream of its segment, partitioned by as-of day.
 
 Only wiring: the sync itself lives in `workflow.run`.
 """
@@ -9,14 +9,15 @@ import dagster as dg
 
 from orchestration.resources import (
     ClinicSettingsResource,
+    StateStoreResource,
     WarehouseResource,
+    as_of_day,
+    daily_partitions,
     key_part,
-    run_as_of,
 )
+from segments.workflow_block import WorkListInfo
 from workflow.api import SyncResult
-from workflow.catalog import read_worklists
 from workflow.run import materialize_worklist
-from workflow.spec import WorkListInfo
 
 
 def _metadata(info: WorkListInfo, result: SyncResult) -> dict[str, dg.MetadataValue]:
@@ -45,7 +46,9 @@ def _metadata(info: WorkListInfo, result: SyncResult) -> dict[str, dg.MetadataVa
     return meta
 
 
-def build_worklist_asset(info: WorkListInfo) -> dg.AssetsDefinition:
+def build_worklist_asset(
+    info: WorkListInfo, partitions: dg.PartitionsDefinition
+) -> dg.AssetsDefinition:
     deps = [dg.AssetKey(["segments", info.segment_slug])]
     if info.spec.on_booking:
         deps.append(dg.AssetKey(["marts", "appointments"]))
@@ -58,20 +61,25 @@ def build_worklist_asset(info: WorkListInfo) -> dg.AssetsDefinition:
         description=f"Work list over segment `{info.segment_slug}`: {stages}.",
         kinds={"python"},
         tags={"visibility": info.visibility},
+        partitions_def=partitions,
     )
     def worklist_asset(
         context: dg.AssetExecutionContext,
         warehouse: WarehouseResource,
         settings: ClinicSettingsResource,
+        state_store: StateStoreResource,
     ) -> dg.MaterializeResult:
-        result = materialize_worklist(
-            info,
-            duckdb_path=warehouse.duckdb_path,
-            state_db_url=settings.state_db_url,
-            clinic_timezone=settings.clinic_timezone,
-            # The run's as-of date: the sensor's or CLI's tag, else settings, else today.
-            as_of=run_as_of(context.run.tags, settings).isoformat(),
-        )
+        try:
+            result = materialize_worklist(
+                info,
+                duckdb_path=warehouse.duckdb_path,
+                state_db_url=state_store.url,
+                clinic_timezone=settings.clinic_timezone,
+                as_of=as_of_day(context),
+            )
+        except LookupError as err:
+            # The segment has no membership of this day (WrongDay): never sync another's.
+            raise dg.Failure(description=str(err)) from None
         # Counts only: member ids stay in the state store, names never leave the warehouse.
         context.log.info(
             f"{info.slug}: entered {result.entered}, left {result.left}, "
@@ -82,7 +90,9 @@ def build_worklist_asset(info: WorkListInfo) -> dg.AssetsDefinition:
     return worklist_asset
 
 
-def build_broken_worklist_asset(slug: str, problem: str) -> dg.AssetsDefinition:
+def build_broken_worklist_asset(
+    slug: str, problem: str, partitions: dg.PartitionsDefinition
+) -> dg.AssetsDefinition:
     """A work list whose definition does not load: its asset fails with the problem, so
     one bad file does not take the other work lists (or the code location) down."""
 
@@ -91,6 +101,7 @@ def build_broken_worklist_asset(slug: str, problem: str) -> dg.AssetsDefinition:
         group_name="workflow",
         description=f"Work list {slug!r} (its definition has a problem).",
         kinds={"python"},
+        partitions_def=partitions,
     )
     def broken_worklist() -> None:
         raise dg.Failure(description=problem)
@@ -99,13 +110,12 @@ def build_broken_worklist_asset(slug: str, problem: str) -> dg.AssetsDefinition:
 
 
 def build_workflow_defs(
-    worklists: Iterable[WorkListInfo], problems: dict[str, str] | None = None
+    worklists: Iterable[WorkListInfo],
+    problems: dict[str, str] | None = None,
+    partitions: dg.PartitionsDefinition | None = None,
 ) -> dg.Definitions:
-    assets = [build_worklist_asset(info) for info in worklists]
-    assets += [build_broken_worklist_asset(key_part(s), p)
+    partitions = partitions or daily_partitions()
+    assets = [build_worklist_asset(info, partitions) for info in worklists]
+    assets += [build_broken_worklist_asset(key_part(s), p, partitions)
                for s, p in sorted((problems or {}).items())]  # fmt: skip
     return dg.Definitions(assets=assets)
-
-
-_found = read_worklists()
-defs = build_workflow_defs(_found.lists.values(), _found.problems)

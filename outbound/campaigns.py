@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from clinic_audiences.yaml_files import YamlFileError, read_yaml_file
+from core.yaml_files import YamlFileError, read_yaml_file
 
 if TYPE_CHECKING:
     from segments.validation import SegmentLibrary

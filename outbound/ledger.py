@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from state import Migration, register_migrations
+from core.state_store import Migration, register_migrations
 
 COMPONENT = "outbound"
 

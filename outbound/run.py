@@ -7,7 +7,6 @@ their own (those are in `selection`), only the reading, writing and ledger bookk
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
@@ -17,8 +16,10 @@ from zoneinfo import ZoneInfo
 import polars as pl
 from sqlalchemy.engine import Engine
 
-from clinic_audiences.config import Settings, parse_as_of, validate_timezone
-from ingest.warehouse import connect
+from core.days import parse_as_of, validate_timezone
+from core.settings import SenderAccess, Settings
+from core.state_store import connect_state, migrate
+from core.warehouse import built_day, connect, require_built_for
 from outbound import ledger as ledger_mod
 from outbound.campaigns import (
     CAMPAIGNS_DIR,
@@ -48,29 +49,14 @@ from outbound.selection import (
     recipient_key,
 )
 from outbound.templates import RECIPIENT_FIELDS, TemplateError, campaign_content, digest_content
-from outbound.warehouse import (
+from outbound.warehouse_io import (
     read_contacts,
     read_extract_opt_outs,
-    read_members,
     read_recipient_data,
 )
-from state import connect_state, migrate
+from segments.members import read_members
 
 log = logging.getLogger(__name__)
-
-
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if not raw:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a whole number") from None
-
-
-def _env_bool(name: str) -> bool:
-    return (os.environ.get(name) or "").strip().lower() in ("1", "true", "yes", "on")
 
 
 @dataclass(frozen=True)
@@ -81,29 +67,33 @@ class OutboundSettings:
     segments_path: Path | None = None
     campaigns_dir: Path = CAMPAIGNS_DIR
     cap: FrequencyCap = field(default_factory=FrequencyCap)
+    memory_limit: str | None = None
+    # HH:MM clinic time plans are made at (reproducible dry runs); None: the real time.
+    run_time: str | None = None
 
     @classmethod
-    def from_env(cls) -> OutboundSettings:
-        s = Settings.from_env()
+    def of(cls, s: Settings) -> OutboundSettings:
         return cls(
             duckdb_path=str(s.duckdb_path),
             state_db_url=s.state_db_url,
             timezone=s.clinic_timezone,
             segments_path=s.segments_path,
-            campaigns_dir=Path(os.environ.get("CAMPAIGNS_PATH") or CAMPAIGNS_DIR),
-            cap=cap_from_env(),
+            campaigns_dir=s.campaigns_path or CAMPAIGNS_DIR,
+            cap=frequency_cap(s.cap_max_messages, s.cap_window_days),
+            memory_limit=s.duckdb_memory_limit,
+            run_time=s.outbound_run_time,
         )
 
+    def connect(self, read_only: bool = False):
+        return connect(self.duckdb_path, read_only=read_only, memory_limit=self.memory_limit)
 
-def cap_from_env() -> FrequencyCap:
+
+def frequency_cap(max_messages: int, window_days: int) -> FrequencyCap:
     """The global frequency cap: OUTBOUND_CAP_MAX_MESSAGES per OUTBOUND_CAP_WINDOW_DAYS."""
     from pydantic import ValidationError
 
     try:
-        return FrequencyCap(
-            max_messages=_env_int("OUTBOUND_CAP_MAX_MESSAGES", 1),
-            window_days=_env_int("OUTBOUND_CAP_WINDOW_DAYS", 7),
-        )
+        return FrequencyCap(max_messages=max_messages, window_days=window_days)
     except ValidationError as e:
         problems = "; ".join(
             f"OUTBOUND_CAP_{str(err['loc'][0]).upper()}: {err['msg']}" for err in e.errors()
@@ -116,25 +106,24 @@ def cap_from_env() -> FrequencyCap:
 
 @dataclass(frozen=True)
 class SenderSettings:
-    """From the environment only: the key is never in a file or a log."""
+    """The SendGrid key is only ever in the environment, never in a file or a log."""
 
-    api_key: str | None
+    api_key: str | None = field(repr=False)
     host: str
     from_email: str | None
     from_name: str | None
     sandbox: bool
 
     @classmethod
-    def from_env(cls) -> SenderSettings:
+    def of(cls, access: SenderAccess) -> SenderSettings:
         # OUTBOUND_SEND_DISABLED (demos, staging copies of production data) wins over a
         # key that happens to be in the environment: the run stays a dry run.
-        disabled = _env_bool("OUTBOUND_SEND_DISABLED")
         return cls(
-            api_key=None if disabled else (os.environ.get("SENDGRID_API_KEY") or None),
-            host=check_api_host(os.environ.get("SENDGRID_API_HOST") or DEFAULT_SENDGRID_HOST),
-            from_email=os.environ.get("OUTBOUND_FROM_EMAIL") or None,
-            from_name=os.environ.get("OUTBOUND_FROM_NAME") or None,
-            sandbox=_env_bool("SENDGRID_SANDBOX_MODE"),
+            api_key=None if access.disabled else access.api_key,
+            host=check_api_host(access.host or DEFAULT_SENDGRID_HOST),
+            from_email=access.from_email,
+            from_name=access.from_name,
+            sandbox=access.sandbox,
         )
 
     def channel(self, **overrides) -> SendGridEmail:
@@ -194,22 +183,24 @@ def state_engine(settings: OutboundSettings) -> Engine:
     return engine
 
 
-def run_clock(as_of: str | None, timezone: str, now: datetime | None = None) -> RunClock:
-    """The as-of date (default today) at the current clinic time, or OUTBOUND_RUN_TIME.
+def run_clock(
+    as_of: str | date | None, timezone: str, now: datetime | None = None,
+    run_time: str | None = None,
+) -> RunClock:  # fmt: skip
+    """The as-of date (default today) at the current clinic time, or at `run_time`.
 
-    OUTBOUND_RUN_TIME (HH:MM, clinic time) pins the clock time a plan is made at, so that
-    a dry run with --as-of is reproducible, quiet hours included; the real time still
-    decides what "today" is and what the frequency cap counts.
+    `run_time` (HH:MM clinic time, OUTBOUND_RUN_TIME) pins the clock time a plan is made
+    at, so that a dry run with --as-of is reproducible, quiet hours included; the real time
+    still decides what "today" is and what the frequency cap counts.
     """
     real_now = now or datetime.now(UTC)
     day = parse_as_of(as_of, timezone) if as_of else real_now.astimezone(ZoneInfo(timezone)).date()
-    pinned = os.environ.get("OUTBOUND_RUN_TIME")
-    if not pinned:
+    if not run_time:
         return RunClock.at(real_now, timezone, day)
     try:
-        at = time.fromisoformat(pinned)
+        at = time.fromisoformat(run_time)
     except ValueError:
-        raise ValueError(f"OUTBOUND_RUN_TIME={pinned!r} is not a time; write HH:MM") from None
+        raise ValueError(f"OUTBOUND_RUN_TIME={run_time!r} is not a time; write HH:MM") from None
     pinned_at = datetime.combine(day, at).replace(tzinfo=ZoneInfo(timezone))
     return RunClock.at(pinned_at, timezone, day, real_now=real_now)
 
@@ -226,7 +217,9 @@ def read_candidates(
 ) -> pl.DataFrame:
     """Members of the due campaigns' segments, one row per (campaign, member)."""
     slugs = sorted({c.segment for c in due_campaigns(campaigns, clock.as_of)})
-    with connect(settings.duckdb_path, read_only=True) as con:
+    with settings.connect(read_only=True) as con:
+        # The plan's fields (names, balances, expiry dates) come from the marts: of its day.
+        require_built_for(built_day(con), clock.as_of, "a send plan")
         members = read_members(con, slugs, clock.as_of)
     return build_candidates(campaigns, members, clock.as_of)
 
@@ -249,7 +242,7 @@ def read_opt_outs(settings: OutboundSettings, engine: Engine | None) -> pl.DataF
     an export that later leaves one out does not opt the patient back in; only
     `audiences campaigns lift-opt-out` forgets one. Without `engine`: the extract's alone.
     """
-    with connect(settings.duckdb_path, read_only=True) as con:
+    with settings.connect(read_only=True) as con:
         extract, _ = read_extract_opt_outs(con)
     if engine is None:
         return extract.unique()
@@ -261,7 +254,7 @@ def read_opt_outs(settings: OutboundSettings, engine: Engine | None) -> pl.DataF
 def unreadable_opt_outs(settings: OutboundSettings) -> str | None:
     """Why nothing may be sent while the extract holds opt-out rows naming no readable
     patient (any of them may be someone who opted out), or None."""
-    with connect(settings.duckdb_path, read_only=True) as con:
+    with settings.connect(read_only=True) as con:
         _, unreadable = read_extract_opt_outs(con)
     if not unreadable:
         return None
@@ -296,7 +289,7 @@ def make_plan(
     validate_timezone(settings.timezone)
     if candidates is None:
         candidates = read_candidates(settings, campaigns, clock)
-    with connect(settings.duckdb_path, read_only=True) as con:
+    with settings.connect(read_only=True) as con:
         contacts = read_contacts(con)
     opt_outs = read_opt_outs(settings, engine)
     history = read_history(settings, campaigns, clock, engine)
@@ -412,7 +405,7 @@ def _render_all(
     digests: dict[str, Content] = {}
     staff = to_send.filter(pl.col("channel") == STAFF_CHANNEL)
     if staff.height:
-        with connect(settings.duckdb_path, read_only=True) as con:
+        with settings.connect(read_only=True) as con:
             data = read_recipient_data(con, staff.select("patient_id", "case_id").unique())
         for c in campaigns:
             cases = staff.filter(pl.col("campaign") == c.slug)
@@ -506,7 +499,7 @@ def _send_rows(
     existing = ledger_mod.existing_keys(engine, clock.as_of)
     retryable = ledger_mod.retryable_rows(engine, clock.as_of)
     patient_rows = to_send.filter(pl.col("channel") != STAFF_CHANNEL)
-    with connect(settings.duckdb_path, read_only=True) as con:
+    with settings.connect(read_only=True) as con:
         data = read_recipient_data(con, patient_rows.select("patient_id", "case_id").unique())
     addresses = planned.contacts.select("patient_id", "email")
     sharing = records_sharing_an_address(planned.contacts)

@@ -1,7 +1,7 @@
 """Who gets which message in a run: candidates, then suppression in a fixed order.
 
 `plan_sends` is pure: frames and campaign objects in, the plan out. Suppression order
-(DESIGN.md section 7), each step seeing only the candidates the earlier steps kept:
+(docs/outbound.md), each step seeing only the candidates the earlier steps kept:
 
 1. `opted_out` / `no_consent` — an opt-out for the channel or `all` (extract or learned),
    consent explicitly false, or (campaigns requiring it) consent not explicitly true;

@@ -16,7 +16,8 @@ from typing import Any
 
 import polars as pl
 
-from segments.catalogue import (
+from segments.dates import resolve_date
+from segments.field_catalogue import (
     ENTITY_KEYS,
     ENTITY_TABLES,
     EVENT_SOURCES,
@@ -25,7 +26,6 @@ from segments.catalogue import (
     Field,
     FieldType,
 )
-from segments.dates import resolve_date
 from segments.model import EventsCondition, FieldCondition, Group, SegmentDefinition
 
 EARTH_RADIUS_KM = 6371.0088

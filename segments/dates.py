@@ -1,4 +1,4 @@
-"""Relative dates of the segment language (DESIGN.md section 5).
+"""Relative dates of the segment language (docs/segments.md).
 
 A date value is `today`, `-N days|weeks|months|years`, `+N ...` or an ISO date, always
 resolved against the as-of date D so that a definition means the same thing on every run

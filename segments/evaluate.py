@@ -14,9 +14,9 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from ingest.warehouse import connect
-from segments.catalogue import ENTITY_KEYS, ENTITY_TABLES, EVENT_SOURCES, Catalogue
+from core.warehouse import Warehouse, WrongDay, built_day, require_built_for
 from segments.compiler import Compiled, EventCount, columns_read, compile_steps, event_filter
+from segments.field_catalogue import ENTITY_KEYS, ENTITY_TABLES, EVENT_SOURCES, Catalogue
 from segments.model import SegmentDefinition
 
 
@@ -31,8 +31,12 @@ def _quote(identifier: str) -> str:
 class WarehouseFrames:
     """The marts as polars frames, loaded on first use and kept for the process."""
 
-    def __init__(self, duckdb_path: str | Path | None = None) -> None:
-        self.duckdb_path = Path(duckdb_path) if duckdb_path else None
+    def __init__(self, warehouse: Warehouse | str | Path | None = None) -> None:
+        self.warehouse = Warehouse.at(warehouse) if warehouse else None
+        self.duckdb_path = self.warehouse.path if self.warehouse else None
+        # The as-of day the loaded marts were built for (None: frames given in memory, or
+        # a warehouse without dbt's marts.warehouse_as_of).
+        self.built_for: date | None = None
         self._frames: dict[str, pl.DataFrame] = {}
         # Keys whose hashes collided on load: those are joined on the text ids instead.
         self._collisions: set[str] = set()
@@ -65,6 +69,13 @@ class WarehouseFrames:
                 wanted.setdefault(table, set()).update(cols)
         self._load(wanted)
 
+    def require_day(self, as_of: date, what: str = "a segment") -> None:
+        """Refuse to evaluate for `as_of` on marts built for another day."""
+        try:
+            require_built_for(self.built_for, as_of, what)
+        except WrongDay as err:
+            raise WarehouseError(str(err)) from None
+
     def frame(self, table: str, columns: Iterable[str]) -> pl.DataFrame:
         self._load({table: set(columns)})
         return self._frames[table]
@@ -77,14 +88,21 @@ class WarehouseFrames:
         }
         if not missing:
             return
-        if self.duckdb_path is None:
+        if self.warehouse is None:
             raise WarehouseError(f"frames for {sorted(missing)} were not given")
-        if not self.duckdb_path.exists():
+        if not self.warehouse.exists():
             raise WarehouseError(
                 f"warehouse {self.duckdb_path} does not exist; run the pipeline (or dbt build) "
                 "first, or set DUCKDB_PATH"
             )
-        with connect(self.duckdb_path, read_only=True) as con:
+        with self.warehouse.connect(read_only=True) as con:
+            day = built_day(con)
+            if self._frames and day != self.built_for:
+                # The marts were rebuilt for another day since the first frames were read.
+                self._frames.clear()
+                self._collisions.clear()
+                missing = wanted
+            self.built_for = day
             for table, cols in missing.items():
                 if table in self._frames:
                     derived = set(HASHED.values())
@@ -247,6 +265,8 @@ def evaluate(
     frame (column `ROW`), so a caller can fetch a few members' other columns directly.
     """
     lf = member_frame(definition, frames, catalogue, as_of, timezone)
+    # The marts are loaded by now: their fields must be of the day the dates are taken at.
+    frames.require_day(as_of, f"segment {definition.name!r}")
     if definition.entity == "patient":
         lf = lf.with_columns(pl.lit(None, dtype=pl.String).alias("case_id"))
     out = ["patient_id", "case_id", ROW] if with_rows else ["patient_id", "case_id"]

@@ -15,9 +15,11 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from clinic_audiences.config import Settings
-from ingest.warehouse import connect
-from segments.catalogue import (
+from core.settings import Settings
+from core.warehouse import Warehouse
+from segments.compiler import columns_read
+from segments.evaluate import ROW, WarehouseFrames, evaluate
+from segments.field_catalogue import (
     DEFAULT_CATALOGUE_PATH,
     ENTITY_TABLES,
     Catalogue,
@@ -25,9 +27,7 @@ from segments.catalogue import (
     catalogue_from_warehouse,
     load_catalogue,
 )
-from segments.compiler import columns_read
-from segments.evaluate import ROW, WarehouseFrames, evaluate
-from segments.membership import (
+from segments.members import (
     Consistency,
     MembershipChange,
     check_consistency,
@@ -58,7 +58,7 @@ def default_catalogue(duckdb_path: Path | None = None) -> Catalogue:
     if DEFAULT_CATALOGUE_PATH.exists():
         return load_catalogue(DEFAULT_CATALOGUE_PATH)
     if duckdb_path is not None and Path(duckdb_path).exists():
-        with connect(duckdb_path, read_only=True) as con:
+        with Warehouse.at(duckdb_path).connect(read_only=True) as con:
             return catalogue_from_warehouse(con)
     raise CatalogueError(
         f"no field catalogue: neither {DEFAULT_CATALOGUE_PATH} nor a warehouse at "
@@ -167,7 +167,7 @@ def materialise(
     segment: Segment,
     frames: WarehouseFrames,
     catalogue: Catalogue,
-    duckdb_path: Path,
+    warehouse: Warehouse | Path,
     engine: Engine,
     as_of: date,
     timezone: str,
@@ -176,7 +176,12 @@ def materialise(
     members, snapshotted = current_members(
         segment, frames, catalogue, as_of, timezone, engine, resnapshot
     )
-    with connect(duckdb_path) as con:
+    if segment.definition.mode == "snapshot" and not snapshotted:
+        # A frozen list is not evaluated, but it is recorded as that day's membership: the
+        # marts must still be of that day, so every segment of a day is of the same day.
+        frames.frame(ENTITY_TABLES[segment.definition.entity], ["patient_id"])
+        frames.require_day(as_of, f"segment {segment.definition.name!r}")
+    with Warehouse.at(warehouse).connect() as con:
         change = record_membership(con, segment.slug, members, as_of)
         consistency = check_consistency(con, segment.slug)
     return Materialised(members, change, snapshotted, consistency)
@@ -184,8 +189,8 @@ def materialise(
 
 def resnapshot(
     slug: str,
-    as_of: str | None = None,
-    settings: Settings | None = None,
+    as_of: str | None,
+    settings: Settings,
     user: str | None = None,
 ) -> int:
     """Re-freeze a snapshot segment's list now (on purpose); returns the new member count.
@@ -193,9 +198,8 @@ def resnapshot(
     A private segment is re-frozen only for its owner (`user`). The warehouse membership
     follows at the segment's next materialisation.
     """
-    from clinic_audiences.config import parse_as_of
+    from core.days import parse_as_of
 
-    settings = settings or Settings.from_env()
     catalogue = default_catalogue(settings.duckdb_path)
     library = load_library(settings, catalogue)
     segment = library.get(slug)
@@ -209,7 +213,7 @@ def resnapshot(
     if segment.definition.mode != "snapshot":
         raise ValueError(f"segment {slug!r} is dynamic; only snapshot segments are frozen")
     day = parse_as_of(as_of, settings.clinic_timezone)
-    frames = WarehouseFrames(settings.duckdb_path)
+    frames = WarehouseFrames(Warehouse(settings.duckdb_path, settings.duckdb_memory_limit))
     members = evaluate(segment.definition, frames, catalogue, day, settings.clinic_timezone)
     from segments.snapshots import save_snapshot
 

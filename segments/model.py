@@ -1,4 +1,4 @@
-"""The segment language as strict pydantic models (DESIGN.md sections 5 and 6).
+"""The segment language as strict pydantic models (docs/segments.md, docs/workflow.md).
 
 These models check the *shape* of a definition (known keys, known operators, nesting);
 `segments.validation` then checks it against the field catalogue (field names, the
@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
-from workflow.spec import WorkflowSpec
+from segments.workflow_block import WorkflowSpec
 
 FIELD_OPS = (
     "eq", "neq", "in", "not_in", "gt", "gte", "lt", "lte", "between",
@@ -114,7 +114,7 @@ class SegmentDefinition(Strict):
     tags: list[str] = []
     include: Group
     exclude: Group | None = None
-    # The one model of the block, shared with the workflow engine (DESIGN.md section 6).
+    # The one model of the block, shared with the workflow engine (docs/workflow.md).
     workflow: WorkflowSpec | None = None
 
 

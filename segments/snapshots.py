@@ -1,4 +1,4 @@
-"""Snapshot lists in the state store (DESIGN.md section 2): operational state, never
+"""Snapshot lists in the state store (docs/architecture.md): operational state, never
 rebuilt. A snapshot segment's members are frozen on its first run and stay until it is
 re-snapshotted on purpose.
 
@@ -14,7 +14,7 @@ import polars as pl
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from state import Migration, connect_state, migrate, register_migrations
+from core.state_store import Migration, connect_state, migrate, register_migrations
 
 state_meta = sa.MetaData()
 snapshot_runs = sa.Table(

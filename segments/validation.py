@@ -17,9 +17,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from clinic_audiences.yaml_files import YamlFileError, parse_yaml, read_yaml_file
-from segments.catalogue import ENTITY_TABLES, EVENT_SOURCES, Catalogue, Field, FieldType
+from core.yaml_files import YamlFileError, parse_yaml, read_yaml_file
 from segments.dates import BadDate, parse_date_value
+from segments.field_catalogue import ENTITY_TABLES, EVENT_SOURCES, Catalogue, Field, FieldType
 from segments.model import (
     COUNT_OPS,
     EVENTS,

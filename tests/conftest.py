@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
-from state import connect_state
+from core.state_store import connect_state
 
 POSTGRES_ENV = "STATE_DB_TEST_POSTGRES_URL"
 

@@ -19,7 +19,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, Row
 
-from workflow.engine import (
+from segments.workflow_block import WorkflowSpec, WorkListInfo
+from workflow.planning import (
     BookingMove,
     Member,
     MemberState,
@@ -27,7 +28,6 @@ from workflow.engine import (
     plan_booking_moves,
     plan_membership,
 )
-from workflow.spec import WorkflowSpec, WorkListInfo
 from workflow.store import events, lists, members
 
 SYSTEM_ACTOR = "system"

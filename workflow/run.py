@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from clinic_audiences.config import parse_as_of
+from core.days import parse_as_of
+from segments.workflow_block import WorkListInfo
 from workflow.api import SyncResult, sync_worklist
-from workflow.spec import WorkListInfo
 from workflow.store import open_state
-from workflow.warehouse import read_latest_bookings, read_segment_members
+from workflow.warehouse_reads import read_latest_bookings, read_segment_members
 
 
 def materialize_worklist(
@@ -20,16 +20,15 @@ def materialize_worklist(
     duckdb_path: str | Path,
     state_db_url: str,
     clinic_timezone: str = "UTC",
-    as_of: str | None = None,
+    as_of: str | date | None = None,
     now: datetime | None = None,
 ) -> SyncResult:
     """Sync `info` with its segment's current members and, with `on_booking`, bookings."""
-    current = read_segment_members(duckdb_path, info.segment_slug, info.entity)
+    day = parse_as_of(as_of, clinic_timezone)
+    current = read_segment_members(duckdb_path, info.segment_slug, info.entity, day)
     bookings = None
     if info.spec.on_booking:
-        bookings = read_latest_bookings(
-            duckdb_path, parse_as_of(as_of, clinic_timezone), clinic_timezone
-        )
+        bookings = read_latest_bookings(duckdb_path, day, clinic_timezone)
     engine = open_state(state_db_url)
     try:
         taken = (

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from state import Migration, connect_state, migrate, register_migrations
+from core.state_store import Migration, connect_state, migrate, register_migrations
 
 COMPONENT = "workflow"
 

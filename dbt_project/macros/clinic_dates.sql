@@ -1,4 +1,4 @@
-{#- The as-of date D and the clinic time zone (DESIGN.md section 4). Every model reads
+{#- The as-of date D and the clinic time zone (docs/warehouse.md). Every model reads
     them through these macros so that a bad value stops the run with one clear error. -#}
 
 {% macro clinic_timezone() -%}

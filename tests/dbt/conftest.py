@@ -32,7 +32,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from ingest.warehouse import create_empty_raw_tables
+from ingest.raw_tables import create_empty_raw_tables
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parents[2] / "dbt_project"
 AS_OF = "2024-03-01"
@@ -269,7 +269,7 @@ def run_dbt(
 
 
 def run_dbt_build(duckdb_path: Path, work_dir: Path) -> None:
-    completed = run_dbt(["build"], duckdb_path, work_dir)
+    completed = run_dbt(["build", "--exclude", "path:models/analytics"], duckdb_path, work_dir)
     if completed.returncode != 0:
         raise AssertionError(f"dbt build failed:\n{completed.stdout[-6000:]}\n{completed.stderr}")
 

@@ -12,13 +12,15 @@ from dagster_dbt import DbtCliResource
 
 from ingest.entities import ENTITIES
 from orchestration.dbt import (
+    build_dbt_defs,
     dbt_executable,
     dbt_project,
     environment,
     manifest_is_stale,
-    warehouse_dbt_assets,
 )
 from orchestration.resources import ClinicSettingsResource, WarehouseResource
+
+warehouse_dbt_assets, analytics_dbt_assets = build_dbt_defs().assets
 
 pytestmark = pytest.mark.dbt
 
@@ -90,11 +92,10 @@ def test_materialise_through_dagster(tiny_warehouse, tmp_path, monkeypatch):
         [warehouse_dbt_assets],
         resources={
             "dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=dbt_executable()),
-            "settings": ClinicSettingsResource(
-                clinic_timezone="Australia/Sydney", as_of="2024-03-01"
-            ),
+            "settings": ClinicSettingsResource(clinic_timezone="Australia/Sydney"),
             "warehouse": WarehouseResource(duckdb_path="warehouse.duckdb"),
         },
+        partition_key="2024-03-01",
     )
     assert result.success
     materialised = {e.asset_key for e in result.get_asset_materialization_events()}

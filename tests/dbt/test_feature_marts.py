@@ -1,5 +1,5 @@
 """Every column of patient_features and case_features for the tiny clinic of conftest.py,
-worked out by hand from DESIGN.md section 4 (D = 2024-03-01, Australia/Sydney).
+worked out by hand from docs/warehouse.md (D = 2024-03-01, Australia/Sydney).
 
 The marts come from a real `dbt build` of dbt_project/ on a real DuckDB file.
 """

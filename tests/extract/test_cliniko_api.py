@@ -24,9 +24,18 @@ from extract.cliniko_api import (
     ExtractError,
     SlidingWindowRateLimiter,
     extract,
-    extract_from_env,
+    extract_with,
     shard_from_api_key,
 )
+
+
+def extract_from_env(out: Path, *args, **kwargs) -> dict[str, int]:
+    """The extract as the CLI runs it: CLINIKO_* read from the environment by Settings."""
+    import os
+
+    from core.settings import Settings
+
+    return extract_with(Settings.from_environ(os.environ).cliniko, out, *args, **kwargs)
 
 API_KEY = "MS0xLWl4SzYy-secret-test-key-au1"
 USER_AGENT = "clinic-audiences tests (tests@clinic.example)"

@@ -72,7 +72,7 @@ def t(raw: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
 
 @pytest.fixture(scope="module")
 def appts(t: dict[str, pl.DataFrame]) -> pl.DataFrame:
-    """Appointments with their class (DESIGN.md 4) and local start date and hour."""
+    """Appointments with their class (docs/warehouse.md) and local start date and hour."""
     frame = t["appointments"].join(
         t["locations"].select("location_id", "time_zone"), on="location_id"
     ).join(t["appointment_types"].select("appointment_type_id", "category",

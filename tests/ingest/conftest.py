@@ -6,8 +6,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from core.warehouse import connect
 from ingest.load import LoadResult, load_all
-from ingest.warehouse import connect
 
 
 @pytest.fixture

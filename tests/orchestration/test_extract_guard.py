@@ -11,8 +11,8 @@ import pytest
 
 from clinic_audiences.cli import main
 from orchestration import ingest as ingest_stage
-from orchestration.ingest import ACCEPT_SHRINK_TAG, EXTRACTS_TAG, ingest_assets
-from orchestration.resources import AS_OF_TAG, ClinicSettingsResource, WarehouseResource
+from orchestration.ingest import ACCEPT_SHRINK_TAG, EXTRACTS_TAG, build_ingest_assets
+from orchestration.resources import ClinicSettingsResource, WarehouseResource
 
 
 def write_extract(folder: Path, patients: int, appointments: int | None = None) -> Path:
@@ -31,12 +31,12 @@ def write_extract(folder: Path, patients: int, appointments: int | None = None) 
 
 def run(tmp_path: Path, extract: Path, day: str, **tags: str) -> dg.ExecuteInProcessResult:
     return dg.materialize(
-        ingest_assets,
+        build_ingest_assets(),
         resources={
             "warehouse": WarehouseResource(duckdb_path=str(tmp_path / "w.duckdb")),
             "settings": ClinicSettingsResource(),
         },
-        tags={EXTRACTS_TAG: str(extract), AS_OF_TAG: day, **tags},
+        tags={EXTRACTS_TAG: str(extract), **tags}, partition_key=day,
         raise_on_error=False,
     )
 
@@ -86,9 +86,9 @@ def test_more_than_half_fewer_rows_is_refused_and_exactly_half_is_accepted(tmp_p
 
 
 def test_an_accepted_shrink_loads_and_becomes_the_new_baseline(tmp_path):
-    assert run(tmp_path, write_extract(tmp_path / "d1", 10), "2026-11-30").success
+    assert run(tmp_path, write_extract(tmp_path / "d1", 10), "2026-11-28").success
     small = write_extract(tmp_path / "d2", 2)
-    result = run(tmp_path, small, "2026-12-01", **{ACCEPT_SHRINK_TAG: "patients,appointments"})
+    result = run(tmp_path, small, "2026-11-29", **{ACCEPT_SHRINK_TAG: "patients,appointments"})
     assert result.success
     assert rows(tmp_path, "raw.patients") == 2
     con = duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
@@ -96,11 +96,11 @@ def test_an_accepted_shrink_loads_and_becomes_the_new_baseline(tmp_path):
         assert con.execute(
             "select entity, as_of::varchar, loaded, accepted_shrink from ingest.loads "
             "where entity = 'patients' order by loaded_at"
-        ).fetchall() == [("patients", "2026-11-30", 10, False), ("patients", "2026-12-01", 2, True)]
+        ).fetchall() == [("patients", "2026-11-28", 10, False), ("patients", "2026-11-29", 2, True)]
     finally:
         con.close()
     # The next day is compared with the accepted 2, not with the 10 before it.
-    assert run(tmp_path, write_extract(tmp_path / "d3", 2), "2026-12-02").success
+    assert run(tmp_path, write_extract(tmp_path / "d3", 2), "2026-11-30").success
 
 
 def test_a_first_load_with_no_patients_is_refused(tmp_path):
@@ -187,11 +187,11 @@ def test_cli_accept_shrink_is_checked_and_passed_on(tmp_path, monkeypatch, capsy
 
 
 @pytest.mark.parametrize("value", ["1.5", "-0.1", "half"])
-def test_a_bad_allowed_drop_is_a_clear_failure(tmp_path, monkeypatch, value):
-    monkeypatch.setenv("INGEST_MAX_DROP", value)
-    result = run(tmp_path, write_extract(tmp_path / "d1", 3), "2026-12-01")
-    assert not result.success
-    assert "INGEST_MAX_DROP" in failure(result)[1]
+def test_a_bad_allowed_drop_is_a_clear_failure(value):
+    from core.settings import Settings, SettingsError
+
+    with pytest.raises(SettingsError, match="INGEST_MAX_DROP"):
+        Settings.from_environ({"INGEST_MAX_DROP": value})
 
 
 @pytest.mark.dbt

@@ -9,7 +9,7 @@ import duckdb
 import pytest
 
 from clinic_audiences.cli import main
-from orchestration.ingest import EXTRACTS_TAG, ingest_assets
+from orchestration.ingest import EXTRACTS_TAG, build_ingest_assets
 from orchestration.resources import ClinicSettingsResource, WarehouseResource
 from orchestration.sensors import new_extract_folder_sensor
 
@@ -39,7 +39,8 @@ def resources(tmp_path: Path, extract: Path) -> dict:
 def test_materialising_ingest_records_counts_and_passes_the_row_check(tmp_path):
     extract = tmp_path / "extract"
     write_extract(extract)
-    result = dg.materialize(ingest_assets, resources=resources(tmp_path, extract))
+    result = dg.materialize(build_ingest_assets(), resources=resources(tmp_path, extract),
+                            partition_key="2026-11-25")
     assert result.success
     [patients] = [
         m.metadata
@@ -63,7 +64,8 @@ def test_a_missing_required_column_fails_that_asset_with_the_message(tmp_path):
     extract = tmp_path / "extract"
     write_extract(extract, appointments_header="appointment_id,patient_id")
     result = dg.materialize(
-        ingest_assets, resources=resources(tmp_path, extract), raise_on_error=False
+        build_ingest_assets(), resources=resources(tmp_path, extract), raise_on_error=False,
+        partition_key="2026-11-25",
     )
     assert not result.success
     failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
@@ -130,14 +132,12 @@ def test_cli_help_is_available(command, capsys):
     assert exit_.value.code == 0
 
 
-def test_run_as_of_prefers_the_run_tag_then_settings_then_today_in_the_clinic_zone():
-    from datetime import date, datetime
+def test_the_last_partition_is_today_in_the_clinic_zone():
+    from datetime import datetime
     from zoneinfo import ZoneInfo
 
-    from orchestration.resources import AS_OF_TAG, run_as_of
+    from orchestration.resources import daily_partitions
 
-    settings = ClinicSettingsResource(as_of="2026-01-31", clinic_timezone="Australia/Sydney")
-    assert run_as_of({AS_OF_TAG: "2026-11-25"}, settings) == date(2026, 11, 25)
-    assert run_as_of({}, settings) == date(2026, 1, 31)
-    unset = ClinicSettingsResource(clinic_timezone="Pacific/Kiritimati")  # UTC+14
-    assert run_as_of({}, unset) == datetime.now(ZoneInfo("Pacific/Kiritimati")).date()
+    for zone in ("Pacific/Kiritimati", "Pacific/Pago_Pago"):  # UTC+14 and UTC-11
+        today = datetime.now(ZoneInfo(zone)).date().isoformat()
+        assert daily_partitions(zone).get_last_partition_key() == today

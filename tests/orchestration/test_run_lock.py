@@ -13,14 +13,14 @@ import dagster as dg
 import pytest
 
 from clinic_audiences.cli import main
-from clinic_audiences.run_lock import WarehouseBusy, hold_warehouse, lock_path
-from ingest.warehouse import connect
-from orchestration.ingest import EXTRACTS_TAG, ingest_assets
-from orchestration.resources import AS_OF_TAG, ClinicSettingsResource, WarehouseResource
+from core.run_lock import WarehouseBusy, hold_warehouse, lock_path
+from core.warehouse import connect
+from orchestration.ingest import EXTRACTS_TAG, build_ingest_assets
+from orchestration.resources import ClinicSettingsResource, WarehouseResource
 
 HOLD = """
 import sys, time
-from clinic_audiences.run_lock import hold_warehouse
+from core.run_lock import hold_warehouse
 with hold_warehouse(sys.argv[1], "a test holder"):
     print("held", flush=True)
     time.sleep(60)
@@ -72,12 +72,12 @@ def test_a_second_cli_run_stops_at_once_naming_the_first(
 def test_a_dagster_run_holds_the_warehouse_for_all_its_steps(other_process_holds, tmp_path):
     db, proc = other_process_holds
     result = dg.materialize(
-        ingest_assets,
+        build_ingest_assets(),
         resources={
             "warehouse": WarehouseResource(duckdb_path=str(db)),
             "settings": ClinicSettingsResource(),
         },
-        tags={EXTRACTS_TAG: str(write_extract(tmp_path / "x")), AS_OF_TAG: "2026-11-26"},
+        tags={EXTRACTS_TAG: str(write_extract(tmp_path / "x"))}, partition_key="2026-11-26",
         raise_on_error=False,
     )
     assert not result.success
@@ -101,12 +101,12 @@ def test_the_lock_is_reentrant_in_one_process(tmp_path):
     extract = write_extract(tmp_path / "x")
     with hold_warehouse(db, "the CLI"):
         result = dg.materialize(
-            ingest_assets,
+            build_ingest_assets(),
             resources={
                 "warehouse": WarehouseResource(duckdb_path=str(db)),
                 "settings": ClinicSettingsResource(),
             },
-            tags={EXTRACTS_TAG: str(extract), AS_OF_TAG: "2026-11-26"},
+            tags={EXTRACTS_TAG: str(extract)}, partition_key="2026-11-26",
         )
         assert result.success
 

@@ -16,8 +16,9 @@ import pytest
 import sqlalchemy as sa
 
 import outbound.ledger  # noqa: F401  (registers the outbound migrations)
-from ingest.warehouse import create_empty_raw_tables
-from state import connect_state, migrate
+from core.state_store import connect_state, migrate
+from ingest.raw_tables import create_empty_raw_tables
+from segments.members import ensure_membership_tables
 
 OUTBOUND_ENV = (
     "SENDGRID_API_KEY",
@@ -102,6 +103,12 @@ def build_warehouse(
             "segments.membership",
             ["segment_slug", "patient_id", "case_id", "as_of"],
             membership,
+        )
+        # The days each segment was evaluated for, as a segment run records them.
+        ensure_membership_tables(con)
+        con.execute(
+            "insert into segments.segment_runs select segment_slug, as_of, count(*), 0, 0, "
+            "now() from segments.membership group by all"
         )
         if case_features is not None:
             con.execute("create schema if not exists marts")

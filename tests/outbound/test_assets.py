@@ -10,9 +10,11 @@ import duckdb
 import polars as pl
 import pytest
 
+from core.settings import Settings
 from orchestration.outbound import CANDIDATES, LEDGER_TABLE, SEND_PLAN, SENT, build_outbound_defs
-from orchestration.resources import AS_OF_TAG, ClinicSettingsResource, WarehouseResource
+from orchestration.resources import SendGridResource, resources_for
 from outbound.checks import opted_out_in_plan, twice_in_cap_window
+from outbound.run import OutboundSettings
 
 AS_OF = date(2026, 11, 26)
 # Only the clinic's real today is ever sent: the sending tests plan for it.
@@ -41,22 +43,17 @@ def wired(request, tmp_path, monkeypatch, make_warehouse):
     folder = tmp_path / "campaigns"
     folder.mkdir()
     (folder / "reactivation.yaml").write_text(CAMPAIGN)
-    monkeypatch.setenv("CAMPAIGNS_PATH", str(folder))
-    monkeypatch.setenv("OUTBOUND_RUN_TIME", "10:00")
-    monkeypatch.delenv("SENDGRID_API_KEY", raising=False)
-    defs = build_outbound_defs(None)
-    resources = {
-        "warehouse": WarehouseResource(duckdb_path=str(db)),
-        "settings": ClinicSettingsResource(
-            clinic_timezone="Australia/Sydney", state_db_url=f"sqlite:///{tmp_path / 's.db'}"
-        ),
-    }
+    state = f"sqlite:///{tmp_path / 's.db'}"
+    settings = Settings(duckdb_path=db, state_db_url=state, clinic_timezone="Australia/Sydney",
+                        campaigns_path=folder, outbound_run_time="10:00")  # fmt: skip
+    defs = build_outbound_defs(OutboundSettings.of(settings))
+    resources = resources_for(settings)
     return defs, resources, db
 
 
 def materialize(defs, resources, day=AS_OF):
     assets = list(defs.assets) + list(defs.asset_checks)
-    return dg.materialize(assets, resources=resources, tags={AS_OF_TAG: day.isoformat()})
+    return dg.materialize(assets, resources=resources, partition_key=day.isoformat())
 
 
 def test_keys_and_segment_deps(wired):
@@ -114,9 +111,9 @@ def test_sending_materialisation_exports_the_ledger(
     (tmp_path / "campaigns" / "reactivation.yaml").write_text(
         CAMPAIGN + window_around_now("Australia/Sydney")
     )
-    monkeypatch.setenv("SENDGRID_API_KEY", "test-key")
-    monkeypatch.setenv("SENDGRID_API_HOST", fake_sendgrid.url)
-    monkeypatch.setenv("OUTBOUND_FROM_EMAIL", "clinic@clinic.example")
+    resources = {**resources, "sendgrid": SendGridResource(
+        api_key="test-key", host=fake_sendgrid.url, from_email="clinic@clinic.example"
+    )}  # fmt: skip
     assert materialize(defs, resources, TODAY).success
     assert sorted(fake_sendgrid.addresses) == ["ann@clinic.example", "bob@clinic.example"]
     # Same day again: the plan is the same, the ledger holds both, nothing is resent.
@@ -138,9 +135,9 @@ def test_sending_materialisation_exports_the_ledger(
 
 def test_a_run_for_another_day_with_a_key_is_a_dry_run(wired, monkeypatch, fake_sendgrid):
     defs, resources, db = wired
-    monkeypatch.setenv("SENDGRID_API_KEY", "test-key")
-    monkeypatch.setenv("SENDGRID_API_HOST", fake_sendgrid.url)
-    monkeypatch.setenv("OUTBOUND_FROM_EMAIL", "clinic@clinic.example")
+    resources = {**resources, "sendgrid": SendGridResource(
+        api_key="test-key", host=fake_sendgrid.url, from_email="clinic@clinic.example"
+    )}  # fmt: skip
     result = materialize(defs, resources, AS_OF)  # a past day: a backfill, say
     assert result.success and fake_sendgrid.requests == []
     meta = result.asset_materializations_for_node("sent_messages")[0].metadata

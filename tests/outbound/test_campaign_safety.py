@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from core.settings import Settings
 from outbound.campaigns import (
     CampaignError,
     KnownSegments,
@@ -14,7 +15,7 @@ from outbound.campaigns import (
     load_campaigns,
     read_campaign,
 )
-from outbound.run import OutboundSettings, campaign_set, cap_from_env
+from outbound.run import OutboundSettings, campaign_set, frequency_cap
 
 KNOWN = KnownSegments(
     {
@@ -97,9 +98,9 @@ def test_a_template_is_a_name_never_a_path(tmp_path, name):
 def test_a_zero_day_cap_window_is_refused(tmp_path, monkeypatch):
     message = refusal(tmp_path, GOOD + "frequency_cap: {max_messages: 1, window_days: 0}\n")
     assert "frequency_cap.window_days: Input should be greater than or equal to 1" in message
-    monkeypatch.setenv("OUTBOUND_CAP_WINDOW_DAYS", "0")
+    settings = Settings.from_environ({"OUTBOUND_CAP_WINDOW_DAYS": "0"})
     with pytest.raises(ValueError, match="OUTBOUND_CAP_WINDOW_DAYS: Input should be greater"):
-        cap_from_env()
+        frequency_cap(settings.cap_max_messages, settings.cap_window_days)
 
 
 def test_a_template_that_does_not_render_leaves_only_its_campaign_out(tmp_path, monkeypatch):

@@ -9,9 +9,9 @@ from zoneinfo import ZoneInfo
 import pytest
 import sqlalchemy as sa
 
-from outbound import cli
+from clinic_audiences import campaign_commands as cli
+from core.state_store import connect_state
 from outbound import ledger as L
-from state import connect_state
 
 AS_OF = "2026-11-26"  # Thursday
 # Only the clinic's real today is ever sent: the sending tests plan for it.

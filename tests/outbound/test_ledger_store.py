@@ -6,9 +6,8 @@ from datetime import UTC, date, datetime
 
 import sqlalchemy as sa
 
+from core.state_store import _REGISTRY, connect_state, migrate, schema_migrations
 from outbound import ledger as L
-from state import connect_state, migrate
-from state.store import _REGISTRY, schema_migrations
 
 
 def test_migrations_are_recorded_and_applied_once(state_url):

@@ -11,12 +11,13 @@ import duckdb
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from core.state_store import connect_state, migrate
 from outbound import ledger as L
 from outbound.campaigns import Campaign, FrequencyCap
 from outbound.channels import BatchOutcome, Content, Recipient
 from outbound.run import OutboundSettings, make_plan, send_planned
 from outbound.selection import RunClock
-from state import connect_state, migrate
+from segments.members import ensure_membership_tables
 
 PATIENTS = [f"p{i}" for i in range(6)]
 START = datetime(2026, 7, 1, 9, 0, tzinfo=UTC)
@@ -84,7 +85,7 @@ def build(folder) -> tuple[OutboundSettings, object]:
     db = folder / "wh.duckdb"
     con = duckdb.connect(str(db))
     try:
-        from ingest.warehouse import create_empty_raw_tables
+        from ingest.raw_tables import create_empty_raw_tables
 
         con.execute("SET TimeZone = 'UTC'")
         create_empty_raw_tables(con)
@@ -103,6 +104,11 @@ def build(folder) -> tuple[OutboundSettings, object]:
                 con.execute(
                     "insert into segments.membership values ('seg', ?, null, ?, null)", [p, day]
                 )
+        ensure_membership_tables(con)
+        con.execute(
+            "insert into segments.segment_runs select segment_slug, as_of, count(*), 0, 0, "
+            "now() from segments.membership group by all"
+        )
     finally:
         con.close()
     engine = connect_state(f"sqlite:///{folder / 'state.db'}")

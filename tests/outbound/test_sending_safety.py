@@ -11,6 +11,7 @@ import duckdb
 import pytest
 import sqlalchemy as sa
 
+from core.settings import Settings
 from outbound import ledger as L
 from outbound.campaigns import Campaign
 from outbound.channels import SendGridEmail
@@ -157,9 +158,9 @@ def test_retries_of_a_provider_that_stays_away_are_bounded(
     ],
 )
 def test_a_host_without_a_scheme_is_refused_before_anything(monkeypatch, host, words):
-    monkeypatch.setenv("SENDGRID_API_HOST", host)
+    access = Settings.from_environ({"SENDGRID_API_HOST": host}).sender
     with pytest.raises(ValueError, match=words.replace("(", r"\(").replace("'", "'")):
-        SenderSettings.from_env()
+        SenderSettings.of(access)
 
 
 def test_one_send_run_at_a_time(tmp_path, engine, state_url, fake_sendgrid, make_warehouse):
@@ -266,8 +267,7 @@ def test_a_pinned_clock_time_never_sends_outside_the_window(
     settings = clinic(make_warehouse, tmp_path, state_url, 2, [date(2026, 7, 2)])
     day_only = camp("c", send_window={"start": "09:00", "end": "17:00"})
     # 03:00 at the clinic, with the plan's clock pinned to 10:00 (as the demo does).
-    monkeypatch.setenv("OUTBOUND_RUN_TIME", "10:00")
-    clock = run_clock(None, "UTC", now=datetime(2026, 7, 2, 3, 0, tzinfo=UTC))
+    clock = run_clock(None, "UTC", now=datetime(2026, 7, 2, 3, 0, tzinfo=UTC), run_time="10:00")
     planned = make_plan(settings, [day_only], clock, engine)
     assert set(planned.plan["decision"]) == {"send"}  # the pinned dry-run view
     report = send_planned(settings, [day_only], planned, clock, engine, channel(fake_sendgrid.url))
@@ -340,7 +340,7 @@ def test_an_opt_out_the_next_export_leaves_out_is_kept(
 def test_lift_opt_out_forgets_a_kept_one_only_once_the_extract_no_longer_lists_it(
     tmp_path, engine, state_url, make_warehouse, monkeypatch, capsys
 ):
-    from outbound.cli import cmd_lift_opt_out
+    from clinic_audiences.campaign_commands import cmd_lift_opt_out
 
     settings = clinic(make_warehouse, tmp_path, state_url, 2, [date(2026, 7, 2)],
                       opt_outs=[("p1", "email", "2026-06-01 00:00:00+00")])  # fmt: skip

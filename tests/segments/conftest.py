@@ -1,7 +1,7 @@
 """Fixtures for segment tests: the field catalogue in dbt YAML shape and tiny warehouses
 built from hand-written rows in a real DuckDB file.
 
-The marts below are exactly those of DESIGN.md section 4 and the event-mart contract.
+The marts below are exactly those of docs/warehouse.md and the event-mart contract.
 Helpers reach tests as fixtures (`make_warehouse`), so the tests need no import path.
 """
 
@@ -16,8 +16,8 @@ import duckdb
 import pytest
 import yaml
 
-from segments.catalogue import Catalogue, load_catalogue
 from segments.evaluate import WarehouseFrames, evaluate
+from segments.field_catalogue import Catalogue, load_catalogue
 from segments.validation import parse_definition, read_yaml
 
 MARTS: dict[str, list[tuple[str, str]]] = {

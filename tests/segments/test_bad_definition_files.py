@@ -3,18 +3,19 @@ and place, and one bad file never stops the other segments."""
 
 from __future__ import annotations
 
+import os
 from datetime import date
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
-from clinic_audiences.config import Settings
-from orchestration.resources import AS_OF_TAG, ClinicSettingsResource, WarehouseResource
+from clinic_audiences.segment_commands import cmd_members, cmd_resnapshot, cmd_validate
+from core.settings import Settings
+from orchestration.resources import ClinicSettingsResource, StateStoreResource, WarehouseResource
 from orchestration.segments import build_segment_assets
-from segments.catalogue import Catalogue
-from segments.cli import cmd_members, cmd_resnapshot, cmd_validate
 from segments.evaluate import WarehouseFrames
+from segments.field_catalogue import Catalogue
 from segments.library import load_library, materialise, state_engine
 from segments.validation import SegmentValidationError, load_segment
 
@@ -94,7 +95,7 @@ def test_validate_reports_every_broken_file_without_a_traceback(library_with_bro
 def test_the_library_keeps_the_good_segments_and_members_still_work(
     library_with_broken_files, catalogue: Catalogue, capsys
 ):
-    settings = Settings.from_env()
+    settings = Settings.from_environ(os.environ)
     library = load_library(settings, catalogue)
     assert library.get("active") is not None
     assert set(library.invalid) == set(FILES)
@@ -111,7 +112,7 @@ def test_the_library_keeps_the_good_segments_and_members_still_work(
 
 
 def test_a_run_fails_only_the_broken_segments(library_with_broken_files, tmp_path):
-    settings = Settings.from_env()
+    settings = Settings.from_environ(os.environ)
     from segments.library import library_folders
 
     assets = build_segment_assets(library_folders(settings.segments_path))
@@ -120,9 +121,10 @@ def test_a_run_fails_only_the_broken_segments(library_with_broken_files, tmp_pat
         mine,
         resources={
             "warehouse": WarehouseResource(duckdb_path=str(settings.duckdb_path)),
-            "settings": ClinicSettingsResource(state_db_url=settings.state_db_url),
+            "settings": ClinicSettingsResource(),
+            "state_store": StateStoreResource(url=settings.state_db_url),
         },
-        tags={AS_OF_TAG: "2026-12-01"},
+        partition_key="2026-12-01",
         raise_on_error=False,
     )
     failed = {
@@ -198,7 +200,7 @@ def test_resnapshot_of_someone_elses_private_snapshot_is_refused(
 
 def test_a_file_name_dagster_cannot_carry_fails_its_own_asset_only(tmp_path):
     from orchestration.workflow import build_workflow_defs
-    from workflow.catalog import read_worklists
+    from workflow.worklist_files import read_worklists
 
     folder = tmp_path / "segs"
     folder.mkdir()
@@ -214,8 +216,9 @@ def test_a_file_name_dagster_cannot_carry_fails_its_own_asset_only(tmp_path):
     result = dg.materialize(
         bad,
         resources={"warehouse": WarehouseResource(duckdb_path=str(tmp_path / "w.duckdb")),
-                   "settings": ClinicSettingsResource(state_db_url="sqlite://")},
-        tags={AS_OF_TAG: "2026-12-01"}, raise_on_error=False,
+                   "settings": ClinicSettingsResource(),
+                   "state_store": StateStoreResource(url="sqlite://")},
+        partition_key="2026-12-01", raise_on_error=False,
     )  # fmt: skip
     failures = [e.step_failure_data.user_failure_data.description for e in result.all_events
                 if e.event_type_value == "STEP_FAILURE"]  # fmt: skip
@@ -234,7 +237,7 @@ def test_a_file_name_dagster_cannot_carry_fails_its_own_asset_only(tmp_path):
 def test_segments_list_names_a_broken_private_file_to_its_owner_only(
     tmp_path, monkeypatch, capsys
 ):
-    from segments.cli import cmd_segments_list
+    from clinic_audiences.segment_commands import cmd_segments_list
 
     folder = tmp_path / "segs"
     folder.mkdir()

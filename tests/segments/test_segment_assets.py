@@ -8,7 +8,7 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 
-from orchestration.resources import ClinicSettingsResource, WarehouseResource
+from orchestration.resources import ClinicSettingsResource, StateStoreResource, WarehouseResource
 from orchestration.segments import build_segment_assets, group_name_for
 
 LAPSED = """
@@ -51,8 +51,10 @@ def materialize(assets, db: Path, state: str, as_of: str, selection=None, **kw):
         selection=selection,
         resources={
             "warehouse": WarehouseResource(duckdb_path=str(db)),
-            "settings": ClinicSettingsResource(as_of=as_of, state_db_url=state),
+            "settings": ClinicSettingsResource(),
+            "state_store": StateStoreResource(url=state),
         },
+        partition_key=as_of,
         **kw,
     )
 

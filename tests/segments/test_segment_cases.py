@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from datetime import date
 
-from segments.catalogue import Catalogue
 from segments.evaluate import WarehouseFrames, evaluate
+from segments.field_catalogue import Catalogue
 from segments.validation import parse_definition, read_yaml
 
 D = date(2024, 8, 31)

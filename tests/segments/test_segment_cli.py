@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from datetime import date
 from pathlib import Path
 
 import pytest
 
-from clinic_audiences.config import Settings
-from segments.catalogue import Catalogue
-from segments.cli import cmd_members, cmd_preview, cmd_resnapshot, cmd_segments_list, cmd_validate
+from clinic_audiences.segment_commands import (
+    cmd_members,
+    cmd_preview,
+    cmd_resnapshot,
+    cmd_segments_list,
+    cmd_validate,
+)
+from core.settings import Settings
 from segments.evaluate import WarehouseFrames
+from segments.field_catalogue import Catalogue
 from segments.library import materialise, state_engine
 from segments.validation import load_segment
 
@@ -55,7 +62,7 @@ def env(tmp_path: Path, monkeypatch, make_warehouse) -> Path:
 
 
 def run_all(catalogue: Catalogue, as_of: date) -> None:
-    settings = Settings.from_env()
+    settings = Settings.from_environ(os.environ)
     engine = state_engine(settings.state_db_url)
     for slug in ("sams-list", "active"):
         seg = load_segment(settings.segments_path / f"{slug}.yaml", catalogue)
@@ -138,7 +145,7 @@ def test_resnapshot_command_refuses_dynamic(env: Path, capsys) -> None:
 def test_preview_pairs_each_member_with_their_own_columns(env: Path, catalogue: Catalogue) -> None:
     from segments.library import preview
 
-    settings = Settings.from_env()
+    settings = Settings.from_environ(os.environ)
     seg = load_segment(settings.segments_path / "sams-list.yaml", catalogue)
     # Only the columns the definition reads are loaded first, as in a preview of a draft.
     frames = WarehouseFrames(settings.duckdb_path)

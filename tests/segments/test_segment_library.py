@@ -12,8 +12,8 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from segments.catalogue import DEFAULT_CATALOGUE_PATH, Catalogue, load_catalogue
 from segments.evaluate import WarehouseFrames, evaluate
+from segments.field_catalogue import DEFAULT_CATALOGUE_PATH, Catalogue, load_catalogue
 from segments.library import SHIPPED_DEFINITIONS
 from segments.validation import load_segments
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from clinic_audiences.config import Settings
-from segments.catalogue import Catalogue
+from core.settings import Settings
 from segments.evaluate import WarehouseFrames
+from segments.field_catalogue import Catalogue
 from segments.library import materialise, resnapshot, state_engine
-from segments.membership import check_consistency
+from segments.members import check_consistency
 from segments.snapshots import load_snapshot
 from segments.validation import load_segment
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from segments.catalogue import Catalogue
+from segments.field_catalogue import Catalogue
 from segments.validation import (
     SegmentValidationError,
     load_segment,

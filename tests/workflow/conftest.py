@@ -11,7 +11,8 @@ import duckdb
 import pytest
 from sqlalchemy.engine import Engine
 
-from workflow.spec import WorkflowSpec, WorkListInfo
+from segments.members import ensure_membership_tables
+from segments.workflow_block import WorkflowSpec, WorkListInfo
 from workflow.store import open_state
 
 
@@ -67,6 +68,12 @@ def _build_warehouse(path: Path, members: list[tuple[str, str | None]], as_of: s
             "insert into segments.membership values ('lapsed-physio', ?, ?, ?, now())",
             [patient_id, case_id, as_of],
         )
+    ensure_membership_tables(con)
+    con.execute("delete from segments.segment_runs")
+    con.execute(
+        "insert into segments.segment_runs select segment_slug, as_of, count(*), 0, 0, now() "
+        "from segments.membership group by all"
+    )
     con.execute(
         "create or replace table marts.appointments (appointment_id varchar, patient_id varchar,"
         " starts_at timestamptz, created_at timestamptz, cancelled_at timestamptz)"

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
+from segments.workflow_block import WorkflowSpec, WorkListInfo
 from workflow.api import history, list_members, move, sync_worklist
-from workflow.engine import Member
+from workflow.planning import Member
 from workflow.run import materialize_worklist
-from workflow.spec import WorkflowSpec, WorkListInfo
 
 
 def test_booking_moves_a_member_once_and_staff_can_override(
@@ -72,6 +72,8 @@ def test_materialise_from_a_real_warehouse_with_clinic_time_zone(
     build_warehouse(db, [("p1", None), ("p2", None), ("p3", None), ("p4", None)], "2026-03-09")
     first = materialize_worklist(wl, db, state_url, "Australia/Sydney", "2026-03-09", now=day(0))
     assert first.entered == 4
+    # The next day's segment run finds the same four.
+    build_warehouse(db, [("p1", None), ("p2", None), ("p3", None), ("p4", None)], "2026-03-10")
     # Entered at T0 = 2026-03-02 09:00 UTC. As of 2026-03-10 in Sydney (UTC+11 in March):
     add_appointments(db, [
         # p1: starts 2026-03-09 14:00 UTC = 03-10 01:00 Sydney -> upcoming; created after entry.
@@ -127,8 +129,8 @@ def test_snapshot_work_list_follows_only_a_deliberate_re_snapshot(
 ) -> None:
     import polars as pl
 
+    from core.state_store import migrate
     from segments import snapshots
-    from state import migrate
 
     migrate(engine, ["segments"])
     db = tmp_path / "warehouse.duckdb"
@@ -141,15 +143,15 @@ def test_snapshot_work_list_follows_only_a_deliberate_re_snapshot(
 
     freeze("p1", "p2")
     build_warehouse(db, [("p1", None), ("p2", None)], "2026-03-09")
-    assert materialize_worklist(wl, db, state_url, now=day(0)).entered == 2
+    assert materialize_worklist(wl, db, state_url, as_of="2026-03-09", now=day(0)).entered == 2
     # Membership rows differ without a new snapshot (e.g. a hand-edited table): ignored.
     build_warehouse(db, [("p3", None)], "2026-03-10")
-    kept = materialize_worklist(wl, db, state_url, now=day(1))
+    kept = materialize_worklist(wl, db, state_url, as_of="2026-03-10", now=day(1))
     assert (kept.frozen, kept.entered, kept.left) == (True, 0, 0)
     # The segments stage re-freezes the list on purpose: the work list follows it.
     freeze("p2", "p3")
     build_warehouse(db, [("p2", None), ("p3", None)], "2026-03-11")
-    followed = materialize_worklist(wl, db, state_url, now=day(2))
+    followed = materialize_worklist(wl, db, state_url, as_of="2026-03-11", now=day(2))
     assert (followed.frozen, followed.entered, followed.left) == (False, 1, 1)
     assert [(m.member_id, m.left_segment) for m in list_members(engine, wl)] == [
         ("p2", False),

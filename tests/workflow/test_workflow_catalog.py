@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from workflow.catalog import WorkListDefinitionError, build_worklists, load_worklists
-from workflow.spec import WorkflowSpec
+from segments.workflow_block import WorkflowSpec
+from workflow.worklist_files import WorkListDefinitionError, build_worklists, load_worklists
 
 
 def segment(workflow: object = None, visibility: str = "shared", owner: str | None = None,
@@ -91,7 +91,7 @@ def test_shipped_library_loads_and_its_workflows_are_valid(
     monkeypatch.delenv("SEGMENTS_PATH", raising=False)
     monkeypatch.delenv("WORKLISTS_PATH", raising=False)
     lists = load_worklists()
-    # The shipped lapsed-physio segment carries the front-desk workflow of DESIGN.md 6.
+    # The shipped lapsed-physio segment carries the front-desk workflow of docs/workflow.md.
     lapsed = lists["lapsed-physio-6-12mo"]
     assert lapsed.spec.stages == ["To call", "Left voicemail", "Booked", "Not interested"]
     assert lapsed.spec.on_booking == "Booked"

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import Engine
 
-from workflow import cli
+from clinic_audiences import worklist_commands as cli
 from workflow.api import move, sync_worklist
-from workflow.catalog import load_worklists
-from workflow.engine import Member
+from workflow.planning import Member
+from workflow.worklist_files import load_worklists
 
 SEGMENT = """\
 name: CLI front desk
@@ -62,7 +62,9 @@ def env(
     monkeypatch.setenv("STATE_DB_URL", state_url)
     monkeypatch.setenv("CLINIC_TIMEZONE", "Australia/Sydney")
 
-    lists = load_worklists()
+    from segments.library import library_folders
+
+    lists = load_worklists(library_folders(segments), named)
     desk, mine, billing = lists["cli-front-desk"], lists["cli-mine"], lists["cli-billing"]
     assert (billing.segment_slug, billing.spec.stages) == ("cli-front-desk", ["To chase", "Paid"])
     three = [Member("p1", "p1"), Member("p2", "p2"), Member("p3", "p3")]

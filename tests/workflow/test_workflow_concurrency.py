@@ -9,6 +9,7 @@ from datetime import datetime
 import pytest
 from sqlalchemy.engine import Engine
 
+from segments.workflow_block import WorkListInfo
 from workflow.api import (
     Change,
     ConcurrentChangeError,
@@ -19,8 +20,7 @@ from workflow.api import (
     sync_worklist,
     write_if_unchanged,
 )
-from workflow.engine import Member
-from workflow.spec import WorkListInfo
+from workflow.planning import Member
 from workflow.store import open_state
 
 

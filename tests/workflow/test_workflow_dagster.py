@@ -9,10 +9,10 @@ from pathlib import Path
 import dagster as dg
 from sqlalchemy.engine import Engine
 
-from orchestration.resources import ClinicSettingsResource, WarehouseResource
+from orchestration.resources import ClinicSettingsResource, StateStoreResource, WarehouseResource
 from orchestration.workflow import build_workflow_defs
+from segments.workflow_block import WorkflowSpec, WorkListInfo
 from workflow.api import history, list_members, move
-from workflow.spec import WorkflowSpec, WorkListInfo
 
 
 def test_asset_per_work_list_downstream_of_its_segment(
@@ -52,19 +52,18 @@ def test_materialise_reports_counts_per_stage(
     (asset,) = build_workflow_defs([wl]).assets  # type: ignore[misc]
     resources = {
         "warehouse": WarehouseResource(duckdb_path=str(db)),
-        "settings": ClinicSettingsResource(
-            clinic_timezone="UTC", as_of="2026-03-09", state_db_url=state_url
-        ),
+        "settings": ClinicSettingsResource(clinic_timezone="UTC"),
+        "state_store": StateStoreResource(url=state_url),
     }
 
-    def run() -> dict[str, object]:
-        result = dg.materialize([asset], resources=resources)
+    def run(day: str) -> dict[str, object]:
+        result = dg.materialize([asset], resources=resources, partition_key=day)
         assert result.success
         (mat,) = result.asset_materializations_for_node("worklists__lapsed_physio")
         return {k: v.value for k, v in mat.metadata.items()}
 
     build_warehouse(db, [("p1", None), ("p2", None), ("p3", None)], "2026-03-09")
-    first = run()
+    first = run("2026-03-09")
     assert (first["entered_this_run"], first["members"], first["stage: To call"]) == (3, 3, 3)
 
     p1_entered = next(m.entered_at for m in list_members(engine, wl) if m.member_id == "p1")
@@ -74,7 +73,7 @@ def test_materialise_reports_counts_per_stage(
     build_warehouse(db, [("p1", None), ("p2", None)], "2026-03-10")
     booked = p1_entered + timedelta(minutes=1)
     add_appointments(db, [("a1", "p1", "2026-04-01 00:00+00", booked, None)])
-    second = run()
+    second = run("2026-03-10")
     # p1 -> Booked (terminal), p2 -> Not interested (terminal), p3 left from To call.
     assert (second["entered_this_run"], second["left_this_run"], second["booked_this_run"]) == (
         0, 1, 1,

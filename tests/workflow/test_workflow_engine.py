@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from workflow.engine import (
+from segments.workflow_block import WorkflowSpec
+from workflow.planning import (
     Member,
     MemberState,
     membership_frozen,
     plan_booking_moves,
     plan_membership,
 )
-from workflow.spec import WorkflowSpec
 
 D1 = datetime(2026, 3, 1, tzinfo=UTC)
 D2 = datetime(2026, 3, 2, tzinfo=UTC)

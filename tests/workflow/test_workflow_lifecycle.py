@@ -8,6 +8,7 @@ from datetime import date, datetime
 import pytest
 from sqlalchemy.engine import Engine
 
+from segments.workflow_block import UnknownStageError, WorkListInfo
 from workflow.api import (
     WorkListAccessError,
     add_note,
@@ -19,8 +20,7 @@ from workflow.api import (
     stage_counts,
     sync_worklist,
 )
-from workflow.engine import Member
-from workflow.spec import UnknownStageError, WorkListInfo
+from workflow.planning import Member
 
 
 def members(*ids: str) -> list[Member]:

@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from segments.workflow_block import WorkflowSpec, WorkListInfo
 from workflow.api import history, list_members, sync_worklist
-from workflow.engine import Member
-from workflow.spec import WorkflowSpec, WorkListInfo
+from workflow.planning import Member
 from workflow.store import open_state
 
 PEOPLE = [f"p{i}" for i in range(8)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from workflow.spec import UnknownStageError, WorkflowSpec, WorkListInfo
+from segments.workflow_block import UnknownStageError, WorkflowSpec, WorkListInfo
 
 
 def test_full_block_from_the_design_is_accepted() -> None:

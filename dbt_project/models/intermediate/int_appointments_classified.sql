@@ -1,4 +1,4 @@
--- Every appointment with its class at the as-of date D (DESIGN.md section 4).
+-- Every appointment with its class at the as-of date D (docs/warehouse.md).
 -- Class precedence: cancelled > DNA > attended (date < D) / upcoming (date >= D), so a
 -- future appointment already flagged did_not_arrive counts as DNA, never as upcoming.
 with appointments as (

@@ -1,5 +1,5 @@
 -- Every invoice with what it is worth, what was paid and what is still due
--- (DESIGN.md section 4), and the case it counts against.
+-- (docs/warehouse.md), and the case it counts against.
 with invoices as (
 
     select * from {{ ref('stg_raw__invoices') }}

@@ -6,14 +6,14 @@ them. Only ids and counts are printed, never names or addresses.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import polars as pl
 
-from clinic_audiences.run_lock import WarehouseBusy
-from clinic_audiences.tables import format_table
+from clinic_audiences.environment import current_settings
+from core.run_lock import WarehouseBusy
+from core.tables import format_table
 from outbound import ledger as ledger_mod
 from outbound.campaigns import CampaignError, Daily, Weekly
 from outbound.run import (
@@ -59,7 +59,7 @@ def _report_problems(problems: list[str]) -> None:
 
 def cmd_list() -> int:
     try:
-        loaded = campaign_set(OutboundSettings.from_env())
+        loaded = campaign_set(OutboundSettings.of(current_settings()))
     except (CampaignError, ValueError, OSError, WarehouseBusy) as e:
         return _fail(str(e))
     print(f"{'campaign':<34} {'segment':<34} {'priority':>8}  {'enabled':<7}  schedule")
@@ -72,9 +72,9 @@ def cmd_list() -> int:
 
 
 def _plan(as_of: str | None):
-    settings = OutboundSettings.from_env()
+    settings = OutboundSettings.of(current_settings())
     loaded = campaign_set(settings)
-    clock = run_clock(as_of, settings.timezone)
+    clock = run_clock(as_of, settings.timezone, run_time=settings.run_time)
     engine = state_engine(settings)
     planned = make_plan(settings, loaded.campaigns, clock, engine)
     return settings, loaded, clock, engine, planned
@@ -107,7 +107,7 @@ def cmd_dry_run(as_of: str | None, out: str | None) -> int:
 
 def cmd_send(as_of: str | None) -> int:
     try:
-        sender = SenderSettings.from_env()
+        sender = SenderSettings.of(current_settings().sender)
         settings, loaded, clock, engine, planned = _plan(as_of)
         channel = sender.channel() if sender.api_key else None
     except (CampaignError, TemplateError, ValueError, LookupError, OSError, WarehouseBusy) as e:
@@ -116,7 +116,7 @@ def cmd_send(as_of: str | None) -> int:
     if channel is None:
         why = (
             "OUTBOUND_SEND_DISABLED is set"
-            if os.environ.get("SENDGRID_API_KEY")
+            if current_settings().sender.api_key
             else "SENDGRID_API_KEY is not set"
         )
         print(f"{why}: dry run, nothing was sent and the ledger is unchanged")
@@ -167,7 +167,7 @@ def cmd_lift_opt_out(patient_id: str, channel: str) -> int:
     """Forget a kept opt-out. Refused while the extract still lists it: the next plan
     would keep it again, and the extract is the practice-management system's word."""
     try:
-        settings = OutboundSettings.from_env()
+        settings = OutboundSettings.of(current_settings())
         ident, kind = ledger_mod.normalise_opt_out(patient_id, channel)
         extract = read_opt_outs(settings, None)
         listed = extract.filter((pl.col("patient_id") == ident) & (pl.col("channel") == kind))

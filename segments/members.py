@@ -17,6 +17,8 @@ from datetime import UTC, date, datetime
 import duckdb
 import polars as pl
 
+from core.warehouse import WrongDay, table_exists
+
 MEMBER_KEYS = ("patient_id", "case_id")
 
 _WAREHOUSE_DDL = (
@@ -157,3 +159,61 @@ def check_consistency(con: duckdb.DuckDBPyConnection, slug: str) -> Consistency:
         [slug],
     ).fetchall()[0][0]
     return Consistency(duplicates, without_open, stray_open)
+
+
+MEMBERS_SCHEMA = {"segment_slug": pl.String, "patient_id": pl.String, "case_id": pl.String}
+
+
+def read_members(con: duckdb.DuckDBPyConnection, slugs: list[str], as_of: date) -> pl.DataFrame:
+    """The members of each segment on the as-of day `as_of`: segment_slug, patient_id,
+    case_id. The one membership reader: work lists, campaigns and the CLI all use it.
+
+    A segment evaluated for that day gives its members of that day (from the current
+    membership, or from the history when it has been evaluated for a later day since). A
+    segment not evaluated for that day is a `WrongDay` error naming the days it was
+    evaluated for, never another day's members.
+    """
+    if not slugs:
+        return pl.DataFrame(schema=MEMBERS_SCHEMA)
+    if not table_exists(con, "segments", "segment_runs"):
+        raise WrongDay(
+            "no segment has been evaluated in this warehouse yet (there is no "
+            "segments.membership table); run `audiences run` first"
+        )
+    runs = {
+        slug: (that_day, latest)
+        for slug, that_day, latest in con.execute(
+            "select segment_slug, max(as_of) filter (where as_of = ?), max(as_of) "
+            "from segments.segment_runs where segment_slug in (select unnest(?)) group by 1",
+            [as_of, slugs],
+        ).fetchall()
+    }
+    not_that_day = sorted(s for s in slugs if runs.get(s, (None, None))[0] is None)
+    if not_that_day:
+        latest = {s: runs[s][1] for s in not_that_day if s in runs}
+        shown = ", ".join(
+            f"{s} (last evaluated for {latest[s]})" if s in latest else f"{s} (never evaluated)"
+            for s in not_that_day
+        )
+        raise WrongDay(
+            f"segment membership for {as_of} is not in the warehouse: {shown}. Evaluate that "
+            f"day with `audiences run --as-of {as_of}`"
+        )
+    frame = con.sql(
+        """
+        select m.segment_slug, cast(m.patient_id as varchar) as patient_id,
+               cast(m.case_id as varchar) as case_id
+        from segments.membership m
+        where m.segment_slug in (select unnest($slugs)) and m.as_of = $as_of
+        union all
+        -- Segments evaluated for a later day since: their members of that day, from history.
+        select h.segment_slug, cast(h.patient_id as varchar), cast(h.case_id as varchar)
+        from segments.membership_history h
+        where h.segment_slug in (select unnest($slugs))
+          and h.segment_slug not in (
+              select segment_slug from segments.membership where as_of = $as_of)
+          and h.entered_on <= $as_of and (h.exited_on is null or h.exited_on > $as_of)
+        """,
+        params={"slugs": slugs, "as_of": as_of},
+    ).pl()
+    return frame.cast(MEMBERS_SCHEMA)

@@ -7,13 +7,11 @@ Outputs (schema `outbound`): `campaign_candidates`, `send_plan`, `send_ledger`.
 
 from __future__ import annotations
 
-from datetime import date
-
 import duckdb
 import polars as pl
 
 from outbound.ledger import LEDGER_EXPORT_SCHEMA
-from outbound.selection import CONTACTS_SCHEMA, MEMBERS_SCHEMA, OPT_OUTS_SCHEMA
+from outbound.selection import CONTACTS_SCHEMA, OPT_OUTS_SCHEMA
 
 SCHEMA = "outbound"
 
@@ -32,29 +30,6 @@ def _require(con: duckdb.DuckDBPyConnection, schema: str, name: str, produced_by
             f"warehouse table {schema}.{name} does not exist yet; it is written by "
             f"{produced_by}: run that step first (or check DUCKDB_PATH)"
         )
-
-
-def read_members(con: duckdb.DuckDBPyConnection, slugs: list[str], as_of: date) -> pl.DataFrame:
-    """Members of the given segments at their latest evaluation on or before the as-of date."""
-    if not slugs:
-        return pl.DataFrame(schema=MEMBERS_SCHEMA)
-    _require(con, "segments", "membership", "the segment assets")
-    frame = con.sql(
-        """
-        with latest as (
-            select segment_slug, max(as_of) as as_of
-            from segments.membership
-            where segment_slug in (select unnest($slugs)) and as_of <= $as_of
-            group by segment_slug
-        )
-        select m.segment_slug, cast(m.patient_id as varchar) as patient_id,
-               cast(m.case_id as varchar) as case_id
-        from segments.membership m
-        join latest using (segment_slug, as_of)
-        """,
-        params={"slugs": slugs, "as_of": as_of},
-    ).pl()
-    return frame.cast(MEMBERS_SCHEMA)
 
 
 def read_contacts(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:

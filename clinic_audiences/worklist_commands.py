@@ -32,18 +32,26 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy.engine import Engine
 
-from clinic_audiences.config import Settings
+from clinic_audiences.environment import current_settings
+from core.settings import Settings
+from segments.workflow_block import UnknownStageError, WorkListInfo
 from workflow import api
-from workflow.catalog import read_worklists
-from workflow.spec import UnknownStageError, WorkListInfo
 from workflow.store import open_state
+from workflow.worklist_files import read_worklists
+
+
+def worklists_of(settings: Settings):
+    """The work lists of the segment library and WORKLISTS_PATH."""
+    from segments.library import library_folders
+
+    return read_worklists(library_folders(settings.segments_path), settings.worklists_path)
 
 OK, FAILED = 0, 1
 
 
 class _Context:
     def __init__(self) -> None:
-        self.settings = Settings.from_env()
+        self.settings = current_settings()
         self.engine: Engine = open_state(self.settings.state_db_url)
         self.tz = ZoneInfo(self.settings.clinic_timezone)
 
@@ -57,7 +65,7 @@ def resolve_worklist(engine: Engine, slug: str, user: str | None = None) -> Work
     Someone else's private work list does not exist for `user`: asking for it is "no work
     list", and the list of known ones leaves it out.
     """
-    found = read_worklists()
+    found = worklists_of(current_settings())
     for problem in found.problems.values():
         print(f"warning: {problem}", file=sys.stderr)
     info = found.lists.get(slug) or api.stored_worklist(engine, slug)

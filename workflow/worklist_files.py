@@ -16,7 +16,6 @@ workflow:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +23,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from clinic_audiences.yaml_files import YamlFileError, read_yaml_file
-from workflow.spec import WorkflowSpec, WorkListInfo
-
-WORKLISTS_PATH_ENV = "WORKLISTS_PATH"
+from core.yaml_files import YamlFileError, read_yaml_file
+from segments.workflow_block import WorkflowSpec, WorkListInfo
 
 
 class WorkListDefinitionError(ValueError):
@@ -220,9 +217,9 @@ def read_worklists(
         raise
 
     if segment_folders is None:
-        segment_folders = default_segment_folders()
-    if worklists_folder is None and os.environ.get(WORKLISTS_PATH_ENV):
-        worklists_folder = Path(os.environ[WORKLISTS_PATH_ENV])
+        from segments.library import library_folders
+
+        segment_folders = library_folders(None)
     # Shape-only validation: the full field check needs the warehouse catalogue and is
     # the segments stage's job; a work list only needs the workflow block and metadata.
     library = read_library(segment_folders, None)
@@ -232,17 +229,3 @@ def read_worklists(
     )
 
 
-def default_segment_folders() -> list[Path]:
-    """The shipped library and `SEGMENTS_PATH`, as the segments stage reads them."""
-    import segments
-
-    folders = [Path(segments.__file__).parent / "definitions"]
-    extra = os.environ.get("SEGMENTS_PATH")
-    if extra:
-        if not Path(extra).is_dir():
-            raise WorkListDefinitionError(
-                f"SEGMENTS_PATH {extra} is not a folder; point it at a folder of segment "
-                ".yaml files or unset it"
-            )
-        folders.append(Path(extra))
-    return [f for f in folders if f.is_dir()]

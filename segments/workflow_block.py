@@ -1,6 +1,6 @@
 """The `workflow:` block a segment (or a named work list) carries, and what a work list is.
 
-`WorkflowSpec` is the one model of the block (DESIGN.md section 6). The segment model
+`WorkflowSpec` is the one model of the block (docs/workflow.md). The segment model
 reuses it for its optional `workflow:` field so a segment file is validated in one pass,
 with errors that name the file and the path inside it (`workflow.terminal[0]`).
 """

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from workflow.spec import WorkflowSpec
+from segments.workflow_block import WorkflowSpec
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,13 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from clinic_audiences.config import Settings, parse_as_of
-from clinic_audiences.run_lock import WarehouseBusy
-from ingest.warehouse import connect
-from segments.catalogue import Catalogue, CatalogueError
+from clinic_audiences.environment import current_settings
+from core.days import parse_as_of
+from core.run_lock import WarehouseBusy
+from core.settings import Settings
+from core.warehouse import Warehouse, connect
 from segments.evaluate import WarehouseError, WarehouseFrames
+from segments.field_catalogue import Catalogue, CatalogueError
 from segments.library import default_catalogue, load_library, preview, resnapshot, visible_to
 from segments.validation import Segment, SegmentValidationError, load_segment, load_segments
 
@@ -34,7 +36,7 @@ def _catalogue(settings: Settings) -> Catalogue:
 
 def cmd_validate(paths: list[str]) -> int:
     """Validate definition files or folders (default: the whole library). 0 = all valid."""
-    settings = Settings.from_env()
+    settings = current_settings()
     try:
         catalogue = _catalogue(settings)
         if not paths:
@@ -58,7 +60,7 @@ def cmd_validate(paths: list[str]) -> int:
 
 def cmd_preview(file: str, as_of: str | None) -> int:
     """Count, sample rows and evaluation time of a (possibly unsaved) definition file."""
-    settings = Settings.from_env()
+    settings = current_settings()
     try:
         catalogue = _catalogue(settings)
         segment = load_segment(file, catalogue, check_slug=False)
@@ -69,7 +71,7 @@ def cmd_preview(file: str, as_of: str | None) -> int:
         return _fail(f"{len(exc.issues)} problem(s) found; nothing was run")
     except (CatalogueError, ValueError, WarehouseBusy) as exc:
         return _fail(str(exc), 2)
-    frames = WarehouseFrames(settings.duckdb_path)
+    frames = WarehouseFrames(Warehouse(settings.duckdb_path, settings.duckdb_memory_limit))
     try:
         started = time.perf_counter()
         frames.prepare([segment.definition])
@@ -102,7 +104,7 @@ def _find_visible(settings: Settings, slug: str, user: str | None) -> Segment | 
 
 def cmd_members(slug: str, fmt: str, user: str | None) -> int:
     """The current members of a materialised segment as CSV or JSON on stdout."""
-    settings = Settings.from_env()
+    settings = current_settings()
     if fmt not in ("csv", "json"):
         return _fail(f"--format {fmt!r} is not supported; use csv or json", 2)
     try:
@@ -159,7 +161,7 @@ def file_visible_to(path: Path, user: str | None) -> bool:
     """Whether a definition file that does not validate may be named to `user`: when what
     it says of itself reads as shared, or as private to `user`. A file that cannot be read
     that far may be anyone's private segment, so it is not named."""
-    from clinic_audiences.yaml_files import YamlFileError, read_yaml_file
+    from core.yaml_files import YamlFileError, read_yaml_file
 
     try:
         raw = read_yaml_file(path)
@@ -175,7 +177,7 @@ def file_visible_to(path: Path, user: str | None) -> bool:
 
 def cmd_segments_list(user: str | None) -> int:
     """The library's segments visible to `user` (others' private segments are left out)."""
-    settings = Settings.from_env()
+    settings = current_settings()
     try:
         library = load_library(settings, None)
     except FileNotFoundError as exc:
@@ -233,7 +235,7 @@ def cmd_segments_list(user: str | None) -> int:
 def cmd_resnapshot(slug: str, as_of: str | None = None, user: str | None = None) -> int:
     """Re-freeze a snapshot segment's list on purpose (a private one only for its owner)."""
     try:
-        count = resnapshot(slug, as_of, user=user)
+        count = resnapshot(slug, as_of, current_settings(), user=user)
     except (KeyError, ValueError, CatalogueError, WarehouseError, WarehouseBusy) as exc:
         return _fail(str(exc.args[0]) if isinstance(exc, KeyError) else str(exc))
     print(f"{slug}: snapshot re-frozen with {count} member(s); the next run writes them")

@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-from ingest.warehouse import connect
-from workflow.engine import Member
+from core.warehouse import Warehouse, built_day, connect, require_built_for
+from segments.members import read_members
+from workflow.planning import Member
 
 APPOINTMENT_COLUMNS = ("patient_id", "starts_at", "created_at", "cancelled_at")
 
@@ -20,28 +21,18 @@ def _table_columns(con, schema: str, table: str) -> set[str]:  # noqa: ANN001 - 
     return {r[0] for r in rows}
 
 
-def read_segment_members(duckdb_path: str | Path, segment_slug: str, entity: str) -> list[Member]:
-    """Current members of a segment from `segments.membership` (its latest `as_of`).
+def read_segment_members(
+    warehouse: Warehouse | str | Path, segment_slug: str, entity: str, as_of: date
+) -> list[Member]:
+    """The members of a segment on the as-of day (`segments.members.read_members`).
 
     For a case segment the member is the case (`case_id`); for a patient segment, the
-    patient. A missing `segments.membership` table is an error rather than an empty list,
-    so that a warehouse without segment runs cannot mark every member as having left.
+    patient. A segment not evaluated for that day is an error rather than an empty list,
+    so that a warehouse without that day's segment run cannot mark every member as having
+    left.
     """
-    with connect(duckdb_path, read_only=True) as con:
-        if not _table_columns(con, "segments", "membership"):
-            raise LookupError(
-                f"{duckdb_path}: table segments.membership does not exist; materialise "
-                f"the segment {segment_slug!r} before its work list"
-            )
-        rows = con.execute(
-            """
-            select patient_id, case_id
-            from segments.membership
-            where segment_slug = ?
-              and as_of = (select max(as_of) from segments.membership where segment_slug = ?)
-            """,
-            [segment_slug, segment_slug],
-        ).fetchall()
+    with Warehouse.at(warehouse).connect(read_only=True) as con:
+        rows = read_members(con, [segment_slug], as_of).select("patient_id", "case_id").rows()
     result = []
     for patient_id, case_id in rows:
         if entity == "case":
@@ -62,11 +53,12 @@ def read_latest_bookings(
 ) -> dict[str, datetime]:
     """Per patient, when their newest upcoming booking was created (`marts.appointments`).
 
-    Upcoming (DESIGN.md section 4): starts on or after the as-of date in the clinic time
+    Upcoming (docs/warehouse.md): starts on or after the as-of date in the clinic time
     zone and not cancelled. Appointments without `created_at` cannot say when they were
     booked and are left out.
     """
     with connect(duckdb_path, read_only=True) as con:
+        require_built_for(built_day(con), as_of, "bookings")
         have = _table_columns(con, "marts", "appointments")
         missing = [c for c in APPOINTMENT_COLUMNS if c not in have]
         if missing:

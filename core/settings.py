@@ -1,0 +1,173 @@
+"""Every setting of the product, in one value built from the environment.
+
+Only the top of the system (the `audiences` CLI and the Dagster code location) reads the
+process environment: it calls `Settings.from_environ(os.environ)` once and hands the
+parts down as plain values. Everything below takes those values as arguments. The
+variables and their defaults are listed in docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.days import SettingsError, validate_timezone
+
+__all__ = ["Settings", "SettingsError", "ClinikoAccess", "SenderAccess"]
+
+DEFAULT_DUCKDB_PATH = "var/warehouse.duckdb"
+DEFAULT_STATE_DB_URL = "sqlite:///var/state.db"
+DEFAULT_EXTRACTS_ROOT = "var/extracts"
+DEFAULT_SENDGRID_HOST = "https://api.sendgrid.com"
+DEFAULT_MAX_DROP = 0.5
+
+
+@dataclass(frozen=True)
+class SenderAccess:
+    """How email is sent: SendGrid's key and host and the clinic's sender. The key is
+    only ever in the environment, never in a file or a log (it is left out of repr)."""
+
+    api_key: str | None = field(default=None, repr=False)
+    host: str = DEFAULT_SENDGRID_HOST
+    from_email: str | None = None
+    from_name: str | None = None
+    sandbox: bool = False
+    # OUTBOUND_SEND_DISABLED (demos, staging copies of production data): a dry run even
+    # with a key in the environment.
+    disabled: bool = False
+
+
+@dataclass(frozen=True)
+class ClinikoAccess:
+    """The Cliniko API key and where to reach the API (empty values: not configured)."""
+
+    api_key: str = field(default="", repr=False)
+    shard: str = ""
+    base_url: str = ""
+    user_agent: str = ""
+
+
+@dataclass(frozen=True)
+class Settings:
+    duckdb_path: Path = Path(DEFAULT_DUCKDB_PATH)
+    state_db_url: str = DEFAULT_STATE_DB_URL
+    clinic_timezone: str = "UTC"
+    extracts_root: Path = Path(DEFAULT_EXTRACTS_ROOT)
+    segments_path: Path | None = None
+    duckdb_memory_limit: str | None = None
+    worklists_path: Path | None = None
+    campaigns_path: Path | None = None
+    ingest_max_drop: float = DEFAULT_MAX_DROP
+    cap_max_messages: int = 1
+    cap_window_days: int = 7
+    # HH:MM clinic time a plan is made at (reproducible dry runs); None: the real time.
+    outbound_run_time: str | None = None
+    sender: SenderAccess = field(default_factory=SenderAccess)
+    cliniko: ClinikoAccess = field(default_factory=ClinikoAccess)
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> Settings:
+        """The settings the variables in `environ` describe; a wrong one is a
+        SettingsError naming the variable and how to fix it."""
+
+        def get(name: str) -> str | None:
+            value = (environ.get(name) or "").strip()
+            return value or None
+
+        tz = get("CLINIC_TIMEZONE") or "UTC"
+        validate_timezone(tz)
+        duckdb_path = Path(get("DUCKDB_PATH") or DEFAULT_DUCKDB_PATH)
+        if duckdb_path.is_dir():
+            raise SettingsError(
+                f"DUCKDB_PATH {duckdb_path} is a folder; point it at the warehouse file, e.g. "
+                f"{duckdb_path / 'warehouse.duckdb'}"
+            )
+        memory_limit = get("DUCKDB_MEMORY_LIMIT")
+        validate_memory_limit(memory_limit)
+        state_db_url = get("STATE_DB_URL") or DEFAULT_STATE_DB_URL
+        validate_state_db_url(state_db_url)
+        return cls(
+            duckdb_path=duckdb_path,
+            state_db_url=state_db_url,
+            clinic_timezone=tz,
+            extracts_root=Path(get("EXTRACTS_ROOT") or DEFAULT_EXTRACTS_ROOT),
+            segments_path=_path(get("SEGMENTS_PATH")),
+            duckdb_memory_limit=memory_limit,
+            worklists_path=_path(get("WORKLISTS_PATH")),
+            campaigns_path=_path(get("CAMPAIGNS_PATH")),
+            ingest_max_drop=_fraction("INGEST_MAX_DROP", get("INGEST_MAX_DROP")),
+            cap_max_messages=_whole(
+                "OUTBOUND_CAP_MAX_MESSAGES", get("OUTBOUND_CAP_MAX_MESSAGES"), 1
+            ),
+            cap_window_days=_whole("OUTBOUND_CAP_WINDOW_DAYS", get("OUTBOUND_CAP_WINDOW_DAYS"), 7),
+            outbound_run_time=get("OUTBOUND_RUN_TIME"),
+            sender=SenderAccess(
+                api_key=get("SENDGRID_API_KEY"),
+                host=get("SENDGRID_API_HOST") or DEFAULT_SENDGRID_HOST,
+                from_email=get("OUTBOUND_FROM_EMAIL"),
+                from_name=get("OUTBOUND_FROM_NAME"),
+                sandbox=_flag(get("SENDGRID_SANDBOX_MODE")),
+                disabled=_flag(get("OUTBOUND_SEND_DISABLED")),
+            ),
+            cliniko=ClinikoAccess(
+                api_key=get("CLINIKO_API_KEY") or "",
+                shard=get("CLINIKO_SHARD") or "",
+                base_url=get("CLINIKO_API_BASE_URL") or "",
+                user_agent=get("CLINIKO_USER_AGENT") or "",
+            ),
+        )
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").lower() in ("1", "true", "yes", "on")
+
+
+def _whole(name: str, value: str | None, default: int) -> int:
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise SettingsError(f"{name}={value!r} is not a whole number") from None
+
+
+def _fraction(name: str, value: str | None) -> float:
+    if value is None:
+        return DEFAULT_MAX_DROP
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not 0 <= number < 1:
+        raise SettingsError(
+            f"{name}={value!r} is not a fraction from 0 up to (not including) 1, e.g. 0.5"
+        )
+    return number
+
+
+_MEMORY = re.compile(r"^\s*\d+(\.\d+)?\s*(B|KB|KIB|MB|MIB|GB|GIB|TB|TIB)?\s*$", re.IGNORECASE)
+
+
+def validate_memory_limit(value: str | None) -> None:
+    if value and not _MEMORY.match(value):
+        raise SettingsError(
+            f"DUCKDB_MEMORY_LIMIT {value!r} is not an amount of memory; use e.g. 4GB or 512MB"
+        )
+
+
+def validate_state_db_url(url: str) -> None:
+    """The state store is SQLite or PostgreSQL, named by a SQLAlchemy URL."""
+    hint = "use sqlite:///path/to/state.db or postgresql://user@host/dbname"
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    dialect = scheme.split("+", 1)[0]
+    if dialect == "postgres":
+        raise SettingsError(f"STATE_DB_URL starts with postgres://; SQLAlchemy needs "
+                         f"postgresql:// ({hint})")  # fmt: skip
+    if dialect not in ("sqlite", "postgresql") or "://" not in url:
+        raise SettingsError(f"STATE_DB_URL is not a SQLite or PostgreSQL URL; {hint}")

@@ -1,0 +1,105 @@
+"""The DuckDB warehouse file: opening it, and small helpers every reader shares.
+
+DuckDB allows one writer per file. Writers hold a connection only as long as they need
+it; readers open it read-only, so they never block the pipeline's writer for longer than
+their query.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import duckdb
+
+
+@contextmanager
+def connect(
+    path: str | Path, read_only: bool = False, memory_limit: str | None = None
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Open the warehouse file (creating its folder when writing), always closing it
+    afterwards. `memory_limit` (e.g. `4GB`) caps DuckDB's memory; by default it takes up
+    to 80% of the machine's."""
+    path = Path(path)
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        con = duckdb.connect(str(path), read_only=read_only)
+    except duckdb.IOException as err:
+        if "lock" not in str(err).lower():
+            raise
+        from core.run_lock import WarehouseBusy, holder
+
+        raise WarehouseBusy(
+            f"the warehouse {path} is open for writing by {holder(path)}; DuckDB lets no "
+            "other process in meanwhile. Try again when that run has finished"
+        ) from None
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        if memory_limit:
+            con.execute("SET memory_limit = ?", [memory_limit])
+        yield con
+    finally:
+        con.close()
+
+
+def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None):
+    """The single value a query returns (DuckDB 2 relations have no fetchone())."""
+    rows = con.execute(sql, params or []).fetchall()  # fetch all: DuckDB 2 needs it finished
+    return rows[0][0] if rows else None
+
+
+def table_exists(con: duckdb.DuckDBPyConnection, schema: str, name: str) -> bool:
+    return bool(
+        scalar(
+            con,
+            "select count(*) from information_schema.tables "
+            "where table_schema = ? and table_name = ?",
+            [schema, name],
+        )
+    )
+
+
+@dataclass(frozen=True)
+class Warehouse:
+    """The warehouse file and how to open it: every reader and writer goes through this."""
+
+    path: Path
+    memory_limit: str | None = None
+
+    @classmethod
+    def at(cls, path: str | Path | Warehouse, memory_limit: str | None = None) -> Warehouse:
+        return path if isinstance(path, Warehouse) else cls(Path(path), memory_limit)
+
+    def connect(self, read_only: bool = False):
+        return connect(self.path, read_only=read_only, memory_limit=self.memory_limit)
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+
+class WrongDay(LookupError):
+    """What was asked for is built for another as-of day; the message says which day is
+    built and how to build the one asked for."""
+
+
+def built_day(con: duckdb.DuckDBPyConnection) -> date | None:
+    """The as-of day the marts were built for (`marts.warehouse_as_of`), or None when the
+    warehouse has no marts built by dbt."""
+    if not table_exists(con, "marts", "warehouse_as_of"):
+        return None
+    value = scalar(con, "select max(as_of) from marts.warehouse_as_of")
+    return value if isinstance(value, date) else None
+
+
+def require_built_for(built: date | None, as_of: date, what: str) -> None:
+    """Refuse to compute `what` for `as_of` from marts built for another day."""
+    if built is not None and built != as_of:
+        raise WrongDay(
+            f"{what} for {as_of} needs the marts of {as_of}, but the warehouse is built for "
+            f"{built}. Build that day first with `audiences run --as-of {as_of}` (or ask "
+            f"for --as-of {built})"
+        )
