@@ -8,6 +8,7 @@ a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -203,13 +204,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--as-of")
     p.set_defaults(func=lambda a: _delegate(SEGMENTS, "cmd_preview", a.file, a.as_of))
 
-    p = sub.add_parser("members", help="list a segment's current members")
+    p = sub.add_parser("members", help="list a segment's members on a day")
     p.add_argument("slug")
     p.add_argument("--format", choices=("csv", "json"), default="csv")
     p.add_argument("--user", help="who is asking (private segments are visible to their owner)")
+    p.add_argument("--as-of", help="the day (YYYY-MM-DD; default: the segment's latest "
+                   "evaluation); a day it was not evaluated for is refused")
     p.set_defaults(
-        func=lambda a: _delegate(SEGMENTS, "cmd_members", a.slug, a.format, a.user)
+        func=lambda a: _delegate(SEGMENTS, "cmd_members", a.slug, a.format, a.user, a.as_of)
     )
+
+    p = sub.add_parser("fields", help="the fields segments can use: types, operators, meaning")
+    p.add_argument("--entity", choices=("patient", "case"),
+                   help="only the fields of this entity (default: every entity and event)")
+    p.set_defaults(func=lambda a: _delegate(SEGMENTS, "cmd_fields", a.entity))
 
     p = sub.add_parser("segments", help="list or re-snapshot segments")
     seg = p.add_subparsers(dest="segments_command", required=True, metavar="ACTION")
@@ -331,6 +339,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as err:
         err_console.print(f"error: {err}", style="red", markup=False)
         return 2
+    except BrokenPipeError:
+        # The reader (`| head`) has had enough: stop quietly, like other command-line
+        # tools, and send what is still buffered nowhere so the final flush cannot fail.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except OSError as err:
         # A folder that cannot be written, a full disk: the file and what the system says.
         where = f"{err.filename}: " if err.filename else ""

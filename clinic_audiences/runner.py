@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 import time
 from datetime import date
 from pathlib import Path
@@ -151,7 +153,11 @@ def run_pipeline(
     settings = current_settings()
     as_of = as_of or today_in(settings.clinic_timezone)
     refuse_future(as_of, settings.clinic_timezone)
-    handler = ProgressHandler(console, private_step_keys())
+    # Steps print one line each; what the steps themselves write to stdout (dbt's own
+    # stream of events) goes to the run's log file instead.
+    shown = Console(file=sys.stdout, highlight=False, soft_wrap=True)
+    handler = ProgressHandler(shown, private_step_keys())
+    log_path = run_log_path(settings.duckdb_path, as_of)
     resources = resources_for(settings, extracts_dir=str(extracts.resolve()), extract_format=fmt)
     defs = build_definitions(
         settings, resources=resources, loggers={"progress": progress_logger(console, handler)}
@@ -172,6 +178,8 @@ def run_pipeline(
     with (
         hold_warehouse(settings.duckdb_path, f"audiences run --extracts {extracts}"),
         dagster_instance() as instance,
+        open(log_path, "w", encoding="utf-8") as log,
+        contextlib.redirect_stdout(log),
     ):
         result = job.execute_in_process(
             instance=instance,
@@ -190,6 +198,7 @@ def run_pipeline(
             },
         )
     seconds = time.perf_counter() - started
+    console.print(f"The full log of this run's steps (dbt's included): {log_path}", style="dim")
     print_summary(settings.duckdb_path, console, as_of)
     if not result.success or handler.failures:
         console.print(f"Run failed after {seconds:.1f}s:", style="red")
@@ -198,6 +207,14 @@ def run_pipeline(
         return 1
     console.print(f"Run succeeded in {seconds:.1f}s.", style="green")
     return 0
+
+
+def run_log_path(duckdb_path: Path, as_of: date) -> Path:
+    """Where a run's step output goes: `logs/` beside the warehouse, one file per run."""
+    folder = Path(duckdb_path).resolve().parent / "logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    return folder / f"run-{as_of.isoformat()}-{stamp}-{os.getpid()}.log"
 
 
 def refuse_future(day: date, timezone: str) -> None:

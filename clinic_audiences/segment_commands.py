@@ -9,19 +9,22 @@ from __future__ import annotations
 import json
 import sys
 import time
+from datetime import date
 from pathlib import Path
 
 import duckdb
 import polars as pl
 
 from clinic_audiences.environment import current_settings
-from core.days import parse_as_of
+from core.days import parse_as_of, parse_day
 from core.run_lock import WarehouseBusy
 from core.settings import Settings
-from core.warehouse import Warehouse, connect
+from core.tables import format_table
+from core.warehouse import Warehouse, WrongDay, connect
 from segments.evaluate import WarehouseError, WarehouseFrames
 from segments.field_catalogue import Catalogue, CatalogueError
 from segments.library import default_catalogue, load_library, preview, resnapshot, visible_to
+from segments.members import read_members
 from segments.validation import Segment, SegmentValidationError, load_segment, load_segments
 
 
@@ -85,8 +88,7 @@ def cmd_preview(file: str, as_of: str | None) -> int:
         f"evaluated in {result.seconds * 1000:.1f} ms "
         f"(reading the warehouse took {loaded * 1000:.0f} ms)"
     )
-    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=160, fmt_str_lengths=40):
-        print(result.sample)
+    print(format_table(result.sample))
     return 0
 
 
@@ -102,8 +104,9 @@ def _find_visible(settings: Settings, slug: str, user: str | None) -> Segment | 
     return None
 
 
-def cmd_members(slug: str, fmt: str, user: str | None) -> int:
-    """The current members of a materialised segment as CSV or JSON on stdout."""
+def cmd_members(slug: str, fmt: str, user: str | None, as_of: str | None = None) -> int:
+    """The members of a materialised segment on a day (default: its latest evaluation) as
+    CSV or JSON on stdout."""
     settings = current_settings()
     if fmt not in ("csv", "json"):
         return _fail(f"--format {fmt!r} is not supported; use csv or json", 2)
@@ -116,9 +119,10 @@ def cmd_members(slug: str, fmt: str, user: str | None) -> int:
     if not settings.duckdb_path.exists():
         return _fail(f"warehouse {settings.duckdb_path} does not exist; run the pipeline first")
     try:
+        day = parse_day(as_of) if as_of else None
         with connect(settings.duckdb_path, read_only=True) as con:
-            members = _membership_with_names(con, slug)
-    except WarehouseBusy as exc:
+            members = _membership_with_names(con, slug, day)
+    except (WarehouseBusy, WrongDay, ValueError) as exc:
         return _fail(str(exc), 2)
     if members is None:
         return _fail(f"segment {slug!r} has not been materialised yet; run the pipeline first")
@@ -129,7 +133,11 @@ def cmd_members(slug: str, fmt: str, user: str | None) -> int:
     return 0
 
 
-def _membership_with_names(con: duckdb.DuckDBPyConnection, slug: str) -> pl.DataFrame | None:
+def _membership_with_names(
+    con: duckdb.DuckDBPyConnection, slug: str, day: date | None
+) -> pl.DataFrame | None:
+    """The segment's members on `day` (default: the day of its latest evaluation), through
+    the one membership reader, with names when the marts have them."""
     tables = {
         (r[0], r[1])
         for r in con.execute(
@@ -143,18 +151,28 @@ def _membership_with_names(con: duckdb.DuckDBPyConnection, slug: str) -> pl.Data
     ).fetchall()[0][0]
     if not ran:
         return None
-    if ("marts", "patient_features") in tables:
-        query = (
-            "select m.patient_id, m.case_id, p.first_name, p.last_name, m.entered_at, m.as_of "
-            "from segments.membership m left join marts.patient_features p using (patient_id) "
-            "where m.segment_slug = ? order by m.patient_id, m.case_id"
-        )
-    else:
-        query = (
-            "select patient_id, case_id, entered_at, as_of from segments.membership "
-            "where segment_slug = ? order by patient_id, case_id"
-        )
-    return con.sql(query, params=[slug]).pl()
+    if day is None:
+        day = con.execute(
+            "select max(as_of) from segments.segment_runs where segment_slug = ?", [slug]
+        ).fetchall()[0][0]
+    members = read_members(con, [slug], day)
+    con.register("day_members", members.to_arrow())
+    names = ("p.first_name, p.last_name, " if ("marts", "patient_features") in tables else "")
+    joined = ("left join marts.patient_features p using (patient_id) "
+              if names else "")  # fmt: skip
+    try:
+        return con.sql(
+            f"select m.patient_id, m.case_id, {names}h.entered_on as entered_at, "
+            "cast(? as date) as as_of from day_members m "
+            f"{joined}"
+            "left join segments.membership_history h on h.segment_slug = m.segment_slug "
+            "and h.patient_id = m.patient_id and h.case_id is not distinct from m.case_id "
+            "and h.entered_on <= ? and (h.exited_on is null or h.exited_on > ?) "
+            "order by m.patient_id, m.case_id",
+            params=[day, day, day],
+        ).pl()
+    finally:
+        con.unregister("day_members")
 
 
 def file_visible_to(path: Path, user: str | None) -> bool:
@@ -227,8 +245,37 @@ def cmd_segments_list(user: str | None) -> int:
             "visibility": pl.String, "department": pl.String, "members": pl.Int64,
         },
     )  # fmt: skip
-    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200, fmt_str_lengths=60):
-        print(table)
+    print(format_table(table))
+    return 0
+
+
+def cmd_fields(entity: str | None) -> int:
+    """The field catalogue: every field a segment can use, with its type, the operators
+    its type allows and its description (from the marts' dbt docs)."""
+    from segments.field_catalogue import ENTITY_TABLES, EVENT_SOURCES
+    from segments.validation import OPS_BY_TYPE
+
+    settings = current_settings()
+    try:
+        catalogue = _catalogue(settings)
+    except (CatalogueError, WarehouseBusy) as exc:
+        return _fail(str(exc), 2)
+    if entity not in (None, *ENTITY_TABLES):
+        return _fail(f"--entity {entity!r} is not one of: {', '.join(ENTITY_TABLES)}", 2)
+    sections = [(f"{e} fields (entity: {e})", catalogue.entity_fields(e))
+                for e in ENTITY_TABLES if entity in (None, e)]  # fmt: skip
+    if entity is None:
+        sections += [(f"events: {name} (fields of `where:` in an events condition)",
+                      catalogue.event_fields(name)) for name in EVENT_SOURCES]  # fmt: skip
+    for n, (title, fields) in enumerate(sections):
+        rows = [
+            {"field": f.name, "type": f.type.value,
+             "operators": ", ".join(sorted(OPS_BY_TYPE.get(f.type, ()))),
+             "description": f.description}
+            for f in sorted(fields.values(), key=lambda f: f.name)
+        ]  # fmt: skip
+        print(("\n" if n else "") + title)
+        print(format_table(pl.DataFrame(rows), max_width=70))
     return 0
 
 
@@ -243,6 +290,7 @@ def cmd_resnapshot(slug: str, as_of: str | None = None, user: str | None = None)
 
 
 __all__ = [
+    "cmd_fields",
     "cmd_members",
     "cmd_preview",
     "cmd_resnapshot",

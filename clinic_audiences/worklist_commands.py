@@ -143,7 +143,16 @@ def cmd_show(
 
         active = [line(m) for m in rows if not m.left_segment]
         left = [line(m) for m in rows if m.left_segment]
-        print(f"{info.slug}: {len(active)} in the segment")
+        if stage is None and assignee is None:
+            print(f"{info.slug}: {len(active)} in the segment")
+        else:
+            everyone = api.list_members(ctx.engine, info, user=user)
+            total = sum(1 for m in everyone if not m.left_segment)
+            shown = " and ".join(
+                ([f"in stage {stage!r}"] if stage else [])
+                + ([f"assigned to {assignee}"] if assignee else [])
+            )
+            print(f"{info.slug}: {len(active)} {shown}, of {total} in the segment")
         print(_table(header, active))
         if left:
             print(f"\nleft the segment ({len(left)}):")

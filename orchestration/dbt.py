@@ -21,6 +21,7 @@ from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_as
 from filelock import FileLock
 
 from orchestration.resources import (
+    ONE_RUN_PER_DAY,
     ClinicSettingsResource,
     WarehouseResource,
     as_of_day,
@@ -136,8 +137,7 @@ def build_dbt_defs(partitions: dg.PartitionsDefinition | None = None) -> dg.Defi
             dagster_dbt_translator=translator,
             name=name,
             partitions_def=partitions,
-            # dbt builds one day's warehouse: one run per partition.
-            backfill_policy=dg.BackfillPolicy.multi_run(1),
+            backfill_policy=ONE_RUN_PER_DAY,
             # The warehouse is one DuckDB file with a single writer: share ingest's pool.
             pool="warehouse",
             **selection,

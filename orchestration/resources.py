@@ -169,6 +169,11 @@ PARTITIONS_START = "2010-01-01"
 DAY_FORMAT = "%Y-%m-%d"
 
 
+# Each day is its own run (a backfill of N days is N runs): a day's membership and work
+# lists follow from the day before, and the warehouse holds one day at a time.
+ONE_RUN_PER_DAY = dg.BackfillPolicy.multi_run(1)
+
+
 def daily_partitions(timezone: str = "UTC") -> dg.DailyPartitionsDefinition:
     """One partition per as-of day in the clinic's time zone, up to and including today
     (`end_offset=1`: the partition of a day exists from its first minute, as a daily run

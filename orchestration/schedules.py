@@ -10,6 +10,8 @@ DAILY_JOB = "daily_refresh"
 
 
 def everything_job(partitions: dg.PartitionsDefinition) -> dg.UnresolvedAssetJobDefinition:
+    """Every asset for one day. Backfills run one day per run: Dagster's default for daily
+    partitions, and the dbt assets' declared policy (see orchestration/dbt.py)."""
     return dg.define_asset_job(
         DAILY_JOB,
         selection=dg.AssetSelection.all(),

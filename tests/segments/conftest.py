@@ -1,7 +1,8 @@
-"""Fixtures for segment tests: the field catalogue in dbt YAML shape and tiny warehouses
+"""Fixtures for segment tests: the field catalogue of the dbt project and tiny warehouses
 built from hand-written rows in a real DuckDB file.
 
-The marts below are exactly those of docs/warehouse.md and the event-mart contract.
+The marts (tables, columns and types) are read from the dbt contract,
+dbt_project/models/marts/_marts__models.yml, so the test warehouses cannot drift from it.
 Helpers reach tests as fixtures (`make_warehouse`), so the tests need no import path.
 """
 
@@ -17,93 +18,34 @@ import pytest
 import yaml
 
 from segments.evaluate import WarehouseFrames, evaluate
-from segments.field_catalogue import Catalogue, load_catalogue
+from segments.field_catalogue import DEFAULT_CATALOGUE_PATH, Catalogue, load_catalogue
 from segments.validation import parse_definition, read_yaml
 
-MARTS: dict[str, list[tuple[str, str]]] = {
-    "patient_features": [
-        ("patient_id", "varchar"), ("first_name", "varchar"), ("last_name", "varchar"),
-        ("sex", "varchar"), ("status", "varchar"), ("state", "varchar"),
-        ("post_code", "varchar"), ("city", "varchar"), ("referral_source", "varchar"),
-        ("referring_provider", "varchar"), ("insurance_plan", "varchar"),
-        ("latitude", "double"), ("longitude", "double"), ("age", "integer"),
-        ("date_of_birth", "date"), ("days_until_birthday", "integer"),
-        ("has_email", "boolean"), ("has_mobile", "boolean"), ("has_whatsapp", "boolean"),
-        ("email_opted_out", "boolean"), ("sms_opted_out", "boolean"),
-        ("first_visit_date", "date"), ("last_visit_date", "date"),
-        ("days_since_last_visit", "integer"), ("next_appointment_at", "timestamptz"),
-        ("total_visits", "integer"), ("visits_last_365d", "integer"),
-        ("dna_count", "integer"), ("cancellation_count", "integer"),
-        ("cadence_days", "double"), ("cadence_overdue_ratio", "double"),
-        ("last_practitioner_id", "varchar"), ("last_practitioner_active", "boolean"),
-        ("last_practitioner_name", "varchar"),
-        ("last_appointment_type", "varchar"), ("last_appointment_category", "varchar"),
-        ("appointment_categories_attended", "varchar[]"),
-        ("lifetime_value", "decimal(18,2)"), ("total_paid", "decimal(18,2)"),
-        ("balance_due", "decimal(18,2)"), ("avg_visit_fee", "double"),
-        ("oldest_open_invoice_days", "integer"), ("open_case_count", "integer"),
-        ("lead_status", "varchar"), ("lead_campaign", "varchar"),
-        ("lead_created_date", "date"), ("lead_owner", "varchar"),
-        ("procedure_of_interest", "varchar"), ("on_waitlist", "boolean"),
-        ("diagnosis_codes", "varchar[]"),
-    ],
-    "case_features": [
-        ("case_id", "varchar"), ("patient_id", "varchar"), ("name", "varchar"),
-        ("status", "varchar"), ("issue_date", "date"), ("expiry_date", "date"),
-        ("days_until_expiry", "integer"), ("max_sessions", "integer"),
-        ("sessions_done", "integer"), ("sessions_booked", "integer"),
-        ("sessions_left", "integer"), ("pct_sessions_booked", "double"),
-        ("pct_sessions_done", "double"), ("total_invoiced", "decimal(18,2)"),
-        ("max_invoiceable_amount", "decimal(18,2)"), ("invoiceable_left", "decimal(18,2)"),
-        ("pct_invoiced", "double"),
-        ("referral_type", "varchar"),
-    ],
-    "appointments": [
-        ("appointment_id", "varchar"), ("patient_id", "varchar"), ("case_id", "varchar"),
-        ("starts_at", "timestamptz"), ("start_date", "date"), ("ends_at", "timestamptz"),
-        ("appointment_type_id", "varchar"), ("appointment_type", "varchar"),
-        ("category", "varchar"), ("practitioner_id", "varchar"),
-        ("practitioner_name", "varchar"), ("location_id", "varchar"),
-        ("location_name", "varchar"), ("status", "varchar"), ("is_booked", "boolean"),
-        ("created_at", "timestamptz"), ("cancelled_at", "timestamptz"),
-    ],
-    "invoices": [
-        ("invoice_id", "varchar"), ("patient_id", "varchar"), ("issue_date", "date"),
-        ("status", "varchar"), ("total_amount", "decimal(18,2)"),
-        ("amount_paid", "decimal(18,2)"), ("balance_due", "decimal(18,2)"),
-        ("case_id", "varchar"), ("appointment_id", "varchar"),
-        ("practitioner_id", "varchar"), ("days_outstanding", "integer"),
-    ],
-    "leads": [
-        ("lead_id", "varchar"), ("patient_id", "varchar"), ("campaign_name", "varchar"),
-        ("created_at", "timestamptz"), ("created_date", "date"), ("owner", "varchar"),
-        ("status", "varchar"), ("procedure_of_interest", "varchar"), ("source", "varchar"),
-        ("has_appointment", "boolean"),
-    ],
-    "diagnoses": [
-        ("patient_id", "varchar"), ("code_system", "varchar"), ("code", "varchar"),
-        ("recorded_at", "timestamptz"), ("recorded_date", "date"),
-    ],
-}  # fmt: skip
+# The marts' dbt contract (dbt_project/models/marts/_marts__models.yml), which is also the
+# segment language's field catalogue.
+MARTS_YAML = DEFAULT_CATALOGUE_PATH
 
 
-def write_catalogue(path: Path) -> Path:
-    """The marts' dbt YAML in the shape the dbt project documents them."""
-    doc = {
-        "version": 2,
-        "models": [
-            {
-                "name": table,
-                "description": f"marts.{table}",
-                "columns": [
-                    {"name": c, "data_type": t, "description": f"{c} of {table}"} for c, t in cols
-                ],
-            }
-            for table, cols in MARTS.items()
-        ],
-    }
-    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
-    return path
+def marts_from_dbt_yaml(path: Path = MARTS_YAML) -> dict[str, list[tuple[str, str]]]:
+    """Every model of the marts' dbt YAML with its columns and `data_type`s, in order.
+
+    The YAML's data types are DuckDB spellings (`varchar[]`, `decimal(18,2)`,
+    `timestamp with time zone`), used as they stand in the test warehouse's DDL.
+    """
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    marts: dict[str, list[tuple[str, str]]] = {}
+    for model in doc["models"]:
+        cols = []
+        for col in model["columns"]:
+            if not col.get("data_type"):
+                raise ValueError(f"{path}: {model['name']}.{col['name']} has no data_type")
+            cols.append((col["name"], col["data_type"]))
+        marts[model["name"]] = cols
+    return marts
+
+
+# model name -> [(column, data type)], as the dbt contract declares them.
+MARTS: dict[str, list[tuple[str, str]]] = marts_from_dbt_yaml()
 
 
 def build_warehouse(path: Path, rows: dict[str, list[dict[str, Any]]]) -> Path:
@@ -135,9 +77,9 @@ def build_warehouse(path: Path, rows: dict[str, list[dict[str, Any]]]) -> Path:
 
 
 @pytest.fixture(scope="session")
-def catalogue(tmp_path_factory: pytest.TempPathFactory) -> Catalogue:
-    path = tmp_path_factory.mktemp("catalogue") / "_marts__models.yml"
-    return load_catalogue(write_catalogue(path))
+def catalogue() -> Catalogue:
+    """The field catalogue of the dbt project itself (the file MARTS is read from)."""
+    return load_catalogue(MARTS_YAML)
 
 
 Rows = dict[str, list[dict[str, Any]]]
