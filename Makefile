@@ -28,7 +28,7 @@ test: $(STAMP)
 	$(BIN)/pytest -q -n 2
 
 ui: $(STAMP)
-	@mkdir -p $(DAGSTER_HOME)
+	@$(BIN)/python -c "from clinic_audiences.runner import ensure_dagster_home; ensure_dagster_home()"
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dagster dev -w workspace.yaml
 
 lint: $(STAMP)

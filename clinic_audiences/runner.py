@@ -111,15 +111,22 @@ run_queue:
 """
 
 
+def ensure_dagster_home() -> Path | None:
+    """DAGSTER_HOME (when set), created with its dagster.yaml if it has none."""
+    if not os.environ.get("DAGSTER_HOME"):
+        return None
+    home = Path(os.environ["DAGSTER_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(DAGSTER_YAML)
+    return home
+
+
 def dagster_instance() -> dg.DagsterInstance:
     """The persistent instance when DAGSTER_HOME is set (so `dagster dev` shows CLI runs),
     else an ephemeral one."""
-    if os.environ.get("DAGSTER_HOME"):
-        home = Path(os.environ["DAGSTER_HOME"])
-        home.mkdir(parents=True, exist_ok=True)
-        config = home / "dagster.yaml"
-        if not config.exists():
-            config.write_text(DAGSTER_YAML)
+    if ensure_dagster_home() is not None:
         return dg.DagsterInstance.get()
     return dg.DagsterInstance.ephemeral()
 

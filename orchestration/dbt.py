@@ -112,9 +112,13 @@ def environment(**values: str) -> Iterator[None]:
 
 
 def warehouse_env(warehouse: WarehouseResource) -> dict[str, str]:
-    # dbt runs inside dbt_project/, so a relative DUCKDB_PATH must be anchored to the
-    # directory the user started from.
-    return {"DUCKDB_PATH": str(Path(warehouse.duckdb_path).expanduser().resolve())}
+    """What dbt's profile reads for the warehouse: the file (dbt runs inside dbt_project/,
+    so a relative path is anchored to where the user started) and the resource's memory
+    limit, so that the limit the pipeline is given reaches dbt too."""
+    values = {"DUCKDB_PATH": str(Path(warehouse.duckdb_path).expanduser().resolve())}
+    if warehouse.memory_limit:
+        values["DUCKDB_MEMORY_LIMIT"] = warehouse.memory_limit
+    return values
 
 
 # The analytics models read the send ledger, which the outbound assets write after the

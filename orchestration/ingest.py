@@ -10,6 +10,7 @@ Thin wrappers around `ingest.load` and `ingest.guard`; the logic lives there.
 """
 
 import re
+from datetime import date
 from pathlib import Path
 
 import dagster as dg
@@ -41,26 +42,34 @@ ACCEPT_INCOMPLETE_TAG = "clinic-audiences/accept_incomplete"
 DATED_FOLDER = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
-def latest_dated_folder(root: Path) -> Path | None:
-    """The newest `YYYY-MM-DD` folder under the extracts root, if any."""
+def latest_dated_folder(root: Path, on_or_before: date | None = None) -> Path | None:
+    """The newest `YYYY-MM-DD` folder under the extracts root (dated on or before
+    `on_or_before` when given), if any."""
     if not root.is_dir():
         return None
     dated = sorted(p for p in root.iterdir() if p.is_dir() and DATED_FOLDER.match(p.name))
+    if on_or_before is not None:
+        dated = [p for p in dated if p.name <= on_or_before.isoformat()]
     return dated[-1] if dated else None
 
 
-def resolve_extract(tags: dict[str, str], settings: ClinicSettingsResource) -> tuple[Path, str]:
+def resolve_extract(
+    tags: dict[str, str], settings: ClinicSettingsResource, as_of: date | None = None
+) -> tuple[Path, str]:
     """Which extract folder and format this run reads: run tags, then settings, then the
-    newest dated folder under the extracts root."""
+    dated folder under the extracts root for the run's day: the one named for it, else
+    the newest before it (a backfill from the Dagster UI loads each day's own extract,
+    never a later day's)."""
     fmt = tags.get(FORMAT_TAG) or settings.extract_format
     chosen = tags.get(EXTRACTS_TAG) or settings.extracts_dir
     if chosen:
         return Path(chosen), fmt
-    latest = latest_dated_folder(Path(settings.extracts_root))
+    latest = latest_dated_folder(Path(settings.extracts_root), as_of)
     if latest is None:
+        by = f" dated {as_of} or earlier" if as_of else ""
         raise dg.Failure(
             description=(
-                f"No extract to ingest: no folder given and no YYYY-MM-DD folder under "
+                f"No extract to ingest: no folder given and no YYYY-MM-DD folder{by} under "
                 f"{settings.extracts_root}. Run `audiences run --extracts DIR` "
                 "or set EXTRACTS_ROOT."
             )
@@ -148,9 +157,9 @@ def build_ingest_assets(
         """Refuse a failed export up front; read every entity beside the live tables; swap the
         whole extract in only if every count agrees and nothing shrank past the limit."""
         tags = dict(context.run.tags)
-        extract_dir, fmt = resolve_extract(tags, settings)
-        rule = shrink_rule(tags, settings.ingest_max_drop)
         as_of = as_of_day(context)
+        extract_dir, fmt = resolve_extract(tags, settings, as_of)
+        rule = shrink_rule(tags, settings.ingest_max_drop)
         rows_in: dict[str, int] = {}
 
         def count_first(ent: Entity) -> None:

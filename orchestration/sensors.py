@@ -5,7 +5,7 @@ from pathlib import Path
 import dagster as dg
 
 from orchestration.ingest import EXTRACTS_TAG, latest_dated_folder
-from orchestration.resources import ClinicSettingsResource
+from orchestration.resources import ClinicSettingsResource, daily_partitions
 from orchestration.schedules import DAILY_JOB
 
 
@@ -24,6 +24,12 @@ def new_extract_folder_sensor(
         return dg.SkipReason(f"no YYYY-MM-DD folder under {settings.extracts_root} yet")
     if context.cursor == latest.name:
         return dg.SkipReason(f"{latest.name} was already picked up")
+    today = daily_partitions(settings.clinic_timezone).get_last_partition_key()
+    if today is not None and latest.name > today:
+        return dg.SkipReason(
+            f"{latest.name} is after today ({today} in {settings.clinic_timezone}); it is "
+            "run when its day begins"
+        )
     context.update_cursor(latest.name)
     # The folder's date is the as-of day of the extract it holds: its partition.
     return dg.RunRequest(

@@ -141,3 +141,23 @@ def test_the_last_partition_is_today_in_the_clinic_zone():
     for zone in ("Pacific/Kiritimati", "Pacific/Pago_Pago"):  # UTC+14 and UTC-11
         today = datetime.now(ZoneInfo(zone)).date().isoformat()
         assert daily_partitions(zone).get_last_partition_key() == today
+
+
+def test_a_day_without_a_named_extract_reads_its_own_day_or_the_one_before(tmp_path):
+    """A run (or a UI backfill) for day D with no folder given loads the extract dated D,
+    else the newest before D: never a later day's."""
+    from datetime import date
+
+    import dagster as dg
+
+    from orchestration.ingest import resolve_extract
+
+    root = tmp_path / "extracts"
+    for day in ("2026-11-20", "2026-11-22", "2026-11-25"):
+        (root / day).mkdir(parents=True)
+    settings = ClinicSettingsResource(extracts_root=str(root))
+    assert resolve_extract({}, settings, date(2026, 11, 22))[0].name == "2026-11-22"
+    assert resolve_extract({}, settings, date(2026, 11, 24))[0].name == "2026-11-22"
+    assert resolve_extract({}, settings, None)[0].name == "2026-11-25"
+    with pytest.raises(dg.Failure, match="dated 2026-11-19 or earlier"):
+        resolve_extract({}, settings, date(2026, 11, 19))
