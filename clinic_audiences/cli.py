@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", dest="to_day", metavar="D2", help="backfill: the last day of the range")
     p.add_argument(
         "--select",
-        help="only assets whose key starts with these prefixes, e.g. raw or raw,staging,marts",
+        help="only assets whose key's first part is one of these, e.g. raw or raw,staging,marts",
     )
     p.add_argument(
         "--accept-shrink",
