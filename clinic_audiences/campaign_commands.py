@@ -73,6 +73,11 @@ def cmd_list() -> int:
 
 def _plan(as_of: str | None):
     settings = OutboundSettings.of(current_settings())
+    if not Path(settings.duckdb_path).exists():
+        raise LookupError(
+            f"the warehouse {settings.duckdb_path} does not exist yet; run the pipeline "
+            "first (`audiences run --extracts DIR`), or check DUCKDB_PATH"
+        )
     loaded = campaign_set(settings)
     clock = run_clock(as_of, settings.timezone, run_time=settings.run_time)
     engine = state_engine(settings)

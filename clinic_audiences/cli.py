@@ -119,7 +119,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     try:
         return run_demo(args.patients, _as_of(args.as_of), console=console)
-    except WarehouseBusy as err:
+    except (WarehouseBusy, ValueError) as err:
         raise UserError(str(err)) from None
 
 

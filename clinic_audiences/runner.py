@@ -224,13 +224,21 @@ def run_log_path(duckdb_path: Path, as_of: date) -> Path:
     return folder / f"run-{as_of.isoformat()}-{stamp}-{os.getpid()}.log"
 
 
-def refuse_future(day: date, timezone: str) -> None:
-    """A day after today (in the clinic's time zone) has no partition and no data yet."""
+def refuse_future(day: date, timezone: str, what: str = "--as-of") -> None:
+    """Only days with a partition can be run: from PARTITIONS_START to today (in the
+    clinic's time zone); a later day has no data yet."""
+    from orchestration.resources import PARTITIONS_START
+
     today = today_in(timezone)
     if day > today:
         raise ValueError(
-            f"--as-of {day} is after today ({today} in {timezone}); a run is for a day that "
+            f"{what} {day} is after today ({today} in {timezone}); a run is for a day that "
             "has begun. Ask for a day up to today"
+        )
+    if day.isoformat() < PARTITIONS_START:
+        raise ValueError(
+            f"{what} {day} is before {PARTITIONS_START}, the first day the pipeline has a "
+            "partition for"
         )
 
 
@@ -249,7 +257,9 @@ def run_days(
 
     if last < first:
         raise ValueError(f"--to {last} is before --from {first}")
-    refuse_future(last, current_settings().clinic_timezone)
+    # The whole range is checked before its first day runs.
+    refuse_future(first, current_settings().clinic_timezone, "--from")
+    refuse_future(last, current_settings().clinic_timezone, "--to")
     days = [first + timedelta(days=n) for n in range((last - first).days + 1)]
     backfill = f"cli-{first.isoformat()}-{last.isoformat()}"
     for n, day in enumerate(days, 1):
@@ -408,6 +418,7 @@ def run_demo(patients: int, as_of: date | None, console: Console) -> int:
     os.environ.setdefault("OUTBOUND_RUN_TIME", "10:00")
     settings = current_settings()
     as_of = as_of or today_in(settings.clinic_timezone)
+    refuse_future(as_of, settings.clinic_timezone)
     folder = Path("var/demo-extract") / f"{patients}-{as_of.isoformat()}"
     if not (folder / "patients.csv").exists():
         console.print(f"Generating a demo clinic of {patients:,} patients in {folder} …")

@@ -151,13 +151,24 @@ def _fraction(name: str, value: str | None) -> float:
     return number
 
 
-_MEMORY = re.compile(r"^\s*\d+(\.\d+)?\s*(B|KB|KIB|MB|MIB|GB|GIB|TB|TIB)?\s*$", re.IGNORECASE)
+_MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|KIB|MB|MIB|GB|GIB|TB|TIB)\s*$", re.IGNORECASE)
+_UNIT = {"B": 1, "KB": 10**3, "KIB": 2**10, "MB": 10**6, "MIB": 2**20, "GB": 10**9,
+         "GIB": 2**30, "TB": 10**12, "TIB": 2**40}  # fmt: skip
+# Below this DuckDB cannot load even a small clinic's marts.
+MIN_MEMORY = 100 * 10**6
 
 
 def validate_memory_limit(value: str | None) -> None:
-    if value and not _MEMORY.match(value):
+    match = _MEMORY.match(value) if value else None
+    if value and not match:
         raise SettingsError(
-            f"DUCKDB_MEMORY_LIMIT {value!r} is not an amount of memory; use e.g. 4GB or 512MB"
+            f"DUCKDB_MEMORY_LIMIT {value!r} is not an amount of memory with its unit; use "
+            "e.g. 4GB or 512MB"
+        )
+    if match and float(match.group(1)) * _UNIT[match.group(2).upper()] < MIN_MEMORY:
+        raise SettingsError(
+            f"DUCKDB_MEMORY_LIMIT {value!r} is too little to work in; give at least 100MB "
+            "(e.g. 4GB)"
         )
 
 

@@ -100,6 +100,6 @@ def require_built_for(built: date | None, as_of: date, what: str) -> None:
     if built is not None and built != as_of:
         raise WrongDay(
             f"{what} for {as_of} needs the marts of {as_of}, but the warehouse is built for "
-            f"{built}. Build that day first with `audiences run --as-of {as_of}` (or ask "
-            f"for --as-of {built})"
+            f"{built}. Build that day first with `audiences run --as-of {as_of}` (once it "
+            f"has begun), or ask about {built}"
         )

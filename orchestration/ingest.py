@@ -47,10 +47,20 @@ def latest_dated_folder(root: Path, on_or_before: date | None = None) -> Path | 
     `on_or_before` when given), if any."""
     if not root.is_dir():
         return None
-    dated = sorted(p for p in root.iterdir() if p.is_dir() and DATED_FOLDER.match(p.name))
+    dated = sorted(p for p in root.iterdir() if p.is_dir() and _day_of(p.name) is not None)
     if on_or_before is not None:
         dated = [p for p in dated if p.name <= on_or_before.isoformat()]
     return dated[-1] if dated else None
+
+
+def _day_of(name: str) -> date | None:
+    """The day a folder is named for (`YYYY-MM-DD`, a real date), or None."""
+    if not DATED_FOLDER.match(name):
+        return None
+    try:
+        return date.fromisoformat(name)
+    except ValueError:
+        return None
 
 
 def resolve_extract(

@@ -135,7 +135,11 @@ def build_outbound_defs(
     ) -> dg.MaterializeResult:
         s = _settings(warehouse, settings, state_store, segment_library)
         clock = _clock(context, s)
-        candidates = read_candidates(s, _campaigns(s), clock)
+        try:
+            candidates = read_candidates(s, _campaigns(s), clock)
+        except LookupError as e:
+            # Not that day's marts or membership (WrongDay): no plan from another day's.
+            raise dg.Failure(description=str(e)) from None
         with s.connect() as con:
             write_table(
                 con,

@@ -12,7 +12,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from core.warehouse import Warehouse
+from core.warehouse import Warehouse, WrongDay
 from orchestration.resources import (
     ClinicSettingsResource,
     StateStoreResource,
@@ -156,7 +156,7 @@ def build_segment_asset(
                 settings.clinic_timezone,
                 resnapshot=config.resnapshot,
             )
-        except WarehouseError as exc:
+        except (WarehouseError, WrongDay) as exc:
             raise dg.Failure(description=str(exc)) from None
         change = result.change
         # Counts only in the log: who is in a segment is patient data.

@@ -32,6 +32,7 @@ from segments.members import (
     MembershipChange,
     check_consistency,
     record_membership,
+    refuse_earlier_day,
 )
 from segments.validation import Segment, SegmentLibrary, read_library
 
@@ -173,6 +174,9 @@ def materialise(
     timezone: str,
     resnapshot: bool = False,
 ) -> Materialised:
+    with Warehouse.at(warehouse).connect() as con:
+        # Refused before anything is evaluated or frozen (see record_membership).
+        refuse_earlier_day(con, segment.slug, as_of)
     members, snapshotted = current_members(
         segment, frames, catalogue, as_of, timezone, engine, resnapshot
     )

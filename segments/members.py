@@ -58,9 +58,13 @@ def record_membership(
 ) -> MembershipChange:
     """Replace a segment's membership with `members` and extend its history, atomically.
 
-    Values travel as parameters and as a registered frame, never as SQL text.
+    History moves forward a day at a time: a day before the segment's latest evaluated
+    day is refused (`WrongDay`), since its intervals would end before they begin; the
+    latest day itself may be evaluated again. Values travel as parameters and as a
+    registered frame, never as SQL text.
     """
     ensure_membership_tables(con)
+    refuse_earlier_day(con, slug, as_of)
     current = members.select(
         pl.col("patient_id").cast(pl.String), pl.col("case_id").cast(pl.String)
     ).unique()
@@ -162,6 +166,26 @@ def check_consistency(con: duckdb.DuckDBPyConnection, slug: str) -> Consistency:
 
 
 MEMBERS_SCHEMA = {"segment_slug": pl.String, "patient_id": pl.String, "case_id": pl.String}
+
+
+def refuse_earlier_day(con: duckdb.DuckDBPyConnection, slug: str, as_of: date) -> None:
+    latest = latest_day(con, slug)
+    if latest is not None and as_of < latest:
+        raise WrongDay(
+            f"segment {slug!r} has been evaluated for {latest}, after {as_of}; its "
+            "membership history moves forward one day at a time, so an earlier day cannot "
+            f"be evaluated after it. Ask for {latest} or a later day (a backfill runs its "
+            "days oldest first, from before the first day evaluated)"
+        )
+
+
+def latest_day(con: duckdb.DuckDBPyConnection, slug: str) -> date | None:
+    """The latest day the segment was evaluated for, or None."""
+    if not table_exists(con, "segments", "segment_runs"):
+        return None
+    return con.execute(
+        "select max(as_of) from segments.segment_runs where segment_slug = ?", [slug]
+    ).fetchall()[0][0]
 
 
 def read_members(con: duckdb.DuckDBPyConnection, slugs: list[str], as_of: date) -> pl.DataFrame:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-from core.warehouse import Warehouse, built_day, connect, require_built_for
-from segments.members import read_members
+from core.warehouse import Warehouse, WrongDay, built_day, connect, require_built_for
+from segments.members import latest_day, read_members
 from workflow.planning import Member
 
 APPOINTMENT_COLUMNS = ("patient_id", "starts_at", "created_at", "cancelled_at")
@@ -32,6 +32,15 @@ def read_segment_members(
     left.
     """
     with Warehouse.at(warehouse).connect(read_only=True) as con:
+        latest = latest_day(con, segment_slug)
+        if latest is not None and as_of < latest:
+            # Syncing an older day would move the list back in time: members of the later
+            # day would be marked as having left.
+            raise WrongDay(
+                f"the work list of segment {segment_slug!r} follows its latest day, "
+                f"{latest}; a sync for the earlier {as_of} is refused. Ask for {latest} or "
+                "a later day"
+            )
         rows = read_members(con, [segment_slug], as_of).select("patient_id", "case_id").rows()
     result = []
     for patient_id, case_id in rows:

@@ -79,6 +79,9 @@ def test_readers_of_a_warehouse_being_written_are_told_so(env, capsys):
         ("STATE_DB_URL", "postgres://u@h/db", "SQLAlchemy needs postgresql://"),
         ("STATE_DB_URL", "mysql://u@h/db", "STATE_DB_URL is not a SQLite or PostgreSQL URL"),
         ("DUCKDB_MEMORY_LIMIT", "abc", "DUCKDB_MEMORY_LIMIT 'abc' is not an amount of memory"),
+        # DuckDB reads a number without a unit as nothing it knows; a kilobyte is no room.
+        ("DUCKDB_MEMORY_LIMIT", "512", "DUCKDB_MEMORY_LIMIT '512' is not an amount of memory"),
+        ("DUCKDB_MEMORY_LIMIT", "1KB", "DUCKDB_MEMORY_LIMIT '1KB' is too little"),
         ("DUCKDB_PATH", "{tmp}", "is a folder; point it at the warehouse file"),
     ],
 )

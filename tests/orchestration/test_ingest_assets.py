@@ -97,6 +97,26 @@ def test_sensor_requests_one_run_per_new_dated_folder(tmp_path):
     assert new_extract_folder_sensor(context).run_key == "2026-11-26"
 
 
+def test_sensor_ignores_folders_no_partition_can_hold(tmp_path):
+    """A folder dated after today, an impossible date or a day before the first partition
+    neither runs nor holds back the newest real one."""
+    from datetime import date, timedelta
+
+    root = tmp_path / "extracts"
+    later = (date.today() + timedelta(days=5)).isoformat()
+    for name in ("2009-06-01", "2026-11-25", "2026-13-45", later):
+        (root / name).mkdir(parents=True)
+    settings = ClinicSettingsResource(extracts_root=str(root))
+    request = new_extract_folder_sensor(dg.build_sensor_context(resources={"settings": settings}))
+    assert isinstance(request, dg.RunRequest)
+    assert request.partition_key == "2026-11-25"
+    only_old = tmp_path / "old"
+    (only_old / "2009-06-01").mkdir(parents=True)
+    skipped = new_extract_folder_sensor(dg.build_sensor_context(
+        resources={"settings": ClinicSettingsResource(extracts_root=str(only_old))}))
+    assert isinstance(skipped, dg.SkipReason)
+
+
 def test_cli_run_and_clear_errors(tmp_path, monkeypatch, capsys):
     extract = tmp_path / "extract"
     write_extract(extract)

@@ -88,6 +88,35 @@ def test_other_days_are_refused_and_a_backfill_records_each_day(env, tmp_path, c
                "--to", last.isoformat()) == 0  # fmt: skip
     assert segment_days(tmp_path / "w.duckdb") == [BUILT + timedelta(days=n) for n in range(4)]
     assert run("campaigns", "dry-run", "--as-of", last.isoformat()) == 0
+    capsys.readouterr()
+
+    # An earlier day after a later one: refused for segments and work lists alike, and
+    # the history keeps no interval that ends before it begins.
+    assert run("run", "--extracts", str(env), "--as-of", NEXT.isoformat()) == 1
+    out = capsys.readouterr().out
+    assert f"has been evaluated for {last}, after {NEXT}" in out
+    # Work lists alone, for that earlier day: they would move back in time; refused.
+    assert run("run", "--extracts", str(env), "--as-of", NEXT.isoformat(),
+               "--select", "worklists") == 1  # fmt: skip
+    out = capsys.readouterr().out
+    assert "work list of segment" in out and f"follows its latest day, {last}" in out
+    assert segment_days(tmp_path / "w.duckdb") == [BUILT + timedelta(days=n) for n in range(4)]
+    con = duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
+    try:
+        inverted = con.sql("select count(*) from segments.membership_history "
+                           "where exited_on < entered_on").fetchall()[0][0]  # fmt: skip
+    finally:
+        con.close()
+    assert inverted == 0
+
+
+def test_a_day_before_the_first_partition_is_refused(env, tmp_path, capsys):
+    assert run("run", "--extracts", str(env), "--as-of", "2009-12-31") == 2
+    assert "before 2010-01-01, the first day" in capsys.readouterr().err
+    assert run("run", "--extracts", str(env), "--from", "2009-12-31", "--to",
+               "2010-01-02") == 2  # fmt: skip
+    assert "--from 2009-12-31 is before 2010-01-01" in capsys.readouterr().err
+    assert not (tmp_path / "w.duckdb").exists()
 
 
 def test_a_day_after_today_is_refused_before_anything_runs(env, tmp_path, capsys):
@@ -97,4 +126,5 @@ def test_a_day_after_today_is_refused_before_anything_runs(env, tmp_path, capsys
     assert not (tmp_path / "w.duckdb").exists()
     assert run("run", "--extracts", str(env), "--from", BUILT.isoformat(),
                "--to", far.isoformat()) == 2  # fmt: skip
+    assert f"--to {far} is after today" in capsys.readouterr().err
     assert not (tmp_path / "w.duckdb").exists()
