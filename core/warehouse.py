@@ -89,14 +89,33 @@ class WrongDay(LookupError):
 def built_day(con: duckdb.DuckDBPyConnection) -> date | None:
     """The as-of day the marts were built for (`marts.warehouse_as_of`), or None when the
     warehouse has no marts built by dbt."""
+    return built_for(con)[0]
+
+
+def built_for(con: duckdb.DuckDBPyConnection) -> tuple[date | None, str | None]:
+    """The as-of day and the clinic time zone the marts were built for, or (None, None)."""
     if not table_exists(con, "marts", "warehouse_as_of"):
-        return None
-    value = scalar(con, "select max(as_of) from marts.warehouse_as_of")
-    return value if isinstance(value, date) else None
+        return None, None
+    rows = con.execute(
+        "select as_of, clinic_timezone from marts.warehouse_as_of order by as_of desc limit 1"
+    ).fetchall()
+    if not rows or not isinstance(rows[0][0], date):
+        return None, None
+    return rows[0][0], rows[0][1]
 
 
-def require_built_for(built: date | None, as_of: date, what: str) -> None:
-    """Refuse to compute `what` for `as_of` from marts built for another day."""
+def require_built_for(
+    built: date | None, as_of: date, what: str,
+    timezone: str | None = None, built_timezone: str | None = None,
+) -> None:  # fmt: skip
+    """Refuse to compute `what` for `as_of` (in `timezone`) from marts built for another
+    day, or in another time zone (their days and ages are counted in that zone)."""
+    if timezone and built_timezone and timezone != built_timezone:
+        raise WrongDay(
+            f"{what} in {timezone} needs marts built in that time zone, but the warehouse "
+            f"was built in {built_timezone}. Rebuild it with CLINIC_TIMEZONE={timezone} "
+            f"(`audiences run --as-of {as_of}`), or set CLINIC_TIMEZONE={built_timezone}"
+        )
     if built is not None and built != as_of:
         raise WrongDay(
             f"{what} for {as_of} needs the marts of {as_of}, but the warehouse is built for "

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 from core.days import parse_as_of, validate_timezone
 from core.settings import SenderAccess, Settings
 from core.state_store import connect_state, migrate
-from core.warehouse import built_day, connect, require_built_for
+from core.warehouse import built_for, connect, require_built_for
 from outbound import ledger as ledger_mod
 from outbound.campaigns import (
     CAMPAIGNS_DIR,
@@ -219,7 +219,8 @@ def read_candidates(
     slugs = sorted({c.segment for c in due_campaigns(campaigns, clock.as_of)})
     with settings.connect(read_only=True) as con:
         # The plan's fields (names, balances, expiry dates) come from the marts: of its day.
-        require_built_for(built_day(con), clock.as_of, "a send plan")
+        day, zone = built_for(con)
+        require_built_for(day, clock.as_of, "a send plan", settings.timezone, zone)
         members = read_members(con, slugs, clock.as_of)
     return build_candidates(campaigns, members, clock.as_of)
 

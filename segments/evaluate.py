@@ -14,7 +14,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from core.warehouse import Warehouse, WrongDay, built_day, require_built_for
+from core.warehouse import Warehouse, WrongDay, built_for, require_built_for
 from segments.compiler import Compiled, EventCount, columns_read, compile_steps, event_filter
 from segments.field_catalogue import ENTITY_KEYS, ENTITY_TABLES, EVENT_SOURCES, Catalogue
 from segments.model import SegmentDefinition
@@ -37,6 +37,7 @@ class WarehouseFrames:
         # The as-of day the loaded marts were built for (None: frames given in memory, or
         # a warehouse without dbt's marts.warehouse_as_of).
         self.built_for: date | None = None
+        self.built_timezone: str | None = None
         self._frames: dict[str, pl.DataFrame] = {}
         # Keys whose hashes collided on load: those are joined on the text ids instead.
         self._collisions: set[str] = set()
@@ -69,10 +70,12 @@ class WarehouseFrames:
                 wanted.setdefault(table, set()).update(cols)
         self._load(wanted)
 
-    def require_day(self, as_of: date, what: str = "a segment") -> None:
-        """Refuse to evaluate for `as_of` on marts built for another day."""
+    def require_day(
+        self, as_of: date, what: str = "a segment", timezone: str | None = None
+    ) -> None:
+        """Refuse to evaluate for `as_of` on marts built for another day or time zone."""
         try:
-            require_built_for(self.built_for, as_of, what)
+            require_built_for(self.built_for, as_of, what, timezone, self.built_timezone)
         except WrongDay as err:
             raise WarehouseError(str(err)) from None
 
@@ -96,13 +99,13 @@ class WarehouseFrames:
                 "first, or set DUCKDB_PATH"
             )
         with self.warehouse.connect(read_only=True) as con:
-            day = built_day(con)
-            if self._frames and day != self.built_for:
+            day, zone = built_for(con)
+            if self._frames and (day, zone) != (self.built_for, self.built_timezone):
                 # The marts were rebuilt for another day since the first frames were read.
                 self._frames.clear()
                 self._collisions.clear()
                 missing = wanted
-            self.built_for = day
+            self.built_for, self.built_timezone = day, zone
             for table, cols in missing.items():
                 if table in self._frames:
                     derived = set(HASHED.values())
@@ -266,7 +269,7 @@ def evaluate(
     """
     lf = member_frame(definition, frames, catalogue, as_of, timezone)
     # The marts are loaded by now: their fields must be of the day the dates are taken at.
-    frames.require_day(as_of, f"segment {definition.name!r}")
+    frames.require_day(as_of, f"segment {definition.name!r}", timezone)
     if definition.entity == "patient":
         lf = lf.with_columns(pl.lit(None, dtype=pl.String).alias("case_id"))
     out = ["patient_id", "case_id", ROW] if with_rows else ["patient_id", "case_id"]

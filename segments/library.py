@@ -184,7 +184,7 @@ def materialise(
         # A frozen list is not evaluated, but it is recorded as that day's membership: the
         # marts must still be of that day, so every segment of a day is of the same day.
         frames.frame(ENTITY_TABLES[segment.definition.entity], ["patient_id"])
-        frames.require_day(as_of, f"segment {segment.definition.name!r}")
+        frames.require_day(as_of, f"segment {segment.definition.name!r}", timezone)
     with Warehouse.at(warehouse).connect() as con:
         change = record_membership(con, segment.slug, members, as_of)
         consistency = check_consistency(con, segment.slug)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-from core.warehouse import Warehouse, WrongDay, built_day, connect, require_built_for
+from core.warehouse import Warehouse, WrongDay, built_for, connect, require_built_for
 from segments.members import latest_day, read_members
 from workflow.planning import Member
 
@@ -67,7 +67,8 @@ def read_latest_bookings(
     booked and are left out.
     """
     with connect(duckdb_path, read_only=True) as con:
-        require_built_for(built_day(con), as_of, "bookings")
+        day, zone = built_for(con)
+        require_built_for(day, as_of, "bookings", clinic_timezone, zone)
         have = _table_columns(con, "marts", "appointments")
         missing = [c for c in APPOINTMENT_COLUMNS if c not in have]
         if missing:

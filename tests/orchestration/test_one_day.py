@@ -78,9 +78,19 @@ def test_other_days_are_refused_and_a_backfill_records_each_day(env, tmp_path, c
     assert (f"a send plan for {NEXT} needs the marts of {NEXT}, but the warehouse is built "
             f"for {BUILT}") in captured.out + captured.err  # fmt: skip
 
-    # The built day itself still answers.
+    # The built day itself still answers ...
     assert run("preview", definition, "--as-of", BUILT.isoformat()) == 0
     capsys.readouterr()
+    # ... but not in another time zone: ages and days in the marts are Sydney's.
+    with pytest.MonkeyPatch.context() as elsewhere:
+        elsewhere.setenv("CLINIC_TIMEZONE", "Pacific/Honolulu")
+        assert run("preview", definition, "--as-of", BUILT.isoformat()) == 2
+        captured = capsys.readouterr()
+        assert ("needs marts built in that time zone, but the warehouse was built in "
+                "Australia/Sydney") in captured.out + captured.err  # fmt: skip
+        assert run("campaigns", "dry-run", "--as-of", BUILT.isoformat()) != 0
+        captured = capsys.readouterr()
+        assert "was built in Australia/Sydney" in captured.out + captured.err
 
     # A three-day backfill: three more days of membership, each day its own run.
     first, last = NEXT, NEXT + timedelta(days=2)
