@@ -8,7 +8,7 @@ export STATE_DB_URL ?= sqlite:///var/state.db
 export DAGSTER_HOME ?= $(CURDIR)/var/dagster_home
 DEMO_PATIENTS ?= 5000
 
-.PHONY: install demo test ui lint bench clean
+.PHONY: install demo test ui web lint bench clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
@@ -30,6 +30,9 @@ test: $(STAMP)
 ui: $(STAMP)
 	@$(BIN)/python -c "from clinic_audiences.runner import ensure_dagster_home; ensure_dagster_home()"
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dagster dev -w workspace.yaml
+
+web: $(STAMP)
+	$(BIN)/audiences web --host 127.0.0.1 --port 8080
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

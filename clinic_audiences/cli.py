@@ -128,6 +128,57 @@ WORKLISTS = "clinic_audiences.worklist_commands"
 CAMPAIGNS = "clinic_audiences.campaign_commands"
 
 
+def cmd_web(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from clinic_audiences.environment import current_settings
+    from webapp.app import create_app
+
+    app = create_app(current_settings(), secure_cookies=args.secure_cookies)
+    console.print(f"The web app is at http://{args.host}:{args.port}/ (Ctrl-C stops it)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    return 0
+
+
+def _password() -> str:
+    """The password from AUDIENCES_PASSWORD (for scripts), else asked twice, never echoed."""
+    import getpass
+
+    given = os.environ.get("AUDIENCES_PASSWORD")
+    if given:
+        return given
+    first = getpass.getpass("Password: ")
+    if first != getpass.getpass("Again: "):
+        raise UserError("the two passwords differ")
+    return first
+
+
+def cmd_users(action: str, args: argparse.Namespace) -> int:
+    from clinic_audiences.environment import current_settings
+    from webapp import accounts
+
+    engine = accounts.open_accounts(current_settings().state_db_url)
+    try:
+        if action == "add":
+            user = accounts.add_user(engine, args.email, args.name, args.role, _password(),
+                                     args.department)  # fmt: skip
+            console.print(f"added {user.email} ({user.role})")
+        elif action == "list":
+            for u in accounts.list_users(engine):
+                state = "disabled" if u.disabled else "active"
+                console.print(f"{u.email:<40} {u.role:<6} {state:<8} {u.department or ''}  "
+                              f"{u.name}", markup=False)  # fmt: skip
+        elif action == "disable":
+            accounts.disable_user(engine, args.email)
+            console.print(f"disabled {args.email}; its sessions are ended")
+        else:
+            accounts.set_password(engine, args.email, _password())
+            console.print(f"new password set for {args.email}; its sessions are ended")
+    except accounts.AccountError as err:
+        raise UserError(str(err)) from None
+    return 0
+
+
 def _delegate(module: str, function: str, *call_args: object) -> int:
     """Call a command function of another package (imported only when used)."""
     import importlib
@@ -213,6 +264,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(
         func=lambda a: _delegate(SEGMENTS, "cmd_members", a.slug, a.format, a.user, a.as_of)
     )
+
+    p = sub.add_parser("web", help="serve the clinic web app (staff sign in with `users add`)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--secure-cookies", action="store_true",
+                   help="mark the session cookie Secure (when served over HTTPS)")
+    p.set_defaults(func=cmd_web)
+
+    p = sub.add_parser("users", help="staff accounts of the web app")
+    users = p.add_subparsers(dest="users_command", required=True, metavar="ACTION")
+    q = users.add_parser("add", help="add a staff account (the password is asked for)")
+    q.add_argument("email")
+    q.add_argument("--name", required=True)
+    q.add_argument("--role", choices=("admin", "staff"), default="staff")
+    q.add_argument("--department")
+    q.set_defaults(func=lambda a: cmd_users("add", a))
+    q = users.add_parser("list", help="every account")
+    q.set_defaults(func=lambda a: cmd_users("list", a))
+    q = users.add_parser("disable", help="disable an account and end its sessions")
+    q.add_argument("email")
+    q.set_defaults(func=lambda a: cmd_users("disable", a))
+    q = users.add_parser("set-password", help="set a new password (asked for); ends sessions")
+    q.add_argument("email")
+    q.set_defaults(func=lambda a: cmd_users("set-password", a))
 
     p = sub.add_parser("fields", help="the fields segments can use: types, operators, meaning")
     p.add_argument("--entity", choices=("patient", "case"),

@@ -429,4 +429,29 @@ def run_demo(patients: int, as_of: date | None, console: Console) -> int:
         "\nOpen the Dagster UI with `make ui` (http://127.0.0.1:3000): the asset graph, this "
         "run and its metadata are there."
     )
+    email, password = demo_account(settings.state_db_url)
+    console.print(
+        f"Open the web app with `make web` (http://127.0.0.1:8080) and sign in as {email} "
+        f"with the password {password} (made for this demo; `audiences users` manages "
+        "real accounts)."
+    )
     return code
+
+
+DEMO_EMAIL = "demo@clinic.example"
+
+
+def demo_account(state_db_url: str) -> tuple[str, str]:
+    """The demo's staff account, with a new random password each demo (printed once)."""
+    import secrets
+
+    from webapp import accounts
+
+    engine = accounts.open_accounts(state_db_url)
+    password = secrets.token_urlsafe(12)
+    if accounts.get_user(engine, DEMO_EMAIL) is None:
+        accounts.add_user(engine, DEMO_EMAIL, "Demo front desk", "staff", password,
+                          "front-desk")  # fmt: skip
+    else:
+        accounts.set_password(engine, DEMO_EMAIL, password)
+    return DEMO_EMAIL, password

@@ -95,3 +95,29 @@ def migrate(engine: Engine, components: list[str] | None = None) -> list[tuple[s
                 )
             applied.append((component, m.version))
     return applied
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """Timestamps stored as UTC and always read back time-zone aware.
+
+    SQLite keeps no offset, so values are normalised to UTC on the way in and tagged UTC
+    on the way out; PostgreSQL gets `timestamptz` and the same behaviour.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"timestamp {value!r} has no time zone; pass an aware datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(
+        self, value: datetime | None, dialect: sa.Dialect
+    ) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

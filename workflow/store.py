@@ -10,40 +10,18 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from core.state_store import Migration, connect_state, migrate, register_migrations
+from core.state_store import (
+    Migration,
+    UTCDateTime,
+    connect_state,
+    migrate,
+    register_migrations,
+)
 
 COMPONENT = "workflow"
-
-
-class UTCDateTime(sa.types.TypeDecorator[datetime]):
-    """Timestamps stored as UTC and always read back time-zone aware.
-
-    SQLite keeps no offset, so values are normalised to UTC on the way in and tagged UTC
-    on the way out; PostgreSQL gets `timestamptz` and the same behaviour.
-    """
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError(f"timestamp {value!r} has no time zone; pass an aware datetime")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(
-        self, value: datetime | None, dialect: sa.Dialect
-    ) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 metadata = sa.MetaData()

@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 # Below the top (the CLI and the Dagster code location): plain values in, no environment.
-BELOW_THE_TOP = ("core", "ingest", "extract", "segments", "workflow", "outbound")
+BELOW_THE_TOP = ("core", "ingest", "extract", "segments", "workflow", "outbound", "webapp")
 
 
 def environment_reads(source: str) -> list[int]:

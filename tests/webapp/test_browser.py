@@ -1,0 +1,118 @@
+"""The web app in a real headless Chromium (Debian's `chromium`, driven by playwright)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.webapp.conftest import DAY, DESK, PASSWORD, PRIYA, SAM, shipped
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(),
+    reason="no Chromium on this machine (`apt-get install chromium`; .ci/run installs it)",
+)
+
+
+@pytest.fixture
+def server(app):
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+    running = uvicorn.Server(config)
+    thread = threading.Thread(target=running.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if running.started:
+            break
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    running.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+def signed_in_page(browser, server, email):
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.goto(f"{server}/signin")
+    page.fill("input[name=email]", email)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{server}/segments")
+    page.errors = errors  # type: ignore[attr-defined]
+    return page
+
+
+def test_the_live_count_follows_typing_and_equals_audiences_preview(browser, server, capsys):
+    from clinic_audiences.cli import main
+
+    path = shipped("lapsed-physio-6-12mo")
+    assert main(["preview", str(path), "--as-of", DAY.isoformat()]) == 0
+    expected = int(capsys.readouterr().out.split("members: ")[1].split()[0])
+    page = signed_in_page(browser, server, DESK)
+    page.click("text=Audience builder")
+    page.fill("#definition", path.read_text())
+    page.wait_for_selector("#count")
+    assert int(page.inner_text("#count").replace(",", "")) == expected
+    # Typing a mistake shows the problem where the CLI would, and no count.
+    page.fill("#definition", path.read_text().replace("last_visit_date", "last_visit_dat"))
+    page.wait_for_selector(".issues")
+    assert "unknown field 'last_visit_dat'" in page.inner_text(".issues")
+    assert page.errors == []  # the page's scripts ran under the content security policy
+
+
+def test_a_card_dragged_to_another_stage_is_in_the_work_list_history(browser, server, capsys):
+    from clinic_audiences.cli import main
+
+    page = signed_in_page(browser, server, DESK)
+    page.goto(f"{server}/worklists/lapsed-physio-6-12mo")
+    source = page.locator(".column[aria-label='To call'] .card").first
+    member = source.get_attribute("data-member")
+    target = page.locator(".column[aria-label='Not interested'] .cards")
+    source.drag_to(target)
+    page.wait_for_function(
+        "m => document.querySelector(`.column[aria-label='Not interested'] "
+        ".card[data-member='${m}']`)?.dataset.version !== undefined && "
+        "document.querySelector(`.card[data-member='${m}'] select`).value === 'Not interested'",
+        arg=member,
+    )
+    assert main(["worklist", "history", "lapsed-physio-6-12mo", member]) == 0
+    history = capsys.readouterr().out
+    assert "Not interested" in history and DESK in history
+    # The keyboard path: the card's own stage picker and Move button.
+    card = page.locator(f".card[data-member='{member}']")
+    card.locator("select[name=stage]").select_option("To call")
+    card.locator("button", has_text="Move").press("Enter")
+    page.wait_for_url(f"{server}/worklists/lapsed-physio-6-12mo")
+    assert main(["worklist", "history", "lapsed-physio-6-12mo", member]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].count("To call") >= 1
+    assert page.errors == []
+
+
+def test_a_second_user_cannot_open_a_private_segment_by_url(browser, server):
+    owner = signed_in_page(browser, server, PRIYA)
+    owner.goto(f"{server}/segments/priyas-follow-ups")
+    assert "Priya's own follow-ups" in owner.inner_text("h1")
+    other = signed_in_page(browser, server, SAM)
+    response = other.goto(f"{server}/segments/priyas-follow-ups")
+    assert response.status == 404
+    assert "priyas-follow-ups" not in other.goto(f"{server}/segments").text()

@@ -1,0 +1,1 @@
+"""The clinic web app (FastAPI): segments, the audience builder and work-list boards."""

@@ -1,0 +1,403 @@
+"""The clinic web app: signed-in staff work with segments and work lists.
+
+Server-rendered (Jinja2, autoescaped) with htmx for live previews and SortableJS for
+dragging cards, both vendored under `static/vendor/`. Every request is checked against
+the session in the state store; every state-changing request carries the session's CSRF
+token; a private segment or work list does not exist (404) for anyone but its owner.
+
+The warehouse is read only through short-lived read-only connections; the marts of the
+day the warehouse is built for are kept in memory for previews and reloaded when a new
+day is built. Nothing here reads the environment: `create_app(settings)` is given
+everything.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import secrets
+import tempfile
+import threading
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+
+import polars as pl
+from fastapi import FastAPI, Form, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from core.run_lock import WarehouseBusy
+from core.settings import Settings
+from core.warehouse import Warehouse, WrongDay, built_for, table_exists
+from segments.evaluate import WarehouseError, WarehouseFrames
+from segments.field_catalogue import CatalogueError
+from segments.library import default_catalogue, load_library, preview, visible_to
+from segments.members import latest_day, read_members
+from segments.validation import Segment, SegmentValidationError, load_segment
+from webapp import accounts
+from workflow import api
+from workflow.store import open_state
+from workflow.worklist_files import read_worklists
+
+HERE = Path(__file__).resolve().parent
+COOKIE = "clinic_audiences_session"
+PAGE = 100
+TREND_DAYS = 90
+# Hints clinics rely on when sizing a list for calls.
+FEW, MANY = 10, 500
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    accounts: object
+    workflow: object
+    secure_cookies: bool
+    frames: WarehouseFrames | None = None
+    frames_day: tuple | None = None
+    lock: threading.Lock = threading.Lock()
+
+
+def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
+    """The app for these settings. `secure_cookies`: mark the session cookie Secure (set it
+    when the app is served over HTTPS, as it must be beyond 127.0.0.1)."""
+    app = FastAPI(title="clinic-audiences", docs_url=None, redoc_url=None, openapi_url=None)
+    state = AppState(settings, accounts.open_accounts(settings.state_db_url),
+                     open_state(settings.state_db_url), secure_cookies)  # fmt: skip
+    templates = Jinja2Templates(directory=HERE / "templates")
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    warehouse = Warehouse(settings.duckdb_path, settings.duckdb_memory_limit)
+
+    @app.middleware("http")
+    async def headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers["Content-Security-Policy"] = (
+            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+            "frame-ancestors 'none'; form-action 'self'"
+        )
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "same-origin"
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    # -- sessions ---------------------------------------------------------------------
+
+    def session_of(request: Request) -> accounts.Session | None:
+        return accounts.find_session(state.accounts, request.cookies.get(COOKIE))
+
+    def signed_in(request: Request) -> accounts.Session:
+        session = session_of(request)
+        if session is None or session.user is None:
+            raise HTTPException(status_code=303, headers={"Location": "/signin"})
+        return session
+
+    async def checked(request: Request) -> accounts.Session:
+        """The signed-in session of a state-changing request, whose CSRF token matches."""
+        session = signed_in(request)
+        token = request.headers.get("X-CSRF-Token")
+        if token is None:
+            form = await request.form()
+            token = form.get("csrf")
+        if not isinstance(token, str) or not secrets.compare_digest(token, session.csrf):
+            raise HTTPException(status_code=403, detail="the form has expired; reload the page")
+        return session
+
+    def set_cookie(response: Response, session: accounts.Session) -> None:
+        response.set_cookie(COOKIE, session.id, httponly=True, samesite="strict",
+                            secure=state.secure_cookies, path="/")  # fmt: skip
+
+    def page(request: Request, name: str, session: accounts.Session | None, status: int = 200,
+             **context) -> HTMLResponse:  # fmt: skip
+        return templates.TemplateResponse(request, name, {
+            "user": session.user if session else None,
+            "csrf": session.csrf if session else "", **context,
+        }, status_code=status)  # fmt: skip
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        if exc.status_code == 303:
+            return RedirectResponse(exc.headers["Location"], status_code=303)
+        if "application/json" in request.headers.get("accept", "") or request.headers.get(
+            "X-CSRF-Token"
+        ):
+            return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+        return page(request, "error.html", session_of(request), exc.status_code,
+                    message=exc.detail)  # fmt: skip
+
+    @app.get("/signin", response_class=HTMLResponse)
+    def signin_form(request: Request):
+        session = session_of(request) or accounts.new_session(state.accounts)
+        response = page(request, "signin.html", session, error=None)
+        set_cookie(response, session)
+        return response
+
+    @app.post("/signin")
+    def signin(request: Request, email: str = Form(""), password: str = Form(""),
+               csrf: str = Form("")):  # fmt: skip
+        before = session_of(request)
+        if before is None or not secrets.compare_digest(csrf, before.csrf):
+            raise HTTPException(status_code=403, detail="the form has expired; reload the page")
+        try:
+            session = accounts.sign_in(state.accounts, email, password, previous=before.id)
+        except accounts.SignInRefused as err:
+            return page(request, "signin.html", before, 401, error=str(err))
+        response = RedirectResponse("/segments", status_code=303)
+        set_cookie(response, session)
+        return response
+
+    @app.post("/signout")
+    async def signout(request: Request):
+        session = await checked(request)
+        accounts.end_session(state.accounts, session.id)
+        response = RedirectResponse("/signin", status_code=303)
+        response.delete_cookie(COOKIE, path="/")
+        return response
+
+    @app.get("/")
+    def home():
+        return RedirectResponse("/segments", status_code=303)
+
+    # -- the warehouse ----------------------------------------------------------------
+
+    def catalogue():
+        try:
+            return default_catalogue(settings.duckdb_path)
+        except CatalogueError as err:
+            raise HTTPException(status_code=503, detail=str(err)) from None
+
+    def library():
+        return load_library(settings, catalogue())
+
+    def visible_segment(slug: str, session: accounts.Session) -> Segment:
+        seg = library().get(slug)
+        if seg is None or not visible_to(seg, session.user.email):
+            # Someone else's private segment does not exist for this user.
+            raise HTTPException(status_code=404, detail=f"no segment {slug!r}")
+        return seg
+
+    def frames() -> WarehouseFrames:
+        """The marts of the day the warehouse is built for, kept in memory; reloaded when
+        the pipeline has built another day."""
+        try:
+            with warehouse.connect(read_only=True) as con:
+                day = built_for(con)
+        except WarehouseBusy:
+            day = state.frames_day  # the pipeline is writing: keep what is loaded
+        with state.lock:
+            if state.frames is None or day != state.frames_day:
+                state.frames, state.frames_day = WarehouseFrames(warehouse), day
+            return state.frames
+
+    def read(query, *args):  # noqa: ANN001
+        """A short-lived read-only connection for one read; a busy warehouse (the pipeline
+        is writing) is a 503 with what to do."""
+        if not warehouse.exists():
+            raise HTTPException(status_code=503, detail="the warehouse is not built yet; "
+                                "run the pipeline first")  # fmt: skip
+        try:
+            with warehouse.connect(read_only=True) as con:
+                return query(con, *args)
+        except WarehouseBusy:
+            raise HTTPException(status_code=503, detail="the pipeline is updating the "
+                                "warehouse; try again in a minute") from None  # fmt: skip
+
+    # -- segments ---------------------------------------------------------------------
+
+    @app.get("/segments", response_class=HTMLResponse)
+    def segments_page(request: Request):
+        session = signed_in(request)
+        segs = [s for s in library().segments if visible_to(s, session.user.email)]
+
+        def sizes(con):
+            if not table_exists(con, "segments", "segment_runs"):
+                return {}
+            return dict(con.execute("select segment_slug, arg_max(members, as_of) "
+                                    "from segments.segment_runs group by 1").fetchall())
+
+        counts = read(sizes) if warehouse.exists() else {}
+        return page(request, "segments.html", session, segments=segs, counts=counts)
+
+    def members_of(con, slug: str, q: str | None):
+        day = latest_day(con, slug)
+        if day is None:
+            return None, pl.DataFrame()
+        members = read_members(con, [slug], day)
+        con.register("page_members", members.to_arrow())
+        try:
+            frame = con.sql(
+                "select m.patient_id, m.case_id, p.first_name, p.last_name, p.mobile, "
+                "p.email, p.last_visit_date from page_members m "
+                "left join marts.patient_features p using (patient_id) "
+                "order by p.last_name, p.first_name, m.patient_id"
+            ).pl()
+        finally:
+            con.unregister("page_members")
+        if q:
+            needle = q.strip().lower()
+            frame = frame.filter(
+                pl.concat_str(["patient_id", "first_name", "last_name"], separator=" ",
+                              ignore_nulls=True).str.to_lowercase().str.contains(needle,
+                                                                                literal=True)
+            )  # fmt: skip
+        return day, frame
+
+    def trend(con, slug: str, day: date):
+        start = day - timedelta(days=TREND_DAYS - 1)
+        rows = con.execute(
+            "with days as (select unnest(generate_series(?::date, ?::date, interval 1 day))::date"
+            " as d) select d, (select count(*) from segments.membership_history h "
+            "where h.segment_slug = ? and h.entered_on = d), (select count(*) from "
+            "segments.membership_history h where h.segment_slug = ? and h.exited_on = d) "
+            "from days order by d",
+            [start, day, slug, slug],
+        ).fetchall()
+        return rows
+
+    @app.get("/segments/{slug}", response_class=HTMLResponse)
+    def segment_page(request: Request, slug: str, q: str | None = None, page_no: int = 1):
+        session = signed_in(request)
+        seg = visible_segment(slug, session)
+
+        def both(con):
+            day, frame = members_of(con, slug, q)
+            return day, frame, (trend(con, slug, day) if day else [])
+
+        day, frame, days = read(both)
+        accounts.record(state.accounts, session.user, "viewed", f"segment {slug}")
+        peak = max([max(e, x) for _, e, x in days] or [1]) or 1
+        first = (max(page_no, 1) - 1) * PAGE
+        return page(request, "segment.html", session, segment=seg, day=day,
+                    rows=frame.slice(first, PAGE).to_dicts(), total=frame.height, q=q or "",
+                    page_no=max(page_no, 1), pages=max(1, -(-frame.height // PAGE)),
+                    trend=days, peak=peak)  # fmt: skip
+
+    @app.get("/segments/{slug}/members.csv")
+    def export(request: Request, slug: str):
+        session = signed_in(request)
+        visible_segment(slug, session)
+        _, frame = read(members_of, slug, None)
+        accounts.record(state.accounts, session.user, "exported", f"segment {slug}")
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(frame.columns)
+        writer.writerows(frame.rows())
+        return Response(out.getvalue(), media_type="text/csv", headers={
+            "Content-Disposition": f'attachment; filename="{slug}.csv"'})  # fmt: skip
+
+    # -- the builder's live preview ---------------------------------------------------
+
+    @app.get("/builder", response_class=HTMLResponse)
+    def builder(request: Request, start: str | None = None):
+        session = signed_in(request)
+        text = ""
+        if start:
+            text = visible_segment(start, session).path.read_text(encoding="utf-8")
+        return page(request, "builder.html", session, text=text, start=start or "")
+
+    @app.post("/builder/preview", response_class=HTMLResponse)
+    async def builder_preview(request: Request):
+        session = await checked(request)
+        form = await request.form()
+        text = str(form.get("definition") or "")
+        cat = catalogue()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "draft.yaml"
+            path.write_text(text, encoding="utf-8")
+            try:
+                seg = load_segment(path, cat, check_slug=False)
+            except SegmentValidationError as exc:
+                issues = [(i.path, i.message) for i in exc.issues]
+                return page(request, "preview.html", session, issues=issues, result=None)
+        wf = frames()
+        try:
+            day = wf.built_for or _built_day(warehouse)
+            if day is None:
+                raise HTTPException(status_code=503, detail="the warehouse is not built yet")
+            result = preview(seg, wf, cat, day, settings.clinic_timezone)
+        except (WarehouseError, WrongDay) as err:
+            return page(request, "preview.html", session, issues=[("", str(err))], result=None)
+        hint = ("fewer than 10 members: broaden the conditions" if result.count < FEW else
+                "more than 500 members: split the list into batches" if result.count > MANY
+                else None)  # fmt: skip
+        return page(request, "preview.html", session, issues=[], result=result, day=day,
+                    hint=hint, sample=result.sample.to_dicts(),
+                    columns=result.sample.columns)  # fmt: skip
+
+    # -- work lists -------------------------------------------------------------------
+
+    def worklists():
+        from segments.library import library_folders
+
+        return read_worklists(library_folders(settings.segments_path), settings.worklists_path)
+
+    def visible_worklist(slug: str, session: accounts.Session):
+        info = worklists().lists.get(slug) or api.stored_worklist(state.workflow, slug)
+        if info is None or not api.visible_to(info, session.user.email):
+            raise HTTPException(status_code=404, detail=f"no work list {slug!r}")
+        return info
+
+    @app.get("/worklists", response_class=HTMLResponse)
+    def worklists_page(request: Request):
+        session = signed_in(request)
+        lists = [w for w in worklists().lists.values() if api.visible_to(w, session.user.email)]
+        return page(request, "worklists.html", session,
+                    lists=sorted(lists, key=lambda w: w.slug))
+
+    @app.get("/worklists/{slug}", response_class=HTMLResponse)
+    def board(request: Request, slug: str):
+        session = signed_in(request)
+        info = visible_worklist(slug, session)
+        members = [m for m in api.list_members(state.workflow, info, user=session.user.email)
+                   if not m.left_segment]  # fmt: skip
+        ids = sorted({m.patient_id for m in members})
+
+        def details(con):
+            if not ids or not table_exists(con, "marts", "patient_features"):
+                return {}
+            rows = con.execute(
+                "select patient_id, first_name, last_name, mobile, last_visit_date, balance_due "
+                "from marts.patient_features where patient_id in (select unnest(?))", [ids]
+            ).fetchall()
+            return {r[0]: r[1:] for r in rows}
+
+        people = read(details) if warehouse.exists() else {}
+        accounts.record(state.accounts, session.user, "viewed", f"work list {slug}")
+        columns = {stage: [] for stage in info.spec.stages}
+        for m in members:
+            columns.setdefault(m.stage, []).append((m, people.get(m.patient_id)))
+        return page(request, "board.html", session, info=info, columns=columns)
+
+    @app.post("/worklists/{slug}/move")
+    async def move(request: Request, slug: str):
+        session = await checked(request)
+        info = visible_worklist(slug, session)
+        form = await request.form()
+        member_id, stage = str(form.get("member_id") or ""), str(form.get("stage") or "")
+        try:
+            version = int(str(form.get("version") or ""))
+        except ValueError:
+            raise HTTPException(status_code=400, detail="the card's version is missing") from None
+        try:
+            after = api.move(state.workflow, info, member_id, stage, session.user.email,
+                             expected_version=version)  # fmt: skip
+        except api.ConcurrentChangeError:
+            raise HTTPException(status_code=409, detail="someone else changed this card "
+                                "first; the board has been reloaded") from None  # fmt: skip
+        except (api.MemberNotFoundError, api.WorkListAccessError, ValueError) as err:
+            raise HTTPException(status_code=400, detail=str(err)) from None
+        if request.headers.get("X-CSRF-Token"):
+            return JSONResponse({"stage": after.stage, "version": after.version})
+        return RedirectResponse(f"/worklists/{slug}", status_code=303)
+
+    return app
+
+
+def _built_day(warehouse: Warehouse) -> date | None:
+    try:
+        with warehouse.connect(read_only=True) as con:
+            return built_for(con)[0]
+    except WarehouseBusy:
+        return None
