@@ -285,3 +285,11 @@ def columns_read(d: SegmentDefinition) -> dict[str, set[str]]:
     for name, cols in events.items():
         out[EVENT_SOURCES[name].table] = cols
     return out
+
+
+def condition_expr(
+    c: FieldCondition, fdef: Field, as_of: date, timezone: str, entity: str = "patient"
+) -> pl.Expr:
+    """One field condition as a boolean expression (null counts as not passing), the same
+    one evaluation uses: what an explanation evaluates for a single member."""
+    return compile_field_condition(c, fdef, _Context(as_of, timezone, entity, [])).fill_null(False)

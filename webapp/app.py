@@ -287,6 +287,45 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
         return Response(out.getvalue(), media_type="text/csv", headers={
             "Content-Disposition": f'attachment; filename="{slug}.csv"'})  # fmt: skip
 
+    @app.get("/segments/{slug}/explain", response_class=HTMLResponse)
+    def explain_page(request: Request, slug: str, q: str | None = None,
+                     patient: str | None = None):  # fmt: skip
+        """Why is this patient in, or not: find them by name or id, then the rule tree."""
+        from segments.explain import explain
+
+        session = signed_in(request)
+        seg = visible_segment(slug, session)
+        matches: list[dict] = []
+        if q and not patient:
+            needle = f"%{q.strip().lower()}%"
+
+            def search(con):
+                return con.sql(
+                    "select patient_id, first_name, last_name, date_of_birth from "
+                    "marts.patient_features where lower(patient_id) like $n or "
+                    "lower(concat_ws(' ', first_name, last_name)) like $n "
+                    "order by patient_id = $q desc, last_name, first_name limit 20",
+                    params={"n": needle, "q": q.strip()},
+                ).pl().to_dicts()
+
+            matches = read(search)
+            exact = [m for m in matches if m["patient_id"] == q.strip()]
+            if exact or len(matches) == 1:
+                patient = (exact or matches)[0]["patient_id"]
+        explanations = []
+        if patient:
+            wf = frames()
+            cat = catalogue()
+            day = wf.built_for or _built_day(warehouse)
+            try:
+                explanations = explain(seg.definition, wf, cat, day, settings.clinic_timezone,
+                                       patient)  # fmt: skip
+            except (WarehouseError, WrongDay) as err:
+                raise HTTPException(status_code=409, detail=str(err)) from None
+            accounts.record(state.accounts, session.user, "explained", f"segment {slug}")
+        return page(request, "explain.html", session, segment=seg, q=q or "",
+                    matches=matches, patient=patient, explanations=explanations)
+
     # -- the builder's live preview ---------------------------------------------------
 
     @app.get("/builder", response_class=HTMLResponse)

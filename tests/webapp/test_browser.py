@@ -116,3 +116,28 @@ def test_a_second_user_cannot_open_a_private_segment_by_url(browser, server):
     response = other.goto(f"{server}/segments/priyas-follow-ups")
     assert response.status == 404
     assert "priyas-follow-ups" not in other.goto(f"{server}/segments").text()
+
+
+def test_explaining_a_member_and_a_non_member_found_by_name(browser, server, settings):
+    import duckdb
+
+    with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
+        (pid,) = con.sql(
+            "select p.patient_id from marts.patient_features p join "
+            "segments.membership m using (patient_id) where m.segment_slug = "
+            "'lapsed-physio-6-12mo' order by 1 limit 1").fetchall()[0]  # fmt: skip
+        outsider = con.sql("select patient_id from marts.patient_features where patient_id "
+                           "not in (select patient_id from segments.membership where "
+                           "segment_slug = 'lapsed-physio-6-12mo') limit 1").fetchall()[0][0]
+    page = signed_in_page(browser, server, DESK)
+    page.goto(f"{server}/segments/lapsed-physio-6-12mo")
+    page.click("text=Why is a patient in, or not?")
+    page.fill("input[name=q]", pid)
+    page.click("button:has-text('Find')")
+    page.wait_for_selector("#verdict")
+    assert page.inner_text("#verdict").endswith(": in the segment")
+    page.fill("input[name=q]", outsider)
+    page.click("button:has-text('Find')")
+    page.wait_for_selector("#verdict")
+    assert page.inner_text("#verdict").endswith("not in the segment")
+    assert page.locator(".node.fail").count() >= 1

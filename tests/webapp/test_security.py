@@ -156,3 +156,21 @@ def test_the_live_count_is_the_count_of_audiences_preview(client_of, capsys):
     response = client.post("/builder/preview", data={"definition": path.read_text(),
                                                      "csrf": token})  # fmt: skip
     assert f'id="count">{int(expected):,}<' in response.text
+
+
+def test_explaining_a_member_and_a_non_member(client_of, settings):
+    import duckdb
+
+    client = client_of(DESK)
+    with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
+        member = con.sql("select patient_id from segments.membership where segment_slug = "
+                         "'lapsed-physio-6-12mo' limit 1").fetchall()[0][0]
+        outsider = con.sql("select patient_id from marts.patient_features where patient_id "
+                           "not in (select patient_id from segments.membership where "
+                           "segment_slug = 'lapsed-physio-6-12mo') limit 1").fetchall()[0][0]
+    inside = client.get(f"/segments/lapsed-physio-6-12mo/explain?patient={member}").text
+    assert "in the segment" in inside and "not in the segment" not in inside
+    outside = client.get(f"/segments/lapsed-physio-6-12mo/explain?patient={outsider}").text
+    assert "not in the segment" in outside and "✗" in outside
+    # Someone else's private segment cannot be explained either.
+    assert client.get("/segments/priyas-follow-ups/explain?patient=1").status_code == 404
