@@ -77,6 +77,7 @@ class StateStoreResource(dg.ConfigurableResource):
 def _migrated_engine(url: str) -> Engine:
     # Importing the components registers their migrations.
     import outbound.ledger  # noqa: F401
+    import outbound.pauses  # noqa: F401
     import segments.snapshots  # noqa: F401
     import workflow.store  # noqa: F401
     from core.state_store import connect_state, migrate

@@ -39,6 +39,7 @@ from outbound.channels import (
     SendGridEmail,
     check_api_host,
 )
+from outbound.pauses import pause_states
 from outbound.selection import (
     SEND,
     STAFF_CHANNEL,
@@ -159,7 +160,11 @@ def campaign_set(settings: OutboundSettings) -> CampaignSet:
     does not render)."""
     loaded = load_campaigns(settings.campaigns_dir, known_segments(settings))
     campaigns, problems = [], list(loaded.problems)
+    paused = paused_campaigns(settings)
     for campaign in loaded.campaigns:
+        if campaign.slug in paused:
+            # Paused by staff: left out of plans as if its file said `enabled: false`.
+            campaign = campaign.model_copy(update={"enabled": False})
         try:
             campaign_content(campaign)
             if campaign.staff_digest is not None:
@@ -169,6 +174,15 @@ def campaign_set(settings: OutboundSettings) -> CampaignSet:
             continue
         campaigns.append(campaign)
     return CampaignSet(campaigns, problems)
+
+
+def paused_campaigns(settings: OutboundSettings) -> set[str]:
+    """The campaigns staff have paused (and not resumed since), from the state store."""
+    engine = connect_state(settings.state_db_url)
+    try:
+        return {slug for slug, s in pause_states(engine).items() if s.paused}
+    finally:
+        engine.dispose()
 
 
 def campaigns_for(settings: OutboundSettings) -> list[Campaign]:

@@ -431,6 +431,64 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
             return JSONResponse({"stage": after.stage, "version": after.version})
         return RedirectResponse(f"/worklists/{slug}", status_code=303)
 
+    # -- campaigns --------------------------------------------------------------------
+
+    def outbound_settings():
+        from outbound.run import OutboundSettings
+
+        return OutboundSettings.of(settings)
+
+    def visible_campaigns(session: accounts.Session):
+        from outbound.run import campaign_set
+
+        segs = {s.slug: s for s in library().segments}
+        loaded = campaign_set(outbound_settings())
+        mine = [c for c in loaded.campaigns
+                if c.segment in segs and visible_to(segs[c.segment], session.user.email)]
+        return mine
+
+    @app.get("/campaigns", response_class=HTMLResponse)
+    def campaigns_page(request: Request):
+        """Each campaign with its status, and the plan of the built day: who would be
+        messaged, and why not (a dry run: nothing is sent from here)."""
+        from outbound.pauses import pause_states
+        from outbound.run import make_plan, run_clock, state_engine
+
+        session = signed_in(request)
+        campaigns = visible_campaigns(session)
+        o = outbound_settings()
+        engine = state_engine(o)
+        states = pause_states(engine)
+        day = _built_day(warehouse)
+        plan_rows, error = [], None
+        if day is not None:
+            clock = run_clock(day, settings.clinic_timezone, run_time=o.run_time)
+            try:
+                planned = make_plan(o, campaigns, clock, engine)
+                names = {c.slug for c in campaigns}
+                plan = planned.plan.filter(pl.col("campaign").is_in(list(names)))
+                plan_rows = (plan.group_by("campaign", "decision", "reason").len()
+                             .sort("campaign", "decision", "reason").to_dicts())  # fmt: skip
+            except (LookupError, ValueError) as err:
+                error = str(err)
+        return page(request, "campaigns.html", session, campaigns=campaigns, states=states,
+                    day=day, plan_rows=plan_rows, error=error)  # fmt: skip
+
+    @app.post("/campaigns/{slug}/pause")
+    async def pause(request: Request, slug: str):
+        from outbound.pauses import set_paused
+        from outbound.run import state_engine
+
+        session = await checked(request)
+        if slug not in {c.slug for c in visible_campaigns(session)}:
+            raise HTTPException(status_code=404, detail=f"no campaign {slug!r}")
+        form = await request.form()
+        paused = str(form.get("paused")) == "true"
+        set_paused(state_engine(outbound_settings()), slug, paused, session.user.email)
+        accounts.record(state.accounts, session.user, "paused" if paused else "resumed",
+                        f"campaign {slug}")  # fmt: skip
+        return RedirectResponse("/campaigns", status_code=303)
+
     return app
 
 

@@ -141,3 +141,33 @@ def test_explaining_a_member_and_a_non_member_found_by_name(browser, server, set
     page.wait_for_selector("#verdict")
     assert page.inner_text("#verdict").endswith("not in the segment")
     assert page.locator(".node.fail").count() >= 1
+
+
+def test_a_paused_campaign_leaves_the_plan_and_the_pipeline_honours_it(browser, server,
+                                                                       capsys):  # fmt: skip
+    from clinic_audiences.cli import main
+
+    page = signed_in_page(browser, server, DESK)
+    page.goto(f"{server}/campaigns")
+    planned = page.locator("#plan tbody tr").evaluate_all(
+        "rows => rows.map(r => r.dataset.campaign)")
+    assert planned, "the built day's plan is empty: the test would prove little"
+    slug = planned[0]
+    row = page.locator(f"#campaigns tr[data-campaign='{slug}']")
+    try:
+        row.locator("button", has_text="Pause").click()
+        page.wait_for_url(f"{server}/campaigns")
+        status = page.locator(f"#campaigns tr[data-campaign='{slug}'] .status").inner_text()
+        assert f"paused by {DESK}" in status
+        assert page.locator(f"#plan tr[data-campaign='{slug}']").count() == 0
+        # The pipeline's own plan leaves it out too.
+        main(["campaigns", "dry-run", "--as-of", DAY.isoformat()])
+        assert f"\n{slug} " not in capsys.readouterr().out
+    finally:
+        page.goto(f"{server}/campaigns")
+        resume = page.locator(f"#campaigns tr[data-campaign='{slug}'] button", has_text="Resume")
+        if resume.count():
+            resume.click()
+            page.wait_for_url(f"{server}/campaigns")
+    assert page.locator(f"#plan tr[data-campaign='{slug}']").count() > 0
+    assert page.errors == []
