@@ -94,6 +94,30 @@ def hold_warehouse(duckdb_path: str | Path, purpose: str) -> Iterator[None]:
         _release(key)
 
 
+def run_in_progress(duckdb_path: str | Path) -> bool:
+    """Whether a run (in another process, or this one) holds the warehouse now. Readers
+    that can wait (the web app) leave the file alone meanwhile, so that the run's steps
+    never find a reader in their way."""
+    path = lock_path(duckdb_path)
+    if str(path) in _held:
+        return True
+    if not path.exists():
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
 def _release(key: str) -> None:
     with _guard:
         fd, depth = _held[key]

@@ -7,6 +7,7 @@ their query.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,6 +16,10 @@ from pathlib import Path
 
 import duckdb
 
+# A writer waits this long for readers to leave (theirs are short-lived connections, e.g.
+# the web app's) before it gives up.
+WRITER_WAIT_SECONDS = 20.0
+
 
 @contextmanager
 def connect(
@@ -22,21 +27,36 @@ def connect(
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     """Open the warehouse file (creating its folder when writing), always closing it
     afterwards. `memory_limit` (e.g. `4GB`) caps DuckDB's memory; by default it takes up
-    to 80% of the machine's."""
+    to 80% of the machine's. A writer finding the file open elsewhere retries for up to
+    WRITER_WAIT_SECONDS (a reader's connection lasts milliseconds); a reader does not."""
     path = Path(path)
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        con = duckdb.connect(str(path), read_only=read_only)
-    except duckdb.IOException as err:
-        if "lock" not in str(err).lower():
-            raise
-        from core.run_lock import WarehouseBusy, holder
+    deadline = time.monotonic() + (0 if read_only else WRITER_WAIT_SECONDS)
+    pause = 0.02
+    while True:
+        try:
+            con = duckdb.connect(str(path), read_only=read_only)
+            break
+        except duckdb.IOException as err:
+            if "lock" not in str(err).lower():
+                raise
+            if time.monotonic() < deadline:
+                time.sleep(pause)
+                pause = min(pause * 2, 0.5)
+                continue
+            from core.run_lock import WarehouseBusy, holder
 
-        raise WarehouseBusy(
-            f"the warehouse {path} is open for writing by {holder(path)}; DuckDB lets no "
-            "other process in meanwhile. Try again when that run has finished"
-        ) from None
+            if read_only:
+                raise WarehouseBusy(
+                    f"the warehouse {path} is open for writing by {holder(path)}; DuckDB lets "
+                    "no other process in meanwhile. Try again when that run has finished"
+                ) from None
+            raise WarehouseBusy(
+                f"the warehouse {path} is open in another process ({holder(path)}, or a "
+                f"reader that held it over {WRITER_WAIT_SECONDS:.0f} s); DuckDB lets no "
+                "other process in meanwhile. Try again when it has finished"
+            ) from None
     try:
         con.execute("SET TimeZone = 'UTC'")
         if memory_limit:

@@ -61,6 +61,7 @@ failures = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("email", sa.String(320), nullable=False, index=True),
+    sa.Column("client", sa.String(100), nullable=False, default="?"),
     sa.Column("at", UTCDateTime, nullable=False),
 )
 audit = sa.Table(
@@ -78,7 +79,18 @@ def _create_v1(conn: Connection) -> None:
     metadata.create_all(conn)
 
 
-register_migrations(COMPONENT, [Migration(1, "staff accounts, sessions, audit log", _create_v1)])
+def _throttle_per_client(conn: Connection) -> None:
+    # A store made by the first version has no client column (a new one already has it).
+    columns = {c["name"] for c in sa.inspect(conn).get_columns(failures.name)}
+    if "client" not in columns:
+        conn.execute(sa.text(f"alter table {failures.name} add column client "
+                             "varchar(100) not null default '?'"))  # fmt: skip
+
+
+register_migrations(COMPONENT, [
+    Migration(1, "staff accounts, sessions, audit log", _create_v1),
+    Migration(2, "throttle failed sign-ins per account and client", _throttle_per_client),
+])  # fmt: skip
 
 _hasher = PasswordHasher()
 
@@ -197,6 +209,10 @@ def new_session(engine: Engine, user: User | None = None, now: datetime | None =
     """A fresh session (anonymous before sign-in) with its own CSRF token."""
     sid, csrf, at = secrets.token_urlsafe(32), secrets.token_urlsafe(32), _now(now)
     with engine.begin() as conn:
+        # Sessions unused for longer than a session lasts, and failures older than the
+        # throttling window, are of no use any more: the tables do not grow without end.
+        conn.execute(sessions.delete().where(sessions.c.last_seen_at < at - SESSION_IDLE))
+        conn.execute(failures.delete().where(failures.c.at < at - FAILURE_WINDOW))
         conn.execute(sessions.insert().values(
             id_hash=_id_hash(sid), email=user.email if user else None, csrf=csrf,
             created_at=at, last_seen_at=at,
@@ -235,10 +251,12 @@ def end_session(engine: Engine, session_id: str) -> None:
 
 def sign_in(
     engine: Engine, email: str, password: str, previous: str | None = None,
-    now: datetime | None = None,
+    now: datetime | None = None, client: str = "?",
 ) -> Session:  # fmt: skip
     """A new signed-in session for correct credentials; the previous (anonymous) session
-    is ended, so its id cannot be carried into the signed-in one."""
+    is ended, so its id cannot be carried into the signed-in one. Failures are throttled
+    per account and client address: someone guessing from elsewhere cannot lock the
+    account's owner out."""
     at = _now(now)
     try:
         email = _normal(email)
@@ -247,7 +265,8 @@ def sign_in(
     with engine.begin() as conn:
         recent = conn.execute(
             sa.select(sa.func.count()).select_from(failures)
-            .where(failures.c.email == email, failures.c.at > at - FAILURE_WINDOW)
+            .where(failures.c.email == email, failures.c.client == client,
+                   failures.c.at > at - FAILURE_WINDOW)
         ).scalar_one()  # fmt: skip
     if recent >= MAX_FAILURES:
         raise SignInRefused(
@@ -268,10 +287,11 @@ def sign_in(
         _hasher.hash(password or "-")
     if not ok or user_row is None or user_row.disabled:
         with engine.begin() as conn:
-            conn.execute(failures.insert().values(email=email, at=at))
+            conn.execute(failures.insert().values(email=email, client=client[:100], at=at))
         raise SignInRefused("wrong email or password")
     with engine.begin() as conn:
-        conn.execute(failures.delete().where(failures.c.email == email))
+        conn.execute(failures.delete().where(failures.c.email == email,
+                                             failures.c.client == client))  # fmt: skip
     if previous:
         end_session(engine, previous)
     return new_session(engine, _user(user_row), at)

@@ -24,11 +24,13 @@ from pathlib import Path
 
 import polars as pl
 from fastapi import FastAPI, Form, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from core.run_lock import WarehouseBusy
+from core.run_lock import WarehouseBusy, run_in_progress
 from core.settings import Settings
 from core.warehouse import Warehouse, WrongDay, built_for, table_exists
 from segments.evaluate import WarehouseError, WarehouseFrames
@@ -47,6 +49,9 @@ PAGE = 100
 TREND_DAYS = 90
 # Hints clinics rely on when sizing a list for calls.
 FEW, MANY = 10, 500
+# A board shows this many cards per stage (the oldest in the stage first); the rest are
+# counted, and the CLI or an export lists them all.
+CARDS_PER_COLUMN = 200
 
 
 @dataclass
@@ -116,6 +121,22 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
             "csrf": session.csrf if session else "", **context,
         }, status_code=status)  # fmt: skip
 
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError):
+        return page(request, "error.html", session_of(request), 400,
+                    message="the request is not one this page understands")  # fmt: skip
+
+    @app.exception_handler(StarletteHTTPException)
+    async def other_http_error(request: Request, exc: StarletteHTTPException):
+        return page(request, "error.html", session_of(request), exc.status_code,
+                    message="no such page" if exc.status_code == 404 else str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        # Logged by the server with its traceback; the browser gets a plain page.
+        return page(request, "error.html", None, 500,
+                    message="something went wrong; the data team can find it in the log")
+
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
         if exc.status_code == 303:
@@ -141,7 +162,9 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
         if before is None or not secrets.compare_digest(csrf, before.csrf):
             raise HTTPException(status_code=403, detail="the form has expired; reload the page")
         try:
-            session = accounts.sign_in(state.accounts, email, password, previous=before.id)
+            client = request.client.host if request.client else "?"
+            session = accounts.sign_in(state.accounts, email, password, previous=before.id,
+                                       client=client)  # fmt: skip
         except accounts.SignInRefused as err:
             return page(request, "signin.html", before, 401, error=str(err))
         response = RedirectResponse("/segments", status_code=303)
@@ -181,22 +204,28 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
     def frames() -> WarehouseFrames:
         """The marts of the day the warehouse is built for, kept in memory; reloaded when
         the pipeline has built another day."""
-        try:
-            with warehouse.connect(read_only=True) as con:
-                day = built_for(con)
-        except WarehouseBusy:
-            day = state.frames_day  # the pipeline is writing: keep what is loaded
+        day = state.frames_day  # while the pipeline is writing: keep what is loaded
+        if not run_in_progress(settings.duckdb_path):
+            try:
+                with warehouse.connect(read_only=True) as con:
+                    day = built_for(con)
+            except WarehouseBusy:
+                pass
         with state.lock:
             if state.frames is None or day != state.frames_day:
                 state.frames, state.frames_day = WarehouseFrames(warehouse), day
             return state.frames
 
     def read(query, *args):  # noqa: ANN001
-        """A short-lived read-only connection for one read; a busy warehouse (the pipeline
-        is writing) is a 503 with what to do."""
+        """A short-lived read-only connection for one read. While a pipeline run holds the
+        warehouse the app does not open it at all (a reader between two of the run's steps
+        would stand in its writer's way): 503 with what to do."""
         if not warehouse.exists():
             raise HTTPException(status_code=503, detail="the warehouse is not built yet; "
                                 "run the pipeline first")  # fmt: skip
+        if run_in_progress(settings.duckdb_path):
+            raise HTTPException(status_code=503, detail="the pipeline is updating the "
+                                "warehouse; try again in a minute")  # fmt: skip
         try:
             with warehouse.connect(read_only=True) as con:
                 return query(con, *args)
@@ -267,11 +296,17 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
 
         day, frame, days = read(both)
         accounts.record(state.accounts, session.user, "viewed", f"segment {slug}")
-        peak = max([max(e, x) for _, e, x in days] or [1]) or 1
-        first = (max(page_no, 1) - 1) * PAGE
+        # The first evaluation enters everyone at once: scale the chart to the days after
+        # it (that day's bar is drawn full height, its number in the tooltip).
+        busy = [n for n, (_, e, x) in enumerate(days) if e or x]
+        later = [max(e, x) for _, e, x in days[busy[0] + 1:]] if busy else []
+        peak = max(later or [max(e, x) for _, e, x in days] or [1]) or 1
+        pages = max(1, -(-frame.height // PAGE))
+        page_no = min(max(page_no, 1), pages)
+        first = (page_no - 1) * PAGE
         return page(request, "segment.html", session, segment=seg, day=day,
                     rows=frame.slice(first, PAGE).to_dicts(), total=frame.height, q=q or "",
-                    page_no=max(page_no, 1), pages=max(1, -(-frame.height // PAGE)),
+                    page_no=page_no, pages=pages,
                     trend=days, peak=peak)  # fmt: skip
 
     @app.get("/segments/{slug}/members.csv")
@@ -283,7 +318,7 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
         out = io.StringIO()
         writer = csv.writer(out)
         writer.writerow(frame.columns)
-        writer.writerows(frame.rows())
+        writer.writerows([spreadsheet_safe(v) for v in row] for row in frame.rows())
         return Response(out.getvalue(), media_type="text/csv", headers={
             "Content-Disposition": f'attachment; filename="{slug}.csv"'})  # fmt: skip
 
@@ -297,13 +332,14 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
         seg = visible_segment(slug, session)
         matches: list[dict] = []
         if q and not patient:
-            needle = f"%{q.strip().lower()}%"
+            needle = q.strip().lower()
 
             def search(con):
+                # A literal search: % and _ are letters here, not wildcards.
                 return con.sql(
                     "select patient_id, first_name, last_name, date_of_birth from "
-                    "marts.patient_features where lower(patient_id) like $n or "
-                    "lower(concat_ws(' ', first_name, last_name)) like $n "
+                    "marts.patient_features where strpos(lower(patient_id), $n) > 0 or "
+                    "strpos(lower(concat_ws(' ', first_name, last_name)), $n) > 0 "
                     "order by patient_id = $q desc, last_name, first_name limit 20",
                     params={"n": needle, "q": q.strip()},
                 ).pl().to_dicts()
@@ -322,7 +358,8 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
                                        patient)  # fmt: skip
             except (WarehouseError, WrongDay) as err:
                 raise HTTPException(status_code=409, detail=str(err)) from None
-            accounts.record(state.accounts, session.user, "explained", f"segment {slug}")
+            accounts.record(state.accounts, session.user, "explained",
+                            f"segment {slug} patient {patient}")  # fmt: skip
         return page(request, "explain.html", session, segment=seg, q=q or "",
                     matches=matches, patient=patient, explanations=explanations)
 
@@ -358,6 +395,7 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
             result = preview(seg, wf, cat, day, settings.clinic_timezone)
         except (WarehouseError, WrongDay) as err:
             return page(request, "preview.html", session, issues=[("", str(err))], result=None)
+        accounts.record(state.accounts, session.user, "previewed", f"draft {seg.definition.name}")
         hint = ("fewer than 10 members: broaden the conditions" if result.count < FEW else
                 "more than 500 members: split the list into batches" if result.count > MANY
                 else None)  # fmt: skip
@@ -391,7 +429,13 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
         info = visible_worklist(slug, session)
         members = [m for m in api.list_members(state.workflow, info, user=session.user.email)
                    if not m.left_segment]  # fmt: skip
-        ids = sorted({m.patient_id for m in members})
+        shown: dict[str, int] = {}
+        ids = []
+        for m in members:
+            shown[m.stage] = shown.get(m.stage, 0) + 1
+            if shown[m.stage] <= CARDS_PER_COLUMN:
+                ids.append(m.patient_id)
+        ids = sorted(set(ids))
 
         def details(con):
             if not ids or not table_exists(con, "marts", "patient_features"):
@@ -405,9 +449,14 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
         people = read(details) if warehouse.exists() else {}
         accounts.record(state.accounts, session.user, "viewed", f"work list {slug}")
         columns = {stage: [] for stage in info.spec.stages}
+        totals = {stage: 0 for stage in info.spec.stages}
         for m in members:
-            columns.setdefault(m.stage, []).append((m, people.get(m.patient_id)))
-        return page(request, "board.html", session, info=info, columns=columns)
+            totals[m.stage] = totals.get(m.stage, 0) + 1
+            cards = columns.setdefault(m.stage, [])
+            if len(cards) < CARDS_PER_COLUMN:
+                cards.append((m, people.get(m.patient_id)))
+        return page(request, "board.html", session, info=info, columns=columns,
+                    totals=totals, per_column=CARDS_PER_COLUMN)  # fmt: skip
 
     @app.post("/worklists/{slug}/move")
     async def move(request: Request, slug: str):
@@ -426,7 +475,8 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
             raise HTTPException(status_code=409, detail="someone else changed this card "
                                 "first; the board has been reloaded") from None  # fmt: skip
         except (api.MemberNotFoundError, api.WorkListAccessError, ValueError) as err:
-            raise HTTPException(status_code=400, detail=str(err)) from None
+            message = str(err).split("; `audiences")[0]  # the CLI's advice is not for the board
+            raise HTTPException(status_code=400, detail=message[:300]) from None
         if request.headers.get("X-CSRF-Token"):
             return JSONResponse({"stage": after.stage, "version": after.version})
         return RedirectResponse(f"/worklists/{slug}", status_code=303)
@@ -483,13 +533,26 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
         if slug not in {c.slug for c in visible_campaigns(session)}:
             raise HTTPException(status_code=404, detail=f"no campaign {slug!r}")
         form = await request.form()
-        paused = str(form.get("paused")) == "true"
+        if form.get("paused") not in ("true", "false"):
+            raise HTTPException(status_code=400, detail="say paused=true or paused=false")
+        paused = form.get("paused") == "true"
         set_paused(state_engine(outbound_settings()), slug, paused, session.user.email)
         accounts.record(state.accounts, session.user, "paused" if paused else "resumed",
                         f"campaign {slug}")  # fmt: skip
         return RedirectResponse("/campaigns", status_code=303)
 
     return app
+
+
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: object) -> object:
+    """A cell a spreadsheet will not run: text starting like a formula gets a leading
+    apostrophe (`=HYPERLINK(...)` is shown, never followed)."""
+    if isinstance(value, str) and value.startswith(_FORMULA):
+        return "'" + value
+    return value
 
 
 def _built_day(warehouse: Warehouse) -> date | None:

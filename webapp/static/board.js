@@ -4,9 +4,11 @@ document.addEventListener("DOMContentLoaded", () => {
   const board = document.querySelector(".board");
   if (!board || typeof Sortable === "undefined") return;
   const message = document.getElementById("board-message");
-  const recount = () => board.querySelectorAll(".column").forEach((col) => {
-    col.querySelector(".stage-count").textContent = col.querySelectorAll(".card").length;
-  });
+  // A moved card changes two stages' counts by one each (columns may show only some cards).
+  const bump = (list, by) => {
+    const count = list.closest(".column").querySelector(".stage-count");
+    count.textContent = String(Number(count.textContent) + by);
+  };
   board.querySelectorAll(".cards").forEach((list) => {
     Sortable.create(list, {
       group: "board",
@@ -32,8 +34,9 @@ document.addEventListener("DOMContentLoaded", () => {
           card.dataset.version = answer.version;
           card.querySelector("input[name=version]").value = answer.version;
           card.querySelector("select[name=stage]").value = answer.stage;
+          bump(event.from, -1);
+          bump(event.to, +1);
         }
-        recount();
       },
     });
   });
