@@ -62,6 +62,9 @@ class AppState:
     secure_cookies: bool
     frames: WarehouseFrames | None = None
     frames_day: tuple | None = None
+    frames_stamp: int | None = None
+    catalogue: object | None = None
+    catalogue_stamp: int | None = None
     lock: threading.Lock = threading.Lock()
 
 
@@ -186,10 +189,20 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
     # -- the warehouse ----------------------------------------------------------------
 
     def catalogue():
+        """The field catalogue, read again only when its file changes."""
+        from segments.field_catalogue import DEFAULT_CATALOGUE_PATH
+
         try:
-            return default_catalogue(settings.duckdb_path)
-        except CatalogueError as err:
-            raise HTTPException(status_code=503, detail=str(err)) from None
+            stamp = DEFAULT_CATALOGUE_PATH.stat().st_mtime_ns
+        except OSError:
+            stamp = None
+        if state.catalogue is None or stamp is None or stamp != state.catalogue_stamp:
+            try:
+                state.catalogue = default_catalogue(settings.duckdb_path)
+            except CatalogueError as err:
+                raise HTTPException(status_code=503, detail=str(err)) from None
+            state.catalogue_stamp = stamp
+        return state.catalogue
 
     def library():
         return load_library(settings, catalogue())
@@ -205,10 +218,16 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
         """The marts of the day the warehouse is built for, kept in memory; reloaded when
         the pipeline has built another day."""
         day = state.frames_day  # while the pipeline is writing: keep what is loaded
-        if not run_in_progress(settings.duckdb_path):
+        try:
+            stamp = settings.duckdb_path.stat().st_mtime_ns
+        except OSError:
+            stamp = None
+        # The file is rewritten when a new day is built: look inside only then.
+        if stamp != state.frames_stamp and not run_in_progress(settings.duckdb_path):
             try:
                 with warehouse.connect(read_only=True) as con:
                     day = built_for(con)
+                state.frames_stamp = stamp
             except WarehouseBusy:
                 pass
         with state.lock:
@@ -427,15 +446,14 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
     def board(request: Request, slug: str):
         session = signed_in(request)
         info = visible_worklist(slug, session)
-        members = [m for m in api.list_members(state.workflow, info, user=session.user.email)
-                   if not m.left_segment]  # fmt: skip
-        shown: dict[str, int] = {}
-        ids = []
-        for m in members:
-            shown[m.stage] = shown.get(m.stage, 0) + 1
-            if shown[m.stage] <= CARDS_PER_COLUMN:
-                ids.append(m.patient_id)
-        ids = sorted(set(ids))
+        # Each stage's first cards and every stage's count: a list of 200,000 members is
+        # never read whole for a board.
+        counts = api.stage_counts(state.workflow, info, user=session.user.email)
+        members = [m for stage in info.spec.stages
+                   for m in api.list_members(state.workflow, info, user=session.user.email,
+                                             stage=stage, limit=CARDS_PER_COLUMN,
+                                             in_segment_only=True)]  # fmt: skip
+        ids = sorted({m.patient_id for m in members})
 
         def details(con):
             if not ids or not table_exists(con, "marts", "patient_features"):
@@ -449,12 +467,9 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
         people = read(details) if warehouse.exists() else {}
         accounts.record(state.accounts, session.user, "viewed", f"work list {slug}")
         columns = {stage: [] for stage in info.spec.stages}
-        totals = {stage: 0 for stage in info.spec.stages}
+        totals = dict(counts.active)
         for m in members:
-            totals[m.stage] = totals.get(m.stage, 0) + 1
-            cards = columns.setdefault(m.stage, [])
-            if len(cards) < CARDS_PER_COLUMN:
-                cards.append((m, people.get(m.patient_id)))
+            columns.setdefault(m.stage, []).append((m, people.get(m.patient_id)))
         return page(request, "board.html", session, info=info, columns=columns,
                     totals=totals, per_column=CARDS_PER_COLUMN)  # fmt: skip
 

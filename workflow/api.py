@@ -173,14 +173,21 @@ def list_members(
     user: str | None = None,
     stage: str | None = None,
     assignee: str | None = None,
+    limit: int | None = None,
+    in_segment_only: bool = False,
 ) -> list[MemberView]:
-    """Members in stage order then member id; those still in the segment first."""
+    """Members in stage order then member id; those still in the segment first. `limit`
+    (with `stage`): the first members of that stage by member id, for a board."""
     check_access(info, user)
     query = sa.select(members).where(members.c.worklist_slug == info.slug)
     if stage is not None:
         query = query.where(members.c.stage == info.spec.resolve_stage(stage))
     if assignee is not None:
         query = query.where(members.c.assignee == assignee)
+    if in_segment_only:
+        query = query.where(members.c.left_segment.is_(False))
+    if limit is not None:
+        query = query.order_by(members.c.member_id).limit(limit)
     with engine.connect() as conn:
         rows = [_view(r) for r in conn.execute(query)]
     order = {s: i for i, s in enumerate(info.spec.stages)}
