@@ -177,7 +177,11 @@ def campaign_set(settings: OutboundSettings) -> CampaignSet:
 
 
 def paused_campaigns(settings: OutboundSettings) -> set[str]:
-    """The campaigns staff have paused (and not resumed since), from the state store."""
+    """The campaigns staff have paused (and not resumed since), from the state store (none
+    without one, e.g. a file check). A state store that cannot be read is an error: a
+    paused campaign must not run because its pause could not be seen."""
+    if not settings.state_db_url:
+        return set()
     engine = connect_state(settings.state_db_url)
     try:
         return {slug for slug, s in pause_states(engine).items() if s.paused}
