@@ -304,6 +304,21 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
         ).fetchall()
         return rows
 
+    def this_week(con, slug: str, day: date | None) -> dict[str, list[dict]]:
+        """Who entered and who left in the 7 days up to `day`, from membership history."""
+        if day is None:
+            return {"entered": [], "left": []}
+        out = {}
+        for name, column in (("entered", "entered_on"), ("left", "exited_on")):
+            out[name] = con.sql(
+                f"select h.patient_id, h.case_id, p.first_name, p.last_name, h.{column} as day "
+                "from segments.membership_history h left join marts.patient_features p "
+                f"using (patient_id) where h.segment_slug = $slug and h.{column} > $start "
+                f"and h.{column} <= $day order by h.{column} desc, p.last_name limit 50",
+                params={"slug": slug, "start": day - timedelta(days=7), "day": day},
+            ).pl().to_dicts()
+        return out
+
     @app.get("/segments/{slug}", response_class=HTMLResponse)
     def segment_page(request: Request, slug: str, q: str | None = None, page_no: int = 1):
         session = signed_in(request)
@@ -311,9 +326,9 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
 
         def both(con):
             day, frame = members_of(con, slug, q)
-            return day, frame, (trend(con, slug, day) if day else [])
+            return day, frame, (trend(con, slug, day) if day else []), this_week(con, slug, day)
 
-        day, frame, days = read(both)
+        day, frame, days, week = read(both)
         accounts.record(state.accounts, session.user, "viewed", f"segment {slug}")
         # The first evaluation enters everyone at once: scale the chart to the days after
         # it (that day's bar is drawn full height, its number in the tooltip).
@@ -326,7 +341,7 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
         return page(request, "segment.html", session, segment=seg, day=day,
                     rows=frame.slice(first, PAGE).to_dicts(), total=frame.height, q=q or "",
                     page_no=page_no, pages=pages,
-                    trend=days, peak=peak)  # fmt: skip
+                    trend=days, peak=peak, week=week)  # fmt: skip
 
     @app.get("/segments/{slug}/members.csv")
     def export(request: Request, slug: str):
@@ -443,16 +458,24 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
                     lists=sorted(lists, key=lambda w: w.slug))
 
     @app.get("/worklists/{slug}", response_class=HTMLResponse)
-    def board(request: Request, slug: str):
+    def board(request: Request, slug: str, show: str = "all"):
+        """The board; `show`: all, mine (assigned to me), unassigned, or overdue (a due
+        date before today in the clinic's time zone)."""
+        from core.days import today_in
+
         session = signed_in(request)
         info = visible_worklist(slug, session)
+        if show not in ("all", "mine", "unassigned", "overdue"):
+            show = "all"
+        filters = {"mine": {"assignee": session.user.email}, "unassigned": {"unassigned": True},
+                   "overdue": {"due_before": today_in(settings.clinic_timezone)}}.get(show, {})
         # Each stage's first cards and every stage's count: a list of 200,000 members is
         # never read whole for a board.
         counts = api.stage_counts(state.workflow, info, user=session.user.email)
         members = [m for stage in info.spec.stages
                    for m in api.list_members(state.workflow, info, user=session.user.email,
                                              stage=stage, limit=CARDS_PER_COLUMN,
-                                             in_segment_only=True)]  # fmt: skip
+                                             in_segment_only=True, **filters)]  # fmt: skip
         ids = sorted({m.patient_id for m in members})
 
         def details(con):
@@ -470,8 +493,11 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
         totals = dict(counts.active)
         for m in members:
             columns.setdefault(m.stage, []).append((m, people.get(m.patient_id)))
+        if filters:
+            # Counts of what is shown, when filtered (up to the cards per stage).
+            totals = {stage: len(cards) for stage, cards in columns.items()}
         return page(request, "board.html", session, info=info, columns=columns,
-                    totals=totals, per_column=CARDS_PER_COLUMN)  # fmt: skip
+                    totals=totals, per_column=CARDS_PER_COLUMN, show=show)  # fmt: skip
 
     @app.post("/worklists/{slug}/move")
     async def move(request: Request, slug: str):

@@ -175,6 +175,8 @@ def list_members(
     assignee: str | None = None,
     limit: int | None = None,
     in_segment_only: bool = False,
+    unassigned: bool = False,
+    due_before: date | None = None,
 ) -> list[MemberView]:
     """Members in stage order then member id; those still in the segment first. `limit`
     (with `stage`): the first members of that stage by member id, for a board."""
@@ -186,6 +188,10 @@ def list_members(
         query = query.where(members.c.assignee == assignee)
     if in_segment_only:
         query = query.where(members.c.left_segment.is_(False))
+    if unassigned:
+        query = query.where(members.c.assignee.is_(None))
+    if due_before is not None:
+        query = query.where(members.c.due_date < due_before)
     if limit is not None:
         query = query.order_by(members.c.member_id).limit(limit)
     with engine.connect() as conn:
