@@ -118,9 +118,8 @@ def explain(
     patient for a case segment (none when the patient has no case); a patient the marts
     do not hold is one explanation with `found` false."""
     table = ENTITY_TABLES[d.entity]
-    columns = self_columns = columns_read(d)[table] | {"patient_id"}
-    if d.entity == "case":
-        columns = self_columns | {"case_id"}
+    keys = {"patient_id", "case_id"} if d.entity == "case" else {"patient_id"}
+    columns = columns_read(d)[table] | keys
     rows = frames.frame(table, columns).filter(pl.col("patient_id") == patient_id)
     frames.require_day(as_of, f"segment {d.name!r}", timezone)
     if rows.is_empty():

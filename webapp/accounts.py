@@ -29,6 +29,7 @@ from core.state_store import Migration, UTCDateTime, connect_state, migrate, reg
 COMPONENT = "webapp"
 ROLES = ("admin", "staff")
 SESSION_IDLE = timedelta(hours=8)
+TOUCH_EVERY = timedelta(minutes=1)
 # Throttling: after this many failures for one email within the window, sign-in is
 # refused until the oldest of them is older than the window.
 MAX_FAILURES = 5
@@ -239,8 +240,10 @@ def find_session(engine: Engine, session_id: str | None, now: datetime | None = 
                 conn.execute(sessions.delete().where(sessions.c.id_hash == row.id_hash))
                 return None
             user = _user(u)
-        conn.execute(sessions.update().where(sessions.c.id_hash == row.id_hash)
-                     .values(last_seen_at=at))  # fmt: skip
+        if row.last_seen_at < at - TOUCH_EVERY:
+            # Kept fresh to the minute, not written on every request.
+            conn.execute(sessions.update().where(sessions.c.id_hash == row.id_hash)
+                         .values(last_seen_at=at))  # fmt: skip
     return Session(session_id, row.csrf, user)
 
 

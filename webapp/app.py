@@ -18,7 +18,7 @@ import io
 import secrets
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -65,7 +65,7 @@ class AppState:
     frames_stamp: int | None = None
     catalogue: object | None = None
     catalogue_stamp: int | None = None
-    lock: threading.Lock = threading.Lock()
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:

@@ -101,6 +101,11 @@ print(len([a for a in started if "dbt" in " ".join(map(str, a))]))
     assert not (copy / "dbt_project" / "target" / "manifest.json").exists()
 
 
+# The brief the project was first written from lives outside the repository; its file name
+# is spelt in two parts so that this search is not itself a reference to it.
+OUTSIDE_DOCUMENT = "DESIGN" ".md"
+
+
 def test_the_repository_refers_to_no_document_outside_it():
     files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
                            check=True).stdout.split()  # fmt: skip
@@ -108,7 +113,6 @@ def test_the_repository_refers_to_no_document_outside_it():
     for name in files:
         path = ROOT / name
         text_file = path.suffix in (".py", ".md", ".sql", ".yml", ".yaml", ".toml")
-        if text_file and path.is_file() and "DESIGN.md" in path.read_text(errors="replace"):
+        if text_file and path.is_file() and OUTSIDE_DOCUMENT in path.read_text(errors="replace"):
             offenders.append(name)
-    # This file names it only to look for it.
-    assert [o for o in offenders if o != "tests/architecture/test_one_assembly.py"] == []
+    assert offenders == []
