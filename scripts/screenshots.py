@@ -76,7 +76,6 @@ def shoot(out: Path, chromium: str, day: date) -> int:
     while not server.started:
         time.sleep(0.05)
     base = f"http://127.0.0.1:{port}"
-    definition = (ROOT / "segments/definitions/lapsed-physio-6-12mo.yaml").read_text()
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -85,8 +84,8 @@ def shoot(out: Path, chromium: str, day: date) -> int:
         page.fill("input[name=password]", password)
         page.click("button[type=submit]")
         page.wait_for_url(f"{base}/segments")
-        page.goto(f"{base}/builder")
-        page.fill("#definition", definition)
+        page.goto(f"{base}/builder?start=seminar-attendees-never-booked")
+        page.wait_for_selector("#builder:not([data-pending])", state="attached")
         page.wait_for_selector("#count")
         page.screenshot(path=str(out / "builder.png"), full_page=True)
         page.goto(f"{base}/segments/lapsed-physio-6-12mo")

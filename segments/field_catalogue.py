@@ -43,14 +43,22 @@ class EventSource:
     date_field: str
     # Events that carry a case_id count per case in `entity: case` segments.
     has_case: bool
+    # Where the builder lists the event, among the field groups below.
+    group: str = "Contact"
 
 
 EVENT_SOURCES = {
-    "appointments": EventSource("appointments", "start_date", has_case=True),
-    "invoices": EventSource("invoices", "issue_date", has_case=True),
-    "leads": EventSource("leads", "created_date", has_case=False),
-    "diagnoses": EventSource("diagnoses", "recorded_date", has_case=False),
+    "appointments": EventSource("appointments", "start_date", has_case=True, group="Appointment"),
+    "invoices": EventSource("invoices", "issue_date", has_case=True, group="Billing"),
+    "leads": EventSource("leads", "created_date", has_case=False, group="Lead"),
+    "diagnoses": EventSource("diagnoses", "recorded_date", has_case=False, group="Case"),
 }
+
+# The groups a clinic thinks of its fields in, in the order the builder shows them. A
+# model names its columns' groups in `config.meta.field_groups`; a column it leaves out
+# is listed under OTHER_GROUP.
+FIELD_GROUPS = ("Contact", "Lead", "Appointment", "Billing", "Case")
+OTHER_GROUP = "Other"
 
 LOCATION_FIELD = "location"
 
@@ -60,6 +68,7 @@ class Field:
     name: str
     type: FieldType
     description: str = ""
+    group: str = OTHER_GROUP
 
 
 class CatalogueError(ValueError):
@@ -77,7 +86,8 @@ class Catalogue:
         fields = dict(self._table(table))
         if "latitude" in fields and "longitude" in fields:
             fields[LOCATION_FIELD] = Field(
-                LOCATION_FIELD, FieldType.LOCATION, "latitude / longitude, for within_km"
+                LOCATION_FIELD, FieldType.LOCATION, "latitude / longitude, for within_km",
+                fields["latitude"].group,
             )
         return fields
 
@@ -159,6 +169,7 @@ def load_catalogue(path: str | Path | None = None) -> Catalogue:
         if not isinstance(model, dict) or "name" not in model:
             continue
         fields: dict[str, Field] = {}
+        group_of = _field_groups(model, path)
         for col in model.get("columns") or []:
             if not isinstance(col, dict) or not col.get("name") or not col.get("data_type"):
                 continue
@@ -169,9 +180,34 @@ def load_catalogue(path: str | Path | None = None) -> Catalogue:
                     f"{col['data_type']!r} has no segment type; use a DuckDB type such as "
                     "varchar, bigint, double, decimal(18,2), boolean, date, timestamptz, varchar[]"
                 )
-            fields[col["name"]] = Field(col["name"], ftype, str(col.get("description") or ""))
+            fields[col["name"]] = Field(
+                col["name"], ftype, str(col.get("description") or ""),
+                group_of.get(col["name"], OTHER_GROUP),
+            )  # fmt: skip
         tables[str(model["name"])] = fields
     return Catalogue(tables, source=str(path))
+
+
+def _field_groups(model: dict, path: Path) -> dict[str, str]:
+    """Column → group, from the model's `config: {meta: {field_groups: {group: [cols]}}}`."""
+    config = model.get("config") if isinstance(model.get("config"), dict) else {}
+    meta = config.get("meta") if isinstance(config.get("meta"), dict) else {}
+    groups = meta.get("field_groups") or {}
+    if not isinstance(groups, dict) or not all(isinstance(v, list) for v in groups.values()):
+        raise CatalogueError(
+            f"{path}: model {model['name']}: config.meta.field_groups must map a group name "
+            "to a list of column names, e.g. {Contact: [first_name, last_name]}"
+        )
+    out: dict[str, str] = {}
+    for group, columns in groups.items():
+        for column in columns:
+            if column in out:
+                raise CatalogueError(
+                    f"{path}: model {model['name']}: column {column!r} is in field groups "
+                    f"{out[column]!r} and {group!r}; put it in one"
+                )
+            out[str(column)] = str(group)
+    return out
 
 
 def catalogue_from_columns(rows: list[tuple[str, str, str]], source: str) -> Catalogue:

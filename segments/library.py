@@ -86,31 +86,41 @@ PREVIEW_SAMPLE_ROWS = 10
 _PREVIEW_NAMES = {"patient": ("first_name", "last_name"), "case": ("name",)}
 
 
+# What a caller needs beside the name, when the preview is a list to work through.
+_CALLER_FIELDS = ("mobile", "email", "last_visit_date")
+
+
 @dataclass(frozen=True)
 class Preview:
     count: int
     sample: pl.DataFrame
     seconds: float
+    # Every member's keys (patient_id, case_id), e.g. to compare with another version.
+    members: pl.DataFrame
 
 
-def preview_columns(segment: Segment, catalogue: Catalogue) -> list[str]:
-    """Names, then the fields the definition reads: what a person checks in a preview."""
+def preview_columns(segment: Segment, catalogue: Catalogue, caller: bool = False) -> list[str]:
+    """Names, then the fields the definition reads: what a person checks in a preview.
+    `caller`: the mobile, email and last visit too."""
     d = segment.definition
     fields = catalogue.entity_fields(d.entity)
     used = sorted(c for c in columns_read(d)[ENTITY_TABLES[d.entity]] if c in fields)
     names = [c for c in _PREVIEW_NAMES[d.entity] if c in fields]
-    return [c for c in dict.fromkeys([*names, *used]) if c not in ("patient_id", "case_id")]
+    extra = [c for c in _CALLER_FIELDS if caller and c in fields]
+    return [c for c in dict.fromkeys([*names, *extra, *used])
+            if c not in ("patient_id", "case_id")]  # fmt: skip
 
 
 def preview(
-    segment: Segment, frames: WarehouseFrames, catalogue: Catalogue, as_of: date, timezone: str
+    segment: Segment, frames: WarehouseFrames, catalogue: Catalogue, as_of: date, timezone: str,
+    caller: bool = False,
 ) -> Preview:
     """Count and sample of a segment, timed: what `audiences preview` shows.
 
     Time the evaluation only; the frames are expected to be loaded (`frames.prepare`).
     """
     table = ENTITY_TABLES[segment.definition.entity]
-    columns = preview_columns(segment, catalogue)
+    columns = preview_columns(segment, catalogue, caller)
     # Load the display columns first: the row numbers below refer to this very frame.
     frames.frame(table, set(columns) | columns_read(segment.definition)[table])
     started = time.perf_counter()
@@ -122,7 +132,7 @@ def preview(
     seconds = time.perf_counter() - started
     if segment.definition.entity == "patient":
         sample = sample.drop("case_id")
-    return Preview(members.height, sample, seconds)
+    return Preview(members.height, sample, seconds, members.drop(ROW))
 
 
 def state_engine(state_db_url: str) -> Engine:

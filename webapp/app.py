@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import io
 import secrets
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -33,12 +32,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from core.run_lock import WarehouseBusy, run_in_progress
 from core.settings import Settings
 from core.warehouse import Warehouse, WrongDay, built_for, table_exists
-from segments.evaluate import WarehouseError, WarehouseFrames
-from segments.field_catalogue import CatalogueError
+from segments.evaluate import WarehouseError, WarehouseFrames, evaluate
+from segments.field_catalogue import ENTITY_KEYS, CatalogueError
 from segments.library import default_catalogue, load_library, preview, visible_to
 from segments.members import latest_day, read_members
-from segments.validation import Segment, SegmentValidationError, load_segment
-from webapp import accounts
+from segments.validation import Segment, SegmentValidationError, parse_definition
+from webapp import accounts, builder
 from workflow import api
 from workflow.store import open_state
 from workflow.worklist_files import read_worklists
@@ -65,6 +64,8 @@ class AppState:
     frames_stamp: int | None = None
     catalogue: object | None = None
     catalogue_stamp: int | None = None
+    # (slug, file stamp, day) → the saved version's members, for the builder's change.
+    saved_counts: dict = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -397,36 +398,95 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
         return page(request, "explain.html", session, segment=seg, q=q or "",
                     matches=matches, patient=patient, explanations=explanations)
 
-    # -- the builder's live preview ---------------------------------------------------
+    # -- the audience builder -------------------------------------------------------
+
+    def versions_engine():
+        from core.state_store import migrate
+        from segments import versions
+
+        migrate(state.accounts, ["segment_versions"])
+        return state.accounts, versions
+
+    def editor_page(request: Request, session: accounts.Session, name: str,
+                    start: str | None) -> HTMLResponse:  # fmt: skip
+        from segments.versions import sha256_of
+
+        seg = visible_segment(start, session) if start else None
+        text = seg.path.read_text(encoding="utf-8") if seg else ""
+        doc = builder.read_posted(text) if seg else dict(builder.NEW_DEFINITION)
+        reason = builder.why_not_editable(seg, session.user, settings.segments_path)
+        data = {
+            "doc": doc, "slug": seg.slug if seg and reason is None else "",
+            "base": sha256_of(text) if seg and reason is None else "",
+            "saved": seg.slug if seg else "", "readonly": reason if seg else None,
+            "catalogue": builder.editor_catalogue(catalogue()),
+        }
+        return page(request, name, session, data=data, text=text, start=start or "",
+                    reason=reason, segment=seg)  # fmt: skip
 
     @app.get("/builder", response_class=HTMLResponse)
-    def builder(request: Request, start: str | None = None):
-        session = signed_in(request)
-        text = ""
-        if start:
-            text = visible_segment(start, session).path.read_text(encoding="utf-8")
-        return page(request, "builder.html", session, text=text, start=start or "")
+    def builder_page(request: Request, start: str | None = None):
+        """The rule tree as a visual editor, with the live preview beside it."""
+        return editor_page(request, signed_in(request), "builder.html", start)
+
+    @app.get("/builder/text", response_class=HTMLResponse)
+    def builder_text(request: Request, start: str | None = None):
+        """The same definition as YAML text, with the same live preview."""
+        return editor_page(request, signed_in(request), "builder_text.html", start)
+
+    def draft_of(text: str, user: accounts.User) -> Segment:
+        # A draft is owned by whoever edits it, as its saved file will be.
+        raw = {"owner": user.email} | builder.read_posted(text)
+        return Segment("draft", Path("draft.yaml"), parse_definition(raw, "draft", catalogue()))
+
+    def saved_members(slug: str, day: date, wf: WarehouseFrames) -> pl.DataFrame | None:
+        """The saved version's members on `day`, evaluated like the draft, remembered until
+        its file or the day changes."""
+        seg = library().get(slug)
+        if seg is None:
+            return None
+        key = (slug, seg.path.stat().st_mtime_ns, day)
+        with state.lock:
+            if key in state.saved_counts:
+                return state.saved_counts[key]
+        members = evaluate(seg.definition, wf, catalogue(), day, settings.clinic_timezone)
+        keys = members.select(ENTITY_KEYS[seg.definition.entity])
+        with state.lock:
+            if len(state.saved_counts) > 32:
+                state.saved_counts.clear()
+            state.saved_counts[key] = keys
+        return keys
 
     @app.post("/builder/preview", response_class=HTMLResponse)
     async def builder_preview(request: Request):
         session = await checked(request)
         form = await request.form()
         text = str(form.get("definition") or "")
-        cat = catalogue()
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "draft.yaml"
-            path.write_text(text, encoding="utf-8")
-            try:
-                seg = load_segment(path, cat, check_slug=False)
-            except SegmentValidationError as exc:
-                issues = [(i.path, i.message) for i in exc.issues]
-                return page(request, "preview.html", session, issues=issues, result=None)
+        saved_slug = str(form.get("saved") or "")
+        try:
+            seg = draft_of(text, session.user)
+        except SegmentValidationError as exc:
+            issues = [(i.path, i.message) for i in exc.issues]
+            return page(request, "preview.html", session, issues=issues, result=None)
         wf = frames()
         try:
             day = wf.built_for or _built_day(warehouse)
             if day is None:
                 raise HTTPException(status_code=503, detail="the warehouse is not built yet")
-            result = preview(seg, wf, cat, day, settings.clinic_timezone)
+            result = preview(seg, wf, catalogue(), day, settings.clinic_timezone, caller=True)
+            change = None
+            if saved_slug:
+                visible_segment(saved_slug, session)
+                before = saved_members(saved_slug, day, wf)
+                if before is not None:
+                    keys = ENTITY_KEYS[seg.definition.entity]
+                    after = result.members.select(keys)
+                    same = before.columns == after.columns
+                    change = {
+                        "saved": before.height,
+                        "join": after.join(before, on=keys, how="anti").height if same else None,
+                        "leave": before.join(after, on=keys, how="anti").height if same else None,
+                    }
         except (WarehouseError, WrongDay) as err:
             return page(request, "preview.html", session, issues=[("", str(err))], result=None)
         accounts.record(state.accounts, session.user, "previewed", f"draft {seg.definition.name}")
@@ -434,8 +494,53 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
                 "more than 500 members: split the list into batches" if result.count > MANY
                 else None)  # fmt: skip
         return page(request, "preview.html", session, issues=[], result=result, day=day,
-                    hint=hint, sample=result.sample.to_dicts(),
+                    hint=hint, sample=result.sample.to_dicts(), change=change,
                     columns=result.sample.columns)  # fmt: skip
+
+    @app.post("/builder/save", response_class=HTMLResponse)
+    async def builder_save(request: Request):
+        """Save the draft as YAML in SEGMENTS_PATH and as the segment's next version."""
+        session = await checked(request)
+        form = await request.form()
+        slug = str(form.get("slug") or "").strip()
+        base = str(form.get("base") or "") or None
+        existing = library().get(slug) if slug else None
+        if existing is not None and not visible_to(existing, session.user.email):
+            existing = None  # someone else's private segment: the name is simply taken
+        reason = builder.why_not_editable(existing, session.user, settings.segments_path)
+        engine, versions = versions_engine()
+
+        def outcome(status: int, **context) -> HTMLResponse:
+            return page(request, "saved.html", session, status=status, slug=slug, **context)
+
+        if reason is not None and (existing is not None or settings.segments_path is None):
+            return outcome(409, problem=reason)
+        try:
+            raw = builder.read_posted(str(form.get("definition") or ""))
+            # The owner is who created the segment, whatever the draft says.
+            owner = existing.definition.owner if existing and base else session.user.email
+            raw = {k: v for k, v in raw.items() if k != "owner"} | ({"owner": owner}
+                                                                     if owner else {})
+            saved = versions.save_definition(engine, settings.segments_path, slug, raw,
+                                             session.user.email, base, catalogue(), library())
+        except SegmentValidationError as exc:
+            return outcome(422, issues=[(i.path, i.message) for i in exc.issues])
+        except versions.SaveConflict as err:
+            return outcome(409, problem=str(err))
+        accounts.record(state.accounts, session.user, "saved",
+                        f"segment {slug} version {saved.version}")  # fmt: skip
+        return outcome(200, saved=saved)
+
+    @app.get("/segments/{slug}/versions", response_class=HTMLResponse)
+    def versions_page(request: Request, slug: str):
+        """Who changed the segment, when, and what they changed."""
+        session = signed_in(request)
+        seg = visible_segment(slug, session)
+        engine, versions = versions_engine()
+        found = versions.versions_of(engine, slug)
+        rows = [(v, versions.diff_of(found[n + 1].text if n + 1 < len(found) else "", v.text,
+                                     slug)) for n, v in enumerate(found)]  # fmt: skip
+        return page(request, "versions.html", session, segment=seg, rows=rows)
 
     # -- work lists -------------------------------------------------------------------
 

@@ -70,6 +70,7 @@ def test_the_live_count_follows_typing_and_equals_audiences_preview(browser, ser
     expected = int(capsys.readouterr().out.split("members: ")[1].split()[0])
     page = signed_in_page(browser, server, DESK)
     page.click("text=Audience builder")
+    page.click("text=Edit as text")
     page.fill("#definition", path.read_text())
     page.wait_for_selector("#count")
     assert int(page.inner_text("#count").replace(",", "")) == expected
