@@ -442,6 +442,23 @@ def read_ledger(engine: Engine, since: date | None = None) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=LEDGER_EXPORT_SCHEMA, orient="row")
 
 
+def ledger_by_day(
+    engine: Engine, since: date, campaigns: list[str]
+) -> list[tuple[date, str, dict[str, int]]]:
+    """Messages per send day and campaign, counted by status, newest day first."""
+    q = (
+        sa.select(ledger.c.send_date, ledger.c.campaign, ledger.c.status, sa.func.count())
+        .where(ledger.c.send_date >= since, ledger.c.campaign.in_(campaigns))
+        .group_by(ledger.c.send_date, ledger.c.campaign, ledger.c.status)
+    )
+    out: dict[tuple[date, str], dict[str, int]] = {}
+    with engine.connect() as conn:
+        for day, campaign, status, n in conn.execute(q):
+            out.setdefault((day, campaign), {})[status] = n
+    return [(d, c, n) for (d, c), n in sorted(out.items(), key=lambda kv: (-kv[0][0].toordinal(),
+                                                                          kv[0][1]))]  # fmt: skip
+
+
 HISTORY_SCHEMA = {
     "campaign": pl.String,
     "recipient": pl.String,

@@ -20,6 +20,8 @@ import threading
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
+from urllib.parse import quote
+from zoneinfo import ZoneInfo
 
 import polars as pl
 from fastapi import FastAPI, Form, HTTPException, Request
@@ -51,6 +53,14 @@ FEW, MANY = 10, 500
 # A board shows this many cards per stage (the oldest in the stage first); the rest are
 # counted, and the CLI or an export lists them all.
 CARDS_PER_COLUMN = 200
+# The member table's sortable columns: what a click on a heading sorts by.
+MEMBER_SORTS = {
+    "patient": ["patient_id", "case_id"], "name": ["last_name", "first_name", "patient_id"],
+    "mobile": ["mobile", "patient_id"], "email": ["email", "patient_id"],
+    "last_visit": ["last_visit_date", "patient_id"],
+}  # fmt: skip
+# The campaigns page counts the ledger's messages over this many days.
+LEDGER_DAYS = 30
 
 
 @dataclass
@@ -321,9 +331,13 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
         return out
 
     @app.get("/segments/{slug}", response_class=HTMLResponse)
-    def segment_page(request: Request, slug: str, q: str | None = None, page_no: int = 1):
+    def segment_page(request: Request, slug: str, q: str | None = None, page_no: int = 1,
+                     sort: str = "name", desc: bool = False):  # fmt: skip
+        """Members on the latest day, sorted by a column (`sort`, `desc`), in pages."""
         session = signed_in(request)
         seg = visible_segment(slug, session)
+        if sort not in MEMBER_SORTS:
+            sort = "name"
 
         def both(con):
             day, frame = members_of(con, slug, q)
@@ -336,12 +350,14 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
         busy = [n for n, (_, e, x) in enumerate(days) if e or x]
         later = [max(e, x) for _, e, x in days[busy[0] + 1:]] if busy else []
         peak = max(later or [max(e, x) for _, e, x in days] or [1]) or 1
+        if frame.height:
+            frame = frame.sort(MEMBER_SORTS[sort], descending=desc, nulls_last=True)
         pages = max(1, -(-frame.height // PAGE))
         page_no = min(max(page_no, 1), pages)
         first = (page_no - 1) * PAGE
         return page(request, "segment.html", session, segment=seg, day=day,
                     rows=frame.slice(first, PAGE).to_dicts(), total=frame.height, q=q or "",
-                    page_no=page_no, pages=pages,
+                    page_no=page_no, pages=pages, sort=sort, desc=desc,
                     trend=days, peak=peak, week=week)  # fmt: skip
 
     @app.get("/segments/{slug}/members.csv")
@@ -562,18 +578,34 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
         return page(request, "worklists.html", session,
                     lists=sorted(lists, key=lambda w: w.slug))
 
+    def days_since(at, today: date) -> int:  # noqa: ANN001 - an aware datetime
+        """Whole days from `at` to `today`, both as the clinic's calendar has them."""
+        return (today - at.astimezone(ZoneInfo(settings.clinic_timezone)).date()).days
+
+    def colleagues(info) -> list[accounts.User]:
+        """Who a card can be assigned to: active accounts allowed to see the list."""
+        return [u for u in accounts.list_users(state.accounts)
+                if not u.disabled and api.visible_to(info, u.email)]  # fmt: skip
+
     @app.get("/worklists/{slug}", response_class=HTMLResponse)
-    def board(request: Request, slug: str, show: str = "all"):
+    def board(request: Request, slug: str, show: str = "all", department: str = "",
+              done: int | None = None, skipped: int | None = None):  # fmt: skip
         """The board; `show`: all, mine (assigned to me), unassigned, or overdue (a due
-        date before today in the clinic's time zone)."""
+        date before today in the clinic's time zone); `department`: cards assigned to
+        someone of that department."""
         from core.days import today_in
 
         session = signed_in(request)
         info = visible_worklist(slug, session)
         if show not in ("all", "mine", "unassigned", "overdue"):
             show = "all"
+        today = today_in(settings.clinic_timezone)
         filters = {"mine": {"assignee": session.user.email}, "unassigned": {"unassigned": True},
-                   "overdue": {"due_before": today_in(settings.clinic_timezone)}}.get(show, {})
+                   "overdue": {"due_before": today}}.get(show, {})  # fmt: skip
+        people_of = colleagues(info)
+        departments = sorted({u.department for u in people_of if u.department})
+        if department:
+            filters["assignee_in"] = [u.email for u in people_of if u.department == department]
         # Each stage's first cards and every stage's count: a list of 200,000 members is
         # never read whole for a board.
         counts = api.stage_counts(state.workflow, info, user=session.user.email)
@@ -597,12 +629,113 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
         columns = {stage: [] for stage in info.spec.stages}
         totals = dict(counts.active)
         for m in members:
-            columns.setdefault(m.stage, []).append((m, people.get(m.patient_id)))
+            in_stage = days_since(m.stage_since, today)
+            columns.setdefault(m.stage, []).append((m, people.get(m.patient_id), in_stage))
         if filters:
             # Counts of what is shown, when filtered (up to the cards per stage).
             totals = {stage: len(cards) for stage, cards in columns.items()}
         return page(request, "board.html", session, info=info, columns=columns,
-                    totals=totals, per_column=CARDS_PER_COLUMN, show=show)  # fmt: skip
+                    totals=totals, per_column=CARDS_PER_COLUMN, show=show, today=today,
+                    department=department, departments=departments, colleagues=people_of,
+                    done=done, skipped=skipped)  # fmt: skip
+
+    @app.post("/worklists/{slug}/bulk")
+    async def bulk(request: Request, slug: str):
+        """Move or assign the selected cards. Each card carries the version it was shown
+        at: a card someone else changed since is left as it is, and counted."""
+        session = await checked(request)
+        info = visible_worklist(slug, session)
+        form = await request.form()
+        action = str(form.get("action") or "")
+        picked = [str(v) for v in form.getlist("member")]
+        if action not in ("move", "assign") or not picked:
+            raise HTTPException(status_code=400, detail="choose cards and Move or Assign")
+        stage = str(form.get("stage") or "")
+        assignee = str(form.get("assignee") or "") or None
+        if action == "assign" and assignee and assignee not in {u.email for u in colleagues(info)}:
+            raise HTTPException(status_code=400, detail="assign to someone who can see this list")
+        done = skipped = 0
+        for value in picked[:CARDS_PER_COLUMN * 20]:
+            version, _, member_id = value.partition(":")
+            try:
+                if action == "move":
+                    api.move(state.workflow, info, member_id, stage, session.user.email,
+                             expected_version=int(version))  # fmt: skip
+                else:
+                    api.assign(state.workflow, info, member_id, assignee, session.user.email,
+                               expected_version=int(version))  # fmt: skip
+                done += 1
+            except (api.ConcurrentChangeError, api.MemberNotFoundError):
+                skipped += 1
+            except ValueError as err:  # an unknown stage or a malformed version
+                raise HTTPException(status_code=400, detail=for_staff(err)) from None
+        back = str(form.get("back") or "")
+        query = f"done={done}&skipped={skipped}" + (f"&{back}" if back else "")
+        return RedirectResponse(f"/worklists/{slug}?{query}", status_code=303)
+
+    @app.get("/worklists/{slug}/cards/{member_id:path}", response_class=HTMLResponse)
+    def card_page(request: Request, slug: str, member_id: str):
+        """One card: who it is, its stage, assignee and due date, notes, and its timeline."""
+        from core.days import today_in
+
+        session = signed_in(request)
+        info = visible_worklist(slug, session)
+        try:
+            timeline = api.history(state.workflow, info, member_id, user=session.user.email)
+            with state.workflow.connect() as conn:
+                member = api.read_member(conn, slug, member_id)
+        except api.MemberNotFoundError:
+            raise HTTPException(status_code=404, detail=f"no card {member_id!r}") from None
+
+        def person(con):
+            if not table_exists(con, "marts", "patient_features"):
+                return None
+            return con.sql("select first_name, last_name, mobile, email, last_visit_date, "
+                           "balance_due from marts.patient_features where patient_id = $p",
+                           params={"p": member.patient_id}).pl().to_dicts()  # fmt: skip
+
+        found = read(person) if warehouse.exists() else None
+        accounts.record(state.accounts, session.user, "viewed",
+                        f"work list {slug} card {member_id}")  # fmt: skip
+        today = today_in(settings.clinic_timezone)
+        return page(request, "card.html", session, info=info, m=member,
+                    person=found[0] if found else None, timeline=timeline,
+                    in_stage=days_since(member.stage_since, today),
+                    colleagues=colleagues(info))  # fmt: skip
+
+    @app.post("/worklists/{slug}/cards/{member_id:path}")
+    async def change_card(request: Request, slug: str, member_id: str):
+        """A note, a due date or an assignee for one card."""
+        session = await checked(request)
+        info = visible_worklist(slug, session)
+        form = await request.form()
+        action = str(form.get("action") or "")
+        by = session.user.email
+        try:
+            if action == "note":
+                note = str(form.get("note") or "")[:2000]
+                api.add_note(state.workflow, info, member_id, note, by)
+            elif action == "due":
+                raw = str(form.get("due") or "")
+                api.set_due_date(state.workflow, info, member_id,
+                                 date.fromisoformat(raw) if raw else None, by)  # fmt: skip
+            elif action == "assign":
+                assignee = str(form.get("assignee") or "") or None
+                if assignee and assignee not in {u.email for u in colleagues(info)}:
+                    raise ValueError("assign to someone who can see this list")
+                api.assign(state.workflow, info, member_id, assignee, by,
+                           expected_version=int(str(form.get("version") or "")))  # fmt: skip
+            else:
+                raise ValueError("unknown change")
+        except api.MemberNotFoundError:
+            raise HTTPException(status_code=404, detail=f"no card {member_id!r}") from None
+        except api.ConcurrentChangeError:
+            raise HTTPException(status_code=409, detail="someone else changed this card "
+                                "first; reload it") from None  # fmt: skip
+        except ValueError as err:
+            raise HTTPException(status_code=400, detail=for_staff(err)) from None
+        return RedirectResponse(f"/worklists/{slug}/cards/{quote(member_id, safe='')}",
+                                status_code=303)  # fmt: skip
 
     @app.post("/worklists/{slug}/move")
     async def move(request: Request, slug: str):
@@ -621,8 +754,7 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
             raise HTTPException(status_code=409, detail="someone else changed this card "
                                 "first; the board has been reloaded") from None  # fmt: skip
         except (api.MemberNotFoundError, api.WorkListAccessError, ValueError) as err:
-            message = str(err).split("; `audiences")[0]  # the CLI's advice is not for the board
-            raise HTTPException(status_code=400, detail=message[:300]) from None
+            raise HTTPException(status_code=400, detail=for_staff(err)) from None
         if request.headers.get("X-CSRF-Token"):
             return JSONResponse({"stage": after.stage, "version": after.version})
         return RedirectResponse(f"/worklists/{slug}", status_code=303)
@@ -667,8 +799,14 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
                              .sort("campaign", "decision", "reason").to_dicts())  # fmt: skip
             except (LookupError, ValueError) as err:
                 error = str(err)
+        from core.days import today_in
+        from outbound.ledger import ledger_by_day
+
+        since = today_in(settings.clinic_timezone) - timedelta(days=LEDGER_DAYS - 1)
+        ledger = ledger_by_day(engine, since, [c.slug for c in campaigns])
         return page(request, "campaigns.html", session, campaigns=campaigns, states=states,
-                    day=day, plan_rows=plan_rows, error=error)  # fmt: skip
+                    day=day, plan_rows=plan_rows, error=error, ledger=ledger,
+                    ledger_days=LEDGER_DAYS)  # fmt: skip
 
     @app.post("/campaigns/{slug}/pause")
     async def pause(request: Request, slug: str):
@@ -691,6 +829,11 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
 
 
 _FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+def for_staff(err: Exception) -> str:
+    """A workflow error's message without the CLI's advice, which is not for the board."""
+    return str(err).split("; `audiences")[0][:300]
 
 
 def spreadsheet_safe(value: object) -> object:

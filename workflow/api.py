@@ -177,9 +177,11 @@ def list_members(
     in_segment_only: bool = False,
     unassigned: bool = False,
     due_before: date | None = None,
+    assignee_in: list[str] | None = None,
 ) -> list[MemberView]:
     """Members in stage order then member id; those still in the segment first. `limit`
-    (with `stage`): the first members of that stage by member id, for a board."""
+    (with `stage`): the first members of that stage by member id, for a board.
+    `assignee_in`: assigned to one of these users (e.g. a department's)."""
     check_access(info, user)
     query = sa.select(members).where(members.c.worklist_slug == info.slug)
     if stage is not None:
@@ -192,6 +194,8 @@ def list_members(
         query = query.where(members.c.assignee.is_(None))
     if due_before is not None:
         query = query.where(members.c.due_date < due_before)
+    if assignee_in is not None:
+        query = query.where(members.c.assignee.in_(assignee_in))
     if limit is not None:
         query = query.order_by(members.c.member_id).limit(limit)
     with engine.connect() as conn:

@@ -172,3 +172,24 @@ def test_a_paused_campaign_leaves_the_plan_and_the_pipeline_honours_it(browser, 
             page.wait_for_url(f"{server}/campaigns")
     assert page.locator(f"#plan tr[data-campaign='{slug}']").count() > 0
     assert page.errors == []
+
+
+def test_two_ticked_cards_move_at_once_and_each_keeps_its_timeline(browser, server):
+    page = signed_in_page(browser, server, DESK)
+    page.goto(f"{server}/worklists/lapsed-physio-6-12mo")
+    cards = page.locator(".column[aria-label='To call'] .card")
+    members = [cards.nth(n).get_attribute("data-member") for n in (0, 1)]
+    before = int(page.inner_text(".column[aria-label='Booked'] .stage-count"))
+    for n in (0, 1):
+        cards.nth(n).locator("input[name=member]").check()
+    assert page.inner_text("#selected-count") == "2"
+    page.select_option("#bulk select[name=stage]", "Booked")
+    page.click("#bulk button[value=move]")
+    page.wait_for_selector("#bulk-result")
+    assert page.inner_text("#bulk-result") == "2 card(s) changed."
+    assert int(page.inner_text(".column[aria-label='Booked'] .stage-count")) == before + 2
+    for member in members:
+        assert page.locator(f".column[aria-label='Booked'] .card[data-member='{member}']").count()
+    page.click(f".card[data-member='{members[0]}'] a")
+    assert "moved To call → Booked" in page.inner_text("#timeline")
+    assert page.errors == []

@@ -4,6 +4,11 @@ document.addEventListener("DOMContentLoaded", () => {
   const board = document.querySelector(".board");
   if (!board || typeof Sortable === "undefined") return;
   const message = document.getElementById("board-message");
+  // How many cards are ticked for a bulk move or assignment.
+  const selected = document.getElementById("selected-count");
+  board.addEventListener("change", () => {
+    selected.textContent = String(board.querySelectorAll("input[name=member]:checked").length);
+  });
   // A moved card changes two stages' counts by one each (columns may show only some cards).
   const bump = (list, by) => {
     const count = list.closest(".column").querySelector(".stage-count");
@@ -32,6 +37,8 @@ document.addEventListener("DOMContentLoaded", () => {
           if (response.status === 409) setTimeout(() => window.location.reload(), 1500);
         } else {
           card.dataset.version = answer.version;
+          const pick = card.querySelector("input[name=member]");
+          pick.value = `${answer.version}:${card.dataset.member}`;
           card.querySelector("input[name=version]").value = answer.version;
           card.querySelector("select[name=stage]").value = answer.stage;
           bump(event.from, -1);
