@@ -36,6 +36,8 @@ SLUG_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 # Longer text values are not something a condition compares with (and would slow every
 # evaluation of the segment down).
 MAX_TEXT_VALUE = 1_000
+# The warehouse's integers are 64-bit: a larger number cannot be compared with them.
+MAX_INTEGER = 2**63 - 1
 
 _NULL_OPS = {"is_null", "is_not_null"}
 _ORDER_OPS = {"eq", "neq", "gt", "gte", "lt", "lte", "between"}
@@ -256,6 +258,9 @@ class _Checker:
     def count_number(self, value: Any, path: str) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             self.add(path, f"{value!r} is not a count; write a whole number >= 0, e.g. 3")
+        elif value > MAX_INTEGER:
+            self.add(path, f"{str(value)[:30]}… is too large for a count; counts are limited "
+                     f"to {MAX_INTEGER:,}")  # fmt: skip
 
     def date_value(self, value: Any, path: str) -> None:
         try:
@@ -367,6 +372,9 @@ class _Checker:
                 )
             elif not math.isfinite(value):
                 self.add(path, f"{value!r} is not a finite number; write a number such as 1000")
+            elif isinstance(value, int) and abs(value) > MAX_INTEGER:
+                self.add(path, f"{str(value)[:30]}… is too large; numbers are limited to "
+                         f"±{MAX_INTEGER:,} (a 64-bit integer)")  # fmt: skip
             return
         if ftype is FieldType.BOOLEAN and not isinstance(value, bool):
             self.add(path, f"{value!r} is not true / false; {field!r} is a boolean (see is_true)")

@@ -33,6 +33,7 @@ from segments.validation import (
     SegmentLibrary,
     SegmentValidationError,
     parse_definition,
+    read_yaml,
 )
 
 versions_meta = sa.MetaData()
@@ -64,7 +65,12 @@ KEY_ORDER = ("name", "description", "entity", "mode", "visibility", "owner", "de
 
 
 class SaveConflict(Exception):
-    """Someone else saved the segment since it was opened, or the name is taken."""
+    """Someone else saved the segment since it was opened, the name is taken, or the
+    folder cannot be written."""
+
+
+# A file name is the slug: short enough for every file system and every URL.
+MAX_SLUG = 100
 
 
 @dataclass(frozen=True)
@@ -119,6 +125,17 @@ def dump_definition(raw: dict[str, Any]) -> str:
     return yaml.dump(ordered, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=88)
 
 
+def visible_version(version: Version, user: str) -> bool:
+    """Whether `user` may read this version: shared then, or their own private one."""
+    try:
+        raw = read_yaml(version.text, version.slug)
+    except SegmentValidationError:
+        return False
+    if raw.get("visibility", "shared") == "shared":
+        return True
+    return isinstance(raw.get("owner"), str) and raw["owner"].lower() == user.lower()
+
+
 def versions_of(engine: Engine, slug: str) -> list[Version]:
     """Every recorded version of a segment, newest first."""
     with engine.connect() as conn:
@@ -167,12 +184,13 @@ def save_definition(
     SaveConflict when the file changed since it was opened or the slug is taken.
     """
     file = str(folder / f"{slug}.yaml")
-    if not SLUG_PATTERN.match(slug):
+    if not SLUG_PATTERN.fullmatch(slug) or len(slug) > MAX_SLUG:
         raise SegmentValidationError([Issue(file, "slug", (
-            f"{slug!r} is not a valid slug; use lowercase letters, digits and dashes, "
-            "e.g. lapsed-physio-6-12mo"))])  # fmt: skip
+            f"{slug[:120]!r} is not a valid slug; use up to {MAX_SLUG} lowercase letters, "
+            "digits and dashes, e.g. lapsed-physio-6-12mo"))])  # fmt: skip
     text = dump_definition(raw)
-    parse_definition(yaml.safe_load(text), file, catalogue)
+    # Checked as the library will read the file, so what is saved is never then refused.
+    parse_definition(read_yaml(text, file), file, catalogue)
     target = folder / f"{slug}.yaml"
     elsewhere = library.get(slug)
     if elsewhere is not None and elsewhere.path.resolve() != target.resolve():
@@ -180,6 +198,17 @@ def save_definition(
             f"{slug!r} is defined by {elsewhere.path.name} outside the saved-segments folder "
             "and cannot be changed here; save it under a new name"
         )
+    try:
+        return _save(engine, folder, target, slug, text, saved_by, base_sha256)
+    except OSError as exc:
+        raise SaveConflict(
+            f"the saved-segments folder {folder} cannot be written ({exc.strerror}); ask "
+            "whoever runs the app to check SEGMENTS_PATH"
+        ) from None
+
+
+def _save(engine: Engine, folder: Path, target: Path, slug: str, text: str, saved_by: str,
+          base_sha256: str | None) -> Version:  # fmt: skip
     with _folder_lock(folder):
         current = target.read_text(encoding="utf-8") if target.exists() else None
         if current is None and base_sha256 is not None:
@@ -189,12 +218,16 @@ def save_definition(
         known = versions_of(engine, slug)
         if current is not None and sha256_of(current) != base_sha256:
             latest = known[0] if known and known[0].sha256 == sha256_of(current) else None
+            # Who saved it is said only to whom that version is visible.
             by = (f" by {latest.saved_by} at {latest.saved_at:%Y-%m-%d %H:%M} UTC"
-                  if latest and latest.saved_by else "")  # fmt: skip
+                  if latest and latest.saved_by and visible_version(latest, saved_by)
+                  else "")  # fmt: skip
             raise SaveConflict(
                 f"{slug!r} was changed{by} since you opened it; reload it to see that "
                 "version and make your change again"
             )
+        if current == text and known and known[0].sha256 == sha256_of(text):
+            return known[0]  # saved again without a change: no new version
         now = datetime.now(UTC)
         number = known[0].version if known else 0
         rows = []
@@ -214,6 +247,8 @@ def save_definition(
 def _write_atomically(target: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".tmp")
     try:
+        # Readable like a file written by hand: the pipeline may run as another user.
+        os.chmod(tmp, 0o644)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()

@@ -302,9 +302,11 @@ def sign_in(
 
 def record(engine: Engine, user: User, action: str, target: str, now: datetime | None = None) -> None:  # noqa: E501
     """An audit row: `action` (viewed, exported, previewed, moved, ...) on `target`."""
+    # Whatever a draft's name holds, the row is text a database can store.
+    target = target[:300].encode("utf-8", "replace").decode("utf-8")
     with engine.begin() as conn:
         conn.execute(audit.insert().values(at=_now(now), email=user.email, action=action,
-                                           target=target[:300]))  # fmt: skip
+                                           target=target))  # fmt: skip
 
 
 def audit_log(engine: Engine, limit: int = 200) -> list[tuple[datetime, str, str, str]]:

@@ -29,6 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.run_lock import WarehouseBusy, run_in_progress
@@ -38,7 +39,13 @@ from segments.evaluate import WarehouseError, WarehouseFrames, evaluate
 from segments.field_catalogue import ENTITY_KEYS, CatalogueError
 from segments.library import default_catalogue, load_library, preview, visible_to
 from segments.members import latest_day, read_members
-from segments.validation import Segment, SegmentValidationError, parse_definition
+from segments.validation import (
+    Segment,
+    SegmentValidationError,
+    parse_definition,
+    read_yaml,
+    segment_files,
+)
 from webapp import accounts, builder
 from workflow import api
 from workflow.store import open_state
@@ -76,6 +83,8 @@ class AppState:
     catalogue_stamp: int | None = None
     # (slug, file stamp, day) → the saved version's members, for the builder's change.
     saved_counts: dict = field(default_factory=dict)
+    library: object | None = None
+    library_stamp: tuple | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -215,8 +224,26 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
             state.catalogue_stamp = stamp
         return state.catalogue
 
+    def folders() -> list[Path]:
+        from segments.library import library_folders
+
+        try:
+            return library_folders(settings.segments_path)
+        except FileNotFoundError as err:
+            raise HTTPException(status_code=503, detail=str(err)) from None
+
     def library():
-        return load_library(settings, catalogue())
+        """The segment library, read again only when one of its files changes."""
+        cat = catalogue()
+        found = [f for d in folders() for f in segment_files(d)]
+        stamp = (id(cat), tuple((str(f), *_stamp(f)) for f in found))
+        with state.lock:
+            if state.library is not None and state.library_stamp == stamp:
+                return state.library
+        loaded = load_library(settings, cat)
+        with state.lock:
+            state.library, state.library_stamp = loaded, stamp
+        return loaded
 
     def visible_segment(slug: str, session: accounts.Session) -> Segment:
         seg = library().get(slug)
@@ -429,7 +456,7 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
 
         seg = visible_segment(start, session) if start else None
         text = seg.path.read_text(encoding="utf-8") if seg else ""
-        doc = builder.read_posted(text) if seg else dict(builder.NEW_DEFINITION)
+        doc = read_yaml(text, str(seg.path)) if seg else dict(builder.NEW_DEFINITION)
         reason = builder.why_not_editable(seg, session.user, settings.segments_path)
         data = {
             "doc": doc, "slug": seg.slug if seg and reason is None else "",
@@ -477,6 +504,11 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
     async def builder_preview(request: Request):
         session = await checked(request)
         form = await request.form()
+        # Evaluation takes a while on a large clinic: off the event loop, so that one
+        # preview never holds up anybody else's request.
+        return await run_in_threadpool(preview_draft, request, session, form)
+
+    def preview_draft(request: Request, session: accounts.Session, form) -> HTMLResponse:  # noqa: ANN001
         text = str(form.get("definition") or "")
         saved_slug = str(form.get("saved") or "")
         try:
@@ -518,16 +550,22 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
         """Save the draft as YAML in SEGMENTS_PATH and as the segment's next version."""
         session = await checked(request)
         form = await request.form()
-        slug = str(form.get("slug") or "").strip()
+        return await run_in_threadpool(save_draft, request, session, form)
+
+    def save_draft(request: Request, session: accounts.Session, form) -> HTMLResponse:  # noqa: ANN001
+        slug = str(form.get("slug") or "")
         base = str(form.get("base") or "") or None
         existing = library().get(slug) if slug else None
-        if existing is not None and not visible_to(existing, session.user.email):
-            existing = None  # someone else's private segment: the name is simply taken
-        reason = builder.why_not_editable(existing, session.user, settings.segments_path)
         engine, versions = versions_engine()
 
         def outcome(status: int, **context) -> HTMLResponse:
             return page(request, "saved.html", session, status=status, slug=slug, **context)
+
+        if existing is not None and not visible_to(existing, session.user.email):
+            # Someone else's private segment: its name is taken, and that is all.
+            return outcome(409, problem=f"a segment named {slug!r} exists already; choose "
+                           "another name")  # fmt: skip
+        reason = builder.why_not_editable(existing, session.user, settings.segments_path)
 
         if reason is not None and (existing is not None or settings.segments_path is None):
             return outcome(409, problem=reason)
@@ -553,7 +591,10 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
         session = signed_in(request)
         seg = visible_segment(slug, session)
         engine, versions = versions_engine()
-        found = versions.versions_of(engine, slug)
+        # Versions that were private to someone else stay theirs, and so does what they
+        # changed: each version is compared with the one before it that this user may see.
+        found = [v for v in versions.versions_of(engine, slug)
+                 if versions.visible_version(v, session.user.email)]  # fmt: skip
         rows = [(v, versions.diff_of(found[n + 1].text if n + 1 < len(found) else "", v.text,
                                      slug)) for n, v in enumerate(found)]  # fmt: skip
         return page(request, "versions.html", session, segment=seg, rows=rows)
@@ -561,9 +602,7 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
     # -- work lists -------------------------------------------------------------------
 
     def worklists():
-        from segments.library import library_folders
-
-        return read_worklists(library_folders(settings.segments_path), settings.worklists_path)
+        return read_worklists(folders(), settings.worklists_path)
 
     def visible_worklist(slug: str, session: accounts.Session):
         info = worklists().lists.get(slug) or api.stored_worklist(state.workflow, slug)
@@ -829,6 +868,15 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
 
 
 _FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _stamp(path: Path) -> tuple[int, ...]:
+    """What changes when a file is written (a replaced file is a new inode)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return (0, -1)
+    return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
 
 
 def for_staff(err: Exception) -> str:

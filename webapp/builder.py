@@ -3,16 +3,19 @@ as the editor lists it, who may save which segment, and reading a posted definit
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from segments.dates import DATE_VALUE_HELP
 from segments.field_catalogue import EVENT_SOURCES, FIELD_GROUPS, OTHER_GROUP, Catalogue, Field
 from segments.model import COUNT_OPS
-from segments.validation import OPS_BY_TYPE, Issue, Segment, SegmentValidationError
+from segments.validation import (
+    OPS_BY_TYPE,
+    Issue,
+    Segment,
+    SegmentValidationError,
+    read_yaml,
+)
 from webapp.accounts import User
 
 # What a new segment starts as: one condition, so the count means something at once.
@@ -55,21 +58,32 @@ def editor_catalogue(catalogue: Catalogue) -> dict[str, Any]:
     }  # fmt: skip
 
 
+# A definition a person builds is a few kilobytes; these bound what one request may ask
+# the app to parse, evaluate and write.
+MAX_DRAFT_CHARS = 100_000
+MAX_CONDITIONS = 500
+
+
 def read_posted(text: str) -> dict[str, Any]:
-    """A definition posted by the editor (JSON) or the text page (YAML, which JSON is)."""
-    try:
-        raw = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SegmentValidationError(
-            [Issue("draft", "", f"not valid YAML{where}: {getattr(exc, 'problem', exc)}")]
-        ) from None
-    if not isinstance(raw, dict):
-        raise SegmentValidationError(
-            [Issue("draft", "", "a definition is a mapping with name and include; see the "
-                   "shipped definitions")]
-        )  # fmt: skip
+    """A definition posted by the editor (JSON) or the text page (YAML, which JSON is),
+    read exactly as the library reads a file."""
+    if len(text) > MAX_DRAFT_CHARS:
+        raise SegmentValidationError([Issue("draft", "", (
+            f"the definition is {len(text):,} characters long; a definition is limited to "
+            f"{MAX_DRAFT_CHARS:,}"))])  # fmt: skip
+    raw = read_yaml(text, "draft")
+    conditions, stack = 0, [raw]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            conditions += "field" in node or "events" in node
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    if conditions > MAX_CONDITIONS:
+        raise SegmentValidationError([Issue("draft", "", (
+            f"the definition has {conditions:,} conditions; a segment is limited to "
+            f"{MAX_CONDITIONS:,}: split it into segments"))])  # fmt: skip
     return raw
 
 
@@ -93,7 +107,3 @@ def why_not_editable(seg: Segment | None, user: User, folder: Path | None) -> st
     return (f"only its owner ({seg.definition.owner}) or an admin may change it; save it "
             "under a new name" if owner else "only an admin may change a shared segment "
             "without an owner; save it under a new name")  # fmt: skip
-
-
-def as_json(value: Any) -> str:
-    return json.dumps(value, default=str)

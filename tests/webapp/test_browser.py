@@ -193,3 +193,24 @@ def test_two_ticked_cards_move_at_once_and_each_keeps_its_timeline(browser, serv
     page.click(f".card[data-member='{members[0]}'] a")
     assert "moved To call → Booked" in page.inner_text("#timeline")
     assert page.errors == []
+
+
+def test_a_form_posted_without_its_csrf_token_is_refused_and_changes_nothing(browser, server):
+    page = signed_in_page(browser, server, DESK)
+    page.goto(f"{server}/campaigns")
+    row = page.locator("#campaigns tbody tr").first
+    slug = row.get_attribute("data-campaign")
+    status = row.locator(".status").inner_text()
+    # What a forged page would send: the same form, without the token.
+    row.locator("input[name=csrf]").evaluate("input => input.remove()")
+    with page.expect_response(f"{server}/campaigns/{slug}/pause") as answer:
+        row.locator("button").click()
+    assert answer.value.status == 403
+    assert "the form has expired" in page.inner_text("body")
+    page.goto(f"{server}/campaigns")
+    assert page.locator(f"#campaigns tr[data-campaign='{slug}'] .status").inner_text() == status
+    # A script's POST without the token is refused the same way.
+    code = page.evaluate(
+        "async s => (await fetch(`/campaigns/${s}/pause`, {method: 'POST', body: "
+        "new URLSearchParams({paused: 'true'})})).status", slug)
+    assert code == 403

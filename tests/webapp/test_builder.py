@@ -183,3 +183,115 @@ def test_without_a_saved_segments_folder_the_builder_says_how_to_get_one(setting
     assert sign_in(client, DESK).status_code == 303
     response = save(client, "anything", DEFINITION)
     assert response.status_code == 409 and "set SEGMENTS_PATH" in response.text
+
+
+# -- what a hostile pass found, kept -------------------------------------------------------
+
+
+def test_versions_that_were_private_stay_their_owners(client_of, folder):
+    from tests.webapp.conftest import PRIYA
+
+    priya, sam = client_of(PRIYA), client_of(SAM)
+    secret = DEFINITION | {"visibility": "private", "description": "SECRET note about Dr X"}
+    assert save(priya, "vip-list", secret).status_code == 200
+    # Removed by hand; someone else then makes a shared segment of the same name.
+    (folder / "vip-list.yaml").unlink()
+    assert save(sam, "vip-list", DEFINITION).status_code == 200
+    page = sam.get("/segments/vip-list/versions").text
+    assert "SECRET" not in page and "Version 2 · sam@clinic.example" in page
+    assert "Version 1" not in page
+    # Made shared by its owner: what it was while private stays hers too.
+    assert save(priya, "was-private", secret).status_code == 200
+    shared = copy.deepcopy(secret) | {"visibility": "shared", "description": "Public now"}
+    assert save(priya, "was-private", shared, base_of(priya, "was-private")).status_code == 200
+    page = sam.get("/segments/was-private/versions").text
+    assert "Public now" in page and "SECRET" not in page and "Version 1" not in page
+    assert "SECRET" in priya.get("/segments/was-private/versions").text
+
+
+def test_a_refused_save_over_a_hidden_segment_says_only_that_the_name_is_taken(client_of,
+                                                                                folder):  # fmt: skip
+    sam = client_of(SAM)
+    for base in ("", "0" * 64):
+        response = save(sam, "priyas-follow-ups", DEFINITION, base=base)
+        assert response.status_code == 409, base
+        assert "exists already" in response.text and "priya@" not in response.text
+
+
+def test_drafts_that_would_cost_the_server_are_refused_with_a_reason(client_of, folder):
+    desk = client_of(DESK)
+    token = csrf_of(desk.get("/builder").text)
+
+    def preview(text: str):
+        return desk.post("/builder/preview", data={"csrf": token, "definition": text})
+
+    # An alias bomb: a few hundred bytes that expand to a million values.
+    bomb = "name: x\ndescription: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"d{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 10)}]\n" for n in range(1, 7)
+    ) + "include: {conditions: [{field: status, op: eq, value: active}]}\n"
+    response = preview(bomb)
+    assert response.status_code == 200 and len(response.text) < 5_000
+    assert "holds more than 100,000 values" in response.text
+    many = {"name": "x", "include": {"conditions": [
+        {"field": "status", "op": "eq", "value": "active"}] * 501}}  # fmt: skip
+    assert "limited to 500: split it" in preview(json.dumps(many)).text
+    deep: dict = {"field": "status", "op": "eq", "value": "active"}
+    for _ in range(60):
+        deep = {"match": "any", "conditions": [deep]}
+    nested = {"name": "deep", "include": deep}
+    assert "nested more than 100 levels deep" in preview(json.dumps(nested)).text
+    response = save(desk, "deep", nested)
+    assert response.status_code == 422 and "nested more than 100 levels deep" in response.text
+    assert not (folder / "deep.yaml").exists()
+    assert "limited to 100,000" in preview("x" * 100_001).text
+    huge = DEFINITION | {"include": {"conditions": [
+        {"field": "balance_due", "op": "gt", "value": 10**40}]}}  # fmt: skip
+    assert "is too large; numbers are limited" in preview(json.dumps(huge)).text
+    assert "not valid YAML" in preview("name: x\nvalue: " + "9" * 5_000).text
+    assert "lone surrogate" in preview('{"name": "x\\ud800", "include": {}}').text
+    assert "duplicate key &#39;name&#39;" in preview("name: a\nname: b\ninclude: {}\n").text
+    for slug in ("a" * 101, "abc\n", " spaced "):
+        assert save(desk, slug, DEFINITION).status_code == 422, slug
+
+
+def test_a_hand_written_file_with_unquoted_dates_opens_in_the_editor(client_of, folder):
+    (folder / "unquoted-dates.yaml").write_text(
+        "name: Since the move\ninclude:\n  conditions:\n"
+        "    - {field: first_visit_date, op: gte, value: 2024-01-01}\n")
+    page = client_of(DESK).get("/builder?start=unquoted-dates")
+    assert page.status_code == 200 and '"value": "2024-01-01"' in page.text
+
+
+def test_saving_is_refused_clearly_when_the_folder_cannot_be_written(client_of, folder):
+    desk = client_of(DESK)
+    (folder / ".segments.lock").unlink(missing_ok=True)
+    (folder / ".segments.lock").mkdir()  # the lock cannot be opened: an OS error
+    try:
+        response = save(desk, "cannot-write", DEFINITION)
+    finally:
+        (folder / ".segments.lock").rmdir()
+    assert response.status_code == 409 and "cannot be written" in response.text
+    assert not (folder / "cannot-write.yaml").exists()
+
+
+def test_a_saved_file_is_readable_by_others_and_an_unchanged_save_adds_no_version(
+    client_of, folder
+):
+    desk = client_of(DESK)
+    assert save(desk, "same-again", DEFINITION).status_code == 200
+    assert (folder / "same-again.yaml").stat().st_mode & 0o777 == 0o644
+    again = save(desk, "same-again", DEFINITION, base_of(desk, "same-again"))
+    assert again.status_code == 200 and "as version 1" in again.text
+
+
+def test_a_missing_saved_segments_folder_is_a_clear_503(settings, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from tests.webapp.conftest import sign_in
+    from webapp.app import create_app
+
+    client = TestClient(create_app(replace(settings, segments_path=tmp_path / "gone")))
+    assert sign_in(client, DESK).status_code == 303
+    for url in ("/segments", "/worklists", "/builder?start=dormant-24mo"):
+        response = client.get(url)
+        assert response.status_code == 503 and "is not a folder" in response.text, url

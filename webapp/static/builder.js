@@ -76,7 +76,8 @@
     input.read = () => (input.value === "" ? null : Number(input.value));
     return input;
   };
-  const dateWidget = (value, label) => {
+  const dateWidget = (value, label) => keeping(dateBox(value, label), value);
+  const dateBox = (value, label) => {
     const box = el("span", { class: "date-value" });
     const m = typeof value === "string" ? value.match(RELATIVE) : null;
     const iso = typeof value === "string" && /^\d{4}-\d{2}-\d{2}$/.test(value);
@@ -124,7 +125,17 @@
     }
     return textInput(value, label);
   };
-  const valueWidget = (type, op, value) => {
+  // A value box shows what a browser can (a text box drops line breaks, a list box splits
+  // on commas): until it is edited, the definition keeps the value exactly as it was.
+  const keeping = (box, value) => {
+    if (value === undefined) return box;
+    const read = box.read;
+    const start = JSON.stringify(read());
+    box.read = () => { const v = read(); return JSON.stringify(v) === start ? value : v; };
+    return box;
+  };
+  const valueWidget = (type, op, value) => (NO_VALUE.has(op) ? valueBox(type, op, value) : keeping(valueBox(type, op, value), value));
+  const valueBox = (type, op, value) => {
     const box = el("span", { class: "value" });
     if (NO_VALUE.has(op)) { box.read = () => undefined; return box; }
     if (op === "within_km") {
@@ -221,7 +232,13 @@
       addWhere.hidden = Boolean(group);
     };
     addWhere.addEventListener("click", () => { drawWhere({ match: "all", conditions: [{}] }); changed(); });
-    which.addEventListener("change", () => { drawWhere(null); changed(); });
+    // Another kind of event keeps the where conditions; a field the new kind lacks is
+    // marked, and validation says so at that condition.
+    which.addEventListener("change", () => {
+      const group = where.querySelector(":scope > .group");
+      drawWhere(group ? readGroup(group) : null);
+      changed();
+    });
     const within = cond.within || null;
     const useWithin = el("input", { type: "checkbox", class: "use-within", "aria-label": "within a window" });
     useWithin.checked = Boolean(within);
@@ -314,7 +331,8 @@
       head.append(drop);
     }
     if (role === "group") head.append(removeButton());
-    box.append(head, list, el("div", { class: "group-foot" },
+    const slot = role === "include" || role === "exclude" ? el("p", { class: "issue", role: "alert", hidden: true }) : null;
+    box.append(head, ...(slot ? [slot] : []), list, el("div", { class: "group-foot" },
       add(() => fieldNode({}, ctx), "condition"),
       ctx.events ? null : add(() => eventsNode({ events: "appointments" }, ctx), "events condition"),
       add(() => groupNode({ match: "any", conditions: [{}] }, ctx), "group")));
@@ -475,7 +493,7 @@
       for (const p of tree.querySelectorAll(".issue")) { p.hidden = true; p.textContent = ""; }
       for (const n of tree.querySelectorAll(".has-issue")) n.classList.remove("has-issue");
     }
-    const nodes = [...tree.querySelectorAll("li.node[data-path]")];
+    const nodes = [...tree.querySelectorAll("li.node[data-path], .root-include > .group, .root-exclude > .group")];
     for (const item of items) {
       const path = item.dataset.issuePath;
       const best = nodes.filter((n) => path === n.dataset.path || path.startsWith(`${n.dataset.path}.`) || path.startsWith(`${n.dataset.path}[`))
