@@ -95,10 +95,23 @@ def shoot(out: Path, chromium: str, day: date) -> int:
         page.wait_for_selector("#verdict")
         page.screenshot(path=str(out / "explanation.png"), full_page=True)
         page.goto(f"{base}/worklists/lapsed-physio-6-12mo")
+        # Work a few cards as the front desk would: two called, one booked, a note.
+        cards = page.locator(".column[aria-label='To call'] .card input[name=member]")
+        for n in range(3):
+            cards.nth(n).check()
+        page.select_option("#bulk select[name=stage]", "Left voicemail")
+        page.click("#bulk button[value=move]")
+        page.wait_for_selector("#bulk-result")
+        page.locator(".column[aria-label='Left voicemail'] .card a").first.click()
+        page.fill("textarea[name=note]", "Left a message about a follow-up; try after 5pm")
+        page.click("button:has-text('Add note')")
+        page.wait_for_selector("#timeline li")
+        page.screenshot(path=str(out / "card.png"), full_page=True)
+        page.goto(f"{base}/worklists/lapsed-physio-6-12mo")
         page.screenshot(path=str(out / "board.png"))
         browser.close()
     server.should_exit = True
-    for name in ("builder", "segment-trend", "explanation", "board"):
+    for name in ("builder", "segment-trend", "explanation", "board", "card"):
         print(f"wrote {out / (name + '.png')}")
     return 0
 

@@ -47,7 +47,7 @@ class WarehouseFrames:
         """Frames already in memory (e.g. a benchmark that loaded them itself)."""
         wf = cls(None)
         for table, df in frames.items():
-            wf._frames[table] = _with_hashed_keys(df)
+            wf._frames[table] = _held(table, _with_hashed_keys(df))
             wf._check_hash_collisions(table, wf._frames[table])
         return wf
 
@@ -82,6 +82,21 @@ class WarehouseFrames:
     def frame(self, table: str, columns: Iterable[str]) -> pl.DataFrame:
         self._load({table: set(columns)})
         return self._frames[table]
+
+    def rows_of(
+        self, table: str, columns: Iterable[str], key: str, wanted: pl.Series
+    ) -> pl.DataFrame | None:
+        """The rows of event `table` whose `key` is one of `wanted`, found by binary search
+        in the table's key order; None when the table is not held in that key's order."""
+        df = self.frame(table, columns)
+        if key != SORTED_KEY or table not in _EVENT_TABLES or key not in df.columns:
+            return None
+        ordered = df[key].slice(0, df.height - df[key].null_count())  # nulls are last
+        keys = wanted.drop_nulls().unique().sort()
+        starts = ordered.search_sorted(keys, side="left")
+        ends = ordered.search_sorted(keys, side="right")
+        rows = pl.select(pl.int_ranges(starts, ends, dtype=pl.UInt32)).to_series().explode()
+        return df[rows.drop_nulls()]
 
     def _load(self, wanted: dict[str, set[str]]) -> None:
         missing = {
@@ -138,7 +153,7 @@ class WarehouseFrames:
         df = con.sql(f"select {select} from marts.{_quote(table)}").pl()
         # Money arrives as DECIMAL: compare it as float, like every other number.
         df = df.with_columns(pl.col(pl.Decimal).cast(pl.Float64))
-        return _with_hashed_keys(_categorise(df))
+        return _held(table, _with_hashed_keys(_categorise(df)))
 
 
 # Text columns with at most this many distinct values are held as Categorical: filters on
@@ -171,6 +186,19 @@ def _with_hashed_keys(df: pl.DataFrame) -> pl.DataFrame:
         if c in df.columns
     )
 
+
+# Event marts are held sorted by the patient key (see `WarehouseFrames.rows_of`).
+SORTED_KEY = HASHED["patient_id"]
+_EVENT_TABLES = {source.table for source in EVENT_SOURCES.values()}
+
+
+def _held(table: str, df: pl.DataFrame) -> pl.DataFrame:
+    """A frame as it is kept: event rows in key order, so that a few candidates' rows are
+    found by binary search (`rows_of`) instead of probing every row. Entity frames keep
+    their order, which members' row numbers refer to."""
+    if table in _EVENT_TABLES and SORTED_KEY in df.columns:
+        return df.sort(SORTED_KEY, nulls_last=True, maintain_order=True)
+    return df
 
 # "Few candidates left": at most 1 in NARROW_SHARE of the entities.
 NARROW_SHARE = 10
@@ -234,11 +262,16 @@ def _join_event_count(
     source = EVENT_SOURCES[count.condition.events]
     key = frames.join_key(count.join_key)
     keep = event_filter(count.condition, catalogue, as_of, timezone)
-    if narrowed:
-        # Few candidates left: skip the event rows of everyone else before anything else.
-        mine = pl.col(key).is_in(candidates[key].implode())
-        keep = mine if keep is None else mine & keep
     events = frames.frame(source.table, read[source.table]).lazy()
+    if narrowed:
+        # Few candidates left: only their event rows are looked at, found by binary search
+        # in the key order the events are held in (or else by probing every row).
+        theirs = frames.rows_of(source.table, read[source.table], key, candidates[key])
+        if theirs is not None:
+            events = theirs.lazy()
+        else:
+            mine = pl.col(key).is_in(candidates[key].implode())
+            keep = mine if keep is None else mine & keep
     # Only the key of the matching events is needed: gather that one column.
     events = events.select(pl.col(key) if keep is None else pl.col(key).filter(keep))
     if count.exists:

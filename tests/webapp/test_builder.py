@@ -209,8 +209,7 @@ def test_versions_that_were_private_stay_their_owners(client_of, folder):
     assert "SECRET" in priya.get("/segments/was-private/versions").text
 
 
-def test_a_refused_save_over_a_hidden_segment_says_only_that_the_name_is_taken(client_of,
-                                                                                folder):  # fmt: skip
+def test_a_refused_save_over_a_hidden_segment_says_only_its_name_is_taken(client_of, folder):
     sam = client_of(SAM)
     for base in ("", "0" * 64):
         response = save(sam, "priyas-follow-ups", DEFINITION, base=base)

@@ -1,0 +1,62 @@
+"""Event rows of a few candidates, found by binary search in the key order events are
+held in, are exactly the rows a full scan finds."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import polars as pl
+
+D = date(2024, 8, 31)
+
+
+def test_rows_of_finds_exactly_the_wanted_keys_rows_nulls_and_absent_keys_included():
+    from segments.evaluate import SORTED_KEY, WarehouseFrames
+
+    appointments = pl.DataFrame({
+        "appointment_id": [f"a{n}" for n in range(9)],
+        "patient_id": ["P2", "P1", None, "P2", "P3", "P1", "P2", None, "P4"],
+        "status": ["x"] * 9,
+    })  # fmt: skip
+    patients = pl.DataFrame({"patient_id": ["P1", "P2", "P3", "P4", "P5"]})
+    frames = WarehouseFrames.from_frames({"appointments": appointments,
+                                          "patient_features": patients})  # fmt: skip
+    keys = frames.frame("patient_features", ["patient_id"])[SORTED_KEY]
+    # P2 and P4, P5 (no appointments) and a missing id: P2's three rows and P4's one.
+    wanted = pl.concat([keys.gather([1, 3, 4]), pl.Series([None], dtype=keys.dtype)])
+    found = frames.rows_of("appointments", ["appointment_id", "patient_id"], SORTED_KEY, wanted)
+    assert sorted(found["appointment_id"].to_list()) == ["a0", "a3", "a6", "a8"]
+    # Entity frames keep their order (members' row numbers refer to it), and so are not
+    # searched this way.
+    assert frames.rows_of("patient_features", ["patient_id"], SORTED_KEY, wanted) is None
+    assert frames.frame("patient_features", ["patient_id"])["patient_id"].to_list() == [
+        "P1", "P2", "P3", "P4", "P5"]
+
+
+def test_an_events_condition_over_a_few_candidates_counts_as_over_everyone(run_segment):
+    # 40 patients; the attribute condition leaves 3 (fewer than 1 in 10), so the events
+    # condition looks only at their rows. By hand: P03 has 2 attended visits, P17 one (and
+    # one cancelled), P29 three; P05 has two but is not a candidate.
+    patients = [dict(patient_id=f"P{n:02d}", status="active", city="Sydney") for n in range(40)]
+    for p in ("P03", "P17", "P29"):
+        patients[int(p[1:])]["city"] = "Parramatta"
+    visits = [("P29", "attended"), ("P03", "attended"), ("P17", "cancelled"),
+              ("P05", "attended"), ("P29", "attended"), ("P17", "attended"),
+              ("P03", "attended"), ("P05", "attended"), ("P29", "attended")]  # fmt: skip
+    rows = {"patient_features": patients, "appointments": [
+        dict(appointment_id=f"a{n}", patient_id=p, start_date=date(2024, 5, 1 + n),
+             category="Physio", status=s) for n, (p, s) in enumerate(visits)]}  # fmt: skip
+    definition = """
+name: Parramatta regulars
+include:
+  conditions:
+    - {field: city, op: eq, value: Parramatta}
+    - events: appointments
+      where: {conditions: [{field: status, op: eq, value: attended}]}
+      count: {op: gte, value: 2}
+"""
+    assert run_segment(definition, rows, D) == ["P03", "P29"]
+    never = definition.replace("count: {op: gte, value: 2}", "count: {op: eq, value: 0}")
+    assert run_segment(never, rows, D) == []
+    once = definition.replace("count: {op: gte, value: 2}", "count: {op: eq, value: 1}")
+    assert run_segment(once, rows, D) == ["P17"]
