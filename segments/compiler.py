@@ -114,11 +114,7 @@ def compile_field_condition(c: FieldCondition, fdef: Field, ctx: _Context) -> pl
         return ~col
     if op in ("contains", "starts_with"):
         needle = str(c.value).lower()
-        # Low-cardinality text is held as Categorical (see evaluate.py); text ops need text.
-        lowered = col.cast(pl.String).str.to_lowercase()
-        if op == "contains":
-            return lowered.str.contains(needle, literal=True)
-        return lowered.str.starts_with(needle)
+        return col.map_batches(lambda s: _text_match(s, op, needle), return_dtype=pl.Boolean)
     if op in ("contains_any", "contains_all"):
         lowered = col.list.eval(pl.element().str.to_lowercase())
         parts = [lowered.list.contains(pl.lit(str(v).lower())) for v in c.value]
@@ -158,6 +154,24 @@ def compare_count(expr: pl.Expr, op: str, value: Any) -> pl.Expr:
         "lt": lambda: expr < value,
         "lte": lambda: expr <= value,
     }[op]()
+
+
+def _text_match(s: pl.Series, op: str, needle: str) -> pl.Series:
+    """Case-insensitive contains / starts_with. Low-cardinality text is held as Categorical
+    (see evaluate.py): then each distinct value is tested once, not each row."""
+    def test(text: pl.Series) -> pl.Series:
+        lowered = text.str.to_lowercase()
+        if op == "contains":
+            return lowered.str.contains(needle, literal=True)
+        return lowered.str.starts_with(needle)
+
+    if s.dtype == pl.Categorical:
+        values = s.drop_nulls().unique().cast(pl.String)
+        hits = values.filter(test(values)).cast(s.dtype)
+        # A missing value matches nothing (null, as the text test gives).
+        return pl.select(pl.when(pl.lit(s).is_not_null())
+                         .then(pl.lit(s).is_in(hits.implode()))).to_series()  # fmt: skip
+    return test(s.cast(pl.String))
 
 
 def _compile_group(g: Group, fields: dict[str, Field], ctx: _Context) -> pl.Expr:

@@ -39,6 +39,8 @@ class WarehouseFrames:
         self.built_for: date | None = None
         self.built_timezone: str | None = None
         self._frames: dict[str, pl.DataFrame] = {}
+        # Event table → each key's run of rows in it (see `rows_of`), built on first use.
+        self._runs: dict[str, pl.DataFrame] = {}
         # Keys whose hashes collided on load: those are joined on the text ids instead.
         self._collisions: set[str] = set()
 
@@ -84,19 +86,27 @@ class WarehouseFrames:
         return self._frames[table]
 
     def rows_of(
-        self, table: str, columns: Iterable[str], key: str, wanted: pl.Series
+        self, table: str, columns: Iterable[str], key: str, wanted: pl.Series,
+        gather: list[str] | None = None,
     ) -> pl.DataFrame | None:
         """The rows of event `table` whose `key` is one of `wanted`, found by binary search
-        in the table's key order; None when the table is not held in that key's order."""
+        in the table's key order (only the `gather` columns, default all); None when the
+        table is not held in that key's order."""
         df = self.frame(table, columns)
         if key != SORTED_KEY or table not in _EVENT_TABLES or key not in df.columns:
             return None
-        ordered = df[key].slice(0, df.height - df[key].null_count())  # nulls are last
-        keys = wanted.drop_nulls().unique().sort()
-        starts = ordered.search_sorted(keys, side="left")
-        ends = ordered.search_sorted(keys, side="right")
-        rows = pl.select(pl.int_ranges(starts, ends, dtype=pl.UInt32)).to_series().explode()
-        return df[rows.drop_nulls()]
+        if table not in self._runs:
+            # Each key's run of rows (the frame is in key order): where it starts, how long.
+            runs = df[key].rle().struct.unnest()
+            self._runs[table] = runs.select(
+                pl.col("value").alias(key),
+                (pl.col("len").cum_sum() - pl.col("len")).cast(pl.UInt32).alias("start"),
+                pl.col("len").cast(pl.UInt32),
+            )
+        found = wanted.drop_nulls().unique().to_frame(key).join(self._runs[table], on=key)
+        rows = found.select(pl.int_ranges("start", pl.col("start") + pl.col("len"),
+                                          dtype=pl.UInt32).explode()).to_series()  # fmt: skip
+        return (df.select(gather) if gather else df)[rows.drop_nulls()]
 
     def _load(self, wanted: dict[str, set[str]]) -> None:
         missing = {
@@ -119,6 +129,7 @@ class WarehouseFrames:
                 # The marts were rebuilt for another day since the first frames were read.
                 self._frames.clear()
                 self._collisions.clear()
+                self._runs.clear()
                 missing = wanted
             self.built_for, self.built_timezone = day, zone
             for table, cols in missing.items():
@@ -126,6 +137,7 @@ class WarehouseFrames:
                     derived = set(HASHED.values())
                     cols = cols | (set(self._frames[table].columns) - derived)
                 self._frames[table] = self._read(con, table, cols)
+                self._runs.pop(table, None)
                 self._check_hash_collisions(table, self._frames[table])
 
     @staticmethod
@@ -262,25 +274,29 @@ def _join_event_count(
     source = EVENT_SOURCES[count.condition.events]
     key = frames.join_key(count.join_key)
     keep = event_filter(count.condition, catalogue, as_of, timezone)
-    events = frames.frame(source.table, read[source.table]).lazy()
+    events = None
     if narrowed:
         # Few candidates left: only their event rows are looked at, found by binary search
-        # in the key order the events are held in (or else by probing every row).
-        theirs = frames.rows_of(source.table, read[source.table], key, candidates[key])
+        # in the key order the events are held in (or else by probing every row), and only
+        # the columns the condition reads are gathered.
+        needed = [key, *(keep.meta.root_names() if keep is not None else [])]
+        theirs = frames.rows_of(source.table, read[source.table], key, candidates[key],
+                                list(dict.fromkeys(needed)))  # fmt: skip
         if theirs is not None:
             events = theirs.lazy()
         else:
             mine = pl.col(key).is_in(candidates[key].implode())
             keep = mine if keep is None else mine & keep
+    if events is None:
+        events = frames.frame(source.table, read[source.table]).lazy()
     # Only the key of the matching events is needed: gather that one column.
     events = events.select(pl.col(key) if keep is None else pl.col(key).filter(keep))
     if count.exists:
-        # Entities with at least one matching event: a semi join only probes.
-        found = candidates.lazy().select(key).join(events, on=key, how="semi")
-        if definition.entity == "case" and count.join_key == "patient_id":
-            found = found.unique()  # a patient with several cases appears once
-        found = found.with_columns(pl.lit(True).alias(count.alias))
-        return lf.join(found, on=key, how="left").with_columns(pl.col(count.alias).fill_null(False))
+        # Has at least one matching event: membership in the (usually small) set of keys
+        # that have one, tested once per candidate.
+        keys = events.unique().collect()[key]
+        has = pl.col(key).is_in(keys.implode()).fill_null(False)
+        return lf.with_columns(has.alias(count.alias))
     counts = events.group_by(key).agg(pl.len().cast(pl.Int64).alias(count.alias))
     return lf.join(counts, on=key, how="left").with_columns(pl.col(count.alias).fill_null(0))
 

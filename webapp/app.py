@@ -59,13 +59,16 @@ TREND_DAYS = 90
 FEW, MANY = 10, 500
 # A board shows this many cards per stage (the oldest in the stage first); the rest are
 # counted, and the CLI or an export lists them all.
-CARDS_PER_COLUMN = 200
+CARDS_PER_COLUMN = 250
 # The member table's sortable columns: what a click on a heading sorts by.
 MEMBER_SORTS = {
     "patient": ["patient_id", "case_id"], "name": ["last_name", "first_name", "patient_id"],
     "mobile": ["mobile", "patient_id"], "email": ["email", "patient_id"],
     "last_visit": ["last_visit_date", "patient_id"],
 }  # fmt: skip
+# What a card shows of its patient, in this order.
+CARD_COLUMNS = ["patient_id", "first_name", "last_name", "mobile", "last_visit_date",
+                "balance_due"]  # fmt: skip
 # The campaigns page counts the ledger's messages over this many days.
 LEDGER_DAYS = 30
 
@@ -617,6 +620,18 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
         return page(request, "worklists.html", session,
                     lists=sorted(lists, key=lambda w: w.slug))
 
+    def card_details(ids: list[str]) -> dict[str, tuple]:
+        """Name, mobile, last visit and balance of the cards' patients, from the built
+        day's marts held in memory (a board never waits on the warehouse file)."""
+        if not ids or not warehouse.exists():
+            return {}
+        try:
+            people = frames().frame("patient_features", CARD_COLUMNS)
+        except WarehouseError:
+            return {}
+        rows = people.filter(pl.col("patient_id").is_in(pl.Series(ids).implode()))
+        return {r[0]: r[1:] for r in rows.select(CARD_COLUMNS).iter_rows()}
+
     def days_since(at, today: date) -> int:  # noqa: ANN001 - an aware datetime
         """Whole days from `at` to `today`, both as the clinic's calendar has them."""
         return (today - at.astimezone(ZoneInfo(settings.clinic_timezone)).date()).days
@@ -654,16 +669,7 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
                                              in_segment_only=True, **filters)]  # fmt: skip
         ids = sorted({m.patient_id for m in members})
 
-        def details(con):
-            if not ids or not table_exists(con, "marts", "patient_features"):
-                return {}
-            rows = con.execute(
-                "select patient_id, first_name, last_name, mobile, last_visit_date, balance_due "
-                "from marts.patient_features where patient_id in (select unnest(?))", [ids]
-            ).fetchall()
-            return {r[0]: r[1:] for r in rows}
-
-        people = read(details) if warehouse.exists() else {}
+        people = card_details(ids)
         accounts.record(state.accounts, session.user, "viewed", f"work list {slug}")
         columns = {stage: [] for stage in info.spec.stages}
         totals = dict(counts.active)

@@ -66,6 +66,8 @@ members = sa.Table(
     # Bumped by every change; writers update only when it still holds the value they read.
     sa.Column("version", sa.Integer, nullable=False),
     sa.Index("ix_workflow_members_stage", "worklist_slug", "stage"),
+    # Counts per stage (every board, every sync) read this index alone, not the rows.
+    sa.Index("ix_workflow_members_stage_left", "worklist_slug", "stage", "left_segment"),
 )
 
 events = sa.Table(
@@ -102,11 +104,18 @@ def _add_snapshot_at(conn: Connection) -> None:
         conn.execute(sa.text(f"alter table workflow_lists add column snapshot_at {kind}"))
 
 
+def _add_stage_count_index(conn: Connection) -> None:
+    # As with version 2: a database created from the current definitions has it already.
+    next(i for i in members.indexes if i.name == "ix_workflow_members_stage_left").create(
+        conn, checkfirst=True)  # fmt: skip
+
+
 register_migrations(
     COMPONENT,
     [
         Migration(1, "work lists, member stages and the append-only event log", _create_v1),
         Migration(2, "follow deliberate re-snapshots of snapshot segments", _add_snapshot_at),
+        Migration(3, "an index that counts members per stage", _add_stage_count_index),
     ],
 )
 
