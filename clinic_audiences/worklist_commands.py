@@ -34,6 +34,7 @@ from sqlalchemy.engine import Engine
 
 from clinic_audiences.environment import current_settings
 from core.settings import Settings
+from core.tables import printable
 from segments.workflow_block import UnknownStageError, WorkListInfo
 from workflow import api
 from workflow.store import open_state
@@ -104,6 +105,7 @@ def _run(action: Callable[[_Context], int]) -> int:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
+    rows = [[printable(c) for c in r] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
               for i, h in enumerate(header)]  # fmt: skip
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
@@ -176,9 +178,27 @@ def cmd_move(slug: str, member_id: str, stage: str, by: str, note: str | None) -
     return _run(action)
 
 
+def _check_assignable(engine: Engine, info, user: str) -> None:  # noqa: ANN001 - WorkListInfo
+    """Where the clinic has web app accounts, a card goes only to an active one that can
+    see the list (as on the board); without accounts, to whoever is named."""
+    import sqlalchemy as sa
+
+    from webapp import accounts
+
+    if not user or not sa.inspect(engine).has_table("webapp_users"):
+        return
+    people = accounts.list_users(engine)
+    if people and user.strip().lower() not in {
+        u.email for u in people if not u.disabled and api.visible_to(info, u.email)
+    }:
+        raise ValueError(f"{user!r} is not an active account that can see {info.slug}; "
+                         "`audiences users list` shows the accounts")  # fmt: skip
+
+
 def cmd_assign(slug: str, member_id: str, user: str, by: str) -> int:
     def action(ctx: _Context) -> int:
         info = resolve_worklist(ctx.engine, slug, by)
+        _check_assignable(ctx.engine, info, user)
         after = api.assign(ctx.engine, info, member_id, user, by)
         print(f"{member_id}: assigned to {after.assignee or '-'} (by {by})")
         return OK

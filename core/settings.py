@@ -37,6 +37,9 @@ class SenderAccess:
     # OUTBOUND_SEND_DISABLED (demos, staging copies of production data): a dry run even
     # with a key in the environment.
     disabled: bool = False
+    # SENDGRID_WEBHOOK_PUBLIC_KEY: the Event Webhook's verification key (base64, as
+    # SendGrid shows it); without it the web app takes no events.
+    webhook_public_key: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,7 @@ class Settings:
                 from_name=get("OUTBOUND_FROM_NAME"),
                 sandbox=_flag(get("SENDGRID_SANDBOX_MODE")),
                 disabled=_flag(get("OUTBOUND_SEND_DISABLED")),
+                webhook_public_key=_public_key(get("SENDGRID_WEBHOOK_PUBLIC_KEY")),
             ),
             cliniko=ClinikoAccess(
                 api_key=get("CLINIKO_API_KEY") or "",
@@ -118,6 +122,23 @@ class Settings:
                 user_agent=get("CLINIKO_USER_AGENT") or "",
             ),
         )
+
+
+def _public_key(value: str | None) -> str | None:
+    """A base64 public key, or a SettingsError saying how it is written."""
+    import base64
+    import binascii
+
+    if value is None:
+        return None
+    try:
+        base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise SettingsError(
+            "SENDGRID_WEBHOOK_PUBLIC_KEY is not base64; copy the verification key from "
+            "SendGrid's Mail Settings > Event Webhook > Signature Verification"
+        ) from None
+    return value
 
 
 def _path(value: str | None) -> Path | None:

@@ -3,7 +3,18 @@ types or shape lines (what a polars frame prints is for programmers)."""
 
 from __future__ import annotations
 
+import re
+
 import polars as pl
+
+# Control characters (newlines, escape sequences) in a cell would start a fake row or
+# drive the terminal: they are shown as escapes instead.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """`text` with every control character written as an escape (\\n, \\x1b)."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def _cell(value: object) -> str:
@@ -15,7 +26,7 @@ def _cell(value: object) -> str:
         return "yes" if value else "no"
     if isinstance(value, int):
         return f"{value:,}"
-    return str(value)
+    return printable(str(value))
 
 
 def format_table(frame: pl.DataFrame, max_width: int = 60) -> str:

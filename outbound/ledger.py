@@ -443,18 +443,23 @@ def read_ledger(engine: Engine, since: date | None = None) -> pl.DataFrame:
 
 
 def ledger_by_day(
-    engine: Engine, since: date, campaigns: list[str]
+    engine: Engine, since: date, until: date, campaigns: list[str]
 ) -> list[tuple[date, str, dict[str, int]]]:
-    """Messages per send day and campaign, counted by status, newest day first."""
+    """Messages per send day (from `since` to `until`) and campaign, counted by status
+    (sent, failed, unknown, pending; every other status, e.g. sandbox, as `other`),
+    newest day first."""
     q = (
         sa.select(ledger.c.send_date, ledger.c.campaign, ledger.c.status, sa.func.count())
-        .where(ledger.c.send_date >= since, ledger.c.campaign.in_(campaigns))
+        .where(ledger.c.send_date >= since, ledger.c.send_date <= until,
+               ledger.c.campaign.in_(campaigns))
         .group_by(ledger.c.send_date, ledger.c.campaign, ledger.c.status)
-    )
+    )  # fmt: skip
     out: dict[tuple[date, str], dict[str, int]] = {}
     with engine.connect() as conn:
         for day, campaign, status, n in conn.execute(q):
-            out.setdefault((day, campaign), {})[status] = n
+            kind = status if status in (SENT, FAILED, UNKNOWN, PENDING) else "other"
+            counts = out.setdefault((day, campaign), {})
+            counts[kind] = counts.get(kind, 0) + n
     return [(d, c, n) for (d, c), n in sorted(out.items(), key=lambda kv: (-kv[0][0].toordinal(),
                                                                           kv[0][1]))]  # fmt: skip
 
@@ -554,6 +559,16 @@ def forget_opt_out(engine: Engine, patient_id: str, channel: str) -> int:
             )
         )
         return res.rowcount or 0
+
+
+def learned_consent_of(engine: Engine, patient_id: str) -> list[tuple[str, str, datetime]]:
+    """A patient's kept opt-outs, for people to read: (channel, source, recorded at)."""
+    q = (sa.select(learned_opt_outs.c.channel, learned_opt_outs.c.source,
+                   learned_opt_outs.c.recorded_at)
+         .where(sa.func.trim(learned_opt_outs.c.patient_id) == patient_id.strip())
+         .order_by(learned_opt_outs.c.recorded_at))  # fmt: skip
+    with engine.connect() as conn:
+        return [(r.channel, r.source or "", _as_utc(r.recorded_at)) for r in conn.execute(q)]
 
 
 def read_learned_opt_outs(

@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import secrets
 import threading
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, unquote, urlencode
 from zoneinfo import ZoneInfo
 
 import polars as pl
-from fastapi import FastAPI, Form, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -66,9 +67,21 @@ MEMBER_SORTS = {
     "mobile": ["mobile", "patient_id"], "email": ["email", "patient_id"],
     "last_visit": ["last_visit_date", "patient_id"],
 }  # fmt: skip
+# A card's version as a form carries it: plain digits, nothing int() would also take.
+VERSION = re.compile(r"[0-9]{1,9}")
+DAY_TEXT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+DUE_RANGE = (date(2000, 1, 1), date(2099, 12, 31))
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+MAX_NOTE = 2_000
+# Cards one bulk change may touch, and the form fields that allows (a board shows at most
+# CARDS_PER_COLUMN per stage).
+MAX_BULK = 2_000
+MAX_FORM_FIELDS = MAX_BULK + 20
 # What a card shows of its patient, in this order.
 CARD_COLUMNS = ["patient_id", "first_name", "last_name", "mobile", "last_visit_date",
                 "balance_due"]  # fmt: skip
+# A signed webhook delivery older than this (seconds) is refused: a replay.
+WEBHOOK_MAX_AGE = 600
 # The campaigns page counts the ledger's messages over this many days.
 LEDGER_DAYS = 30
 
@@ -98,12 +111,18 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
     state = AppState(settings, accounts.open_accounts(settings.state_db_url),
                      open_state(settings.state_db_url), secure_cookies)  # fmt: skip
     templates = Jinja2Templates(directory=HERE / "templates")
+    # One part of a URL path: every character that means something in a path encoded.
+    templates.env.filters["path_part"] = lambda v: quote(str(v), safe="")
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     warehouse = Warehouse(settings.duckdb_path, settings.duckdb_memory_limit)
 
     @app.middleware("http")
     async def headers(request: Request, call_next):
-        response = await call_next(request)
+        # A NUL in the address is nothing any page has, and no database stores it.
+        if "\x00" in unquote(request.url.path) or "%00" in request.url.query.lower():
+            response = HTMLResponse("no such page", status_code=404)
+        else:
+            response = await call_next(request)
         response.headers["Content-Security-Policy"] = (
             "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
             "frame-ancestors 'none'; form-action 'self'"
@@ -129,12 +148,28 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
         """The signed-in session of a state-changing request, whose CSRF token matches."""
         session = signed_in(request)
         token = request.headers.get("X-CSRF-Token")
+        form = await form_of(request)
         if token is None:
-            form = await request.form()
             token = form.get("csrf")
         if not isinstance(token, str) or not secrets.compare_digest(token, session.csrf):
             raise HTTPException(status_code=403, detail="the form has expired; reload the page")
         return session
+
+    async def form_of(request: Request):  # noqa: ANN202 - starlette's FormData
+        """The posted form (read once, then cached by starlette): text fields only, none
+        holding a NUL (no database stores one), and a board's worth of fields."""
+        try:
+            form = await request.form(max_fields=MAX_FORM_FIELDS)
+        except HTTPException:
+            raise
+        except Exception:  # starlette's own refusal: too many fields, a broken body
+            detail = f"the form is not one this page takes (at most {MAX_BULK:,} cards at once)"
+            raise HTTPException(status_code=400, detail=detail) from None
+        for _, value in form.multi_items():
+            if not isinstance(value, str) or "\x00" in value:
+                raise HTTPException(status_code=400, detail="the form holds something that "
+                                    "is not text")  # fmt: skip
+        return form
 
     def set_cookie(response: Response, session: accounts.Session) -> None:
         response.set_cookie(COOKIE, session.id, httponly=True, samesite="strict",
@@ -182,8 +217,13 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
         return response
 
     @app.post("/signin")
-    def signin(request: Request, email: str = Form(""), password: str = Form(""),
-               csrf: str = Form("")):  # fmt: skip
+    async def signin_posted(request: Request):
+        form = await form_of(request)  # refuses a NUL before anything is looked up
+        return await run_in_threadpool(signin, request, str(form.get("email") or ""),
+                                       str(form.get("password") or ""),
+                                       str(form.get("csrf") or ""))  # fmt: skip
+
+    def signin(request: Request, email: str, password: str, csrf: str) -> Response:
         before = session_of(request)
         if before is None or not secrets.compare_digest(csrf, before.csrf):
             raise HTTPException(status_code=403, detail="the form has expired; reload the page")
@@ -643,7 +683,7 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
 
     @app.get("/worklists/{slug}", response_class=HTMLResponse)
     def board(request: Request, slug: str, show: str = "all", department: str = "",
-              done: int | None = None, skipped: int | None = None):  # fmt: skip
+              done: int | None = None, skipped: int = 0, missing: int = 0):  # fmt: skip
         """The board; `show`: all, mine (assigned to me), unassigned, or overdue (a due
         date before today in the clinic's time zone); `department`: cards assigned to
         someone of that department."""
@@ -657,9 +697,10 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
         filters = {"mine": {"assignee": session.user.email}, "unassigned": {"unassigned": True},
                    "overdue": {"due_before": today}}.get(show, {})  # fmt: skip
         people_of = colleagues(info)
-        departments = sorted({u.department for u in people_of if u.department})
+        everyone = accounts.list_users(state.accounts)
+        departments = sorted({u.department for u in everyone if u.department})
         if department:
-            filters["assignee_in"] = [u.email for u in people_of if u.department == department]
+            filters["assignee_in"] = [u.email for u in everyone if u.department == department]
         # Each stage's first cards and every stage's count: a list of 200,000 members is
         # never read whole for a board.
         counts = api.stage_counts(state.workflow, info, user=session.user.email)
@@ -681,41 +722,63 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
             totals = {stage: len(cards) for stage, cards in columns.items()}
         return page(request, "board.html", session, info=info, columns=columns,
                     totals=totals, per_column=CARDS_PER_COLUMN, show=show, today=today,
+                    filtered=bool(filters),
                     department=department, departments=departments, colleagues=people_of,
-                    done=done, skipped=skipped)  # fmt: skip
+                    done=done if done is not None and done >= 0 else None,
+                    skipped=max(skipped, 0), missing=max(missing, 0))  # fmt: skip
 
     @app.post("/worklists/{slug}/bulk")
     async def bulk(request: Request, slug: str):
-        """Move or assign the selected cards. Each card carries the version it was shown
-        at: a card someone else changed since is left as it is, and counted."""
         session = await checked(request)
+        form = await form_of(request)
+        return await run_in_threadpool(bulk_change, session, slug, form)
+
+    def bulk_change(session: accounts.Session, slug: str, form) -> Response:  # noqa: ANN001
+        """Move or assign the selected cards. Each card carries the version it was shown
+        at: a card someone else changed since is left as it is, and counted. Every value
+        is checked before any card changes."""
         info = visible_worklist(slug, session)
-        form = await request.form()
         action = str(form.get("action") or "")
         picked = [str(v) for v in form.getlist("member")]
         if action not in ("move", "assign") or not picked:
             raise HTTPException(status_code=400, detail="choose cards and Move or Assign")
+        if len(picked) > MAX_BULK:
+            raise HTTPException(status_code=400, detail=f"{len(picked):,} cards are selected; "
+                                f"change at most {MAX_BULK:,} at once")  # fmt: skip
+        cards: dict[str, int] = {}
+        for value in picked:
+            version, _, member_id = value.partition(":")
+            if not VERSION.fullmatch(version) or not member_id:
+                raise HTTPException(status_code=400, detail="a selected card is not one this "
+                                    "board showed; reload the board")  # fmt: skip
+            cards.setdefault(member_id, int(version))
         stage = str(form.get("stage") or "")
         assignee = str(form.get("assignee") or "") or None
-        if action == "assign" and assignee and assignee not in {u.email for u in colleagues(info)}:
+        if action == "move":
+            try:
+                info.spec.resolve_stage(stage)
+            except ValueError as err:
+                raise HTTPException(status_code=400, detail=for_staff(err)) from None
+        elif assignee and assignee not in {u.email for u in colleagues(info)}:
             raise HTTPException(status_code=400, detail="assign to someone who can see this list")
-        done = skipped = 0
-        for value in picked[:CARDS_PER_COLUMN * 20]:
-            version, _, member_id = value.partition(":")
+        done = changed_since = missing = 0
+        for member_id, version in cards.items():
             try:
                 if action == "move":
                     api.move(state.workflow, info, member_id, stage, session.user.email,
-                             expected_version=int(version))  # fmt: skip
+                             expected_version=version)  # fmt: skip
                 else:
                     api.assign(state.workflow, info, member_id, assignee, session.user.email,
-                               expected_version=int(version))  # fmt: skip
+                               expected_version=version)  # fmt: skip
                 done += 1
-            except (api.ConcurrentChangeError, api.MemberNotFoundError):
-                skipped += 1
-            except ValueError as err:  # an unknown stage or a malformed version
-                raise HTTPException(status_code=400, detail=for_staff(err)) from None
-        back = str(form.get("back") or "")
-        query = f"done={done}&skipped={skipped}" + (f"&{back}" if back else "")
+            except api.ConcurrentChangeError:
+                changed_since += 1
+            except api.MemberNotFoundError:
+                missing += 1
+        # Back to the board as it was filtered (only the filters a board has).
+        back = parse_qs(str(form.get("back") or ""))
+        kept = {k: back[k][0] for k in ("show", "department") if back.get(k)}
+        query = urlencode({"done": done, "skipped": changed_since, "missing": missing, **kept})
         return RedirectResponse(f"/worklists/{slug}?{query}", status_code=303)
 
     @app.get("/worklists/{slug}/cards/{member_id:path}", response_class=HTMLResponse)
@@ -740,36 +803,52 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
                            params={"p": member.patient_id}).pl().to_dicts()  # fmt: skip
 
         found = read(person) if warehouse.exists() else None
+        from outbound.ledger import learned_consent_of
+        from outbound.run import state_engine
+
+        consent = learned_consent_of(state_engine(outbound_settings()), member.patient_id)
         accounts.record(state.accounts, session.user, "viewed",
                         f"work list {slug} card {member_id}")  # fmt: skip
         today = today_in(settings.clinic_timezone)
         return page(request, "card.html", session, info=info, m=member,
                     person=found[0] if found else None, timeline=timeline,
                     in_stage=days_since(member.stage_since, today),
-                    colleagues=colleagues(info))  # fmt: skip
+                    colleagues=colleagues(info), consent=consent)  # fmt: skip
 
     @app.post("/worklists/{slug}/cards/{member_id:path}")
     async def change_card(request: Request, slug: str, member_id: str):
-        """A note, a due date or an assignee for one card."""
         session = await checked(request)
+        form = await form_of(request)
+        return await run_in_threadpool(card_change, session, slug, member_id, form)
+
+    def card_change(session: accounts.Session, slug: str, member_id: str, form) -> Response:  # noqa: ANN001
+        """A note, a due date or an assignee for one card, each at the version shown."""
         info = visible_worklist(slug, session)
-        form = await request.form()
         action = str(form.get("action") or "")
-        by = session.user.email
+        version = str(form.get("version") or "")
+        if not VERSION.fullmatch(version):
+            raise HTTPException(status_code=400, detail="the card's version is missing; "
+                                "reload the card")  # fmt: skip
+        expected, by = int(version), session.user.email
         try:
             if action == "note":
-                note = str(form.get("note") or "")[:2000]
+                note = str(form.get("note") or "")
+                if len(note) > MAX_NOTE:
+                    raise ValueError(f"a note is at most {MAX_NOTE:,} characters; this one "
+                                     f"has {len(note):,}")  # fmt: skip
+                if CONTROL.search(note):
+                    raise ValueError("a note holds control characters; type it as text")
                 api.add_note(state.workflow, info, member_id, note, by)
             elif action == "due":
-                raw = str(form.get("due") or "")
                 api.set_due_date(state.workflow, info, member_id,
-                                 date.fromisoformat(raw) if raw else None, by)  # fmt: skip
+                                 due_date_of(str(form.get("due") or "")), by,
+                                 expected_version=expected)  # fmt: skip
             elif action == "assign":
                 assignee = str(form.get("assignee") or "") or None
                 if assignee and assignee not in {u.email for u in colleagues(info)}:
                     raise ValueError("assign to someone who can see this list")
                 api.assign(state.workflow, info, member_id, assignee, by,
-                           expected_version=int(str(form.get("version") or "")))  # fmt: skip
+                           expected_version=expected)  # fmt: skip
             else:
                 raise ValueError("unknown change")
         except api.MemberNotFoundError:
@@ -785,16 +864,19 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
     @app.post("/worklists/{slug}/move")
     async def move(request: Request, slug: str):
         session = await checked(request)
+        form = await form_of(request)
+        return await run_in_threadpool(move_card, request, session, slug, form)
+
+    def move_card(request: Request, session: accounts.Session, slug: str, form) -> Response:  # noqa: ANN001
+        """One card to another stage, at the version the board showed."""
         info = visible_worklist(slug, session)
-        form = await request.form()
         member_id, stage = str(form.get("member_id") or ""), str(form.get("stage") or "")
-        try:
-            version = int(str(form.get("version") or ""))
-        except ValueError:
-            raise HTTPException(status_code=400, detail="the card's version is missing") from None
+        version = str(form.get("version") or "")
+        if not VERSION.fullmatch(version):
+            raise HTTPException(status_code=400, detail="the card's version is missing")
         try:
             after = api.move(state.workflow, info, member_id, stage, session.user.email,
-                             expected_version=version)  # fmt: skip
+                             expected_version=int(version))  # fmt: skip
         except api.ConcurrentChangeError:
             raise HTTPException(status_code=409, detail="someone else changed this card "
                                 "first; the board has been reloaded") from None  # fmt: skip
@@ -819,6 +901,64 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
         mine = [c for c in loaded.campaigns
                 if c.segment in segs and visible_to(segs[c.segment], session.user.email)]
         return mine
+
+    # -- what providers tell about consent --------------------------------------------
+
+    verifier = None
+    if settings.sender.webhook_public_key:
+        from sendgrid.helpers.eventwebhook import EventWebhook
+
+        try:
+            verifier = EventWebhook(settings.sender.webhook_public_key)
+        except ValueError as err:
+            raise ValueError("SENDGRID_WEBHOOK_PUBLIC_KEY is not an elliptic-curve public "
+                             f"key ({err}); copy it again from SendGrid") from None  # fmt: skip
+
+    def patients_with_email(address: str) -> list[str]:
+        """The patients whose email is `address` (trimmed, any case), from the marts."""
+        if not warehouse.exists():
+            return []
+        try:
+            people = frames().frame("patient_features", ["patient_id", "email"])
+        except WarehouseError:
+            return []
+        email = pl.col("email").cast(pl.String).str.strip_chars().str.to_lowercase()
+        found = people.filter(email == address)
+        return found["patient_id"].to_list()
+
+    @app.post("/webhooks/sendgrid/events")
+    async def sendgrid_events(request: Request):
+        """SendGrid's Event Webhook. Authenticated by its ECDSA signature over the raw
+        body (no session, no CSRF token: SendGrid has neither); anything unsigned, signed
+        with another key or older than 10 minutes is refused and changes nothing."""
+        import json
+        import time as clock
+
+        from outbound.consent_events import apply_events
+        from outbound.run import state_engine
+
+        if verifier is None:
+            raise HTTPException(status_code=404, detail="no Event Webhook is configured here")
+        body = (await request.body()).decode("utf-8", "replace")
+        signature = request.headers.get("X-Twilio-Email-Event-Webhook-Signature", "")
+        stamp = request.headers.get("X-Twilio-Email-Event-Webhook-Timestamp", "")
+        fresh = stamp.isdigit() and abs(clock.time() - int(stamp)) <= WEBHOOK_MAX_AGE
+        try:
+            valid = fresh and bool(signature) and verifier.verify_signature(body, signature, stamp)
+        except (ValueError, TypeError):  # a signature that is not base64 / DER
+            valid = False
+        if not valid:
+            raise HTTPException(status_code=403, detail="the event batch is not signed by "
+                                "SendGrid's key, or is too old")  # fmt: skip
+        try:
+            events = json.loads(body)
+        except ValueError:
+            raise HTTPException(status_code=400, detail="the body is not JSON") from None
+        if not isinstance(events, list):
+            raise HTTPException(status_code=400, detail="the body is not a list of events")
+        engine = state_engine(outbound_settings())
+        applied = await run_in_threadpool(apply_events, engine, events, patients_with_email)
+        return JSONResponse(applied.__dict__)
 
     @app.get("/campaigns", response_class=HTMLResponse)
     def campaigns_page(request: Request):
@@ -847,8 +987,9 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
         from core.days import today_in
         from outbound.ledger import ledger_by_day
 
-        since = today_in(settings.clinic_timezone) - timedelta(days=LEDGER_DAYS - 1)
-        ledger = ledger_by_day(engine, since, [c.slug for c in campaigns])
+        today = today_in(settings.clinic_timezone)
+        since = today - timedelta(days=LEDGER_DAYS - 1)
+        ledger = ledger_by_day(engine, since, today, [c.slug for c in campaigns])
         return page(request, "campaigns.html", session, campaigns=campaigns, states=states,
                     day=day, plan_rows=plan_rows, error=error, ledger=ledger,
                     ledger_days=LEDGER_DAYS)  # fmt: skip
@@ -883,6 +1024,20 @@ def _stamp(path: Path) -> tuple[int, ...]:
     except OSError:
         return (0, -1)
     return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+
+
+def due_date_of(text: str) -> date | None:
+    """A due date as the card's date box sends it (YYYY-MM-DD), or None to clear it."""
+    if not text:
+        return None
+    try:
+        due = date.fromisoformat(text) if DAY_TEXT.fullmatch(text) else None
+    except ValueError:
+        due = None
+    if due is None or not DUE_RANGE[0] <= due <= DUE_RANGE[1]:
+        raise ValueError(f"{text[:20]!r} is not a due date; pick one between "
+                         f"{DUE_RANGE[0]} and {DUE_RANGE[1]} (YYYY-MM-DD)")  # fmt: skip
+    return due
 
 
 def for_staff(err: Exception) -> str:

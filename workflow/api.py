@@ -464,7 +464,9 @@ def set_due_date(
     due: date | None,
     by: str,
     now: datetime | None = None,
+    expected_version: int | None = None,
 ) -> MemberView:
+    """Set (or, with None, clear) a member's due date."""
     by = _authorise(info, by)
     at = _now(now)
 
@@ -472,10 +474,10 @@ def set_due_date(
         return Change(
             kind="due",
             values={"due_date": due, **_touch(by, at)},
-            note=None if due is None else f"due {due.isoformat()}",
+            note="due date cleared" if due is None else f"due {due.isoformat()}",
         )
 
-    return _staff_change(engine, info, member_id, by, at, decide)
+    return _staff_change(engine, info, member_id, by, at, decide, expected_version)
 
 
 # --- sync -------------------------------------------------------------------------------

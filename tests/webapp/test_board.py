@@ -35,7 +35,7 @@ def test_a_bulk_move_changes_each_card_once_and_skips_what_changed_since(client_
             "member": chosen, "back": "show=all"}  # fmt: skip
     response = desk.post(f"/worklists/{LIST}/bulk", data=form, follow_redirects=False)
     assert response.status_code == 303
-    assert response.headers["location"] == f"/worklists/{LIST}?done=2&skipped=0&show=all"
+    assert response.headers["location"] == f"/worklists/{LIST}?done=2&skipped=0&missing=0&show=all"
     for value in chosen:
         member = value.split(":", 1)[1]
         assert stage_of(desk, member) == "Left voicemail"
@@ -94,6 +94,10 @@ def test_the_department_filter_shows_cards_assigned_within_a_department(client_o
     assert '<option selected>billing</option>' in filtered
 
 
+def version_on(client, url: str) -> str:
+    return re.search(r'name="version" value="(\d+)"', client.get(url).text).group(1)
+
+
 def test_a_card_page_keeps_notes_due_dates_and_every_change_in_its_timeline(client_of):
     from core.days import today_in
 
@@ -102,10 +106,14 @@ def test_a_card_page_keeps_notes_due_dates_and_every_change_in_its_timeline(clie
     member = picks(html)[1].split(":", 1)[1]
     url = f"/worklists/{LIST}/cards/{member}"
     token = csrf_of(desk.get(url).text)
+
+    def change(**form):
+        return desk.post(url, data={"csrf": token, "version": version_on(desk, url), **form})
+
     note = "Called twice <script>alert(1)</script>; try after 5pm"
-    assert desk.post(url, data={"csrf": token, "action": "note", "note": note}).status_code == 200
+    assert change(action="note", note=note).status_code == 200
     yesterday = today_in("Australia/Sydney") - timedelta(days=1)
-    desk.post(url, data={"csrf": token, "action": "due", "due": yesterday.isoformat()})
+    change(action="due", due=yesterday.isoformat())
     page = desk.get(url).text
     timeline = page.split('id="timeline"')[1]
     assert "Called twice &lt;script&gt;alert(1)&lt;/script&gt;; try after 5pm" in timeline
@@ -115,11 +123,25 @@ def test_a_card_page_keeps_notes_due_dates_and_every_change_in_its_timeline(clie
     # Overdue now: it shows under the overdue filter, marked.
     overdue = desk.get(f"/worklists/{LIST}?show=overdue").text
     assert member in "".join(picks(overdue)) and "card overdue" in overdue
-    for bad in ({"action": "note", "note": "  "}, {"action": "due", "due": "31/12/2026"},
-                {"action": "rename"}):  # fmt: skip
-        assert desk.post(url, data={"csrf": token, **bad}).status_code == 400, bad
+    for bad, says in (({"action": "note", "note": "  "}, "a note needs some text"),
+                      ({"action": "due", "due": "31/12/2026"}, "is not a due date"),
+                      ({"action": "due", "due": "0001-01-01"}, "is not a due date"),
+                      ({"action": "due", "due": "20261130"}, "is not a due date"),
+                      ({"action": "note", "note": "x" * 2001}, "at most 2,000"),
+                      ({"action": "note", "note": "a\x1b[8mb"}, "control characters"),
+                      ({"action": "rename"}, "unknown change")):  # fmt: skip
+        response = change(**bad)
+        assert response.status_code == 400 and says in response.text, bad
+        assert "invalid literal" not in response.text and "isoformat" not in response.text
     assert desk.get(f"/worklists/{LIST}/cards/no-such-member").status_code == 404
     assert desk.post(url, data={"action": "note", "note": "no token"}).status_code == 403
+    # A due date set from a card page opened before a colleague's change is refused.
+    stale = version_on(desk, url)
+    change(action="note", note="a colleague's note")
+    refused = desk.post(url, data={"csrf": token, "version": stale, "action": "due", "due": ""})
+    assert refused.status_code == 409
+    assert change(action="due", due="").status_code == 200
+    assert "due date cleared" in desk.get(url).text.split('id="timeline"')[1]
 
 
 def test_the_campaigns_page_counts_the_ledger_per_day_and_status(client_of, settings):
@@ -145,7 +167,8 @@ def test_the_campaigns_page_counts_the_ledger_per_day_and_status(client_of, sett
     day = (today - timedelta(days=1)).isoformat()
     row = table.split(f'data-campaign="invoice-chasing" data-day="{day}"')[1].split("</tr>")[0]
     cells = re.findall(r'<td class="num (\w+)">(\d+)</td>', row)
-    assert cells == [("sent", "3"), ("failed", "1"), ("unknown", "2"), ("pending", "0")]
+    assert cells == [("sent", "3"), ("failed", "1"), ("unknown", "2"), ("pending", "0"),
+                     ("other", "0")]
     assert old.isoformat() not in table
 
 
@@ -162,3 +185,129 @@ def test_the_member_table_sorts_by_a_heading_both_ways(client_of):
     assert ids[0] == ids[1][::-1]  # every member has a last visit here: exactly reversed
     # An unknown column is the default order, not an error.
     assert desk.get(f"/segments/{LIST}?sort=password_hash").status_code == 200
+
+
+# -- what a hostile pass found, kept -------------------------------------------------------
+
+
+def test_a_bulk_change_with_one_bad_value_changes_nothing(client_of):
+    desk = client_of(DESK)
+    html = desk.get(f"/worklists/{LIST}").text
+    good = picks(html)[0]
+    before = stage_of(desk, good.split(":", 1)[1])
+    for bad in ("abc:" + good.split(":", 1)[1], "0_1:" + good.split(":", 1)[1], "no-colon",
+                "1:"):  # fmt: skip
+        response = desk.post(f"/worklists/{LIST}/bulk", data={
+            "csrf": csrf_of(html), "action": "move", "stage": "Booked", "member": [good, bad]})
+        assert response.status_code == 400, bad
+        assert "invalid literal" not in response.text
+    # The good card is where it was, at the version it was shown at.
+    assert stage_of(desk, good.split(":", 1)[1]) == before
+    assert good in picks(desk.get(f"/worklists/{LIST}").text)
+
+
+def test_a_bulk_change_counts_cards_gone_apart_and_keeps_only_the_boards_filters(client_of):
+    desk = client_of(DESK)
+    html = desk.get(f"/worklists/{LIST}").text
+    one = picks(html)[2]
+    response = desk.post(f"/worklists/{LIST}/bulk", follow_redirects=False, data={
+        "csrf": csrf_of(html), "action": "assign", "assignee": "", "member": [
+            one, "1:nobody-here"], "back": "show=all&done=999&evil=1"})  # fmt: skip
+    location = response.headers["location"]
+    assert location == f"/worklists/{LIST}?done=1&skipped=0&missing=1&show=all"
+    assert "1 no longer on this list" in desk.get(location).text
+
+
+def test_a_board_can_tick_more_than_a_thousand_cards_but_not_without_bound(client_of):
+    desk = client_of(DESK)
+    token = csrf_of(desk.get(f"/worklists/{LIST}").text)
+    many = [f"1:nobody-{n}" for n in range(1_250)]  # five full stages' worth
+    response = desk.post(f"/worklists/{LIST}/bulk", data={
+        "csrf": token, "action": "assign", "assignee": "", "member": many})
+    assert response.status_code == 200 and "1250 no longer on this list" in response.text
+    response = desk.post(f"/worklists/{LIST}/bulk", data={
+        "csrf": token, "action": "assign", "assignee": "", "member": many * 2})
+    assert response.status_code == 400 and "at most 2,000" in response.text
+
+
+def test_nul_bytes_are_refused_before_any_database_sees_them(client_of):
+    from tests.webapp.conftest import sign_in
+
+    desk = client_of(DESK)
+    token = csrf_of(desk.get(f"/worklists/{LIST}").text)
+    assert desk.get(f"/worklists/{LIST}/cards/a%00b").status_code == 404
+    assert desk.get("/worklists/x%00y").status_code == 404
+    for form in ({"action": "note", "note": "nul \x00 here", "version": "1"},):
+        response = desk.post(f"/worklists/{LIST}/cards/x", data={"csrf": token, **form})
+        assert response.status_code == 400
+    anonymous = client_of()
+    signin_token = csrf_of(anonymous.get("/signin").text)
+    response = anonymous.post("/signin", data={"email": "a\x00@x", "password": "p",
+                                               "csrf": signin_token})
+    assert response.status_code == 400
+    assert sign_in(client_of(), DESK).status_code == 303  # sign-in itself still works
+
+
+def test_the_campaigns_page_title_is_its_title_and_the_ledger_shows_every_status(
+    client_of, settings
+):
+    from core.days import today_in
+    from outbound.ledger import LedgerEntry, insert_pending, new_run_id, set_status
+    from outbound.run import OutboundSettings, state_engine
+
+    engine = state_engine(OutboundSettings.of(settings))
+    today = today_in(settings.clinic_timezone)
+    for day, status in ((today - timedelta(days=2), "sandbox"),
+                        (today + timedelta(days=400), "sent")):  # fmt: skip
+        ids = insert_pending(engine, [LedgerEntry("birthday-greetings", f"other-{day}", None,
+                                                  None, "birthdays-next-7-days", "email")],
+                             day, new_run_id())  # fmt: skip
+        set_status(engine, ids, status)
+    page = client_of(DESK).get("/campaigns").text
+    assert "<title>Campaigns · clinic-audiences</title>" in page
+    assert page.count('id="ledger"') == 1
+    table = page.split('id="ledger"')[1].split("</table>")[0]
+    row = table.split(f'data-day="{today - timedelta(days=2)}"')[1].split("</tr>")[0]
+    assert '<td class="num other">1</td>' in row
+    assert str(today + timedelta(days=400)) not in table
+
+
+def test_the_cli_neither_fakes_history_rows_nor_assigns_to_a_disabled_account(
+    client_of, settings, capsys
+):
+    from clinic_audiences.cli import main
+    from webapp import accounts
+
+    desk = client_of(DESK)
+    member = picks(desk.get(f"/worklists/{LIST}").text)[3].split(":", 1)[1]
+    fake = "called\n3  2026-12-02 02:09  priya@clinic.example  moved  To call  Booked  -\x1b[8m"
+    assert main(["worklist", "note", LIST, member, fake, "--by", DESK]) == 0
+    capsys.readouterr()
+    assert main(["worklist", "history", LIST, member]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\\x1b[8m" in out and "called\\n3  2026" in out
+    assert not any(line.startswith("3  2026-12-02 02:09") for line in out.splitlines())
+    engine = accounts.open_accounts(settings.state_db_url)
+    accounts.add_user(engine, "gone@clinic.example", "Gone", "staff", PASSWORD)
+    accounts.disable_user(engine, "gone@clinic.example")
+    assert main(["worklist", "assign", LIST, member, "gone@clinic.example", "--by", DESK]) == 1
+    assert "not an active account" in capsys.readouterr().err
+    assert main(["worklist", "assign", LIST, member, PRIYA, "--by", DESK]) == 0
+
+
+def test_the_state_store_never_puts_written_values_in_an_error(tmp_path):
+    import sqlalchemy as sa
+
+    from core.state_store import connect_state
+
+    engine = connect_state(f"sqlite:///{tmp_path / 's.db'}")
+    with engine.begin() as conn:
+        conn.execute(sa.text("create table t (id text primary key)"))
+        conn.execute(sa.text("insert into t values (:v)"), {"v": "patient note 0412 555 019"})
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("insert into t values (:v)"), {"v": "patient note 0412 555 019"})
+    except sa.exc.IntegrityError as err:
+        assert "0412" not in str(err)
+    else:
+        raise AssertionError("the duplicate was accepted")

@@ -1,0 +1,157 @@
+"""Consent learned from the email provider: SendGrid's Event Webhook (docs/outbound.md).
+
+A bounce, a drop, a spam report or an unsubscribe (one-click or through a suppression
+group) becomes a learned email opt-out of the patient the message went to, kept in the
+state store with its reason and time: no later warehouse rebuild or extract brings the
+address back, and the next plan suppresses it. A group resubscribe lifts only what a
+group unsubscribe set. Every event is applied once (SendGrid delivers at least once and
+in any order): `sg_event_id` is remembered, and an event older than what it would undo
+changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from core.state_store import Migration, UTCDateTime, register_migrations
+from outbound.ledger import _insert_ignoring_duplicates, learned_opt_outs, ledger
+
+COMPONENT = "sendgrid_events"
+
+# Event → the reason an address stops getting email.
+SUPPRESSING = {
+    "bounce": "bounced", "dropped": "dropped by the provider", "spamreport": "reported as spam",
+    "unsubscribe": "unsubscribed", "group_unsubscribe": "unsubscribed from a group",
+}  # fmt: skip
+RESUBSCRIBE = "group_resubscribe"
+SOURCE_PREFIX = "sendgrid "
+
+meta = sa.MetaData()
+seen = sa.Table(
+    "sendgrid_events_seen",
+    meta,
+    sa.Column("sg_event_id", sa.String(200), primary_key=True),
+    sa.Column("event", sa.String(40), nullable=False),
+    sa.Column("patient_id", sa.String(200), nullable=True),
+    # When it happened, as SendGrid says; when it arrived here.
+    sa.Column("happened_at", UTCDateTime, nullable=False),
+    sa.Column("received_at", UTCDateTime, nullable=False),
+)
+
+
+def _create(conn: Connection) -> None:
+    meta.create_all(conn)
+
+
+register_migrations(
+    COMPONENT, [Migration(1, "SendGrid events already applied, by sg_event_id", _create)]
+)
+
+
+@dataclass
+class Applied:
+    received: int = 0
+    duplicates: int = 0
+    suppressed: int = 0
+    resubscribed: int = 0
+    # Consent events whose patient could not be told (no ledger id, unknown address).
+    unmatched: int = 0
+    # Events that say nothing about consent (delivered, open, ...), or malformed ones.
+    ignored: int = 0
+
+
+def _when(event: dict) -> datetime:
+    stamp = event.get("timestamp")
+    if isinstance(stamp, int | float) and not isinstance(stamp, bool) and 0 < stamp < 2**33:
+        return datetime.fromtimestamp(stamp, UTC)
+    return datetime.now(UTC)
+
+
+def apply_events(
+    engine: Engine,
+    events: Sequence[object],
+    patients_with_email: Callable[[str], list[str]],
+    now: datetime | None = None,
+) -> Applied:
+    """Apply a verified batch of SendGrid events. `patients_with_email(address)` names
+    the patients an address belongs to, for events that carry no ledger id."""
+    now = now or datetime.now(UTC)
+    out = Applied(received=len(events))
+    wanted = []
+    for e in events:
+        ok = isinstance(e, dict) and isinstance(e.get("sg_event_id"), str) and e["sg_event_id"]
+        if not ok or (e.get("event") not in SUPPRESSING and e.get("event") != RESUBSCRIBE):
+            out.ignored += 1
+            continue
+        wanted.append(e)
+    # Oldest first: a resubscribe after an unsubscribe in the same batch wins.
+    wanted.sort(key=_when)
+    with engine.begin() as conn:
+        for e in wanted:
+            event_id = e["sg_event_id"][:200]
+            if conn.execute(sa.select(seen.c.sg_event_id)
+                            .where(seen.c.sg_event_id == event_id)).first():  # fmt: skip
+                out.duplicates += 1
+                continue
+            patients = _patients_of(conn, e, patients_with_email)
+            happened = _when(e)
+            conn.execute(seen.insert().values(
+                sg_event_id=event_id, event=e["event"], happened_at=happened, received_at=now,
+                patient_id=patients[0] if len(patients) == 1 else None))  # fmt: skip
+            if not patients:
+                out.unmatched += 1
+                continue
+            if e["event"] == RESUBSCRIBE:
+                out.resubscribed += _resubscribe(conn, patients, happened)
+            else:
+                out.suppressed += _suppress(conn, patients, e, happened)
+    return out
+
+
+def _patients_of(
+    conn: Connection, event: dict, patients_with_email: Callable[[str], list[str]]
+) -> list[str]:
+    ledger_id = event.get("ledger_id")
+    if isinstance(ledger_id, str) and ledger_id:
+        row = conn.execute(sa.select(ledger.c.patient_id).where(ledger.c.id == ledger_id)).first()
+        if row is not None and row.patient_id:
+            return [row.patient_id]
+    email = event.get("email")
+    if isinstance(email, str) and "@" in email:
+        return sorted(set(patients_with_email(email.strip().lower())))
+    return []
+
+
+def _suppress(conn: Connection, patients: list[str], event: dict, at: datetime) -> int:
+    kind = event["event"]
+    # A later resubscribe of the same patient already undid this (events arrive in any
+    # order): an older unsubscribe stays undone.
+    later = conn.execute(sa.select(seen.c.sg_event_id).where(
+        seen.c.event == RESUBSCRIBE, seen.c.patient_id.in_(patients), seen.c.happened_at > at,
+    )).first() if kind == "group_unsubscribe" else None  # fmt: skip
+    if later is not None:
+        return 0
+    reason = SUPPRESSING[kind]
+    if kind == "bounce" and isinstance(event.get("reason"), str):
+        reason = f"bounced: {event['reason'][:120]}"
+    rows = [dict(patient_id=p, channel="email", recorded_at=at,
+                 source=f"{SOURCE_PREFIX}{kind}: {reason}"[:200]) for p in patients]  # fmt: skip
+    result = conn.execute(_insert_ignoring_duplicates(conn, learned_opt_outs), rows)
+    return max(result.rowcount or 0, 0)
+
+
+def _resubscribe(conn: Connection, patients: list[str], at: datetime) -> int:
+    """Lift the email opt-outs a group unsubscribe set before `at`, and nothing else (a
+    bounce or a spam report stays)."""
+    result = conn.execute(learned_opt_outs.delete().where(
+        learned_opt_outs.c.patient_id.in_(patients),
+        learned_opt_outs.c.channel == "email",
+        learned_opt_outs.c.source.like(f"{SOURCE_PREFIX}group_unsubscribe%"),
+        learned_opt_outs.c.recorded_at <= at,
+    ))  # fmt: skip
+    return result.rowcount or 0

@@ -1,0 +1,164 @@
+"""SendGrid's Event Webhook: signed batches become learned email opt-outs, each event
+applied once and in the order it happened; anything unsigned changes nothing."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tests.webapp.conftest import DAY
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+URL = "/webhooks/sendgrid/events"
+
+
+@pytest.fixture(scope="module")
+def key():
+    """A key pair made here: SendGrid keeps the private half, the app is given the public."""
+    private = ec.generate_private_key(ec.SECP256R1())
+    public = private.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return private, base64.b64encode(public).decode()
+
+
+@pytest.fixture
+def hook(settings, key):
+    from fastapi.testclient import TestClient
+
+    from webapp.app import create_app
+
+    with_key = replace(settings, sender=replace(settings.sender, webhook_public_key=key[1]))
+    return TestClient(create_app(with_key))
+
+
+def post(client, private, events, stamp: int | None = None, tamper: bool = False):
+    body = json.dumps(events)
+    stamp = str(int(time.time()) if stamp is None else stamp)
+    signature = private.sign((stamp + body).encode(), ec.ECDSA(hashes.SHA256()))
+    if tamper:
+        body = body.replace("spamreport", "delivered")
+    return client.post(URL, content=body, headers={
+        "X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(signature).decode(),
+        "X-Twilio-Email-Event-Webhook-Timestamp": stamp, "Content-Type": "application/json"})
+
+
+def patients_with_emails(settings, n: int) -> list[tuple[str, str]]:
+    """Patients with an address of their own and no email opt-out known yet."""
+    import duckdb
+
+    with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
+        rows = con.execute(
+            "select patient_id, email from marts.patient_features where email is not null "
+            "and not coalesce(email_opted_out, false) and lower(trim(email)) in (select "
+            "lower(trim(email)) from marts.patient_features group by 1 having count(*) = 1) "
+            "order by patient_id").fetchall()  # fmt: skip
+    known = opted_out(settings)
+    return [r for r in rows if r[0] not in known][:n]
+
+
+def opted_out(settings) -> dict[str, str]:
+    from outbound.ledger import learned_opt_outs
+    from outbound.run import OutboundSettings, state_engine
+
+    engine = state_engine(OutboundSettings.of(settings))
+    with engine.connect() as conn:
+        return {r.patient_id: r.source for r in conn.execute(
+            learned_opt_outs.select().where(learned_opt_outs.c.channel == "email"))}
+
+
+def ledger_row_for(settings, patient_id: str) -> str:
+    from outbound.ledger import LedgerEntry, insert_pending, new_run_id, set_status
+    from outbound.run import OutboundSettings, state_engine
+
+    engine = state_engine(OutboundSettings.of(settings))
+    (row,) = insert_pending(engine, [LedgerEntry("lapsed-physio-reactivation", patient_id,
+                                                 patient_id, None, "lapsed-physio-6-12mo",
+                                                 "email")], DAY, new_run_id())  # fmt: skip
+    set_status(engine, [row], "sent")
+    return row
+
+
+def test_a_signed_spam_report_and_bounce_become_opt_outs_applied_once(hook, key, settings):
+    (p1, _), (p2, email2) = patients_with_emails(settings, 2)
+    row = ledger_row_for(settings, p1)
+    now = int(time.time())
+    events = [
+        # The spam report names the ledger row (the send's custom argument).
+        {"sg_event_id": "ev-spam-1", "event": "spamreport", "ledger_id": row,
+         "email": "ignored@example.net", "timestamp": now - 60},
+        # The bounce carries only the address.
+        {"sg_event_id": "ev-bounce-1", "event": "bounce", "email": f"  {email2.upper()} ",
+         "reason": "550 mailbox unavailable", "timestamp": now - 30},
+        {"sg_event_id": "ev-open-1", "event": "open", "email": email2, "timestamp": now},
+        "not an event",
+    ]  # fmt: skip
+    response = post(hook, key[0], events)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"received": 4, "duplicates": 0, "suppressed": 2,
+                               "resubscribed": 0, "unmatched": 0, "ignored": 2}
+    learned = opted_out(settings)
+    assert learned[p1] == "sendgrid spamreport: reported as spam"
+    assert learned[p2] == "sendgrid bounce: bounced: 550 mailbox unavailable"
+    # SendGrid delivers at least once: the same batch again changes nothing.
+    again = post(hook, key[0], events).json()
+    assert again["duplicates"] == 2 and again["suppressed"] == 0
+    # The next plan reads them as opt-outs of email.
+    from outbound.run import OutboundSettings, read_opt_outs, state_engine
+
+    o = OutboundSettings.of(settings)
+    kept = read_opt_outs(o, state_engine(o))
+    assert {(p1, "email"), (p2, "email")} <= set(kept.select("patient_id", "channel").iter_rows())
+
+
+def test_an_unsigned_tampered_foreign_or_stale_batch_is_refused_and_changes_nothing(
+    hook, key, settings
+):
+    ((p, email),) = patients_with_emails(settings, 3)[2:]
+    events = [{"sg_event_id": "ev-forged", "event": "spamreport", "email": email,
+               "timestamp": int(time.time())}]  # fmt: skip
+    other = ec.generate_private_key(ec.SECP256R1())
+    before = opted_out(settings)
+    assert post(hook, other, events).status_code == 403  # another key
+    assert post(hook, key[0], events, tamper=True).status_code == 403  # body changed
+    assert post(hook, key[0], events, stamp=int(time.time()) - 3600).status_code == 403
+    assert hook.post(URL, json=events).status_code == 403  # no signature at all
+    bad = hook.post(URL, content=json.dumps(events), headers={
+        "X-Twilio-Email-Event-Webhook-Signature": "not-base64!!",
+        "X-Twilio-Email-Event-Webhook-Timestamp": str(int(time.time()))})
+    assert bad.status_code == 403
+    assert opted_out(settings) == before and p not in before
+
+
+def test_resubscribe_lifts_only_a_group_unsubscribe_in_any_arrival_order(hook, key, settings):
+    (p, email), (q, email_q) = patients_with_emails(settings, 5)[3:5]
+    t = int(datetime(2026, 11, 20, 9, tzinfo=UTC).timestamp())
+    # The resubscribe (later) arrives before the unsubscribe (earlier): it stays lifted.
+    assert post(hook, key[0], [{"sg_event_id": "ev-re-1", "event": "group_resubscribe",
+                                "email": email, "timestamp": t + 100}]).status_code == 200
+    assert post(hook, key[0], [{"sg_event_id": "ev-un-1", "event": "group_unsubscribe",
+                                "email": email, "timestamp": t}]).json()["suppressed"] == 0
+    assert p not in opted_out(settings)
+    # In order: unsubscribed, then lifted by a later resubscribe.
+    post(hook, key[0], [{"sg_event_id": "ev-un-2", "event": "group_unsubscribe",
+                         "email": email_q, "timestamp": t}])
+    assert q in opted_out(settings)
+    post(hook, key[0], [{"sg_event_id": "ev-re-2", "event": "group_resubscribe",
+                         "email": email_q, "timestamp": t + 50}])
+    assert q not in opted_out(settings)
+    # A resubscribe never lifts a spam report.
+    post(hook, key[0], [{"sg_event_id": "ev-spam-q", "event": "spamreport", "email": email_q,
+                         "timestamp": t + 60}])  # fmt: skip
+    post(hook, key[0], [{"sg_event_id": "ev-re-3", "event": "group_resubscribe",
+                         "email": email_q, "timestamp": t + 70}])
+    assert opted_out(settings)[q] == "sendgrid spamreport: reported as spam"
+
+
+def test_without_a_configured_key_the_webhook_does_not_exist(client_of):
+    assert client_of().post(URL, json=[]).status_code == 404
