@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from core.state_store import Migration, UTCDateTime, register_migrations
-from outbound.ledger import _insert_ignoring_duplicates, learned_opt_outs, ledger
+from outbound.ledger import insert_ignoring_duplicates, learned_opt_outs, ledger
 
 COMPONENT = "sendgrid_events"
 
@@ -141,7 +141,7 @@ def _suppress(conn: Connection, patients: list[str], event: dict, at: datetime) 
         reason = f"bounced: {event['reason'][:120]}"
     rows = [dict(patient_id=p, channel="email", recorded_at=at,
                  source=f"{SOURCE_PREFIX}{kind}: {reason}"[:200]) for p in patients]  # fmt: skip
-    result = conn.execute(_insert_ignoring_duplicates(conn, learned_opt_outs), rows)
+    result = conn.execute(insert_ignoring_duplicates(conn, learned_opt_outs), rows)
     return max(result.rowcount or 0, 0)
 
 

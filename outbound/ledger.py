@@ -203,7 +203,7 @@ def mark_abandoned_unknown(engine: Engine, run_id: str, now: datetime | None = N
         return res.rowcount or 0
 
 
-def _insert_ignoring_duplicates(  # noqa: ANN202 - a dialect insert
+def insert_ignoring_duplicates(  # noqa: ANN202 - a dialect insert
     conn: Connection, table: sa.Table, keys: Sequence[str] | None = None
 ):
     """INSERT ... ON CONFLICT (`keys`, default the primary key) DO NOTHING, in the state
@@ -258,7 +258,7 @@ def insert_pending(
         return []
     with engine.begin() as conn:
         one_per_message = ["campaign", "recipient", "send_date"]
-        conn.execute(_insert_ignoring_duplicates(conn, ledger, one_per_message), rows)
+        conn.execute(insert_ignoring_duplicates(conn, ledger, one_per_message), rows)
         mine = set()
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
@@ -348,7 +348,7 @@ def acquire_send_lock(engine: Engine, holder: str, now: datetime | None = None) 
             # RETURNING tells whether this insert took the row (rowcount does not, for an
             # INSERT ... ON CONFLICT DO NOTHING on every driver).
             inserted = conn.execute(
-                _insert_ignoring_duplicates(conn, send_lock)
+                insert_ignoring_duplicates(conn, send_lock)
                 .values(**row)
                 .returning(send_lock.c.holder)
             ).first()
@@ -543,7 +543,7 @@ def remember_opt_outs(
             rows = [dict(patient_id=p, channel=c, recorded_at=stamp, source=source)
                     for p, c in new[i : i + 1000]]  # fmt: skip
             # Two runs may remember the same opt-out at once: the second finds it there.
-            stmt = _insert_ignoring_duplicates(conn, learned_opt_outs)
+            stmt = insert_ignoring_duplicates(conn, learned_opt_outs)
             conn.execute(stmt, rows)
     return len(new)
 

@@ -19,7 +19,7 @@ import re
 import secrets
 import threading
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, quote, unquote, urlencode
 from zoneinfo import ZoneInfo
@@ -31,6 +31,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.run_lock import WarehouseBusy, run_in_progress
@@ -155,7 +156,7 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
             raise HTTPException(status_code=403, detail="the form has expired; reload the page")
         return session
 
-    async def form_of(request: Request):  # noqa: ANN202 - starlette's FormData
+    async def form_of(request: Request) -> FormData:
         """The posted form (read once, then cached by starlette): text fields only, none
         holding a NUL (no database stores one), and a board's worth of fields."""
         try:
@@ -551,7 +552,7 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
         # preview never holds up anybody else's request.
         return await run_in_threadpool(preview_draft, request, session, form)
 
-    def preview_draft(request: Request, session: accounts.Session, form) -> HTMLResponse:  # noqa: ANN001
+    def preview_draft(request: Request, session: accounts.Session, form: FormData) -> HTMLResponse:
         text = str(form.get("definition") or "")
         saved_slug = str(form.get("saved") or "")
         try:
@@ -595,7 +596,7 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
         form = await request.form()
         return await run_in_threadpool(save_draft, request, session, form)
 
-    def save_draft(request: Request, session: accounts.Session, form) -> HTMLResponse:  # noqa: ANN001
+    def save_draft(request: Request, session: accounts.Session, form: FormData) -> HTMLResponse:
         slug = str(form.get("slug") or "")
         base = str(form.get("base") or "") or None
         existing = library().get(slug) if slug else None
@@ -672,7 +673,7 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
         rows = people.filter(pl.col("patient_id").is_in(pl.Series(ids).implode()))
         return {r[0]: r[1:] for r in rows.select(CARD_COLUMNS).iter_rows()}
 
-    def days_since(at, today: date) -> int:  # noqa: ANN001 - an aware datetime
+    def days_since(at: datetime, today: date) -> int:
         """Whole days from `at` to `today`, both as the clinic's calendar has them."""
         return (today - at.astimezone(ZoneInfo(settings.clinic_timezone)).date()).days
 
@@ -733,7 +734,7 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
         form = await form_of(request)
         return await run_in_threadpool(bulk_change, session, slug, form)
 
-    def bulk_change(session: accounts.Session, slug: str, form) -> Response:  # noqa: ANN001
+    def bulk_change(session: accounts.Session, slug: str, form: FormData) -> Response:
         """Move or assign the selected cards. Each card carries the version it was shown
         at: a card someone else changed since is left as it is, and counted. Every value
         is checked before any card changes."""
@@ -821,7 +822,8 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
         form = await form_of(request)
         return await run_in_threadpool(card_change, session, slug, member_id, form)
 
-    def card_change(session: accounts.Session, slug: str, member_id: str, form) -> Response:  # noqa: ANN001
+    def card_change(session: accounts.Session, slug: str, member_id: str,
+                    form: FormData) -> Response:  # fmt: skip
         """A note, a due date or an assignee for one card, each at the version shown."""
         info = visible_worklist(slug, session)
         action = str(form.get("action") or "")
@@ -867,7 +869,8 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
         form = await form_of(request)
         return await run_in_threadpool(move_card, request, session, slug, form)
 
-    def move_card(request: Request, session: accounts.Session, slug: str, form) -> Response:  # noqa: ANN001
+    def move_card(request: Request, session: accounts.Session, slug: str,
+                  form: FormData) -> Response:  # fmt: skip
         """One card to another stage, at the version the board showed."""
         info = visible_worklist(slug, session)
         member_id, stage = str(form.get("member_id") or ""), str(form.get("stage") or "")
