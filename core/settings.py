@@ -69,6 +69,10 @@ class Settings:
     outbound_run_time: str | None = None
     sender: SenderAccess = field(default_factory=SenderAccess)
     cliniko: ClinikoAccess = field(default_factory=ClinikoAccess)
+    # Where patients reach the web app (its unsubscribe links), and the secret those
+    # links are signed with; without both, emails carry no unsubscribe link.
+    web_app_url: str | None = None
+    unsubscribe_secret: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Settings:
@@ -115,6 +119,8 @@ class Settings:
                 disabled=_flag(get("OUTBOUND_SEND_DISABLED")),
                 webhook_public_key=_public_key(get("SENDGRID_WEBHOOK_PUBLIC_KEY")),
             ),
+            web_app_url=_web_app_url(get("WEB_APP_URL")),
+            unsubscribe_secret=_secret(get("UNSUBSCRIBE_SECRET")),
             cliniko=ClinikoAccess(
                 api_key=get("CLINIKO_API_KEY") or "",
                 shard=get("CLINIKO_SHARD") or "",
@@ -122,6 +128,30 @@ class Settings:
                 user_agent=get("CLINIKO_USER_AGENT") or "",
             ),
         )
+
+
+def _web_app_url(value: str | None) -> str | None:
+    from urllib.parse import urlsplit
+
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or \
+            parts.fragment:  # fmt: skip
+        raise SettingsError(
+            f"WEB_APP_URL={value!r} is not the web app's address; write it as patients reach "
+            "it, e.g. https://audiences.clinic.example"
+        )
+    return value.rstrip("/")
+
+
+def _secret(value: str | None) -> str | None:
+    if value is not None and len(value) < 32:
+        raise SettingsError(
+            "UNSUBSCRIBE_SECRET is shorter than 32 characters; make one with "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+        )
+    return value
 
 
 def _public_key(value: str | None) -> str | None:

@@ -36,6 +36,8 @@ class Recipient:
     ledger_id: str
     address: str
     data: dict[str, str] = field(default_factory=dict)
+    # Headers of this message alone (the one-click unsubscribe link).
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -174,6 +176,8 @@ class SendGridEmail:
         personalizations = []
         for r in recipients:
             p: dict = {"to": [{"email": r.address}], "custom_args": {"ledger_id": r.ledger_id}}
+            if r.headers:
+                p["headers"] = dict(r.headers)
             if content.template_id:
                 p["dynamic_template_data"] = r.data
             elif r.data:

@@ -71,6 +71,9 @@ class OutboundSettings:
     memory_limit: str | None = None
     # HH:MM clinic time plans are made at (reproducible dry runs); None: the real time.
     run_time: str | None = None
+    # The web app's address and the secret its unsubscribe links are signed with.
+    web_app_url: str | None = None
+    unsubscribe_secret: str | None = field(default=None, repr=False)
 
     @classmethod
     def of(cls, s: Settings) -> OutboundSettings:
@@ -83,6 +86,8 @@ class OutboundSettings:
             cap=frequency_cap(s.cap_max_messages, s.cap_window_days),
             memory_limit=s.duckdb_memory_limit,
             run_time=s.outbound_run_time,
+            web_app_url=s.web_app_url,
+            unsubscribe_secret=s.unsubscribe_secret,
         )
 
     def connect(self, read_only: bool = False):
@@ -558,9 +563,11 @@ def _send_rows(
                 Recipient(
                     ledger_id=i,
                     address=r["email"].strip(),
-                    data={f: r.get(f) or "" for f in RECIPIENT_FIELDS},
+                    data={f: r.get(f) or "" for f in RECIPIENT_FIELDS} | link["data"],
+                    headers=link["headers"],
                 )
                 for i, r in sending
+                for link in [unsubscribe_link(settings, r["patient_id"], clock.as_of)]
             ]
             sent_ids = [i for i, _ in sending]
             rep.requests += 1
@@ -598,6 +605,18 @@ def _send_rows(
         if slug in digests:
             _send_digest(campaign, to_send, clock, engine, channel, existing, run_id, rep,
                          ok_status, digests[slug])  # fmt: skip
+
+
+def unsubscribe_link(settings: OutboundSettings, patient_id: str, sent_on: date) -> dict:
+    """A patient's one-click unsubscribe link: its URL for templates (`r.unsubscribe_url`)
+    and the RFC 8058 headers; empty when the web app's address or secret is not set."""
+    from outbound.unsubscribe import headers_for, make_token, unsubscribe_url
+
+    if not (settings.web_app_url and settings.unsubscribe_secret):
+        return {"data": {"unsubscribe_url": ""}, "headers": {}}
+    token = make_token(settings.unsubscribe_secret, patient_id, "email", sent_on)
+    url = unsubscribe_url(settings.web_app_url, token)
+    return {"data": {"unsubscribe_url": url}, "headers": headers_for(url)}
 
 
 def _ledger_rows(

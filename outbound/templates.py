@@ -26,6 +26,8 @@ RECIPIENT_FIELDS = (
     "balance_due",
     "oldest_open_invoice_days",
     "last_appointment_type",
+    # The patient's one-click unsubscribe link (empty when the web app's address is unset).
+    "unsubscribe_url",
 )
 
 

@@ -963,6 +963,44 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
         applied = await run_in_threadpool(apply_events, engine, events, patients_with_email)
         return JSONResponse(applied.__dict__)
 
+    # -- one-click unsubscribe (RFC 8058) ----------------------------------------------
+
+    def unsubscribe_of(token: str):  # noqa: ANN202 - outbound.unsubscribe.Unsubscribe
+        from core.days import today_in
+        from outbound.unsubscribe import BadToken, ExpiredToken, read_token
+
+        if not settings.unsubscribe_secret:
+            raise HTTPException(status_code=404, detail="no such page")
+        try:
+            return read_token(settings.unsubscribe_secret, token,
+                              today_in(settings.clinic_timezone))  # fmt: skip
+        except ExpiredToken:
+            raise HTTPException(status_code=410, detail="this unsubscribe link has expired; "
+                                "reply to the email or call the clinic, and they will stop "
+                                "the emails") from None  # fmt: skip
+        except BadToken:
+            raise HTTPException(status_code=400, detail="this is not an unsubscribe link of "
+                                "this clinic; check it was copied whole") from None  # fmt: skip
+
+    @app.get("/unsubscribe/{token}", response_class=HTMLResponse)
+    def unsubscribe_page(request: Request, token: str):
+        """What the link in an email opens: one button, no sign-in, nothing personal."""
+        unsubscribe_of(token)
+        return page(request, "unsubscribe.html", None, token=token, done=False)
+
+    @app.post("/unsubscribe/{token}", response_class=HTMLResponse)
+    def unsubscribe(request: Request, token: str):
+        """The one-click POST a mailbox provider sends (body `List-Unsubscribe=One-Click`),
+        or the page's button: the patient gets no more email, from the next plan on. The
+        signed token is the proof; there is no session or CSRF token to ask for."""
+        from outbound.ledger import record_opt_out
+        from outbound.run import state_engine
+
+        found = unsubscribe_of(token)
+        record_opt_out(state_engine(outbound_settings()), found.patient_id, found.channel,
+                       source="one-click unsubscribe")  # fmt: skip
+        return page(request, "unsubscribe.html", None, token=token, done=True)
+
     @app.get("/campaigns", response_class=HTMLResponse)
     def campaigns_page(request: Request):
         """Each campaign with its status, and the plan of the built day: who would be

@@ -162,3 +162,59 @@ def test_resubscribe_lifts_only_a_group_unsubscribe_in_any_arrival_order(hook, k
 
 def test_without_a_configured_key_the_webhook_does_not_exist(client_of):
     assert client_of().post(URL, json=[]).status_code == 404
+
+
+# -- one-click unsubscribe -----------------------------------------------------------------
+
+SECRET = "u" * 40
+
+
+@pytest.fixture
+def unsubscribing(settings):
+    from fastapi.testclient import TestClient
+
+    from webapp.app import create_app
+
+    with_secret = replace(settings, web_app_url="https://app.clinic.example",
+                          unsubscribe_secret=SECRET)  # fmt: skip
+    return TestClient(create_app(with_secret))
+
+
+def test_a_one_click_post_unsubscribes_at_once_without_a_session(unsubscribing, settings):
+    from core.days import today_in
+    from outbound.run import OutboundSettings, read_opt_outs, state_engine
+    from outbound.unsubscribe import make_token
+
+    ((patient, email),) = patients_with_emails(settings, 1)
+    token = make_token(SECRET, patient, "email", today_in(settings.clinic_timezone))
+    page = unsubscribing.get(f"/unsubscribe/{token}")
+    assert page.status_code == 200 and "Unsubscribe" in page.text
+    assert email not in page.text and patient not in page.text.replace(token, "")
+    # What a mailbox provider sends (RFC 8058): a POST with this body, nothing else.
+    done = unsubscribing.post(f"/unsubscribe/{token}", content="List-Unsubscribe=One-Click",
+                              headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert done.status_code == 200 and 'id="unsubscribed"' in done.text
+    assert opted_out(settings)[patient] == "one-click unsubscribe"
+    o = OutboundSettings.of(settings)
+    assert (patient, "email") in set(read_opt_outs(o, state_engine(o)).select(
+        "patient_id", "channel").iter_rows())  # fmt: skip
+    # Twice is the same as once.
+    assert unsubscribing.post(f"/unsubscribe/{token}").status_code == 200
+
+
+def test_an_unsubscribe_link_that_is_forged_or_expired_changes_nothing(unsubscribing, settings,
+                                                                       client_of):  # fmt: skip
+    from datetime import timedelta
+
+    from core.days import today_in
+    from outbound.unsubscribe import VALID_DAYS, make_token
+
+    ((patient, _),) = patients_with_emails(settings, 1)
+    old = today_in(settings.clinic_timezone) - timedelta(days=VALID_DAYS + 1)
+    expired = unsubscribing.post(f"/unsubscribe/{make_token(SECRET, patient, 'email', old)}")
+    assert expired.status_code == 410 and "call the clinic" in expired.text
+    forged = make_token("x" * 40, patient, "email", today_in(settings.clinic_timezone))
+    assert unsubscribing.post(f"/unsubscribe/{forged}").status_code == 400
+    assert patient not in opted_out(settings)
+    # Without a secret the address does not exist.
+    assert client_of().post(f"/unsubscribe/{forged}").status_code == 404
