@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from core.state_store import Migration, UTCDateTime, register_migrations
+from core.state_store import Migration, UTCDateTime, migrate, register_migrations
 from outbound.ledger import insert_ignoring_duplicates, learned_opt_outs, ledger
 
 COMPONENT = "sendgrid_events"
@@ -80,6 +80,7 @@ def apply_events(
 ) -> Applied:
     """Apply a verified batch of SendGrid events. `patients_with_email(address)` names
     the patients an address belongs to, for events that carry no ledger id."""
+    migrate(engine, [COMPONENT])
     now = now or datetime.now(UTC)
     out = Applied(received=len(events))
     wanted = []
@@ -141,8 +142,10 @@ def _suppress(conn: Connection, patients: list[str], event: dict, at: datetime) 
         reason = f"bounced: {event['reason'][:120]}"
     rows = [dict(patient_id=p, channel="email", recorded_at=at,
                  source=f"{SOURCE_PREFIX}{kind}: {reason}"[:200]) for p in patients]  # fmt: skip
-    result = conn.execute(insert_ignoring_duplicates(conn, learned_opt_outs), rows)
-    return max(result.rowcount or 0, 0)
+    # RETURNING names the rows actually inserted (drivers' row counts differ here).
+    stmt = insert_ignoring_duplicates(conn, learned_opt_outs).returning(
+        learned_opt_outs.c.patient_id)
+    return len(conn.execute(stmt, rows).all())
 
 
 def _resubscribe(conn: Connection, patients: list[str], at: datetime) -> int:
