@@ -425,7 +425,8 @@ def _render_all(
     """Every message and staff digest of the plan rendered, before any request is made:
     a template that fails stops the run with nothing sent."""
     slugs = set(to_send["campaign"].to_list())
-    contents = {c.slug: campaign_content(c) for c in campaigns if c.slug in slugs}
+    links = bool(settings.web_app_url and settings.unsubscribe_secret)
+    contents = {c.slug: campaign_content(c, links) for c in campaigns if c.slug in slugs}
     digests: dict[str, Content] = {}
     staff = to_send.filter(pl.col("channel") == STAFF_CHANNEL)
     if staff.height:

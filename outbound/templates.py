@@ -58,16 +58,28 @@ def _render(template: LocalTemplate, context: Mapping[str, object], where: str) 
     return Content(subject=parts["subject"], html=parts["html"], text=parts["text"])
 
 
-def campaign_content(campaign: Campaign) -> Content:
-    """What every message of the campaign shares; per-recipient fields as substitution tags."""
+# The line every patient email ends with when unsubscribe links are on (whatever the
+# template says), with the patient's own link.
+UNSUBSCRIBE_TEXT = "To stop these emails: " + substitution_tag("unsubscribe_url")
+UNSUBSCRIBE_HTML = (f'<p><a href="{substitution_tag("unsubscribe_url")}">Unsubscribe</a> '
+                    "from these emails.</p>")  # fmt: skip
+
+
+def campaign_content(campaign: Campaign, unsubscribe_link: bool = False) -> Content:
+    """What every message of the campaign shares; per-recipient fields as substitution
+    tags. `unsubscribe_link`: end every message with the patient's unsubscribe link."""
     if not isinstance(campaign.template, LocalTemplate):
         return Content(template_id=campaign.template.sendgrid_template_id)
     tags = {f: jinja2.utils.markupsafe.Markup(substitution_tag(f)) for f in RECIPIENT_FIELDS}
-    return _render(
+    content = _render(
         campaign.template,
         {"campaign": campaign, "r": tags},
         f"campaign {campaign.slug}",
     )
+    if not unsubscribe_link:
+        return content
+    return Content(subject=content.subject, html=f"{content.html}\n{UNSUBSCRIBE_HTML}",
+                   text=f"{content.text}\n\n{UNSUBSCRIBE_TEXT}")  # fmt: skip
 
 
 def digest_content(campaign: Campaign, cases: list[dict[str, object]]) -> Content:

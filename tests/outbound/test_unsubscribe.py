@@ -50,6 +50,10 @@ def test_every_patient_email_carries_its_own_one_click_link(
         seen[p["to"][0]["email"]] = read_token(SECRET, url.rsplit("/", 1)[1], SENT).patient_id
     assert seen == {"p0@clinic.example": "p00000", "p1@clinic.example": "p00001",
                     "p2@clinic.example": "p00002"}  # fmt: skip
+    # And it is visible in the message itself, in both parts.
+    parts = {c["type"]: c["value"] for c in request["content"]}
+    assert parts["text/plain"].endswith("To stop these emails: -unsubscribe_url-")
+    assert '<a href="-unsubscribe_url-">Unsubscribe</a>' in parts["text/html"]
 
 
 def test_without_the_web_apps_address_emails_carry_no_link(
@@ -61,6 +65,8 @@ def test_without_the_web_apps_address_emails_carry_no_link(
     run(settings, [camp("reactivate", "seg", 50)], engine, channel(fake_sendgrid))
     (p,) = fake_sendgrid.requests[0]["personalizations"]
     assert "headers" not in p and p["substitutions"]["-unsubscribe_url-"] == ""
+    assert all("unsubscribe" not in c["value"].lower()
+               for c in fake_sendgrid.requests[0]["content"])
 
 
 def test_the_settings_refuse_a_short_secret_and_an_address_that_is_not_one():
