@@ -7,6 +7,7 @@ evaluation of a whole library do not go back to the file for every segment.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from datetime import date
 from pathlib import Path
@@ -41,6 +42,10 @@ class WarehouseFrames:
         self._frames: dict[str, pl.DataFrame] = {}
         # Event table → each key's run of rows in it (see `rows_of`), built on first use.
         self._runs: dict[str, pl.DataFrame] = {}
+        # The web app evaluates from several threads at once: loading (and replacing the
+        # frames when another day is built) happens under this lock; a frame handed out
+        # is never changed, so evaluation itself needs no lock.
+        self._lock = threading.RLock()
         # Keys whose hashes collided on load: those are joined on the text ids instead.
         self._collisions: set[str] = set()
 
@@ -70,7 +75,8 @@ class WarehouseFrames:
         for d in definitions:
             for table, cols in columns_read(d).items():
                 wanted.setdefault(table, set()).update(cols)
-        self._load(wanted)
+        with self._lock:
+            self._load(wanted)
 
     def require_day(
         self, as_of: date, what: str = "a segment", timezone: str | None = None
@@ -82,28 +88,34 @@ class WarehouseFrames:
             raise WarehouseError(str(err)) from None
 
     def frame(self, table: str, columns: Iterable[str]) -> pl.DataFrame:
-        self._load({table: set(columns)})
-        return self._frames[table]
+        with self._lock:
+            self._load({table: set(columns)})
+            return self._frames[table]
 
     def rows_of(
         self, table: str, columns: Iterable[str], key: str, wanted: pl.Series,
         gather: list[str] | None = None,
     ) -> pl.DataFrame | None:
-        """The rows of event `table` whose `key` is one of `wanted`, found by binary search
-        in the table's key order (only the `gather` columns, default all); None when the
-        table is not held in that key's order."""
-        df = self.frame(table, columns)
-        if key != SORTED_KEY or table not in _EVENT_TABLES or key not in df.columns:
+        """The rows of event `table` whose `key` is one of `wanted`, found through each
+        key's run of rows in the table's key order (only the `gather` columns, default
+        all); None when the table is not held in that key's order."""
+        if key != SORTED_KEY or table not in _EVENT_TABLES:
             return None
-        if table not in self._runs:
-            # Each key's run of rows (the frame is in key order): where it starts, how long.
-            runs = df[key].rle().struct.unnest()
-            self._runs[table] = runs.select(
-                pl.col("value").alias(key),
-                (pl.col("len").cum_sum() - pl.col("len")).cast(pl.UInt32).alias("start"),
-                pl.col("len").cast(pl.UInt32),
-            )
-        found = wanted.drop_nulls().unique().to_frame(key).join(self._runs[table], on=key)
+        with self._lock:  # the frame and its runs as one pair (a reload replaces both)
+            df = self.frame(table, columns)
+            if key not in df.columns:
+                return None
+            runs = self._runs.get(table)
+            if runs is None:
+                # Each key's run of rows (the frame is in key order): where it starts and
+                # how long it is.
+                raw = df[key].rle().struct.unnest()
+                runs = self._runs[table] = raw.select(
+                    pl.col("value").alias(key),
+                    (pl.col("len").cum_sum() - pl.col("len")).cast(pl.UInt32).alias("start"),
+                    pl.col("len").cast(pl.UInt32),
+                )
+        found = wanted.drop_nulls().unique().to_frame(key).join(runs, on=key)
         rows = found.select(pl.int_ranges("start", pl.col("start") + pl.col("len"),
                                           dtype=pl.UInt32).explode()).to_series()  # fmt: skip
         return (df.select(gather) if gather else df)[rows.drop_nulls()]
@@ -206,7 +218,7 @@ _EVENT_TABLES = {source.table for source in EVENT_SOURCES.values()}
 
 def _held(table: str, df: pl.DataFrame) -> pl.DataFrame:
     """A frame as it is kept: event rows in key order, so that a few candidates' rows are
-    found by binary search (`rows_of`) instead of probing every row. Entity frames keep
+    found through their runs (`rows_of`) instead of by probing every row. Entity frames keep
     their order, which members' row numbers refer to."""
     if table in _EVENT_TABLES and SORTED_KEY in df.columns:
         return df.sort(SORTED_KEY, nulls_last=True, maintain_order=True)
@@ -276,9 +288,9 @@ def _join_event_count(
     keep = event_filter(count.condition, catalogue, as_of, timezone)
     events = None
     if narrowed:
-        # Few candidates left: only their event rows are looked at, found by binary search
-        # in the key order the events are held in (or else by probing every row), and only
-        # the columns the condition reads are gathered.
+        # Few candidates left: only their event rows are looked at, found through their
+        # runs in the key order the events are held in (or else by probing every row), and
+        # only the columns the condition reads are gathered.
         needed = [key, *(keep.meta.root_names() if keep is not None else [])]
         theirs = frames.rows_of(source.table, read[source.table], key, candidates[key],
                                 list(dict.fromkeys(needed)))  # fmt: skip

@@ -1,5 +1,5 @@
-"""Event rows of a few candidates, found by binary search in the key order events are
-held in, are exactly the rows a full scan finds."""
+"""Event rows of a few candidates, found through their runs in the key order events are
+held in, are exactly the rows a full scan finds, from one thread or many."""
 
 from __future__ import annotations
 
@@ -60,3 +60,34 @@ include:
     assert run_segment(never, rows, D) == []
     once = definition.replace("count: {op: gte, value: 2}", "count: {op: eq, value: 1}")
     assert run_segment(once, rows, D) == ["P17"]
+
+
+def test_evaluations_from_many_threads_at_once_agree_with_one(run_segment, warehouse_for,
+                                                                catalogue):  # fmt: skip
+    from concurrent.futures import ThreadPoolExecutor
+
+    from segments.evaluate import WarehouseFrames, evaluate
+    from segments.validation import parse_definition, read_yaml
+
+    patients = [dict(patient_id=f"P{n:03d}", status="active", city="Sydney" if n % 7 else
+                     "Parramatta") for n in range(200)]  # fmt: skip
+    rows = {"patient_features": patients, "appointments": [
+        dict(appointment_id=f"a{n}", patient_id=f"P{n % 200:03d}", start_date=date(2024, 5, 1),
+             category="Physio", status="attended" if n % 3 else "cancelled")
+        for n in range(1_000)]}  # fmt: skip
+    text = """
+name: Parramatta regulars
+include:
+  conditions:
+    - {field: city, op: eq, value: Parramatta}
+    - events: appointments
+      where: {conditions: [{field: status, op: eq, value: attended}]}
+      count: {op: gte, value: 4}
+"""
+    definition = parse_definition(read_yaml(text, "t.yaml"), "t.yaml", catalogue)
+    alone = run_segment(text, rows, D)
+    frames = WarehouseFrames(warehouse_for(rows))  # one set of frames, shared
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: sorted(evaluate(
+            definition, frames, catalogue, D, "UTC")["patient_id"].to_list()), range(32)))
+    assert alone and all(r == alone for r in results)
