@@ -102,6 +102,9 @@ class AppState:
     saved_counts: dict = field(default_factory=dict)
     library: object | None = None
     library_stamp: tuple | None = None
+    # The state store with every component's tables (ledger, opt-outs, pauses, segment
+    # versions, provider events), migrated once on first use.
+    store: object | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -487,12 +490,22 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
 
     # -- the audience builder -------------------------------------------------------
 
+    def store():
+        """One engine on the state store for the app's lifetime, migrated once (every
+        request used to make its own engine and run the migrations again)."""
+        import outbound.consent_events  # noqa: F401 - registers its tables
+        import segments.versions  # noqa: F401 - registers its table
+        from outbound.run import state_engine
+
+        with state.lock:
+            if state.store is None:
+                state.store = state_engine(outbound_settings())
+            return state.store
+
     def versions_engine():
-        from core.state_store import migrate
         from segments import versions
 
-        migrate(state.accounts, ["segment_versions"])
-        return state.accounts, versions
+        return store(), versions
 
     def editor_page(request: Request, session: accounts.Session, name: str,
                     start: str | None) -> HTMLResponse:  # fmt: skip
@@ -547,7 +560,7 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
     @app.post("/builder/preview", response_class=HTMLResponse)
     async def builder_preview(request: Request):
         session = await checked(request)
-        form = await request.form()
+        form = await form_of(request)
         # Evaluation takes a while on a large clinic: off the event loop, so that one
         # preview never holds up anybody else's request.
         return await run_in_threadpool(preview_draft, request, session, form)
@@ -593,7 +606,7 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
     async def builder_save(request: Request):
         """Save the draft as YAML in SEGMENTS_PATH and as the segment's next version."""
         session = await checked(request)
-        form = await request.form()
+        form = await form_of(request)
         return await run_in_threadpool(save_draft, request, session, form)
 
     def save_draft(request: Request, session: accounts.Session, form: FormData) -> HTMLResponse:
@@ -805,9 +818,7 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
 
         found = read(person) if warehouse.exists() else None
         from outbound.ledger import learned_consent_of
-        from outbound.run import state_engine
-
-        consent = learned_consent_of(state_engine(outbound_settings()), member.patient_id)
+        consent = learned_consent_of(store(), member.patient_id)
         accounts.record(state.accounts, session.user, "viewed",
                         f"work list {slug} card {member_id}")  # fmt: skip
         today = today_in(settings.clinic_timezone)
@@ -938,7 +949,6 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
         import time as clock
 
         from outbound.consent_events import apply_events
-        from outbound.run import state_engine
 
         if verifier is None:
             raise HTTPException(status_code=404, detail="no Event Webhook is configured here")
@@ -959,7 +969,7 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
             raise HTTPException(status_code=400, detail="the body is not JSON") from None
         if not isinstance(events, list):
             raise HTTPException(status_code=400, detail="the body is not a list of events")
-        engine = state_engine(outbound_settings())
+        engine = await run_in_threadpool(store)
         applied = await run_in_threadpool(apply_events, engine, events, patients_with_email)
         return JSONResponse(applied.__dict__)
 
@@ -994,10 +1004,9 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
         or the page's button: the patient gets no more email, from the next plan on. The
         signed token is the proof; there is no session or CSRF token to ask for."""
         from outbound.ledger import record_opt_out
-        from outbound.run import state_engine
 
         found = unsubscribe_of(token)
-        record_opt_out(state_engine(outbound_settings()), found.patient_id, found.channel,
+        record_opt_out(store(), found.patient_id, found.channel,
                        source="one-click unsubscribe")  # fmt: skip
         return page(request, "unsubscribe.html", None, token=token, done=True)
 
@@ -1006,12 +1015,12 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
         """Each campaign with its status, and the plan of the built day: who would be
         messaged, and why not (a dry run: nothing is sent from here)."""
         from outbound.pauses import pause_states
-        from outbound.run import make_plan, run_clock, state_engine
+        from outbound.run import make_plan, run_clock
 
         session = signed_in(request)
         campaigns = visible_campaigns(session)
         o = outbound_settings()
-        engine = state_engine(o)
+        engine = store()
         states = pause_states(engine)
         day = _built_day(warehouse)
         plan_rows, error = [], None
@@ -1038,16 +1047,15 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
     @app.post("/campaigns/{slug}/pause")
     async def pause(request: Request, slug: str):
         from outbound.pauses import set_paused
-        from outbound.run import state_engine
 
         session = await checked(request)
         if slug not in {c.slug for c in visible_campaigns(session)}:
             raise HTTPException(status_code=404, detail=f"no campaign {slug!r}")
-        form = await request.form()
+        form = await form_of(request)
         if form.get("paused") not in ("true", "false"):
             raise HTTPException(status_code=400, detail="say paused=true or paused=false")
         paused = form.get("paused") == "true"
-        set_paused(state_engine(outbound_settings()), slug, paused, session.user.email)
+        set_paused(store(), slug, paused, session.user.email)
         accounts.record(state.accounts, session.user, "paused" if paused else "resumed",
                         f"campaign {slug}")  # fmt: skip
         return RedirectResponse("/campaigns", status_code=303)
