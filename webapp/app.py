@@ -83,6 +83,8 @@ CARD_COLUMNS = ["patient_id", "first_name", "last_name", "mobile", "last_visit_d
                 "balance_due"]  # fmt: skip
 # A signed webhook delivery older than this (seconds) is refused: a replay.
 WEBHOOK_MAX_AGE = 600
+# SendGrid posts batches of at most a few hundred kilobytes; anything far larger is not it.
+WEBHOOK_MAX_BYTES = 5_000_000
 # The campaigns page counts the ledger's messages over this many days.
 LEDGER_DAYS = 30
 
@@ -952,7 +954,16 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
 
         if verifier is None:
             raise HTTPException(status_code=404, detail="no Event Webhook is configured here")
-        body = (await request.body()).decode("utf-8", "replace")
+        # Read no more than a batch can be before the signature says who sent it.
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > WEBHOOK_MAX_BYTES:
+            raise HTTPException(status_code=413, detail="the event batch is too large")
+        raw = b""
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > WEBHOOK_MAX_BYTES:
+                raise HTTPException(status_code=413, detail="the event batch is too large")
+        body = raw.decode("utf-8", "replace")
         signature = request.headers.get("X-Twilio-Email-Event-Webhook-Signature", "")
         stamp = request.headers.get("X-Twilio-Email-Event-Webhook-Timestamp", "")
         fresh = stamp.isdigit() and abs(clock.time() - int(stamp)) <= WEBHOOK_MAX_AGE

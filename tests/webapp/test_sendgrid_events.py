@@ -218,3 +218,13 @@ def test_an_unsubscribe_link_that_is_forged_or_expired_changes_nothing(unsubscri
     assert patient not in opted_out(settings)
     # Without a secret the address does not exist.
     assert client_of().post(f"/unsubscribe/{forged}").status_code == 404
+
+
+def test_an_oversized_batch_is_refused_before_its_signature_is_checked(hook):
+    from webapp.app import WEBHOOK_MAX_BYTES
+
+    body = b"[" + b" " * WEBHOOK_MAX_BYTES + b"]"
+    response = hook.post(URL, content=body, headers={
+        "X-Twilio-Email-Event-Webhook-Signature": "x",
+        "X-Twilio-Email-Event-Webhook-Timestamp": str(int(time.time()))})
+    assert response.status_code == 413
