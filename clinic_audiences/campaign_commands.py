@@ -20,7 +20,9 @@ from outbound.run import (
     OutboundSettings,
     Planned,
     SenderSettings,
+    SmsSenderSettings,
     campaign_set,
+    configured_channels,
     make_plan,
     read_opt_outs,
     run_clock,
@@ -113,16 +115,18 @@ def cmd_dry_run(as_of: str | None, out: str | None) -> int:
 def cmd_send(as_of: str | None) -> int:
     try:
         sender = SenderSettings.of(current_settings().sender)
+        sms = SmsSenderSettings.of(current_settings().twilio)
         settings, loaded, clock, engine, planned = _plan(as_of)
-        channel = sender.channel() if sender.api_key else None
+        channel = configured_channels(settings, sender, sms) or None
     except (CampaignError, TemplateError, ValueError, LookupError, OSError, WarehouseBusy) as e:
         return _fail(str(e))
     print_summary(planned, clock)
     if channel is None:
+        configured = current_settings().sender.api_key or current_settings().twilio.account_sid
         why = (
             "OUTBOUND_SEND_DISABLED is set"
-            if current_settings().sender.api_key
-            else "SENDGRID_API_KEY is not set"
+            if configured
+            else "no sender is configured (SENDGRID_API_KEY, TWILIO_ACCOUNT_SID)"
         )
         print(f"{why}: dry run, nothing was sent and the ledger is unchanged")
         _report_problems(loaded.problems)
@@ -152,6 +156,8 @@ def cmd_send(as_of: str | None) -> int:
             line += f", withheld {rep.withheld} (opted out since the plan)"
         if rep.digest:
             line += f"; staff digest {rep.digest}"
+        if rep.not_sent:
+            line += f"; not sent: {rep.not_sent}"
         print(line)
     if report.unknown:
         print(

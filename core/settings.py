@@ -15,12 +15,13 @@ from pathlib import Path
 
 from core.days import SettingsError, validate_timezone
 
-__all__ = ["Settings", "SettingsError", "ClinikoAccess", "SenderAccess"]
+__all__ = ["Settings", "SettingsError", "ClinikoAccess", "SenderAccess", "TwilioAccess"]
 
 DEFAULT_DUCKDB_PATH = "var/warehouse.duckdb"
 DEFAULT_STATE_DB_URL = "sqlite:///var/state.db"
 DEFAULT_EXTRACTS_ROOT = "var/extracts"
 DEFAULT_SENDGRID_HOST = "https://api.sendgrid.com"
+DEFAULT_TWILIO_BASE_URL = "https://api.twilio.com"
 DEFAULT_MAX_DROP = 0.5
 
 
@@ -40,6 +41,19 @@ class SenderAccess:
     # SENDGRID_WEBHOOK_PUBLIC_KEY: the Event Webhook's verification key (base64, as
     # SendGrid shows it); without it the web app takes no events.
     webhook_public_key: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class TwilioAccess:
+    """How SMS is sent: Twilio's account and sender. The auth token is only ever in the
+    environment (left out of repr); `base_url` only points the client at a stand-in."""
+
+    account_sid: str | None = None
+    auth_token: str | None = field(default=None, repr=False)
+    messaging_service_sid: str | None = None
+    from_number: str | None = None
+    base_url: str = DEFAULT_TWILIO_BASE_URL
+    disabled: bool = False
 
 
 @dataclass(frozen=True)
@@ -68,7 +82,14 @@ class Settings:
     # HH:MM clinic time a plan is made at (reproducible dry runs); None: the real time.
     outbound_run_time: str | None = None
     sender: SenderAccess = field(default_factory=SenderAccess)
+    twilio: TwilioAccess = field(default_factory=TwilioAccess)
     cliniko: ClinikoAccess = field(default_factory=ClinikoAccess)
+    # How patients know the clinic (every commercial SMS names it); the country national
+    # phone numbers are read in and whose hours commercial SMS keeps; those hours, when
+    # the clinic sets its own (HH:MM-HH:MM).
+    clinic_name: str | None = None
+    clinic_country: str = "AU"
+    recipient_hours: str | None = None
     # Where patients reach the web app (its unsubscribe links), and the secret those
     # links are signed with; without both, emails carry no unsubscribe link.
     web_app_url: str | None = None
@@ -119,6 +140,17 @@ class Settings:
                 disabled=_flag(get("OUTBOUND_SEND_DISABLED")),
                 webhook_public_key=_public_key(get("SENDGRID_WEBHOOK_PUBLIC_KEY")),
             ),
+            twilio=TwilioAccess(
+                account_sid=get("TWILIO_ACCOUNT_SID"),
+                auth_token=get("TWILIO_AUTH_TOKEN"),
+                messaging_service_sid=get("TWILIO_MESSAGING_SERVICE_SID"),
+                from_number=get("TWILIO_FROM_NUMBER"),
+                base_url=get("TWILIO_API_BASE_URL") or DEFAULT_TWILIO_BASE_URL,
+                disabled=_flag(get("OUTBOUND_SEND_DISABLED")),
+            ),
+            clinic_name=get("CLINIC_NAME"),
+            clinic_country=_country(get("CLINIC_COUNTRY")),
+            recipient_hours=get("OUTBOUND_RECIPIENT_HOURS"),
             web_app_url=_web_app_url(get("WEB_APP_URL")),
             unsubscribe_secret=_secret(get("UNSUBSCRIBE_SECRET")),
             cliniko=ClinikoAccess(
@@ -169,6 +201,18 @@ def _public_key(value: str | None) -> str | None:
             "SendGrid's Mail Settings > Event Webhook > Signature Verification"
         ) from None
     return value
+
+
+def _country(value: str | None) -> str:
+    from core.countries import COUNTRIES
+
+    code = (value or "AU").upper()
+    if code not in COUNTRIES:
+        raise SettingsError(
+            f"CLINIC_COUNTRY={value!r} is not a country this knows; use one of "
+            f"{', '.join(sorted(COUNTRIES))} (ISO 3166 codes)"
+        )
+    return code
 
 
 def _path(value: str | None) -> Path | None:

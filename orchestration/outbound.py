@@ -14,6 +14,7 @@ from orchestration.resources import (
     SegmentLibraryResource,
     SendGridResource,
     StateStoreResource,
+    TwilioResource,
     WarehouseResource,
     as_of_day,
     daily_partitions,
@@ -26,9 +27,12 @@ from outbound.run import (
     OutboundSettings,
     Planned,
     SenderSettings,
+    SmsSenderSettings,
     campaign_set,
     campaigns_for,
     candidates_of,
+    channel_rules,
+    configured_channels,
     frequency_cap,
     make_plan,
     read_candidates,
@@ -69,6 +73,10 @@ def _settings(
             cap=frequency_cap(settings.cap_max_messages, settings.cap_window_days),
             memory_limit=warehouse.memory_limit or None,
             run_time=settings.outbound_run_time or None,
+            web_app_url=settings.web_app_url or None,
+            unsubscribe_secret=settings.unsubscribe_secret or None,
+            clinic_name=settings.clinic_name or None,
+            rules=channel_rules(settings.clinic_country, settings.recipient_hours or None),
         )
     except ValueError as e:
         raise dg.Failure(description=str(e)) from None
@@ -323,6 +331,7 @@ def build_outbound_defs(
         state_store: StateStoreResource,
         segment_library: SegmentLibraryResource,
         sendgrid: SendGridResource,
+        twilio: TwilioResource,
     ):
         s, clock, engine, plan, contacts = _plan_and_inputs(
             warehouse, settings, state_store, segment_library, context
@@ -330,10 +339,8 @@ def build_outbound_defs(
         campaigns = _campaigns(s)
         try:
             sender = SenderSettings.of(sendgrid.access())
-        except ValueError as e:
-            raise dg.Failure(description=str(e)) from None
-        try:
-            channel = sender.channel() if sender.api_key else None
+            sms = SmsSenderSettings.of(twilio.access())
+            channel = configured_channels(s, sender, sms) or None
         except ValueError as e:
             raise dg.Failure(description=str(e)) from None
         planned = Planned(candidates=candidates_of(plan), plan=plan, contacts=contacts)
@@ -349,7 +356,8 @@ def build_outbound_defs(
             write_table(con, "send_report", report_frame(report))
         if report.dry_run:
             why = report.dry_run_reason or (
-                "SENDGRID_API_KEY unset or OUTBOUND_SEND_DISABLED set"
+                "no sender configured (SENDGRID_API_KEY, TWILIO_ACCOUNT_SID) or "
+                "OUTBOUND_SEND_DISABLED set"
             )
             context.log.warning(f"dry run, nothing was sent ({why})")
         rows = [

@@ -28,8 +28,10 @@ from core.settings import (
     DEFAULT_MAX_DROP,
     DEFAULT_SENDGRID_HOST,
     DEFAULT_STATE_DB_URL,
+    DEFAULT_TWILIO_BASE_URL,
     SenderAccess,
     Settings,
+    TwilioAccess,
 )
 from core.warehouse import connect
 
@@ -116,6 +118,26 @@ class SendGridResource(dg.ConfigurableResource):
         )  # fmt: skip
 
 
+class TwilioResource(dg.ConfigurableResource):
+    """Twilio (`TWILIO_ACCOUNT_SID`, `TWILIO_AUTH_TOKEN`, `TWILIO_MESSAGING_SERVICE_SID` or
+    `TWILIO_FROM_NUMBER`, `TWILIO_API_BASE_URL`). Without an account, SMS is a dry run."""
+
+    account_sid: str = ""
+    auth_token: str = ""
+    messaging_service_sid: str = ""
+    from_number: str = ""
+    base_url: str = DEFAULT_TWILIO_BASE_URL
+    disabled: bool = False
+
+    def access(self) -> TwilioAccess:
+        return TwilioAccess(
+            account_sid=self.account_sid or None, auth_token=self.auth_token or None,
+            messaging_service_sid=self.messaging_service_sid or None,
+            from_number=self.from_number or None, base_url=self.base_url,
+            disabled=self.disabled,
+        )  # fmt: skip
+
+
 class ClinicSettingsResource(dg.ConfigurableResource):
     """Run-wide settings: the clinic's time zone, where extracts and definitions live, the
     extract guard and the frequency cap."""
@@ -131,6 +153,14 @@ class ClinicSettingsResource(dg.ConfigurableResource):
     cap_window_days: int = 7
     # HH:MM clinic time outbound plans are made at (reproducible dry runs); empty: now.
     outbound_run_time: str = ""
+    # What patients' messages carry: the clinic's name (commercial SMS), the country
+    # numbers are read in and whose hours commercial SMS keeps, and the web app's address
+    # and secret for unsubscribe links and delivery reports.
+    clinic_name: str = ""
+    clinic_country: str = "AU"
+    recipient_hours: str = ""
+    web_app_url: str = ""
+    unsubscribe_secret: str = ""
 
 
 def resources_for(settings: Settings, **overrides: str) -> dict[str, dg.ConfigurableResource]:
@@ -147,6 +177,12 @@ def resources_for(settings: Settings, **overrides: str) -> dict[str, dg.Configur
             api_key=sender.api_key or "", host=sender.host, from_email=sender.from_email or "",
             from_name=sender.from_name or "", sandbox=sender.sandbox, disabled=sender.disabled,
         ),  # fmt: skip
+        "twilio": TwilioResource(
+            account_sid=s.twilio.account_sid or "", auth_token=s.twilio.auth_token or "",
+            messaging_service_sid=s.twilio.messaging_service_sid or "",
+            from_number=s.twilio.from_number or "", base_url=s.twilio.base_url,
+            disabled=s.twilio.disabled,
+        ),  # fmt: skip
         "settings": ClinicSettingsResource(
             **{
                 "clinic_timezone": s.clinic_timezone,
@@ -157,6 +193,11 @@ def resources_for(settings: Settings, **overrides: str) -> dict[str, dg.Configur
                 "cap_max_messages": s.cap_max_messages,
                 "cap_window_days": s.cap_window_days,
                 "outbound_run_time": s.outbound_run_time or "",
+                "clinic_name": s.clinic_name or "",
+                "clinic_country": s.clinic_country,
+                "recipient_hours": s.recipient_hours or "",
+                "web_app_url": s.web_app_url or "",
+                "unsubscribe_secret": s.unsubscribe_secret or "",
                 **overrides,
             }
         ),

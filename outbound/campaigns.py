@@ -104,8 +104,14 @@ class TimeRange(_Strict):
 _TEMPLATE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 
+# The files a local template needs, by what it is sent as.
+EMAIL_PARTS = ("subject.txt", "body.html", "body.txt")
+SMS_PARTS = ("sms.txt",)
+
+
 class LocalTemplate(_Strict):
-    """A folder under `outbound/templates/` with subject.txt, body.html and body.txt."""
+    """A folder under `outbound/templates/`: subject.txt, body.html and body.txt for
+    email, sms.txt for SMS (the campaign's channel says which it needs)."""
 
     local: str
 
@@ -118,16 +124,25 @@ class LocalTemplate(_Strict):
                 f"local template {v!r} is not a template name; name one of the folders of "
                 "outbound/templates/ (lowercase letters, digits, '-' and '_', no '/' or '..')"
             )
-        folder = TEMPLATES_DIR / v
-        parts = ("subject.txt", "body.html", "body.txt")
-        missing = [f for f in parts if not (folder / f).is_file()]
-        if missing:
-            known = sorted(p.name for p in TEMPLATES_DIR.iterdir() if p.is_dir())
-            raise ValueError(
-                f"local template {v!r} needs {', '.join(missing)} in outbound/templates/{v}/; "
-                f"known templates: {', '.join(known) or 'none'}"
-            )
+        if not (TEMPLATES_DIR / v).is_dir():
+            raise ValueError(f"local template {v!r} does not exist; {_known_templates()}")
         return v
+
+    def missing(self, parts: tuple[str, ...]) -> str | None:
+        """Why this template cannot be sent as `parts` need, or None."""
+        folder = TEMPLATES_DIR / self.local
+        missing = [f for f in parts if not (folder / f).is_file()]
+        if not missing:
+            return None
+        return (
+            f"local template {self.local!r} needs {', '.join(missing)} in "
+            f"outbound/templates/{self.local}/; {_known_templates()}"
+        )
+
+
+def _known_templates() -> str:
+    known = sorted(p.name for p in TEMPLATES_DIR.iterdir() if p.is_dir())
+    return f"known templates: {', '.join(known) or 'none'}"
 
 
 class SendGridTemplate(_Strict):
@@ -165,6 +180,14 @@ class StaffDigest(_Strict):
     to: list[str] = Field(min_length=1)
     template: LocalTemplate = LocalTemplate(local="staff_digest")
 
+    @field_validator("template")
+    @classmethod
+    def _an_email(cls, v: LocalTemplate) -> LocalTemplate:
+        problem = v.missing(EMAIL_PARTS)
+        if problem:
+            raise ValueError(problem)
+        return v
+
     @field_validator("to")
     @classmethod
     def _emails(cls, v: list[str]) -> list[str]:
@@ -181,7 +204,11 @@ class Campaign(_Strict):
     # only its owner's campaigns may.
     owner: str | None = None
     segment: str
-    channel: Literal["email"] = "email"
+    channel: Literal["email", "sms"] = "email"
+    # Commercial (marketing: reactivation, birthdays) or transactional (appointment and
+    # case administration). Commercial SMS identifies the clinic, carries an opt-out
+    # instruction and keeps the jurisdiction's hours in the patient's own time zone.
+    purpose: Literal["commercial", "transactional"] = "commercial"
     template: Template
     # Higher wins when several campaigns claim the same patient in one run.
     priority: int = Field(ge=0, le=1000)
@@ -206,6 +233,22 @@ class Campaign(_Strict):
     def _someone_to_tell(self) -> Campaign:
         if not self.notify_patient and self.staff_digest is None:
             raise ValueError("notify_patient is false and there is no staff_digest: nobody to tell")
+        return self
+
+    @model_validator(mode="after")
+    def _template_fits_channel(self) -> Campaign:
+        t = self.template
+        if self.channel == "sms":
+            if not isinstance(t, LocalTemplate):
+                raise ValueError(
+                    "template: an SMS campaign needs a local template with sms.txt "
+                    "(a SendGrid template is for email)"
+                )
+            problem = t.missing(SMS_PARTS)
+        else:
+            problem = t.missing(EMAIL_PARTS) if isinstance(t, LocalTemplate) else None
+        if problem:
+            raise ValueError(f"template: {problem}")
         return self
 
     def runs_on(self, day: date) -> bool:

@@ -1,7 +1,8 @@
-"""Channels deliver a batch of messages. Email goes through SendGrid's v3 mail/send.
+"""Channels deliver a batch of messages: email through SendGrid's v3 mail/send (up to
+1000 messages a request), SMS through Twilio's Messages API (one message a request).
 
 A channel sends one request per batch and reports the batch's outcome; the ledger
-bookkeeping around it lives in `outbound.sending`. SMS can follow as another `Channel`.
+bookkeeping around it lives in `outbound.run`.
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ class BatchOutcome:
     # The provider provably did not take the batch (never reached, or rate-limited): a
     # later run may try it again. False for everything the provider answered.
     retryable: bool = False
+    # The provider refuses the address because its owner opted out there (Twilio 21610:
+    # the number replied STOP): learned as an opt-out.
+    opted_out: bool = False
 
 
 class DeliveryUnknown(RuntimeError):
@@ -106,8 +110,18 @@ def check_api_host(host: str, setting: str = "SENDGRID_API_HOST") -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
+def wait_before_retry(sleep: Callable[[float], None], seconds: float) -> None:
+    """Wait before trying again; a stop meanwhile leaves nothing in flight (NotSent)."""
+    try:
+        sleep(seconds)
+    except BaseException as stop:  # KeyboardInterrupt, SystemExit, a terminated run
+        raise NotSent(stop) from stop
+
+
 class Channel(Protocol):
     name: str
+    # At most this many recipients in one `send_batch`.
+    max_batch: int
 
     def send_batch(
         self,
@@ -154,6 +168,7 @@ class SendGridEmail:
     sleep: Callable[[float], None] = time_mod.sleep
     clock: Callable[[], float] = time_mod.time
     name: str = "email"
+    max_batch: int = MAX_PERSONALIZATIONS
 
     def __post_init__(self) -> None:
         self.host = check_api_host(self.host)
@@ -208,11 +223,7 @@ class SendGridEmail:
         return body
 
     def _wait(self, seconds: float) -> None:
-        """Wait before trying again; a stop meanwhile leaves nothing in flight."""
-        try:
-            self.sleep(seconds)
-        except BaseException as stop:  # KeyboardInterrupt, SystemExit, a terminated run
-            raise NotSent(stop) from stop
+        wait_before_retry(self.sleep, seconds)
 
     def _retry_delay(self, attempt: int, headers) -> float:
         delay = self.base_delay * 2 ** (attempt - 1)
@@ -313,4 +324,155 @@ class SendGridEmail:
                 response.status_code,
                 provider_message_id=response.headers.get("X-Message-Id"),
             )
+        raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover
+
+
+# -- SMS through Twilio ---------------------------------------------------------------------
+
+DEFAULT_TWILIO_BASE_URL = "https://api.twilio.com"
+# Twilio's error codes: too many requests; the number replied STOP (unsubscribed).
+TWILIO_RATE_LIMITED, TWILIO_UNSUBSCRIBED = 20429, 21610
+# The Twilio client logs every request's parameters (numbers, texts) at INFO.
+logging.getLogger("twilio.http_client").setLevel(logging.WARNING)
+
+
+def _before_request(error: BaseException) -> bool:
+    """Whether a `requests` failure happened before the request was written (no
+    connection, the name not found, TLS refused): then nothing reached the provider."""
+    import requests
+    from urllib3.exceptions import NameResolutionError, NewConnectionError
+
+    if isinstance(error, requests.exceptions.ConnectTimeout | requests.exceptions.SSLError):
+        return True
+    if isinstance(error, requests.exceptions.ConnectionError):
+        reason = error.args[0] if error.args else None
+        reason = getattr(reason, "reason", reason)  # urllib3's MaxRetryError wraps it
+        return isinstance(reason, NewConnectionError | NameResolutionError)
+    return False
+
+
+@dataclass
+class TwilioSms:
+    """SMS through the real `twilio` client; `base_url` may point at a local stand-in.
+
+    One message a request (Twilio has no batch send): the run gives it one recipient at a
+    time, each with its own ledger row, so every message's outcome is its own.
+    """
+
+    account_sid: str
+    auth_token: str = field(repr=False)
+    messaging_service_sid: str | None = None
+    from_number: str | None = None
+    base_url: str = DEFAULT_TWILIO_BASE_URL
+    # Where Twilio reports delivery (the web app's /webhooks/twilio/status), or None.
+    status_callback: str | None = None
+    max_attempts: int = 5
+    base_delay: float = 1.0
+    max_delay: float = 120.0
+    timeout: float = 30.0
+    sleep: Callable[[float], None] = time_mod.sleep
+    name: str = "sms"
+    max_batch: int = 1
+
+    def __post_init__(self) -> None:
+        from twilio.http.http_client import TwilioHttpClient
+        from twilio.rest import Client
+
+        self.base_url = check_api_host(self.base_url, "TWILIO_API_BASE_URL")
+        if not (self.messaging_service_sid or self.from_number):
+            raise ValueError("set TWILIO_MESSAGING_SERVICE_SID or TWILIO_FROM_NUMBER")
+        http = TwilioHttpClient(timeout=self.timeout, pool_connections=True)
+        self.client = Client(self.account_sid, self.auth_token, http_client=http)
+        # Every Messages request is built on this base (the stand-in in tests).
+        self.client.api.base_url = self.base_url
+
+    def _params(self, recipient: Recipient, content: Content) -> dict:
+        from outbound.templates import fill
+
+        params: dict = {"to": recipient.address, "body": fill(content.text or "", recipient.data)}
+        if self.messaging_service_sid:
+            params["messaging_service_sid"] = self.messaging_service_sid
+        else:
+            params["from_"] = self.from_number
+        if self.status_callback:
+            params["status_callback"] = self.status_callback
+        return params
+
+    def send_batch(
+        self,
+        recipients: list[Recipient],
+        content: Content,
+        categories: list[str],
+        custom_args: dict[str, str],
+    ) -> BatchOutcome:
+        """One message, retried while the outcome is known to be "not taken".
+
+        - 2xx with a Message SID: sent. 4xx: failed as Twilio said (21610, the number
+          replied STOP: failed and learned as an opt-out), not retried.
+        - 429 / error 20429 and 503: retried with backoff; exhausted, retryable by a later
+          run (rate-limited or unavailable means not taken).
+        - Any other 5xx: Twilio may have queued the message before failing:
+          DeliveryUnknown, never retried (a patient is not messaged twice).
+        - No connection (refused, name not found, TLS, connect timeout): retried;
+          exhausted, failed and retryable. Anything after the request was written (reset,
+          read timeout, an answer that is not Twilio's): DeliveryUnknown.
+        """
+        import requests
+        from twilio.base.exceptions import TwilioRestException
+
+        if len(recipients) != 1:
+            raise ValueError(f"an SMS request carries one message, got {len(recipients)}")
+        params = self._params(recipients[0], content)
+        for attempt in range(1, self.max_attempts + 1):
+            last = attempt == self.max_attempts
+            delay = min(self.base_delay * 2 ** (attempt - 1), self.max_delay)
+            try:
+                message = self.client.messages.create(**params)
+            except TwilioRestException as e:
+                code, status = e.code, int(e.status)
+                limited = status == 429 or code == TWILIO_RATE_LIMITED
+                if status >= 500 and status != 503:
+                    raise DeliveryUnknown(
+                        f"Twilio answered HTTP {status}: it may have queued the message "
+                        "before failing, so it is not sent again"
+                    ) from None
+                text = f"HTTP {status}" + (f" (Twilio error {code})" if code else "")
+                text += f": {(e.msg or '')[:300]}"
+                if limited or status == 503:
+                    if not last:
+                        log.warning("Twilio answered %s (attempt %d/%d); retrying in %.1fs",
+                                    status, attempt, self.max_attempts, delay)  # fmt: skip
+                        wait_before_retry(self.sleep, delay)
+                        continue
+                    return BatchOutcome(False, attempt, status,
+                                        f"gave up after {attempt} attempts: {text}",
+                                        retryable=True)  # fmt: skip
+                return BatchOutcome(False, attempt, status, text,
+                                    opted_out=code == TWILIO_UNSUBSCRIBED)  # fmt: skip
+            except requests.exceptions.RequestException as e:
+                if not _before_request(e):
+                    raise DeliveryUnknown(
+                        f"connection lost after the request was sent: {type(e).__name__}"
+                    ) from None
+                if not last:
+                    log.warning("could not reach Twilio (%s; attempt %d/%d); retrying",
+                                type(e).__name__, attempt, self.max_attempts)  # fmt: skip
+                    wait_before_retry(self.sleep, delay)
+                    continue
+                return BatchOutcome(
+                    False, attempt, None,
+                    f"could not reach Twilio after {attempt} attempts ({type(e).__name__}); "
+                    "nothing was sent, a later run tries again",
+                    retryable=True,
+                )  # fmt: skip
+            except ValueError:
+                # A 2xx whose body is not Twilio's JSON: something answered, and the
+                # message may have gone.
+                raise DeliveryUnknown(
+                    "an answer that is not Twilio's (check TWILIO_API_BASE_URL and any proxy)"
+                ) from None
+            sid = getattr(message, "sid", None)
+            if not sid:
+                raise DeliveryUnknown("Twilio answered without a Message SID")
+            return BatchOutcome(True, attempt, 201, provider_message_id=sid)
         raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover

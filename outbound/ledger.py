@@ -101,6 +101,33 @@ def _add_ledger_v3_columns(conn: Connection) -> None:
     )
 
 
+# Version 5 adds what the provider last said of a message after taking it (Twilio's
+# status callbacks: queued, sent, delivered, undelivered, failed; read for WhatsApp), its
+# error code, and when it said so.
+_LEDGER_V5_COLUMNS = (
+    sa.Column("provider_status", sa.String(16), nullable=True),
+    sa.Column("provider_error", sa.String(32), nullable=True),
+    sa.Column("provider_status_at", sa.DateTime(timezone=True), nullable=True),
+)
+
+
+def _ledger_v5(md: sa.MetaData) -> sa.Table:
+    table = _ledger_v3(md)
+    for column in _LEDGER_V5_COLUMNS:
+        table.append_column(column.copy())
+    sa.Index("ix_outbound_ledger_provider_message_id", table.c.provider_message_id)
+    return table
+
+
+def _add_ledger_v5_columns(conn: Connection) -> None:
+    for column in _LEDGER_V5_COLUMNS:
+        ddl = sa.schema.CreateColumn(column.copy()).compile(dialect=conn.dialect)
+        conn.execute(sa.text(f"ALTER TABLE outbound_ledger ADD COLUMN {ddl}"))
+    conn.execute(sa.text(
+        "CREATE INDEX ix_outbound_ledger_provider_message_id ON outbound_ledger "
+        "(provider_message_id)"))  # fmt: skip
+
+
 def _send_lock_v4(md: sa.MetaData) -> sa.Table:
     return sa.Table(
         "outbound_send_lock",
@@ -118,7 +145,7 @@ def _send_lock_v4(md: sa.MetaData) -> sa.Table:
 # its own version; when a table changes, add a migration and keep the old builder as it
 # was, so that version 1 always creates what version 1 created.
 metadata = sa.MetaData()
-ledger = _ledger_v3(metadata)
+ledger = _ledger_v5(metadata)
 learned_opt_outs = _opt_outs_v2(metadata)
 send_lock = _send_lock_v4(metadata)
 
@@ -140,6 +167,7 @@ register_migrations(
         Migration(3, "ledger: time of the latest request, attempts, retryable failures",
                   _add_ledger_v3_columns),
         Migration(4, "one send run at a time", _create(_send_lock_v4)),
+        Migration(5, "ledger: the provider's delivery status", _add_ledger_v5_columns),
     ],
 )  # fmt: skip
 
@@ -325,6 +353,48 @@ def set_status(
             )
 
 
+# The order a provider's delivery statuses come in: a status never moves a row back, so
+# callbacks may arrive in any order. The final ones share a rank: the first to arrive stays.
+PROVIDER_STATUS_RANK = {
+    "accepted": 0, "scheduled": 0, "queued": 1, "sending": 2, "sent": 3,
+    "delivered": 4, "undelivered": 4, "failed": 4, "read": 5,
+}  # fmt: skip
+
+
+def advance_provider_status(
+    engine: Engine,
+    provider_message_id: str,
+    status: str,
+    error_code: str | None = None,
+    now: datetime | None = None,
+) -> str | None:
+    """Record what the provider says of a message, only when it moves the row forward.
+    Returns the row's patient id when it moved (None: unknown message, unknown status, or
+    not forward)."""
+    rank = PROVIDER_STATUS_RANK.get(status)
+    if rank is None or not provider_message_id:
+        return None
+    behind = [s for s, r in PROVIDER_STATUS_RANK.items() if r < rank]
+    with engine.begin() as conn:
+        row = conn.execute(
+            sa.select(ledger.c.id, ledger.c.patient_id).where(
+                ledger.c.provider_message_id == provider_message_id
+            )
+        ).first()
+        if row is None:
+            return None
+        moved = conn.execute(
+            ledger.update()
+            .where(
+                ledger.c.id == row.id,
+                sa.or_(ledger.c.provider_status.is_(None), ledger.c.provider_status.in_(behind)),
+            )
+            .values(provider_status=status, provider_error=(error_code or None),
+                    provider_status_at=now or _now())
+        )  # fmt: skip
+        return row.patient_id if moved.rowcount else None
+
+
 # -- one send run at a time ---------------------------------------------------------------
 
 SEND_LOCK = "send"
@@ -479,11 +549,11 @@ def read_history(engine: Engine, since: datetime) -> pl.DataFrame:
     attempted = sa.func.coalesce(ledger.c.attempted_at, ledger.c.created_at)
     q = sa.select(
         ledger.c.campaign, ledger.c.recipient, ledger.c.send_date, ledger.c.status,
-        attempted.label("attempted_at"),
+        attempted.label("attempted_at"), ledger.c.channel,
     ).where(attempted >= since)  # fmt: skip
     with engine.connect() as conn:
-        rows = [(*r[:4], _as_utc(r[4])) for r in conn.execute(q)]
-    return pl.DataFrame(rows, schema=HISTORY_SCHEMA, orient="row")
+        rows = [(*r[:4], _as_utc(r[4]), r[5]) for r in conn.execute(q)]
+    return pl.DataFrame(rows, schema=HISTORY_SCHEMA | {"channel": pl.String}, orient="row")
 
 
 def _as_utc(value: datetime | None) -> datetime | None:

@@ -7,7 +7,7 @@ their own (those are in `selection`), only the reading, writing and ledger bookk
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from pathlib import Path
@@ -17,7 +17,7 @@ import polars as pl
 from sqlalchemy.engine import Engine
 
 from core.days import parse_as_of, validate_timezone
-from core.settings import SenderAccess, Settings
+from core.settings import SenderAccess, Settings, TwilioAccess
 from core.state_store import connect_state, migrate
 from core.warehouse import built_for, connect, require_built_for
 from outbound import ledger as ledger_mod
@@ -31,25 +31,30 @@ from outbound.campaigns import (
 )
 from outbound.channels import (
     DEFAULT_SENDGRID_HOST,
+    DEFAULT_TWILIO_BASE_URL,
     Channel,
     Content,
     DeliveryUnknown,
     NotSent,
     Recipient,
     SendGridEmail,
+    TwilioSms,
     check_api_host,
 )
 from outbound.pauses import pause_states
 from outbound.selection import (
     SEND,
     STAFF_CHANNEL,
+    ChannelRules,
     RunClock,
+    address_keys,
     build_candidates,
+    channel_rules,
     due_campaigns,
     plan_sends,
-    recipient_key,
 )
 from outbound.templates import RECIPIENT_FIELDS, TemplateError, campaign_content, digest_content
+from outbound.twilio_events import UNSUBSCRIBED_SOURCE, read_refused_addresses, refuse_number
 from outbound.warehouse_io import (
     read_contacts,
     read_extract_opt_outs,
@@ -74,10 +79,16 @@ class OutboundSettings:
     # The web app's address and the secret its unsubscribe links are signed with.
     web_app_url: str | None = None
     unsubscribe_secret: str | None = field(default=None, repr=False)
+    # How a commercial SMS names the clinic; how numbers are read and the hours
+    # commercial SMS keeps (CLINIC_COUNTRY, OUTBOUND_RECIPIENT_HOURS).
+    clinic_name: str | None = None
+    rules: ChannelRules = field(default_factory=ChannelRules)
 
     @classmethod
     def of(cls, s: Settings) -> OutboundSettings:
         return cls(
+            clinic_name=s.clinic_name,
+            rules=channel_rules(s.clinic_country, s.recipient_hours),
             duckdb_path=str(s.duckdb_path),
             state_db_url=s.state_db_url,
             timezone=s.clinic_timezone,
@@ -149,6 +160,74 @@ class SenderSettings:
         )
 
 
+_ACCOUNT_SID = r"AC[0-9a-fA-F]{32}"
+_SERVICE_SID = r"MG[0-9a-fA-F]{32}"
+
+
+@dataclass(frozen=True)
+class SmsSenderSettings:
+    """Twilio's account and sender; the auth token only ever from the environment."""
+
+    account_sid: str | None
+    auth_token: str | None = field(repr=False)
+    messaging_service_sid: str | None
+    from_number: str | None
+    base_url: str
+
+    @classmethod
+    def of(cls, access: TwilioAccess) -> SmsSenderSettings:
+        # OUTBOUND_SEND_DISABLED keeps SMS a dry run too, whatever is configured.
+        return cls(
+            account_sid=None if access.disabled else access.account_sid,
+            auth_token=access.auth_token,
+            messaging_service_sid=access.messaging_service_sid,
+            from_number=access.from_number,
+            base_url=check_api_host(access.base_url or DEFAULT_TWILIO_BASE_URL,
+                                    "TWILIO_API_BASE_URL"),
+        )  # fmt: skip
+
+    def channel(self, web_app_url: str | None = None, **overrides) -> TwilioSms:
+        import re
+
+        if not self.account_sid:
+            raise ValueError("TWILIO_ACCOUNT_SID is not set")
+        if not re.fullmatch(_ACCOUNT_SID, self.account_sid):
+            raise ValueError(
+                "TWILIO_ACCOUNT_SID is not an account SID (AC followed by 32 hex digits, as "
+                "the Twilio console shows it)"
+            )
+        if not self.auth_token:
+            raise ValueError("TWILIO_AUTH_TOKEN is not set (the account's auth token)")
+        service, number = self.messaging_service_sid, self.from_number
+        if service and not re.fullmatch(_SERVICE_SID, service):
+            raise ValueError(
+                "TWILIO_MESSAGING_SERVICE_SID is not a Messaging Service SID (MG followed by "
+                "32 hex digits)"
+            )
+        if not service and not (number and re.fullmatch(r"\+[1-9][0-9]{7,14}", number)):
+            raise ValueError(
+                "set TWILIO_MESSAGING_SERVICE_SID (MG...), or TWILIO_FROM_NUMBER as an "
+                "E.164 number such as +61412345678"
+            )
+        callback = f"{web_app_url}/webhooks/twilio/status" if web_app_url else None
+        return TwilioSms(account_sid=self.account_sid, auth_token=self.auth_token,
+                         messaging_service_sid=service, from_number=None if service else number,
+                         base_url=self.base_url, status_callback=callback, **overrides)  # fmt: skip
+
+
+def configured_channels(
+    settings: OutboundSettings, email: SenderSettings, sms: SmsSenderSettings
+) -> dict[str, Channel]:
+    """The channels that can send now (a ValueError names a setting that is wrong); a
+    channel left out keeps its campaigns a dry run."""
+    channels: dict[str, Channel] = {}
+    if email.api_key:
+        channels["email"] = email.channel()
+    if sms.account_sid:
+        channels["sms"] = sms.channel(settings.web_app_url)
+    return channels
+
+
 def known_segments(settings: OutboundSettings) -> KnownSegments:
     """The segment library as campaigns see it: valid segments with their entity,
     visibility and owner, and the problems of the invalid ones."""
@@ -171,7 +250,7 @@ def campaign_set(settings: OutboundSettings) -> CampaignSet:
             # Paused by staff: left out of plans as if its file said `enabled: false`.
             campaign = campaign.model_copy(update={"enabled": False})
         try:
-            campaign_content(campaign)
+            campaign_content(campaign, clinic_name=settings.clinic_name)
             if campaign.staff_digest is not None:
                 digest_content(campaign, [])
         except TemplateError as e:
@@ -289,12 +368,14 @@ def unreadable_opt_outs(settings: OutboundSettings) -> str | None:
     )
 
 
-def records_sharing_an_address(contacts: pl.DataFrame) -> dict[str, list[str]]:
-    """patient id → the other patient records with the same email address (only for
-    addresses that more than one record has)."""
-    keyed = contacts.select("patient_id", recipient_key("email").alias("key")).filter(
-        pl.col("key").str.starts_with("email:")
-    )
+def records_sharing_an_address(
+    contacts: pl.DataFrame, channel: str = "email", rules: ChannelRules | None = None
+) -> dict[str, list[str]]:
+    """patient id → the other patient records with the same address on `channel` (only
+    for addresses that more than one record has)."""
+    keyed = address_keys(contacts, rules or ChannelRules()).select(
+        "patient_id", pl.col(f"{channel}_key").alias("key")
+    ).drop_nulls()
     groups = keyed.group_by("key").agg("patient_id").filter(pl.col("patient_id").list.len() > 1)
     return {
         pid: [other for other in ids if other != pid]
@@ -317,7 +398,8 @@ def make_plan(
         contacts = read_contacts(con)
     opt_outs = read_opt_outs(settings, engine)
     history = read_history(settings, campaigns, clock, engine)
-    plan = plan_sends(campaigns, candidates, contacts, opt_outs, history, clock, settings.cap)
+    plan = plan_sends(campaigns, candidates, contacts, opt_outs, history, clock, settings.cap,
+                      settings.rules, read_refused_addresses(engine))  # fmt: skip
     return Planned(candidates=candidates, plan=plan, contacts=contacts)
 
 
@@ -345,6 +427,8 @@ class CampaignSendReport:
     withheld: int = 0
     retried: int = 0
     digest: str = ""
+    # Why the campaign's messages were not sent (no sender for its channel), or "".
+    not_sent: str = ""
 
 
 @dataclass
@@ -426,7 +510,8 @@ def _render_all(
     a template that fails stops the run with nothing sent."""
     slugs = set(to_send["campaign"].to_list())
     links = bool(settings.web_app_url and settings.unsubscribe_secret)
-    contents = {c.slug: campaign_content(c, links) for c in campaigns if c.slug in slugs}
+    contents = {c.slug: campaign_content(c, links, settings.clinic_name)
+                for c in campaigns if c.slug in slugs}  # fmt: skip
     digests: dict[str, Content] = {}
     staff = to_send.filter(pl.col("channel") == STAFF_CHANNEL)
     if staff.height:
@@ -448,19 +533,23 @@ def send_planned(
     planned: Planned,
     clock: RunClock,
     engine: Engine,
-    channel: Channel | None,
+    channel: Channel | Mapping[str, Channel] | None,
     sandbox: bool = False,
     after_batch: Callable[[str, int], None] | None = None,
 ) -> SendReport:
     """Send today's plan: what the ledger does not hold yet, for the clinic's real today.
 
-    `channel=None`, or a plan for another day, is a dry run: nothing is written to the
-    ledger. Otherwise, holding the send lock (one send run at a time), the plan is made
+    `channel` is the channel, or the channels by name (`email`, `sms`), that can send;
+    a campaign whose channel is not among them is left unsent (its report says so). None
+    or an empty mapping, or a plan for another day, is a dry run: nothing is written to
+    the ledger. Otherwise, holding the send lock (one send run at a time), the plan is made
     again from its candidates with the consent and ledger of this moment; every message is
     rendered before the first request; and just before each batch the patients' consent is
     read once more. A batch whose outcome is unknowable (connection lost mid-request) stops
     the run with its rows left `pending`.
     """
+    channels = _as_channels(channel)
+    channel = channels or None
     run_id = ledger_mod.new_run_id()
     report = SendReport(
         send_date=clock.as_of, run_id=run_id, dry_run=channel is None, sandbox=sandbox
@@ -496,13 +585,21 @@ def send_planned(
             )
         contents, digests = _render_all(settings, campaigns, to_send)
         report.unknown = ledger_mod.mark_abandoned_unknown(engine, run_id, clock.now())
-        _send_rows(settings, by_slug, order, to_send, fresh, clock, engine, channel, run_id,
+        _send_rows(settings, by_slug, order, to_send, fresh, clock, engine, channels, run_id,
                    report, contents, digests, sandbox, after_batch)  # fmt: skip
     except DeliveryUnknown as e:
         report.stopped = str(e)
     finally:
         ledger_mod.release_send_lock(engine, run_id)
     return report
+
+
+def _as_channels(channel: Channel | Mapping[str, Channel] | None) -> dict[str, Channel]:
+    if channel is None:
+        return {}
+    if isinstance(channel, Mapping):
+        return dict(channel)
+    return {channel.name: channel}
 
 
 def _send_rows(
@@ -513,7 +610,7 @@ def _send_rows(
     planned: Planned,
     clock: RunClock,
     engine: Engine,
-    channel: Channel,
+    channels: dict[str, Channel],
     run_id: str,
     report: SendReport,
     contents: dict[str, Content],
@@ -526,8 +623,11 @@ def _send_rows(
     patient_rows = to_send.filter(pl.col("channel") != STAFF_CHANNEL)
     with settings.connect(read_only=True) as con:
         data = read_recipient_data(con, patient_rows.select("patient_id", "case_id").unique())
-    addresses = planned.contacts.select("patient_id", "email")
-    sharing = records_sharing_an_address(planned.contacts)
+    keys = address_keys(planned.contacts, settings.rules)
+    addresses = planned.contacts.select("patient_id", "email").join(
+        keys.select("patient_id", "sms_number"), on="patient_id", how="left")  # fmt: skip
+    sharing = {ch: records_sharing_an_address(planned.contacts, ch, settings.rules)
+               for ch in ("email", "sms")}  # fmt: skip
     patient_rows = patient_rows.join(addresses, on="patient_id", how="left").join(
         data, on=["patient_id", "case_id"], how="left", nulls_equal=True
     )
@@ -536,23 +636,29 @@ def _send_rows(
     for slug in order:
         campaign = by_slug[slug]
         rep = report.campaigns[slug]
+        channel = channels.get(campaign.channel)
         rows = patient_rows.filter(pl.col("campaign") == slug).to_dicts()
+        if channel is None:
+            # Nothing of this campaign goes out, and nothing is written for it.
+            rep.not_sent = (f"no {campaign.channel} sender is configured "
+                            f"({_HOW_TO_SEND[campaign.channel]})")  # fmt: skip
+            rows = []
         todo = [r for r in rows if (slug, r["patient_id"]) not in existing
                 or (slug, r["patient_id"]) in retryable]  # fmt: skip
         rep.already_in_ledger = len(rows) - len(todo)
-        for chunk in _chunks(todo, campaign.batch_size):
+        shared = sharing.get(campaign.channel, {})
+        for chunk in _chunks(todo, min(campaign.batch_size, getattr(channel, "max_batch", 1))):
             # Consent once more, just before the request: an opt-out learned a moment ago
-            # is honoured.
-            # An opt-out on any record sharing the address counts.
+            # is honoured. An opt-out on any record sharing the address counts.
             mine = [r["patient_id"] for r in chunk]
-            checked = mine + [other for i in mine for other in sharing.get(i, ())]
+            checked = mine + [other for i in mine for other in shared.get(i, ())]
             refused_ids = set(
                 ledger_mod.read_learned_opt_outs(engine, checked)
-                .filter(pl.col("channel").is_in(["email", "all"]))["patient_id"]
+                .filter(pl.col("channel").is_in([campaign.channel, "all"]))["patient_id"]
                 .to_list()
             )
             refused = {
-                i for i in mine if i in refused_ids or refused_ids & set(sharing.get(i, ()))
+                i for i in mine if i in refused_ids or refused_ids & set(shared.get(i, ()))
             }
             chunk = [r for r in chunk if r["patient_id"] not in refused]
             rep.withheld += len(refused)
@@ -560,16 +666,7 @@ def _send_rows(
             sending = [(i, r) for i, r in zip(ids, chunk, strict=True) if i is not None]
             if not sending:
                 continue
-            recipients = [
-                Recipient(
-                    ledger_id=i,
-                    address=r["email"].strip(),
-                    data={f: r.get(f) or "" for f in RECIPIENT_FIELDS} | link["data"],
-                    headers=link["headers"],
-                )
-                for i, r in sending
-                for link in [unsubscribe_link(settings, r["patient_id"], clock.as_of)]
-            ]
+            recipients = [_recipient(settings, campaign, i, r, clock.as_of) for i, r in sending]
             sent_ids = [i for i, _ in sending]
             rep.requests += 1
             batch_no += 1
@@ -594,6 +691,8 @@ def _send_rows(
                 ledger_mod.set_status(engine, sent_ids, ledger_mod.FAILED, error=outcome.error,
                                       retryable=outcome.retryable)  # fmt: skip
                 rep.failed += len(sent_ids)
+                if outcome.opted_out:
+                    _learn_provider_opt_out(engine, campaign, sending, clock)
                 log.warning(
                     "campaign %s: batch of %d failed (%s)",
                     slug,
@@ -604,8 +703,42 @@ def _send_rows(
             if after_batch is not None:
                 after_batch(slug, batch_no)
         if slug in digests:
-            _send_digest(campaign, to_send, clock, engine, channel, existing, run_id, rep,
+            email = channels.get("email")
+            if email is None:
+                rep.digest = f"not sent: no email sender is configured ({_HOW_TO_SEND['email']})"
+                continue
+            _send_digest(campaign, to_send, clock, engine, email, existing, run_id, rep,
                          ok_status, digests[slug])  # fmt: skip
+
+
+_HOW_TO_SEND = {
+    "email": "set SENDGRID_API_KEY and OUTBOUND_FROM_EMAIL",
+    "sms": "set TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and TWILIO_MESSAGING_SERVICE_SID or "
+    "TWILIO_FROM_NUMBER",
+}
+
+
+def _recipient(
+    settings: OutboundSettings, campaign: Campaign, ledger_id: str, row: dict, sent_on: date
+) -> Recipient:
+    """One message's recipient: the address on the campaign's channel and its data."""
+    fields = {f: row.get(f) or "" for f in RECIPIENT_FIELDS}
+    if campaign.channel == "sms":
+        return Recipient(ledger_id=ledger_id, address=row["sms_number"], data=fields)
+    link = unsubscribe_link(settings, row["patient_id"], sent_on)
+    return Recipient(ledger_id=ledger_id, address=row["email"].strip(),
+                     data=fields | link["data"], headers=link["headers"])  # fmt: skip
+
+
+def _learn_provider_opt_out(
+    engine: Engine, campaign: Campaign, sending: list[tuple[str, dict]], clock: RunClock
+) -> None:
+    """The provider refused the address because its owner opted out there (Twilio 21610):
+    the patient and the number are opted out of the channel from now on."""
+    with engine.begin() as conn:
+        for _, row in sending:
+            refuse_number(conn, row.get("sms_number"), [row["patient_id"]], UNSUBSCRIBED_SOURCE,
+                          clock.now())  # fmt: skip
 
 
 def unsubscribe_link(settings: OutboundSettings, patient_id: str, sent_on: date) -> dict:

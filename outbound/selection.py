@@ -31,7 +31,7 @@ from zoneinfo import ZoneInfo
 
 import polars as pl
 
-from outbound.campaigns import Campaign, FrequencyCap
+from outbound.campaigns import Campaign, FrequencyCap, TimeRange
 from outbound.ledger import DELIVERED_OR_MAYBE, HISTORY_SCHEMA, STAFF_RECIPIENT
 
 SEND, SUPPRESSED, DEFERRED = "send", "suppressed", "deferred"
@@ -46,12 +46,12 @@ STAFF_CHANNEL = "staff_email"
 # has_email in the marts: non-blank and of the form x@y.z.
 EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 
-# How each channel finds its address and consent column in the patient contacts; SMS
-# joins here when its sender exists.
+# How each channel finds its address and consent column in the patient contacts.
 CHANNEL_ADDRESS = {
     "email": ("email", "accepted_email_marketing"),
     "sms": ("mobile", "accepted_sms_marketing"),
 }
+PATIENT_CHANNELS = ("email", "sms", "whatsapp")
 
 PLAN_SCHEMA = {
     "campaign": pl.String,
@@ -75,6 +75,57 @@ CONTACTS_SCHEMA = {
     "accepted_sms_marketing": pl.Boolean,
 }
 OPT_OUTS_SCHEMA = {"patient_id": pl.String, "channel": pl.String}
+# Where a patient's clock is; optional in `contacts` (absent: the clinic's).
+ADDRESS_SCHEMA = {"state": pl.String, "country": pl.String}
+
+
+@dataclass(frozen=True)
+class ChannelRules:
+    """How SMS numbers are read (the clinic's country) and the hours commercial SMS keeps
+    in the patient's own time zone (None: only the campaign's own window)."""
+
+    country: str = "AU"
+    recipient_hours: TimeRange | None = None
+    hours_label: str = ""
+
+
+# Hours for commercial SMS in the recipient's own time: the US rule is fixed (08:00 to
+# 21:00); Australia's is a default the clinic may change (OUTBOUND_RECIPIENT_HOURS).
+HOURS_PRESETS = {
+    "US": (time(8, 0), time(21, 0), True),
+    "AU": (time(9, 0), time(20, 0), False),
+}
+
+
+def channel_rules(country: str, hours: str | None = None) -> ChannelRules:
+    """The rules for a clinic in `country` (CLINIC_COUNTRY), with `hours` ("HH:MM-HH:MM",
+    OUTBOUND_RECIPIENT_HOURS) instead of the preset. A ValueError says what is wrong."""
+    from outbound.phones import check_country
+
+    country = check_country(country)
+    preset = HOURS_PRESETS.get(country)
+    if hours is None:
+        if preset is None:
+            return ChannelRules(country)
+        start, end, _ = preset
+        return ChannelRules(country, TimeRange(start=start, end=end), f"{country} hours")
+    try:
+        a, b = (time.fromisoformat(x.strip()) for x in hours.split("-"))
+        window = TimeRange(start=a, end=b)
+    except ValueError:
+        raise ValueError(
+            f"OUTBOUND_RECIPIENT_HOURS={hours!r} is not a range of clock times; write it "
+            "as HH:MM-HH:MM, e.g. 09:00-20:00"
+        ) from None
+    if preset is not None and preset[2]:
+        start, end, _ = preset
+        if not (start <= window.start < window.end <= end):
+            raise ValueError(
+                f"OUTBOUND_RECIPIENT_HOURS={hours!r} is wider than {country} allows for "
+                f"commercial SMS ({start:%H:%M}-{end:%H:%M} recipient time); narrow it or "
+                "unset it"
+            )
+    return ChannelRules(country, window, "the clinic's recipient hours")
 
 
 @dataclass(frozen=True)
@@ -178,6 +229,7 @@ def _campaign_table(campaigns: list[Campaign], clock: RunClock, cap: FrequencyCa
                 "notify_patient": c.notify_patient,
                 "staff_digest": c.staff_digest is not None,
                 "requires_explicit_consent": c.requires_explicit_consent,
+                "restricted_hours": c.purpose == "commercial",
                 "cap_max": cc.max_messages,
                 "cap_window": cc.window_days,
                 "open_now": open_now,
@@ -196,6 +248,7 @@ def _campaign_table(campaigns: list[Campaign], clock: RunClock, cap: FrequencyCa
             "notify_patient": pl.Boolean,
             "staff_digest": pl.Boolean,
             "requires_explicit_consent": pl.Boolean,
+            "restricted_hours": pl.Boolean,
             "cap_max": pl.Int64,
             "cap_window": pl.Int64,
             "open_now": pl.Boolean,
@@ -250,12 +303,17 @@ def plan_sends(
     history: pl.DataFrame,
     clock: RunClock,
     cap: FrequencyCap | None = None,
+    rules: ChannelRules | None = None,
+    refused_addresses: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """The plan: one row per patient candidate and per staff-digest case, with a decision.
 
     `candidates` comes from `build_candidates`; `contacts` holds every patient's address
-    and consent; `opt_outs` every (patient_id, channel) opt-out known now, whatever its
-    date; `history` the ledger rows (campaign, recipient, send_date, status, attempted_at).
+    and consent (and `state` / `country`, where their clock is); `opt_outs` every
+    (patient_id, channel) opt-out known now, whatever its date; `history` the ledger rows
+    (campaign, recipient, send_date, status, attempted_at, channel); `rules` how numbers
+    are read and the hours commercial SMS keeps; `refused_addresses` recipient keys
+    learned to refuse whoever has them (`sms:+61...`, `email:...`).
     """
     due = due_campaigns(campaigns, clock.as_of)
     table = _campaign_table(due, clock, cap or FrequencyCap())
@@ -274,69 +332,48 @@ def plan_sends(
         .agg(pl.col("case_id").drop_nulls().min())
         .join(campaigns_lf, on="campaign")
     )
-    address_col, consent_col = CHANNEL_ADDRESS["email"]
-    # Who a message goes to: the normalised address, else (no address) the patient alone.
-    people = contacts.lazy().select(list(CONTACTS_SCHEMA)).cast(CONTACTS_SCHEMA).with_columns(
-        recipient_key(address_col).alias("recipient_key")
+    rules = rules or ChannelRules()
+    clinic_zone = str(clock.local_now.tzinfo)
+    # Who a message goes to: the channel's normalised address, else the patient alone.
+    people = _people(contacts, rules, clinic_zone)
+    patients = patients.join(people, on="patient_id", how="left").with_columns(
+        _channel_key().alias("recipient_key"),
+        pl.when(pl.col("channel") == "sms")
+        .then(pl.col("accepted_sms_marketing"))
+        .otherwise(pl.col("accepted_email_marketing"))
+        .alias("consent"),
     )
-    patients = patients.join(people, on="patient_id", how="left")
-    opted = (
-        opt_outs.lazy()
-        .select("patient_id", "channel")
-        .cast(OPT_OUTS_SCHEMA)
-        .filter(pl.col("channel").is_in(["email", "all"]))
-        .select("patient_id", pl.lit(True).alias("has_opt_out"))
-        .unique()
-    )
-    patients = patients.join(opted, on="patient_id", how="left")
-    # Addresses refused on any patient record that has them.
+    # Every opt-out as (patient, channel): one for `all` stands for each channel.
+    listed = opt_outs.lazy().select("patient_id", "channel").cast(OPT_OUTS_SCHEMA)
+    opted = pl.concat([
+        listed.filter(pl.col("channel") != "all"),
+        listed.filter(pl.col("channel") == "all").select("patient_id").join(
+            pl.LazyFrame({"channel": list(PATIENT_CHANNELS)}), how="cross"),
+    ]).unique().with_columns(pl.lit(True).alias("has_opt_out"))  # fmt: skip
+    patients = patients.join(opted, on=["patient_id", "channel"], how="left")
+    # Addresses refused on any patient record that has them, channel by channel (and
+    # addresses learned to refuse, such as a number that replied STOP).
+    refused_by_record = []
+    for ch, (_, consent_col) in CHANNEL_ADDRESS.items():
+        refused_by_record.append(
+            people.join(opted.filter(pl.col("channel") == ch), on="patient_id", how="left")
+            .filter(pl.col("has_opt_out").fill_null(False) | (pl.col(consent_col) == False))  # noqa: E712
+            .select(pl.col(f"{ch}_key").alias("recipient_key"))
+            .drop_nulls()
+        )  # fmt: skip
+    if refused_addresses is not None:
+        refused_by_record.append(
+            refused_addresses.lazy().select(pl.col("recipient_key").cast(pl.String))
+        )
     refused = (
-        people.join(opted, on="patient_id", how="left")
-        .filter(pl.col("has_opt_out").fill_null(False) | (pl.col(consent_col) == False))  # noqa: E712
-        .select("recipient_key", pl.lit(True).alias("address_refused"))
-        .unique()
+        pl.concat(refused_by_record).unique().with_columns(pl.lit(True).alias("address_refused"))
     )
     patients = patients.join(refused, on="recipient_key", how="left")
 
-    counted = (
-        history.lazy()
-        .select(list(HISTORY_SCHEMA))
-        .cast(HISTORY_SCHEMA)
-        .filter(
-            pl.col("status").is_in(list(DELIVERED_OR_MAYBE)),
-            pl.col("recipient") != STAFF_RECIPIENT,
-        )
-        .rename({"recipient": "hist_patient", "campaign": "hist_campaign"})
-        # A past message counts for the address it went to (as the contacts give it now).
-        .join(people.select(pl.col("patient_id").alias("hist_patient"), "recipient_key"),
-              on="hist_patient", how="left")
-        .with_columns(
-            pl.col("recipient_key").fill_null(pl.lit("patient:") + pl.col("hist_patient"))
-        )
-    )  # fmt: skip
-    moment = clock.cap_moment.astimezone(UTC)
-    prior = (
-        patients.select("campaign", "patient_id", "recipient_key", "cap_window")
-        .join(counted, on="recipient_key")
-        .filter(
-            # Every message requested within the window before now, in real time.
-            pl.col("attempted_at")
-            >= pl.lit(moment) - pl.duration(days=pl.col("cap_window")),
-            # A candidate's own row for the day is this same message (a re-run), not a
-            # prior one.
-            ~(
-                (pl.col("hist_campaign") == pl.col("campaign"))
-                & (pl.col("send_date") == clock.as_of)
-                & (pl.col("hist_patient") == pl.col("patient_id"))
-            ),
-        )
-        .group_by("campaign", "patient_id")
-        .agg(pl.len().alias("prior_messages"))
-    )
-    patients = patients.join(prior, on=["campaign", "patient_id"], how="left")
+    patients = patients.join(_prior_messages(patients, people, history, clock),
+                             on=["campaign", "patient_id"], how="left")  # fmt: skip
 
-    consent = pl.col(consent_col)
-    address = pl.col(address_col).str.strip_chars()
+    consent = pl.col("consent")
     step = (
         pl.when(
             pl.col("has_opt_out").fill_null(False)
@@ -346,35 +383,37 @@ def plan_sends(
         .then(pl.lit(OPTED_OUT))
         .when(pl.col("requires_explicit_consent") & ~consent.fill_null(False))
         .then(pl.lit(NO_CONSENT))
-        .when(~address.str.contains(EMAIL_PATTERN).fill_null(False))
+        .when(pl.col("recipient_key").str.starts_with("patient:"))
         .then(pl.lit(NO_ADDRESS))
         .when(pl.col("prior_messages").fill_null(0) >= pl.col("cap_max"))
         .then(pl.lit(FREQUENCY_CAP))
         .otherwise(pl.lit(None, dtype=pl.String))
     )
     patients = patients.with_columns(step.alias("reason"))
+    patients = patients.join(_recipient_hours(clock, rules, clinic_zone), on="zone", how="left")
 
-    # Priority among the surviving candidates of an address (one message per address per
-    # run): the highest priority, then the campaign slug, then the patient id first.
-    order = dict(by=["priority", "campaign", "patient_id"], descending=[True, False, False])
-    winners = (
-        patients.filter(pl.col("reason").is_null())
-        .group_by("recipient_key")
-        .agg(
-            pl.col("campaign").sort_by(**order).first().alias("winner"),
-            pl.col("patient_id").sort_by(**order).first().alias("winner_patient"),
-        )
+    # One message per person per run: of the candidates left that share a patient or an
+    # address, the highest priority, then the campaign slug, then the patient id first.
+    patients = patients.collect().lazy()
+    patients = patients.join(_winners(patients), on=["campaign", "patient_id"], how="left")
+    outside = (
+        pl.col("restricted_hours")
+        & (pl.col("channel") == "sms")
+        & ~pl.col("recipient_open").fill_null(True)
     )
-    patients = patients.join(winners, on="recipient_key", how="left")
     patients = patients.with_columns(
         pl.when(pl.col("reason").is_null() & (pl.col("winner") != pl.col("campaign")))
         .then(pl.lit(LOWER_PRIORITY))
         .when(pl.col("reason").is_null() & (pl.col("winner_patient") != pl.col("patient_id")))
         .then(pl.lit(SAME_ADDRESS))
-        .when(pl.col("reason").is_null() & ~pl.col("open_now"))
+        .when(pl.col("reason").is_null() & (~pl.col("open_now") | outside))
         .then(pl.lit(QUIET_HOURS))
         .otherwise(pl.col("reason"))
-        .alias("reason")
+        .alias("reason"),
+        pl.when(pl.col("open_now"))
+        .then(pl.lit("outside ") + pl.col("hours_detail"))
+        .otherwise(pl.lit("next window ") + pl.col("next_window"))
+        .alias("deferred_detail"),
     )
     patient_plan = patients.select(
         "campaign",
@@ -398,7 +437,7 @@ def plan_sends(
         .when(pl.col("reason") == SAME_ADDRESS)
         .then(pl.lit("the address is messaged for another patient record"))
         .when(pl.col("reason") == QUIET_HOURS)
-        .then(pl.lit("next window ") + pl.col("next_window"))
+        .then(pl.col("deferred_detail"))
         .otherwise(pl.lit(""))
         .alias("detail"),
     )
@@ -428,15 +467,170 @@ def plan_sends(
     )
 
 
-def recipient_key(address_col: str) -> pl.Expr:
-    """Who a message to this contact reaches: its address, trimmed and lower-cased (one
-    person behind several patient records), else the patient alone."""
-    address = pl.col(address_col).str.strip_chars().str.to_lowercase()
-    return (
-        pl.when(address.str.contains(EMAIL_PATTERN).fill_null(False))
-        .then(pl.lit("email:") + address)
-        .otherwise(pl.lit("patient:") + pl.col("patient_id"))
+def _people(contacts: pl.DataFrame, rules: ChannelRules, clinic_zone: str) -> pl.LazyFrame:
+    """Every patient record with the keys of its addresses (`email_key`, `sms_key`: null
+    when unusable) and `zone`, where its clock is."""
+    from outbound.phones import e164_expr, with_patient_zone
+
+    frame = contacts.lazy()
+    missing = [pl.lit(None, dtype=t).alias(c) for c, t in ADDRESS_SCHEMA.items()
+               if c not in contacts.columns]  # fmt: skip
+    frame = frame.with_columns(missing).select(
+        [*CONTACTS_SCHEMA, *ADDRESS_SCHEMA]
+    ).cast(CONTACTS_SCHEMA | ADDRESS_SCHEMA)
+    email = pl.col("email").str.strip_chars().str.to_lowercase()
+    frame = frame.with_columns(
+        pl.when(email.str.contains(EMAIL_PATTERN).fill_null(False))
+        .then(pl.lit("email:") + email)
+        .alias("email_key"),
+        (pl.lit("sms:") + e164_expr("mobile", rules.country)).alias("sms_key"),
     )
+    return with_patient_zone(frame, clinic_zone).drop("state", "country")
+
+
+def _channel_key() -> pl.Expr:
+    """The key of the candidate's address on its campaign's channel, else the patient."""
+    return (
+        pl.when(pl.col("channel") == "sms")
+        .then(pl.col("sms_key"))
+        .otherwise(pl.col("email_key"))
+        .fill_null(pl.lit("patient:") + pl.col("patient_id"))
+    )
+
+
+def _prior_messages(
+    patients: pl.LazyFrame, people: pl.LazyFrame, history: pl.DataFrame, clock: RunClock
+) -> pl.LazyFrame:
+    """(campaign, patient_id, prior_messages): the messages within each candidate's cap
+    window that went to the patient (on any channel) or to the address the candidate
+    would be sent to (for any patient record), each counted once."""
+    hist = history.lazy()
+    if "channel" not in history.columns:
+        hist = hist.with_columns(pl.lit("email").alias("channel"))
+    keys = people.select(pl.col("patient_id").alias("hist_patient"), "email_key", "sms_key")
+    counted = (
+        hist.select(*HISTORY_SCHEMA, "channel")
+        .cast(HISTORY_SCHEMA | {"channel": pl.String})
+        .filter(
+            pl.col("status").is_in(list(DELIVERED_OR_MAYBE)),
+            pl.col("recipient") != STAFF_RECIPIENT,
+        )
+        .with_row_index("row")
+        .rename({"recipient": "hist_patient", "campaign": "hist_campaign"})
+        # A past message counts for the address it went to (as the contacts give it now).
+        .join(keys, on="hist_patient", how="left")
+        .with_columns(
+            pl.col("hist_patient").alias("match_patient"),
+            pl.when(pl.col("channel") == "sms").then(pl.col("sms_key"))
+            .otherwise(pl.col("email_key"))
+            .fill_null(pl.lit("patient:") + pl.col("hist_patient"))
+            .alias("match_key"),
+        )
+    )  # fmt: skip
+    wanted = ["campaign", "patient_id", "cap_window", "row", "hist_campaign", "hist_patient",
+              "send_date", "attempted_at"]  # fmt: skip
+    cands = patients.select("campaign", "patient_id", "recipient_key", "cap_window")
+    by_patient = cands.join(counted, left_on="patient_id", right_on="match_patient")
+    by_address = cands.join(counted, left_on="recipient_key", right_on="match_key")
+    moment = clock.cap_moment.astimezone(UTC)
+    return (
+        pl.concat([by_patient.select(wanted), by_address.select(wanted)])
+        .filter(
+            # Every message requested within the window before now, in real time.
+            pl.col("attempted_at") >= pl.lit(moment) - pl.duration(days=pl.col("cap_window")),
+            # A candidate's own row for the day is this same message (a re-run), not a
+            # prior one.
+            ~(
+                (pl.col("hist_campaign") == pl.col("campaign"))
+                & (pl.col("send_date") == clock.as_of)
+                & (pl.col("hist_patient") == pl.col("patient_id"))
+            ),
+        )
+        .unique(["campaign", "patient_id", "row"])
+        .group_by("campaign", "patient_id")
+        .agg(pl.len().alias("prior_messages"))
+    )
+
+
+def _recipient_hours(clock: RunClock, rules: ChannelRules, clinic_zone: str) -> pl.LazyFrame:
+    """(zone, recipient_open, hours_detail) for every zone a patient can be in: whether the
+    plan's moment is within the hours commercial SMS keeps, on that zone's clock."""
+    from outbound.phones import zone_table
+
+    zones = sorted({*zone_table()["zone"].to_list(), clinic_zone})
+    rows = []
+    for z in zones:
+        local = clock.local_now.astimezone(ZoneInfo(z)).time()
+        hours = rules.recipient_hours
+        rows.append((
+            z, True if hours is None else hours.contains(local),
+            "" if hours is None else
+            f"{hours.start:%H:%M}-{hours.end:%H:%M} in {z} ({rules.hours_label}; "
+            f"{local:%H:%M} there now)",
+        ))  # fmt: skip
+    return pl.LazyFrame(
+        rows, schema={"zone": pl.String, "recipient_open": pl.Boolean,
+                      "hours_detail": pl.String}, orient="row",
+    )  # fmt: skip
+
+
+def _winners(patients: pl.LazyFrame) -> pl.LazyFrame:
+    """(campaign, patient_id, winner, winner_patient) for the candidates still standing:
+    at most one message per patient and per address in a run.
+
+    Candidates are taken in order (priority, then campaign slug, then patient id); a
+    candidate wins when no earlier one still standing shares its patient or its address,
+    and loses to the first winner it shares one with. Each round settles at least the
+    first candidate left, so it ends; the usual plan takes one or two rounds.
+    """
+    surv = (
+        patients.filter(pl.col("reason").is_null())
+        .select("campaign", "patient_id", "recipient_key", "priority")
+        .unique(["campaign", "patient_id"])
+        .sort(["priority", "campaign", "patient_id"], descending=[True, False, False])
+        .with_row_index("rank")
+        .collect()
+    )
+    remaining = pl.concat([
+        surv.select("rank", (pl.lit("patient:") + pl.col("patient_id")).alias("key")),
+        surv.select("rank", pl.col("recipient_key").alias("key")),
+    ]).unique()  # fmt: skip
+    decided = [pl.DataFrame(schema={"rank": pl.UInt32, "by": pl.UInt32})]
+    while remaining.height:
+        first = remaining.group_by("key").agg(pl.col("rank").min().alias("first"))
+        won = (
+            remaining.join(first, on="key")
+            .group_by("rank")
+            .agg((pl.col("first") == pl.col("rank")).all().alias("won"))
+            .filter("won")
+            .select("rank")
+        )
+        claimed = remaining.join(won, on="rank").select("key", pl.col("rank").alias("by"))
+        settled = remaining.join(claimed, on="key").group_by("rank").agg(pl.col("by").min())
+        decided.append(settled)
+        remaining = remaining.join(settled.select("rank"), on="rank", how="anti")
+    names = surv.select("rank", "campaign", "patient_id")
+    return (
+        pl.concat(decided)
+        .join(names, on="rank")
+        .join(
+            names.rename({"rank": "by", "campaign": "winner", "patient_id": "winner_patient"}),
+            on="by",
+        )
+        .select("campaign", "patient_id", "winner", "winner_patient")
+        .lazy()
+    )
+
+
+def address_keys(contacts: pl.DataFrame, rules: ChannelRules) -> pl.DataFrame:
+    """patient_id, email_key, sms_key (and the E.164 `sms_number`) of every patient record:
+    the addresses one person may have behind several records (null: not usable)."""
+    return (
+        _people(contacts, rules, "UTC")
+        .select("patient_id", "email_key", "sms_key",
+                pl.col("sms_key").str.strip_prefix("sms:").alias("sms_number"))
+        .collect()
+    )  # fmt: skip
 
 
 def summarise(plan: pl.DataFrame) -> pl.DataFrame:

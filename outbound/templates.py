@@ -65,9 +65,14 @@ UNSUBSCRIBE_HTML = (f'<p><a href="{substitution_tag("unsubscribe_url")}">Unsubsc
                     "from these emails.</p>")  # fmt: skip
 
 
-def campaign_content(campaign: Campaign, unsubscribe_link: bool = False) -> Content:
+def campaign_content(
+    campaign: Campaign, unsubscribe_link: bool = False, clinic_name: str | None = None
+) -> Content:
     """What every message of the campaign shares; per-recipient fields as substitution
-    tags. `unsubscribe_link`: end every message with the patient's unsubscribe link."""
+    tags. `unsubscribe_link`: end every email with the patient's unsubscribe link;
+    `clinic_name` (CLINIC_NAME) is how a commercial SMS identifies the clinic."""
+    if campaign.channel == "sms":
+        return sms_content(campaign, clinic_name)
     if not isinstance(campaign.template, LocalTemplate):
         return Content(template_id=campaign.template.sendgrid_template_id)
     tags = {f: jinja2.utils.markupsafe.Markup(substitution_tag(f)) for f in RECIPIENT_FIELDS}
@@ -80,6 +85,56 @@ def campaign_content(campaign: Campaign, unsubscribe_link: bool = False) -> Cont
         return content
     return Content(subject=content.subject, html=f"{content.html}\n{UNSUBSCRIBE_HTML}",
                    text=f"{content.text}\n\n{UNSUBSCRIBE_TEXT}")  # fmt: skip
+
+
+OPT_OUT_INSTRUCTION = "Reply STOP to opt out."
+
+
+def sms_content(campaign: Campaign, clinic_name: str | None) -> Content:
+    """An SMS campaign's text (`sms.txt`, per-recipient fields as substitution tags).
+
+    A commercial message names the clinic (`CLINIC_NAME: ` before the text when the
+    template does not) and tells the patient how to stop (OPT_OUT_INSTRUCTION after it
+    when the template has no STOP / UNSUBSCRIBE / OPT OUT of its own).
+    """
+    from outbound.phones import OPT_OUT_WORDS
+
+    assert isinstance(campaign.template, LocalTemplate)
+    where = f"outbound/templates/{campaign.template.local}/sms.txt (campaign {campaign.slug})"
+    tags = {f: substitution_tag(f) for f in RECIPIENT_FIELDS}
+    env = _environment(TEMPLATES_DIR / campaign.template.local)
+    try:
+        text = env.get_template("sms.txt").render(campaign=campaign, r=tags).strip()
+    except jinja2.TemplateError as e:
+        raise TemplateError(
+            f"{where}: {e}; per-recipient fields are r.{', r.'.join(RECIPIENT_FIELDS)}"
+        ) from None
+    if not text:
+        raise TemplateError(f"{where}: the message is empty")
+    if campaign.purpose == "commercial":
+        if not clinic_name:
+            raise TemplateError(
+                f"campaign {campaign.slug} is a commercial SMS, which must name the clinic: "
+                "set CLINIC_NAME to the name patients know the clinic by"
+            )
+        if clinic_name.lower() not in text.lower():
+            text = f"{clinic_name}: {text}"
+        if not OPT_OUT_WORDS.search(text):
+            text = f"{text} {OPT_OUT_INSTRUCTION}"
+    return Content(text=text)
+
+
+def fill(text: str, data: Mapping[str, str]) -> str:
+    """A message's text for one recipient: each substitution tag replaced by its value,
+    in one pass (a value that looks like a tag stays as written)."""
+    import re
+
+    names = "|".join(re.escape(n) for n in sorted(data, key=len, reverse=True))
+    if not names:
+        return text
+    # substitution_tag(name) is -name-.
+    pattern = re.compile(f"-({names})-")
+    return pattern.sub(lambda m: data[m.group(1)], text)
 
 
 def digest_content(campaign: Campaign, cases: list[dict[str, object]]) -> Content:

@@ -11,7 +11,7 @@ import duckdb
 import polars as pl
 
 from outbound.ledger import LEDGER_EXPORT_SCHEMA
-from outbound.selection import CONTACTS_SCHEMA, OPT_OUTS_SCHEMA
+from outbound.selection import ADDRESS_SCHEMA, CONTACTS_SCHEMA, OPT_OUTS_SCHEMA
 
 SCHEMA = "outbound"
 
@@ -37,10 +37,10 @@ def read_contacts(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     return (
         con.sql(
             "select patient_id, first_name, email, mobile, accepted_email_marketing, "
-            "accepted_sms_marketing from raw.patients"
+            "accepted_sms_marketing, state, country from raw.patients"
         )
         .pl()
-        .cast(CONTACTS_SCHEMA)
+        .cast(CONTACTS_SCHEMA | ADDRESS_SCHEMA)
     )
 
 

@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -34,6 +35,14 @@ OUTBOUND_ENV = (
     "SENDGRID_WEBHOOK_PUBLIC_KEY",
     "WEB_APP_URL",
     "UNSUBSCRIBE_SECRET",
+    "TWILIO_ACCOUNT_SID",
+    "TWILIO_AUTH_TOKEN",
+    "TWILIO_MESSAGING_SERVICE_SID",
+    "TWILIO_FROM_NUMBER",
+    "TWILIO_API_BASE_URL",
+    "CLINIC_NAME",
+    "CLINIC_COUNTRY",
+    "OUTBOUND_RECIPIENT_HOURS",
 )
 
 
@@ -137,6 +146,19 @@ def build_warehouse(
     finally:
         con.close()
     return path
+
+
+@contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A stand-in server on 127.0.0.1 (a free port) for the test's length; its URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @dataclass
@@ -265,12 +287,91 @@ def fake_sendgrid() -> Iterator[FakeSendGrid]:
                 self.close_connection = True
                 self.connection.shutdown(2)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with serving(Handler) as url:
+        state.url = url
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
+
+
+TWILIO_SID = "AC" + "0" * 31 + "1"
+TWILIO_TOKEN = "test-auth-token"
+TWILIO_SERVICE = "MG" + "0" * 31 + "2"
+
+
+@dataclass
+class FakeTwilio:
+    """What a local stand-in for Twilio's Messages API received, and how it answers."""
+
+    url: str
+    # Every request's form fields and headers, in order.
+    requests: list[dict[str, str]] = field(default_factory=list)
+    headers: list[dict] = field(default_factory=list)
+    # Called with the 0-based request number and the form; None → 201 with a new SID.
+    script: Callable[[int, dict], Reply | None] = lambda n, form: None
+    # (To, Body, SID) of every message the stand-in took for delivery.
+    delivered: list[tuple[str, str, str]] = field(default_factory=list)
+
+    @property
+    def numbers(self) -> list[str]:
+        return [to for to, _, _ in self.delivered]
+
+
+def twilio_error(status: int, code: int, message: str) -> str:
+    """An error body as Twilio writes it."""
+    return json.dumps({"code": code, "message": message, "status": status,
+                       "more_info": f"https://www.twilio.com/docs/errors/{code}"})  # fmt: skip
+
+
+@pytest.fixture(name="twilio_error")
+def _twilio_error():
+    """`twilio_error`, for scripting the Twilio stand-in's answers."""
+    return twilio_error
+
+
+@pytest.fixture
+def fake_twilio() -> Iterator[FakeTwilio]:
+    from urllib.parse import parse_qsl
+
+    state = FakeTwilio(url="")
+    lock = threading.Lock()
+    path = f"/2010-04-01/Accounts/{TWILIO_SID}/Messages.json"
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_POST(self) -> None:  # noqa: N802
+            length = int(self.headers.get("Content-Length", "0"))
+            form = dict(parse_qsl(self.rfile.read(length).decode()))
+            with lock:
+                n = len(state.requests)
+                state.requests.append(form)
+                state.headers.append(dict(self.headers))
+            sid = f"SM{n:032x}"
+            if self.path != path:
+                reply = Reply(404, body=twilio_error(404, 20404, "not found"))
+            else:
+                reply = state.script(n, form) or Reply(
+                    201, {"Content-Type": "application/json"},
+                    json.dumps({"sid": sid, "status": "queued", "to": form.get("To"),
+                                "body": form.get("Body")}),
+                )  # fmt: skip
+            if reply.takes():
+                with lock:
+                    state.delivered.append((form.get("To", ""), form.get("Body", ""), sid))
+            if reply.delay:
+                time.sleep(reply.delay)
+            if reply.drop:
+                self.close_connection = True
+                self.connection.shutdown(2)
+                return
+            payload = reply.body.encode()
+            self.send_response(reply.status)
+            for k, v in reply.headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+    with serving(Handler) as url:
+        state.url = url
+        yield state

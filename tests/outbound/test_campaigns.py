@@ -110,7 +110,8 @@ def test_batch_size_over_sendgrid_limit_and_missing_template(tmp_path):
             tmp_path, GOOD.replace("{local: reactivation}", "{local: nope}") + "batch_size: 1001\n"
         )
     msg = str(e.value)
-    assert "template.local: Value error, local template 'nope' needs subject.txt" in msg
+    assert "template.local: Value error, local template 'nope' does not exist" in msg
+    assert "known templates: birthday" in msg
     assert "batch_size: Input should be less than or equal to 1000" in msg
 
 

@@ -116,7 +116,9 @@ def test_dry_run_in_quiet_hours_defers(env, capsys, monkeypatch):
 def test_send_without_a_key_is_a_dry_run(env, capsys):
     _, state = env
     assert cli.cmd_send(AS_OF) == 0
-    assert "SENDGRID_API_KEY is not set: dry run" in capsys.readouterr().out
+    assert "no sender is configured (SENDGRID_API_KEY, TWILIO_ACCOUNT_SID): dry run" in (
+        capsys.readouterr().out
+    )
     engine = connect_state(state)
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(L.ledger)).scalar() == 0

@@ -13,7 +13,7 @@ from outbound import ledger as L
 def test_migrations_are_recorded_and_applied_once(state_url):
     engine = connect_state(state_url)
     applied = migrate(engine)
-    assert [a for a in applied if a[0] == "outbound"] == [("outbound", v) for v in (1, 2, 3, 4)]
+    assert [a for a in applied if a[0] == "outbound"] == [("outbound", v) for v in (1, 2, 3, 4, 5)]
     assert [a for a in migrate(engine) if a[0] == "outbound"] == []
     with engine.connect() as conn:
         rows = conn.execute(
@@ -26,6 +26,7 @@ def test_migrations_are_recorded_and_applied_once(state_url):
         (2, "opt-outs learned from replies and unsubscribes"),
         (3, "ledger: time of the latest request, attempts, retryable failures"),
         (4, "one send run at a time"),
+        (5, "ledger: the provider's delivery status"),
     ]
     engine.dispose()
 
@@ -48,12 +49,14 @@ def test_upgrade_from_version_1_keeps_the_ledger(state_url, monkeypatch):
             )
         )  # fmt: skip
     monkeypatch.setitem(_REGISTRY, "outbound", full)
-    assert migrate(engine, ["outbound"]) == [("outbound", 2), ("outbound", 3), ("outbound", 4)]
+    assert migrate(engine, ["outbound"]) == [("outbound", v) for v in (2, 3, 4, 5)]
     with engine.connect() as conn:
         row = conn.execute(
-            sa.select(L.ledger.c.id, L.ledger.c.status, L.ledger.c.attempts, L.ledger.c.retryable)
+            sa.select(L.ledger.c.id, L.ledger.c.status, L.ledger.c.attempts, L.ledger.c.retryable,
+                      L.ledger.c.provider_status)
         ).one()
-    assert tuple(row) == ("m1", "sent", 1, False)
+    # Nothing is known of its delivery beyond "sent".
+    assert tuple(row) == ("m1", "sent", 1, False, None)
     # The message counts toward the cap by when it was sent (its creation time).
     history = L.read_history(engine, since=datetime(2026, 1, 1, tzinfo=UTC))
     assert history.select("recipient", "attempted_at").rows() == [("p1", sent_at)]

@@ -1,0 +1,203 @@
+"""Mobile numbers as SMS providers need them (E.164), and where a patient's clock is.
+
+A number is written many ways in a practice-management system: `0412 345 678`,
+`+61 412 345 678`, `0061412345678`, `(02) 9876-5432`. Each is turned into its E.164 form
+(`+61412345678`) by one rule, used alike by the plan (who shares a number, who opted
+out) and by the webhooks (who replied STOP):
+
+- only digits, spaces, `-`, `.`, `(`, `)` and one leading `+` may appear; anything else
+  (letters, `ext`, two numbers in one field) is not a usable number;
+- `+` or `00` starts an international number;
+- otherwise the number is national, read in the clinic's country (CLINIC_COUNTRY): a
+  leading trunk `0` is replaced by the country code (AU, NZ, GB, IE), or for the US and
+  Canada ten digits (or eleven starting with 1) take `+1`;
+- the result has 8 to 15 digits after the `+`, or the number is not usable.
+
+A number that cannot be read so is never guessed at: the patient has no usable SMS
+address (`no_address`), and the plan says why.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import polars as pl
+
+from core.countries import COUNTRIES
+
+# How the country column of an extract spells them.
+COUNTRY_NAMES: dict[str, str] = {
+    "australia": "AU", "au": "AU", "aus": "AU",
+    "new zealand": "NZ", "nz": "NZ", "nzl": "NZ", "aotearoa": "NZ",
+    "united kingdom": "GB", "uk": "GB", "gb": "GB", "gbr": "GB", "england": "GB",
+    "scotland": "GB", "wales": "GB", "northern ireland": "GB",
+    "ireland": "IE", "ie": "IE", "irl": "IE",
+    "united states": "US", "united states of america": "US", "usa": "US", "us": "US",
+    "canada": "CA", "ca": "CA", "can": "CA",
+}  # fmt: skip
+
+_WRITTEN = r"^\+?[0-9 ().\-]+$"
+
+
+def check_country(code: str, setting: str = "CLINIC_COUNTRY") -> str:
+    upper = code.strip().upper()
+    if upper not in COUNTRIES:
+        raise ValueError(
+            f"{setting}={code!r} is not a country this knows; use one of "
+            f"{', '.join(sorted(COUNTRIES))} (ISO 3166 codes)"
+        )
+    return upper
+
+
+def e164_expr(column: str | pl.Expr, country: str) -> pl.Expr:
+    """The E.164 form of a written number, or null when it cannot be read (see above)."""
+    calling, trunk = COUNTRIES[check_country(country)]
+    raw = (pl.col(column) if isinstance(column, str) else column).str.strip_chars()
+    digits = raw.str.replace_all(r"[^0-9]", "")
+    # "+44 (0)20 ..." writes the trunk prefix an international number drops.
+    international = raw.str.replace_all(r"\(0\)", "").str.replace_all(r"[^0-9]", "")
+    national = digits.str.slice(len(trunk)) if trunk else digits
+    if trunk:
+        from_national = (
+            pl.when(digits.str.starts_with(trunk) & ~digits.str.starts_with(trunk + trunk))
+            .then(pl.lit("+" + calling) + national)
+            .otherwise(None)
+        )
+    else:  # NANP: ten digits, or eleven starting with the country code
+        from_national = (
+            pl.when(digits.str.len_chars() == 10)
+            .then(pl.lit("+" + calling) + digits)
+            .when((digits.str.len_chars() == 11) & digits.str.starts_with(calling))
+            .then(pl.lit("+") + digits)
+            .otherwise(None)
+        )
+    number = (
+        pl.when(~raw.str.contains(_WRITTEN).fill_null(False))
+        .then(None)
+        .when(raw.str.starts_with("+"))
+        .then(pl.lit("+") + international)
+        .when(digits.str.starts_with("00"))
+        .then(pl.lit("+") + international.str.slice(2))
+        .otherwise(from_national)
+    )
+    return pl.when(number.str.contains(r"^\+[1-9][0-9]{7,14}$").fill_null(False)).then(number)
+
+
+def e164(number: str | None, country: str) -> str | None:
+    """`e164_expr` for one number (the same rule, applied to a frame of one)."""
+    if number is None:
+        return None
+    frame = pl.DataFrame({"n": [number]}, schema={"n": pl.String})
+    return frame.select(e164_expr("n", country))["n"][0]
+
+
+# Where a patient's clock is, from the state (or region) and country of their address.
+# A country with one zone needs no state; an address not found here is on the clinic's.
+_ZONES_BY_STATE = {
+    "AU": {
+        "nsw": "Australia/Sydney", "new south wales": "Australia/Sydney",
+        "act": "Australia/Sydney", "australian capital territory": "Australia/Sydney",
+        "vic": "Australia/Melbourne", "victoria": "Australia/Melbourne",
+        "qld": "Australia/Brisbane", "queensland": "Australia/Brisbane",
+        "sa": "Australia/Adelaide", "south australia": "Australia/Adelaide",
+        "wa": "Australia/Perth", "western australia": "Australia/Perth",
+        "tas": "Australia/Hobart", "tasmania": "Australia/Hobart",
+        "nt": "Australia/Darwin", "northern territory": "Australia/Darwin",
+    },
+    "US": {
+        **dict.fromkeys(
+            ["ct", "de", "dc", "fl", "ga", "in", "ky", "me", "md", "ma", "mi", "nh", "nj",
+             "ny", "nc", "oh", "pa", "ri", "sc", "vt", "va", "wv"], "America/New_York"),
+        **dict.fromkeys(
+            ["al", "ar", "il", "ia", "ks", "la", "mn", "ms", "mo", "ne", "nd", "ok", "sd",
+             "tn", "tx", "wi"], "America/Chicago"),
+        **dict.fromkeys(["co", "id", "mt", "nm", "ut", "wy"], "America/Denver"),
+        "az": "America/Phoenix",
+        **dict.fromkeys(["ca", "nv", "or", "wa"], "America/Los_Angeles"),
+        "ak": "America/Anchorage", "hi": "Pacific/Honolulu", "pr": "America/Puerto_Rico",
+    },
+}  # fmt: skip
+_ZONE_OF_COUNTRY = {"NZ": "Pacific/Auckland", "GB": "Europe/London", "IE": "Europe/Dublin"}
+
+
+def zone_table() -> pl.DataFrame:
+    """(country, state, zone) rows: the lookup `patient_zone_expr` joins against."""
+    rows = [(c, s, z) for c, states in _ZONES_BY_STATE.items() for s, z in states.items()]
+    rows += [(c, "", z) for c, z in _ZONE_OF_COUNTRY.items()]
+    return pl.DataFrame(
+        rows, schema={"zone_country": pl.String, "zone_state": pl.String, "zone": pl.String},
+        orient="row",
+    )  # fmt: skip
+
+
+def with_patient_zone(frame: pl.LazyFrame, clinic_zone: str) -> pl.LazyFrame:
+    """`frame` (with `country` and `state` columns) plus `zone`: the patient's time zone,
+    the clinic's when the address does not say."""
+    names = pl.DataFrame(
+        list(COUNTRY_NAMES.items()), schema={"country_key": pl.String, "zone_country": pl.String},
+        orient="row",
+    ).lazy()  # fmt: skip
+    table = zone_table().lazy()
+    keyed = frame.with_columns(
+        pl.col("country").str.strip_chars().str.to_lowercase().alias("country_key"),
+        pl.col("state").str.strip_chars().str.to_lowercase().fill_null("").alias("zone_state"),
+    ).join(names, on="country_key", how="left")
+    by_state = table.filter(pl.col("zone_state") != "")
+    by_country = table.filter(pl.col("zone_state") == "").select(
+        "zone_country", pl.col("zone").alias("country_zone")
+    )
+    return (
+        keyed.join(by_state, on=["zone_country", "zone_state"], how="left")
+        .join(by_country, on="zone_country", how="left")
+        .with_columns(
+            pl.coalesce("zone", "country_zone", pl.lit(clinic_zone)).alias("zone")
+        )
+        .drop("country_key", "zone_country", "zone_state", "country_zone")
+    )
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """How an SMS goes over the air: its encoding and the parts it is billed as."""
+
+    encoding: str  # "GSM-7" or "UCS-2"
+    units: int  # septets (GSM-7) or UTF-16 code units (UCS-2)
+    segments: int
+
+
+# GSM 03.38: the basic set (one septet each) and the extension set (escape + one).
+_GSM_BASIC = set(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+_GSM_EXTENDED = set("^{}\\[~]|€\f")
+
+
+def _pack(units: list[int], single: int, multi: int) -> int:
+    """Parts needed for characters of `units` sizes: one part holds `single`; a message
+    of several parts holds `multi` each, and no character is split across two."""
+    total = sum(units)
+    if total <= single:
+        return 1
+    parts, used = 1, 0
+    for u in units:
+        if used + u > multi:
+            parts, used = parts + 1, 0
+        used += u
+    return parts
+
+
+def encode(text: str) -> Encoded:
+    """GSM-7 when every character is in the GSM set (160 septets, 153 per part when
+    split; an extension character takes two), else UCS-2 (70 code units, 67 per part;
+    a character outside the BMP, such as an emoji, takes two)."""
+    if all(ch in _GSM_BASIC or ch in _GSM_EXTENDED for ch in text):
+        units = [2 if ch in _GSM_EXTENDED else 1 for ch in text]
+        return Encoded("GSM-7", sum(units), _pack(units, 160, 153))
+    units = [2 if ord(ch) > 0xFFFF else 1 for ch in text]
+    return Encoded("UCS-2", sum(units), _pack(units, 70, 67))
+
+
+# Words a commercial SMS must carry for the patient to know how to stop them.
+OPT_OUT_WORDS = re.compile(r"\b(STOP|UNSUBSCRIBE|OPT[ -]?OUT)\b", re.IGNORECASE)
