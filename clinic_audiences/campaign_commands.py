@@ -27,6 +27,7 @@ from outbound.run import (
     read_opt_outs,
     run_clock,
     send_planned,
+    sms_preview,
     state_engine,
     today_only,
 )
@@ -99,14 +100,29 @@ def print_summary(planned: Planned, clock: RunClock) -> None:
 
 def cmd_dry_run(as_of: str | None, out: str | None) -> int:
     try:
-        _, loaded, clock, _, planned = _plan(as_of)
+        settings, loaded, clock, _, planned = _plan(as_of)
+        sms = sms_preview(settings, loaded.campaigns, planned.plan)
     except (CampaignError, TemplateError, ValueError, LookupError, OSError, WarehouseBusy) as e:
         return _fail(str(e))
     print_summary(planned, clock)
+    if sms.height:
+        print("\nSMS as they would go out (GSM-7: 160 a part, 153 when split; UCS-2: 70 / 67):")
+        print(format_table(
+            sms.group_by("campaign").agg(
+                pl.len().alias("messages"),
+                (pl.col("encoding") == "GSM-7").sum().alias("gsm_7"),
+                (pl.col("encoding") == "UCS-2").sum().alias("ucs_2"),
+                pl.col("segments").sum().alias("segments"),
+                pl.col("characters").max().alias("longest"),
+            ).sort("campaign")
+        ))  # fmt: skip
     if out:
         path = Path(out)
         path.parent.mkdir(parents=True, exist_ok=True)
-        planned.plan.select(CSV_COLUMNS).write_csv(path)
+        planned.plan.join(
+            sms.select("campaign", "patient_id", "encoding", "segments"),
+            on=["campaign", "patient_id"], how="left",
+        ).select(*CSV_COLUMNS, "encoding", "segments").write_csv(path)  # fmt: skip
         print(f"wrote {planned.plan.height} rows to {path}")
     _report_problems(loaded.problems)
     return 1 if loaded.problems else 0

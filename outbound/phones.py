@@ -89,7 +89,7 @@ def e164(number: str | None, country: str) -> str | None:
     if number is None:
         return None
     frame = pl.DataFrame({"n": [number]}, schema={"n": pl.String})
-    return frame.select(e164_expr("n", country))["n"][0]
+    return frame.select(e164_expr("n", country).alias("n"))["n"][0]
 
 
 # Where a patient's clock is, from the state (or region) and country of their address.

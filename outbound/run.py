@@ -741,6 +741,38 @@ def _learn_provider_opt_out(
                           clock.now())  # fmt: skip
 
 
+SMS_PREVIEW_SCHEMA = {
+    "campaign": pl.String, "patient_id": pl.String, "encoding": pl.String,
+    "characters": pl.Int64, "segments": pl.Int64,
+}  # fmt: skip
+
+
+def sms_preview(
+    settings: OutboundSettings, campaigns: list[Campaign], plan: pl.DataFrame
+) -> pl.DataFrame:
+    """Each SMS of the plan as it would go out (to send or deferred): its encoding,
+    length and the parts it is billed as (GSM-7 160 / 153, UCS-2 70 / 67)."""
+    from outbound.phones import encode
+    from outbound.templates import fill
+
+    sms = {c.slug: c for c in campaigns if c.channel == "sms"}
+    rows = plan.filter(pl.col("campaign").is_in(list(sms)), pl.col("decision") != "suppressed",
+                       pl.col("channel") == "sms")  # fmt: skip
+    if rows.is_empty():
+        return pl.DataFrame(schema=SMS_PREVIEW_SCHEMA)
+    with settings.connect(read_only=True) as con:
+        data = read_recipient_data(con, rows.select("patient_id", "case_id").unique())
+    rows = rows.join(data, on=["patient_id", "case_id"], how="left", nulls_equal=True)
+    texts = {slug: campaign_content(c, clinic_name=settings.clinic_name).text or ""
+             for slug, c in sms.items()}  # fmt: skip
+    out = []
+    for r in rows.iter_rows(named=True):
+        text = fill(texts[r["campaign"]], {f: str(r.get(f) or "") for f in RECIPIENT_FIELDS})
+        e = encode(text)
+        out.append((r["campaign"], r["patient_id"], e.encoding, len(text), e.segments))
+    return pl.DataFrame(out, schema=SMS_PREVIEW_SCHEMA, orient="row")
+
+
 def unsubscribe_link(settings: OutboundSettings, patient_id: str, sent_on: date) -> dict:
     """A patient's one-click unsubscribe link: its URL for templates (`r.unsubscribe_url`)
     and the RFC 8058 headers; empty when the web app's address or secret is not set."""

@@ -90,7 +90,8 @@ def test_dry_run_prints_counts_and_writes_the_csv(env, capsys):
     assert "send plan for 2026-11-26 at 2026-11-26T10:00+11:00" in text
     with out_csv.open() as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["campaign", "patient_id", "channel", "decision", "reason"]
+    assert list(rows[0]) == ["campaign", "patient_id", "channel", "decision", "reason",
+                             "encoding", "segments"]  # fmt: skip
     got = {(r["campaign"], r["patient_id"]): (r["decision"], r["reason"]) for r in rows}
     # billing (80) claims p2 over reactivation (50); p3 has no email; p4 said no to email.
     assert got == {
@@ -176,3 +177,47 @@ def test_bad_campaign_file_is_reported(env, capsys):
     assert "broken.yaml: priority: Input should be greater than or equal to 0" in err
     assert "1 campaign file(s) cannot run and were left out; the others ran" in err
     assert "reactivation" in out and "billing" in out
+
+
+SMS_CAMPAIGN = """
+name: SMS recall
+segment: lapsed-physio-6-12mo
+channel: sms
+template: {local: reactivation}
+priority: 50
+schedule: {every: day}
+send_window: {start: "09:00", end: "17:00"}
+"""
+
+
+def test_dry_run_shows_each_sms_encoding_and_parts(tmp_path, monkeypatch, make_warehouse, capsys):
+    day = date.fromisoformat(AS_OF)
+    patients = [
+        ("p1", "Ann", None, "0412 345 678", None, None),
+        # ë is not in the GSM-7 set: the whole message goes as UCS-2.
+        ("p2", "Zoë", None, "0413 000 111", None, None),
+        ("p3", "Cy", None, "not a number", None, None),
+    ]
+    membership = [("lapsed-physio-6-12mo", p[0], None, day) for p in patients]
+    db = make_warehouse(tmp_path / "wh.duckdb", patients, membership)
+    campaigns = tmp_path / "campaigns"
+    campaigns.mkdir()
+    (campaigns / "sms-recall.yaml").write_text(SMS_CAMPAIGN)
+    for name, value in {"DUCKDB_PATH": str(db), "STATE_DB_URL": f"sqlite:///{tmp_path / 's.db'}",
+                        "CLINIC_TIMEZONE": "Australia/Sydney", "CAMPAIGNS_PATH": str(campaigns),
+                        "OUTBOUND_RUN_TIME": "10:00", "CLINIC_NAME": "Harbour Physio"}.items():
+        monkeypatch.setenv(name, value)  # fmt: skip
+    monkeypatch.delenv("SEGMENTS_PATH", raising=False)
+    out_csv = tmp_path / "plan.csv"
+    assert cli.cmd_dry_run(AS_OF, str(out_csv)) == 0
+    text = capsys.readouterr().out
+    # "Harbour Physio: Hi Ann, it's been ... find a time. Reply STOP to opt out." is 147
+    # characters: GSM-7 in one part; the same with Zoë is UCS-2, 67 + 67 + 13: 3 parts.
+    table = text.split("SMS as they would go out")[1].splitlines()
+    assert table[1].split() == ["campaign", "messages", "gsm_7", "ucs_2", "segments", "longest"]
+    assert table[3].split() == ["sms-recall", "2", "1", "1", "4", "147"]
+    with out_csv.open() as f:
+        rows = {r["patient_id"]: r for r in csv.DictReader(f)}
+    assert (rows["p1"]["encoding"], rows["p1"]["segments"]) == ("GSM-7", "1")
+    assert (rows["p2"]["encoding"], rows["p2"]["segments"]) == ("UCS-2", "3")
+    assert (rows["p3"]["reason"], rows["p3"]["encoding"]) == ("no_address", "")
