@@ -984,6 +984,83 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
         applied = await run_in_threadpool(apply_events, engine, events, patients_with_email)
         return JSONResponse(applied.__dict__)
 
+    # -- Twilio: replies and delivery reports -----------------------------------------
+
+    def patients_with_number(number: str) -> list[str]:
+        """The patient records whose mobile is `number` (E.164), from the marts."""
+        from outbound.phones import e164_expr
+
+        if not warehouse.exists():
+            return []
+        try:
+            people = frames().frame("patient_features", ["patient_id", "mobile"])
+        except WarehouseError:
+            return []
+        mobile = e164_expr(pl.col("mobile").cast(pl.String), settings.clinic_country)
+        return people.filter(mobile == number)["patient_id"].to_list()
+
+    async def twilio_form(request: Request) -> dict[str, str]:
+        """A Twilio webhook's form, once X-Twilio-Signature proves Twilio sent it: signed
+        with the account's auth token over the URL Twilio was given (WEB_APP_URL and the
+        path) and every field. Anything else is refused and changes nothing."""
+        from twilio.request_validator import RequestValidator
+
+        token, base = settings.twilio.auth_token, settings.web_app_url
+        if not token or not base:
+            raise HTTPException(status_code=404, detail="no Twilio webhook is configured "
+                                "here (TWILIO_AUTH_TOKEN and WEB_APP_URL)")  # fmt: skip
+        form = await form_of(request)
+        fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+        url = base + request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        signature = request.headers.get("X-Twilio-Signature", "")
+        if not signature or not RequestValidator(token).validate(url, fields, signature):
+            raise HTTPException(status_code=403, detail="the request is not signed by "
+                                "this Twilio account")  # fmt: skip
+        return fields
+
+    def twiml(text: str | None) -> Response:
+        from twilio.twiml.messaging_response import MessagingResponse
+
+        reply = MessagingResponse()
+        if text:
+            reply.message(text)
+        return Response(str(reply), media_type="application/xml")
+
+    @app.post("/webhooks/twilio/inbound")
+    async def twilio_inbound(request: Request):
+        """A patient's reply: STOP opts the number out, START back in, HELP is answered
+        (docs/consent.md). Applied once per MessageSid."""
+        from outbound.phones import e164
+        from outbound.twilio_events import apply_inbound
+
+        fields = await twilio_form(request)
+        if not (fields.get("MessageSid") or fields.get("SmsSid")):
+            raise HTTPException(status_code=400, detail="no MessageSid in the message")
+        engine = await run_in_threadpool(store)
+        done = await run_in_threadpool(
+            apply_inbound, engine, fields, patients_with_number,
+            lambda n: e164(n, settings.clinic_country))  # fmt: skip
+        clinic = settings.clinic_name or "This clinic"
+        if done.duplicate:
+            return twiml(None)
+        return twiml({
+            "stop": f"{clinic}: you will get no more messages from us. Reply START to opt "
+                    "back in.",
+            "start": f"{clinic}: you will get our messages again. Reply STOP to opt out.",
+            "help": f"{clinic}: messages about your appointments and care. Reply STOP to opt "
+                    "out, START to opt back in.",
+        }.get(done.kind))  # fmt: skip
+
+    @app.post("/webhooks/twilio/status")
+    async def twilio_status(request: Request):
+        """Twilio's status callback: moves the message's ledger row forward only."""
+        from outbound.twilio_events import apply_status
+
+        fields = await twilio_form(request)
+        engine = await run_in_threadpool(store)
+        moved = await run_in_threadpool(apply_status, engine, fields)
+        return JSONResponse({"moved": moved})
+
     # -- one-click unsubscribe (RFC 8058) ----------------------------------------------
 
     def unsubscribe_of(token: str):  # noqa: ANN202 - outbound.unsubscribe.Unsubscribe
