@@ -1,6 +1,7 @@
 """Property: whatever sequence of sends (for any as-of day, in any time zone) and opt-outs
-(from any source) happens, nobody is messaged twice inside the cap window by wall-clock
-time, and nobody is messaged once they have opted out."""
+(of email, SMS or all, from any source) happens, across both channels nobody (no patient,
+no address) is messaged twice inside the cap window by wall-clock time, and nobody is
+messaged on a channel once they, or anyone with the same address, opted out of it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 import duckdb
+import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -34,12 +36,21 @@ def camp(slug: str, priority: int, **kw) -> Campaign:
     )  # fmt: skip
 
 
-# A campaign with a cap of its own, longer than the global one.
+# Campaigns with caps of their own, longer and shorter than the global one; one by SMS.
 CAMPAIGNS = [
     camp("often", 10),
     camp("rarely", 50, frequency_cap={"max_messages": 1, "window_days": 10}),
+    camp("texts", 60, channel="sms", frequency_cap={"max_messages": 1, "window_days": 3}),
 ]
-WINDOW = {"often": GLOBAL_WINDOW, "rarely": 10}
+WINDOW = {"often": GLOBAL_WINDOW, "rarely": 10, "texts": 3}
+# p0 has no usable mobile (email only); p4 and p5 share one (a parent and a child): one
+# number, one person on SMS.
+MOBILES = {"p0": "n/a", "p1": "0400000011", "p2": "0400000022", "p3": "0400000033",
+           "p4": "0400000044", "p5": "0400000044"}  # fmt: skip
+
+
+def number(patient: str) -> str:
+    return "+61" + MOBILES[patient][1:]
 
 
 @dataclass
@@ -48,15 +59,17 @@ class RecordingChannel:
 
     now: datetime
     name: str = "email"
-    deliveries: list[tuple[str, str, datetime]] = field(default_factory=list)
+    max_batch: int = 1000
+    # (channel, address, ledger id, campaign, when)
+    deliveries: list[tuple[str, str, str, str, datetime]] = field(default_factory=list)
 
     def send_batch(
         self, recipients: list[Recipient], content: Content, categories, custom_args
     ) -> BatchOutcome:
         campaign = custom_args["campaign"]
         for r in recipients:
-            self.deliveries.append((r.address.split("@")[0], campaign, self.now))
-        return BatchOutcome(True, 1, 202)
+            self.deliveries.append((self.name, r.address, r.ledger_id, campaign, self.now))
+        return BatchOutcome(True, 1, 202, provider_message_id=f"id-{len(self.deliveries)}")
 
 
 actions = st.lists(
@@ -71,7 +84,8 @@ actions = st.lists(
         st.tuples(
             st.just("opt_out"),
             st.sampled_from(PATIENTS),
-            st.sampled_from(["learned", "extract", "consent", "sms_only"]),
+            st.sampled_from(["learned", "extract", "consent", "stop_reply"]),
+            st.sampled_from(["email", "sms", "all"]),
             # The date an extract writes on its opt-out row, relative to now: past or future.
             st.integers(-30, 30),
         ),
@@ -91,8 +105,9 @@ def build(folder) -> tuple[OutboundSettings, object]:
         create_empty_raw_tables(con)
         for p in PATIENTS:
             con.execute(
-                "insert into raw.patients (patient_id, first_name, email) values (?, ?, ?)",
-                [p, p.upper(), f"{p}@clinic.example"],
+                "insert into raw.patients (patient_id, first_name, email, mobile) "
+                "values (?, ?, ?, ?)",
+                [p, p.upper(), f"{p}@clinic.example", MOBILES[p]],
             )
         con.execute("create schema segments")
         con.execute(
@@ -115,7 +130,7 @@ def build(folder) -> tuple[OutboundSettings, object]:
     migrate(engine)
     return OutboundSettings(
         duckdb_path=str(db), state_db_url="", timezone="UTC",
-        cap=FrequencyCap(max_messages=1, window_days=GLOBAL_WINDOW),
+        cap=FrequencyCap(max_messages=1, window_days=GLOBAL_WINDOW), clinic_name="Clinic",
     ), engine  # fmt: skip
 
 
@@ -125,10 +140,20 @@ def build(folder) -> tuple[OutboundSettings, object]:
 )  # fmt: skip
 @given(steps=actions)
 def test_nobody_twice_in_the_window_and_nobody_after_opting_out(tmp_path_factory, steps):
+    from outbound.twilio_events import STOP_SOURCE, refuse_number
+
     settings_, engine = build(tmp_path_factory.mktemp("sends"))
     now, zone = START, "UTC"
-    channel = RecordingChannel(now)
-    opted_out: dict[str, datetime] = {}  # patient → when they opted out of email
+    email = RecordingChannel(now)
+    sms = RecordingChannel(now, name="sms", max_batch=1)
+    # (channel, address) → when it was first opted out; an opt-out of `all` is both.
+    refused: dict[tuple[str, str], datetime] = {}
+
+    def opt_out(patient: str, channel: str, at: datetime) -> None:
+        for ch in ("email", "sms") if channel == "all" else (channel,):
+            address = f"{patient}@clinic.example" if ch == "email" else number(patient)
+            refused.setdefault((ch, address), at)
+
     for step in steps:
         kind = step[0]
         if kind == "advance":
@@ -136,54 +161,63 @@ def test_nobody_twice_in_the_window_and_nobody_after_opting_out(tmp_path_factory
         elif kind == "zone":
             zone = step[1]
         elif kind == "opt_out":
-            _, patient, source, days = step
+            _, patient, source, channel, days = step
             if source == "learned":
-                L.record_opt_out(engine, patient, "email", "unsubscribe link", now)
+                L.record_opt_out(engine, patient, channel, "unsubscribe link", now)
+            elif source == "stop_reply":
+                channel = "sms"
+                with engine.begin() as conn:
+                    refuse_number(conn, number(patient), [patient], STOP_SOURCE, now)
             else:
                 con = duckdb.connect(settings_.duckdb_path)
                 try:
                     if source == "consent":
+                        channel = "email" if channel == "email" else "sms"
                         con.execute(
-                            "update raw.patients set accepted_email_marketing = false "
+                            f"update raw.patients set accepted_{channel}_marketing = false "
                             "where patient_id = ?",
                             [patient],
                         )
                     else:
-                        channel_name = "sms" if source == "sms_only" else "all"
                         con.execute(
                             "insert into raw.opt_outs (patient_id, channel, opted_out_at) "
                             "values (?, ?, ?)",
-                            [patient, channel_name, now + timedelta(days=days)],
+                            [patient, channel, now + timedelta(days=days)],
                         )
                 finally:
                     con.close()
-            if source != "sms_only":
-                opted_out.setdefault(patient, now)
+            opt_out(patient, channel, now)
         else:
             today = RunClock.at(now, zone).today
             offset = step[1] if kind == "send" else 0
             clock = RunClock.at(now, zone, today + timedelta(days=offset))
-            s = OutboundSettings(settings_.duckdb_path, "", zone, cap=settings_.cap)
+            s = OutboundSettings(settings_.duckdb_path, "", zone, cap=settings_.cap,
+                                 clinic_name="Clinic")  # fmt: skip
             planned = make_plan(s, CAMPAIGNS, clock, engine)
             if kind == "opt_out_then_send":
                 L.record_opt_out(engine, step[1], "all", "reply STOP", now)
-                opted_out.setdefault(step[1], now)
-            channel.now = now
-            send_planned(s, CAMPAIGNS, planned, clock, engine, channel)
+                opt_out(step[1], "all", now)
+            email.now = sms.now = now
+            send_planned(s, CAMPAIGNS, planned, clock, engine, {"email": email, "sms": sms})
         # time passes a little between steps
         now += timedelta(minutes=1)
 
+    with engine.connect() as conn:
+        patient_of = dict(conn.execute(sa.select(L.ledger.c.id, L.ledger.c.patient_id)).all())
     by_patient: dict[str, list[tuple[datetime, str]]] = {}
-    for patient, campaign, at in channel.deliveries:
-        by_patient.setdefault(patient, []).append((at, campaign))
-        assert patient not in opted_out or at < opted_out[patient], (
-            f"{patient} messaged at {at} after opting out at {opted_out[patient]}"
+    by_address: dict[str, list[tuple[datetime, str]]] = {}
+    for channel, address, ledger_id, campaign, at in email.deliveries + sms.deliveries:
+        by_patient.setdefault(patient_of[ledger_id], []).append((at, campaign))
+        by_address.setdefault(address, []).append((at, campaign))
+        when = refused.get((channel, address))
+        assert when is None or at < when, (
+            f"{address} messaged by {channel} at {at} after opting out at {when}"
         )
-    for patient, sent in by_patient.items():
+    for who, sent in [*by_patient.items(), *by_address.items()]:
         sent.sort()
         for (earlier, _), (later, campaign) in zip(sent, sent[1:], strict=False):
             # The later message's campaign cap: no earlier message within its window.
             assert later - earlier > timedelta(days=WINDOW[campaign]), (
-                f"{patient} messaged at {earlier} and again at {later} ({campaign})"
+                f"{who} messaged at {earlier} and again at {later} ({campaign})"
             )
     engine.dispose()
