@@ -90,6 +90,8 @@ class Settings:
     clinic_name: str | None = None
     clinic_country: str = "AU"
     recipient_hours: str | None = None
+    # Unsubscribe category → SendGrid suppression group: `reactivation=1234,billing=5678`.
+    sendgrid_group_ids: str | None = None
     # Where patients reach the web app (its unsubscribe links), and the secret those
     # links are signed with; without both, emails carry no unsubscribe link.
     web_app_url: str | None = None
@@ -151,6 +153,7 @@ class Settings:
             clinic_name=get("CLINIC_NAME"),
             clinic_country=_country(get("CLINIC_COUNTRY")),
             recipient_hours=get("OUTBOUND_RECIPIENT_HOURS"),
+            sendgrid_group_ids=get("SENDGRID_GROUP_IDS"),
             web_app_url=_web_app_url(get("WEB_APP_URL")),
             unsubscribe_secret=_secret(get("UNSUBSCRIBE_SECRET")),
             cliniko=ClinikoAccess(

@@ -22,6 +22,7 @@ from orchestration.resources import (
 from orchestration.schedules import todays_partition_schedule
 from outbound import ledger as ledger_mod
 from outbound.campaigns import CAMPAIGNS_DIR, Campaign, CampaignError
+from outbound.categories import parse_group_ids
 from outbound.checks import opted_out_in_plan, twice_in_cap_window
 from outbound.run import (
     OutboundSettings,
@@ -77,6 +78,7 @@ def _settings(
             unsubscribe_secret=settings.unsubscribe_secret or None,
             clinic_name=settings.clinic_name or None,
             rules=channel_rules(settings.clinic_country, settings.recipient_hours or None),
+            group_ids=parse_group_ids(settings.sendgrid_group_ids or None),
         )
     except ValueError as e:
         raise dg.Failure(description=str(e)) from None

@@ -161,6 +161,7 @@ class ClinicSettingsResource(dg.ConfigurableResource):
     recipient_hours: str = ""
     web_app_url: str = ""
     unsubscribe_secret: str = ""
+    sendgrid_group_ids: str = ""
 
 
 def resources_for(settings: Settings, **overrides: str) -> dict[str, dg.ConfigurableResource]:
@@ -198,6 +199,7 @@ def resources_for(settings: Settings, **overrides: str) -> dict[str, dg.Configur
                 "recipient_hours": s.recipient_hours or "",
                 "web_app_url": s.web_app_url or "",
                 "unsubscribe_secret": s.unsubscribe_secret or "",
+                "sendgrid_group_ids": s.sendgrid_group_ids or "",
                 **overrides,
             }
         ),

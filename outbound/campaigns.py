@@ -209,6 +209,9 @@ class Campaign(_Strict):
     # case administration). Commercial SMS identifies the clinic, carries an opt-out
     # instruction and keeps the jurisdiction's hours in the patient's own time zone.
     purpose: Literal["commercial", "transactional"] = "commercial"
+    # What a patient opts out of to stop it (outbound/categories.py): default `general`
+    # for a commercial campaign; a transactional one names its own.
+    unsubscribe_category: str | None = None
     template: Template
     # Higher wins when several campaigns claim the same patient in one run.
     priority: int = Field(ge=0, le=1000)
@@ -233,6 +236,26 @@ class Campaign(_Strict):
     def _someone_to_tell(self) -> Campaign:
         if not self.notify_patient and self.staff_digest is None:
             raise ValueError("notify_patient is false and there is no staff_digest: nobody to tell")
+        return self
+
+    @model_validator(mode="after")
+    def _category_fits_purpose(self) -> Campaign:
+        from outbound.categories import check_category
+
+        transactional = self.purpose == "transactional"
+        if self.unsubscribe_category is None:
+            if transactional:
+                raise ValueError(
+                    "unsubscribe_category: a transactional campaign names its category "
+                    "explicitly (appointments or case-admin), since opt-outs of marketing do "
+                    "not stop it"
+                )
+            object.__setattr__(self, "unsubscribe_category", "general")
+            return self
+        try:
+            check_category(self.unsubscribe_category, transactional)
+        except ValueError as e:
+            raise ValueError(f"unsubscribe_category: {e}") from None
         return self
 
     @model_validator(mode="after")
@@ -263,6 +286,11 @@ class Campaign(_Strict):
         if not self.send_window.contains(t):
             return False
         return not (self.quiet_hours and self.quiet_hours.contains(t))
+
+    @property
+    def category(self) -> str:
+        """The unsubscribe category (filled by validation)."""
+        return self.unsubscribe_category or "general"
 
     @property
     def sendgrid_categories(self) -> list[str]:

@@ -53,6 +53,8 @@ class Content:
     subject: str | None = None
     html: str | None = None
     text: str | None = None
+    # The SendGrid suppression group of the campaign's unsubscribe category (asm.group_id).
+    asm_group_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -212,6 +214,8 @@ class SendGridEmail:
             "custom_args": custom_args,
             "mail_settings": {"sandbox_mode": {"enable": self.sandbox}},
         }
+        if content.asm_group_id is not None:
+            body["asm"] = {"group_id": content.asm_group_id}
         if content.template_id:
             body["template_id"] = content.template_id
         else:

@@ -11,7 +11,7 @@ changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -77,9 +77,13 @@ def apply_events(
     events: Sequence[object],
     patients_with_email: Callable[[str], list[str]],
     now: datetime | None = None,
+    group_categories: Mapping[int, str] | None = None,
 ) -> Applied:
     """Apply a verified batch of SendGrid events. `patients_with_email(address)` names
-    the patients an address belongs to, for events that carry no ledger id."""
+    the patients an address belongs to, for events that carry no ledger id;
+    `group_categories` the unsubscribe category of each suppression group: a group
+    unsubscribe (or resubscribe) of a known group is an opt-out of its category only."""
+    groups = dict(group_categories or {})
     migrate(engine, [COMPONENT])
     now = now or datetime.now(UTC)
     out = Applied(received=len(events))
@@ -107,11 +111,39 @@ def apply_events(
             if not patients:
                 out.unmatched += 1
                 continue
-            if e["event"] == RESUBSCRIBE:
+            category = groups.get(_group_of(e)) if e["event"] in GROUP_EVENTS else None
+            if category is not None:
+                out_of = _category_event(conn, patients, e, category, happened)
+                if e["event"] == RESUBSCRIBE:
+                    out.resubscribed += out_of
+                else:
+                    out.suppressed += out_of
+            elif e["event"] == RESUBSCRIBE:
                 out.resubscribed += _resubscribe(conn, patients, happened)
             else:
                 out.suppressed += _suppress(conn, patients, e, happened)
     return out
+
+
+GROUP_EVENTS = ("group_unsubscribe", RESUBSCRIBE)
+GROUP_SOURCE = f"{SOURCE_PREFIX}group_unsubscribe"
+
+
+def _group_of(event: dict) -> int | None:
+    group = event.get("asm_group_id")
+    return group if isinstance(group, int) and not isinstance(group, bool) else None
+
+
+def _category_event(conn: Connection, patients: list[str], event: dict, category: str,
+                    at: datetime) -> int:  # fmt: skip
+    """A group unsubscribe of a category's group opts out of that category; a resubscribe
+    lifts what a group unsubscribe of it set before it. (An unsubscribe that arrives after
+    a later resubscribe is kept: the patient is asked again rather than messaged.)"""
+    from outbound.ledger import lift_category_opt_outs, record_category_opt_outs
+
+    if event["event"] == RESUBSCRIBE:
+        return lift_category_opt_outs(conn, patients, category, [GROUP_SOURCE], before=at)
+    return record_category_opt_outs(conn, patients, category, GROUP_SOURCE, at)
 
 
 def _patients_of(

@@ -128,6 +128,18 @@ def _add_ledger_v5_columns(conn: Connection) -> None:
         "(provider_message_id)"))  # fmt: skip
 
 
+def _category_opt_outs_v6(md: sa.MetaData) -> sa.Table:
+    return sa.Table(
+        "outbound_category_opt_outs",
+        md,
+        sa.Column("patient_id", sa.String(200), primary_key=True),
+        # An unsubscribe category (outbound/categories.py), or `all` commercial ones.
+        sa.Column("category", sa.String(64), primary_key=True),
+        sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("source", sa.String(200), nullable=False),
+    )
+
+
 def _send_lock_v4(md: sa.MetaData) -> sa.Table:
     return sa.Table(
         "outbound_send_lock",
@@ -148,6 +160,7 @@ metadata = sa.MetaData()
 ledger = _ledger_v5(metadata)
 learned_opt_outs = _opt_outs_v2(metadata)
 send_lock = _send_lock_v4(metadata)
+category_opt_outs = _category_opt_outs_v6(metadata)
 
 
 def _create(builder) -> Callable[[Connection], None]:
@@ -168,6 +181,7 @@ register_migrations(
                   _add_ledger_v3_columns),
         Migration(4, "one send run at a time", _create(_send_lock_v4)),
         Migration(5, "ledger: the provider's delivery status", _add_ledger_v5_columns),
+        Migration(6, "opt-outs of unsubscribe categories", _create(_category_opt_outs_v6)),
     ],
 )  # fmt: skip
 
@@ -632,13 +646,69 @@ def forget_opt_out(engine: Engine, patient_id: str, channel: str) -> int:
 
 
 def learned_consent_of(engine: Engine, patient_id: str) -> list[tuple[str, str, datetime]]:
-    """A patient's kept opt-outs, for people to read: (channel, source, recorded at)."""
+    """A patient's kept opt-outs, for people to read: (what, source, recorded at), where
+    what is a channel or `category <name>`."""
     q = (sa.select(learned_opt_outs.c.channel, learned_opt_outs.c.source,
                    learned_opt_outs.c.recorded_at)
-         .where(sa.func.trim(learned_opt_outs.c.patient_id) == patient_id.strip())
-         .order_by(learned_opt_outs.c.recorded_at))  # fmt: skip
+         .where(sa.func.trim(learned_opt_outs.c.patient_id) == patient_id.strip()))  # fmt: skip
+    c = category_opt_outs.c
+    qc = sa.select(c.category, c.source, c.recorded_at).where(c.patient_id == patient_id.strip())
     with engine.connect() as conn:
-        return [(r.channel, r.source or "", _as_utc(r.recorded_at)) for r in conn.execute(q)]
+        rows = [(r.channel, r.source or "", _as_utc(r.recorded_at)) for r in conn.execute(q)]
+        rows += [(f"category {r.category}", r.source, _as_utc(r.recorded_at))
+                 for r in conn.execute(qc)]  # fmt: skip
+    return sorted(rows, key=lambda r: r[2])
+
+
+CATEGORY_OPT_OUTS_SCHEMA = {"patient_id": pl.String, "category": pl.String}
+
+
+def record_category_opt_outs(
+    conn: Connection, patient_ids: Sequence[str], category: str, source: str, at: datetime
+) -> int:
+    """Opt these patients out of an unsubscribe category (or `all`); returns how many
+    were new."""
+    from outbound.categories import ALL, CATEGORIES
+
+    if category != ALL and (category not in CATEGORIES or CATEGORIES[category].transactional):
+        raise ValueError(f"{category!r} is not a category a patient can opt out of")
+    rows = [dict(patient_id=p, category=category, recorded_at=at, source=source[:200])
+            for p in sorted(set(patient_ids))]  # fmt: skip
+    if not rows:
+        return 0
+    stmt = insert_ignoring_duplicates(conn, category_opt_outs).returning(
+        category_opt_outs.c.patient_id)
+    return len(conn.execute(stmt, rows).all())
+
+
+def lift_category_opt_outs(
+    conn: Connection, patient_ids: Sequence[str], category: str, sources: Sequence[str],
+    before: datetime | None = None,
+) -> int:  # fmt: skip
+    """Lift the opt-outs of `category` these patients made through `sources` (and, with
+    `before`, only those recorded by then); returns how many."""
+    c = category_opt_outs.c
+    where = [c.patient_id.in_(list(patient_ids)), c.category == category, c.source.in_(sources)]
+    if before is not None:
+        where.append(c.recorded_at <= before)
+    return conn.execute(category_opt_outs.delete().where(*where)).rowcount or 0
+
+
+def read_category_opt_outs(
+    engine: Engine, patient_ids: Sequence[str] | None = None
+) -> pl.DataFrame:
+    """(patient_id, category) of every category opt-out, or of the given patients'."""
+    q = sa.select(category_opt_outs.c.patient_id, category_opt_outs.c.category)
+    rows: list[tuple[str, str]] = []
+    with engine.connect() as conn:
+        if patient_ids is None:
+            rows = [tuple(r) for r in conn.execute(q)]
+        else:
+            ids = sorted(set(patient_ids))
+            for i in range(0, len(ids), 500):
+                part = q.where(category_opt_outs.c.patient_id.in_(ids[i : i + 500]))
+                rows += [tuple(r) for r in conn.execute(part)]
+    return pl.DataFrame(rows, schema=CATEGORY_OPT_OUTS_SCHEMA, orient="row")
 
 
 def read_learned_opt_outs(

@@ -6,6 +6,7 @@ their own (those are in `selection`), only the reading, writing and ledger bookk
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from outbound.campaigns import (
     KnownSegments,
     load_campaigns,
 )
+from outbound.categories import parse_group_ids
 from outbound.channels import (
     DEFAULT_SENDGRID_HOST,
     DEFAULT_TWILIO_BASE_URL,
@@ -83,12 +85,15 @@ class OutboundSettings:
     # commercial SMS keeps (CLINIC_COUNTRY, OUTBOUND_RECIPIENT_HOURS).
     clinic_name: str | None = None
     rules: ChannelRules = field(default_factory=ChannelRules)
+    # Unsubscribe category → SendGrid suppression group (SENDGRID_GROUP_IDS).
+    group_ids: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def of(cls, s: Settings) -> OutboundSettings:
         return cls(
             clinic_name=s.clinic_name,
             rules=channel_rules(s.clinic_country, s.recipient_hours),
+            group_ids=parse_group_ids(s.sendgrid_group_ids),
             duckdb_path=str(s.duckdb_path),
             state_db_url=s.state_db_url,
             timezone=s.clinic_timezone,
@@ -399,7 +404,8 @@ def make_plan(
     opt_outs = read_opt_outs(settings, engine)
     history = read_history(settings, campaigns, clock, engine)
     plan = plan_sends(campaigns, candidates, contacts, opt_outs, history, clock, settings.cap,
-                      settings.rules, read_refused_addresses(engine))  # fmt: skip
+                      settings.rules, read_refused_addresses(engine),
+                      ledger_mod.read_category_opt_outs(engine))  # fmt: skip
     return Planned(candidates=candidates, plan=plan, contacts=contacts)
 
 
@@ -512,6 +518,10 @@ def _render_all(
     links = bool(settings.web_app_url and settings.unsubscribe_secret)
     contents = {c.slug: campaign_content(c, links, settings.clinic_name)
                 for c in campaigns if c.slug in slugs}  # fmt: skip
+    for c in campaigns:
+        group = settings.group_ids.get(c.category)
+        if c.slug in contents and c.channel == "email" and group is not None:
+            contents[c.slug] = dataclasses.replace(contents[c.slug], asm_group_id=group)
     digests: dict[str, Content] = {}
     staff = to_send.filter(pl.col("channel") == STAFF_CHANNEL)
     if staff.height:
@@ -657,6 +667,10 @@ def _send_rows(
                 .filter(pl.col("channel").is_in([campaign.channel, "all"]))["patient_id"]
                 .to_list()
             )
+            if campaign.purpose == "commercial":
+                left = ledger_mod.read_category_opt_outs(engine, checked).filter(
+                    pl.col("category").is_in([campaign.category, "all"]))
+                refused_ids |= set(left["patient_id"].to_list())
             refused = {
                 i for i in mine if i in refused_ids or refused_ids & set(shared.get(i, ()))
             }
@@ -725,7 +739,7 @@ def _recipient(
     fields = {f: row.get(f) or "" for f in RECIPIENT_FIELDS}
     if campaign.channel == "sms":
         return Recipient(ledger_id=ledger_id, address=row["sms_number"], data=fields)
-    link = unsubscribe_link(settings, row["patient_id"], sent_on)
+    link = unsubscribe_link(settings, row["patient_id"], sent_on, campaign.category)
     return Recipient(ledger_id=ledger_id, address=row["email"].strip(),
                      data=fields | link["data"], headers=link["headers"])  # fmt: skip
 
@@ -773,14 +787,16 @@ def sms_preview(
     return pl.DataFrame(out, schema=SMS_PREVIEW_SCHEMA, orient="row")
 
 
-def unsubscribe_link(settings: OutboundSettings, patient_id: str, sent_on: date) -> dict:
+def unsubscribe_link(
+    settings: OutboundSettings, patient_id: str, sent_on: date, category: str | None = None
+) -> dict:
     """A patient's one-click unsubscribe link: its URL for templates (`r.unsubscribe_url`)
     and the RFC 8058 headers; empty when the web app's address or secret is not set."""
     from outbound.unsubscribe import headers_for, make_token, unsubscribe_url
 
     if not (settings.web_app_url and settings.unsubscribe_secret):
         return {"data": {"unsubscribe_url": ""}, "headers": {}}
-    token = make_token(settings.unsubscribe_secret, patient_id, "email", sent_on)
+    token = make_token(settings.unsubscribe_secret, patient_id, "email", sent_on, category)
     url = unsubscribe_url(settings.web_app_url, token)
     return {"data": {"unsubscribe_url": url}, "headers": headers_for(url)}
 

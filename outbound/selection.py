@@ -230,6 +230,8 @@ def _campaign_table(campaigns: list[Campaign], clock: RunClock, cap: FrequencyCa
                 "staff_digest": c.staff_digest is not None,
                 "requires_explicit_consent": c.requires_explicit_consent,
                 "restricted_hours": c.purpose == "commercial",
+                "transactional": c.purpose == "transactional",
+                "category": c.category,
                 "cap_max": cc.max_messages,
                 "cap_window": cc.window_days,
                 "open_now": open_now,
@@ -249,6 +251,8 @@ def _campaign_table(campaigns: list[Campaign], clock: RunClock, cap: FrequencyCa
             "staff_digest": pl.Boolean,
             "requires_explicit_consent": pl.Boolean,
             "restricted_hours": pl.Boolean,
+            "transactional": pl.Boolean,
+            "category": pl.String,
             "cap_max": pl.Int64,
             "cap_window": pl.Int64,
             "open_now": pl.Boolean,
@@ -305,6 +309,7 @@ def plan_sends(
     cap: FrequencyCap | None = None,
     rules: ChannelRules | None = None,
     refused_addresses: pl.DataFrame | None = None,
+    category_opt_outs: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """The plan: one row per patient candidate and per staff-digest case, with a decision.
 
@@ -313,7 +318,9 @@ def plan_sends(
     (patient_id, channel) opt-out known now, whatever its date; `history` the ledger rows
     (campaign, recipient, send_date, status, attempted_at, channel); `rules` how numbers
     are read and the hours commercial SMS keeps; `refused_addresses` recipient keys
-    learned to refuse whoever has them (`sms:+61...`, `email:...`).
+    learned to refuse whoever has them (`sms:+61...`, `email:...`);
+    `category_opt_outs` (patient_id, category) the unsubscribe categories patients left
+    (`all`: every commercial one), which stop commercial campaigns only.
     """
     due = due_campaigns(campaigns, clock.as_of)
     table = _campaign_table(due, clock, cap or FrequencyCap())
@@ -352,33 +359,35 @@ def plan_sends(
     ]).unique().with_columns(pl.lit(True).alias("has_opt_out"))  # fmt: skip
     patients = patients.join(opted, on=["patient_id", "channel"], how="left")
     # Addresses refused on any patient record that has them, channel by channel (and
-    # addresses learned to refuse, such as a number that replied STOP).
-    refused_by_record = []
+    # addresses learned to refuse, such as a number that replied STOP): by an opt-out,
+    # which every message honours, or by a no to marketing, which transactional ones pass.
+    by_opt_out, by_consent = [], []
     for ch, (_, consent_col) in CHANNEL_ADDRESS.items():
-        refused_by_record.append(
-            people.join(opted.filter(pl.col("channel") == ch), on="patient_id", how="left")
-            .filter(pl.col("has_opt_out").fill_null(False) | (pl.col(consent_col) == False))  # noqa: E712
-            .select(pl.col(f"{ch}_key").alias("recipient_key"))
-            .drop_nulls()
-        )  # fmt: skip
+        keyed = people.join(opted.filter(pl.col("channel") == ch), on="patient_id", how="left")
+        key = pl.col(f"{ch}_key").alias("recipient_key")
+        by_opt_out.append(keyed.filter(pl.col("has_opt_out").fill_null(False)).select(key))
+        by_consent.append(keyed.filter(pl.col(consent_col) == False).select(key))  # noqa: E712
     if refused_addresses is not None:
-        refused_by_record.append(
-            refused_addresses.lazy().select(pl.col("recipient_key").cast(pl.String))
-        )
-    refused = (
-        pl.concat(refused_by_record).unique().with_columns(pl.lit(True).alias("address_refused"))
-    )
-    patients = patients.join(refused, on="recipient_key", how="left")
+        by_opt_out.append(refused_addresses.lazy().select(pl.col("recipient_key").cast(pl.String)))
+    for frames, flag in ((by_opt_out, "address_refused"), (by_consent, "address_said_no")):
+        refused = pl.concat(frames).drop_nulls().unique().with_columns(pl.lit(True).alias(flag))
+        patients = patients.join(refused, on="recipient_key", how="left")
+    patients = _join_category_opt_outs(patients, people, category_opt_outs)
 
     patients = patients.join(_prior_messages(patients, people, history, clock),
                              on=["campaign", "patient_id"], how="left")  # fmt: skip
 
     consent = pl.col("consent")
+    marketing_no = (
+        (consent == False)  # noqa: E712
+        | pl.col("address_said_no").fill_null(False)
+        | pl.col("category_opt_out").fill_null(False)
+    )
     step = (
         pl.when(
             pl.col("has_opt_out").fill_null(False)
-            | (consent == False)  # noqa: E712
             | pl.col("address_refused").fill_null(False)
+            | (~pl.col("transactional") & marketing_no)
         )
         .then(pl.lit(OPTED_OUT))
         .when(pl.col("requires_explicit_consent") & ~consent.fill_null(False))
@@ -431,6 +440,10 @@ def plan_sends(
         pl.col("reason").fill_null(""),
         pl.when(pl.col("reason") == LOWER_PRIORITY)
         .then(pl.lit("claimed by ") + pl.col("winner"))
+        .when((pl.col("reason") == OPTED_OUT) & ~pl.col("has_opt_out").fill_null(False)
+              & ~pl.col("address_refused").fill_null(False)
+              & pl.col("category_opt_out").fill_null(False))
+        .then(pl.lit("opted out of ") + pl.col("category"))
         .when((pl.col("reason") == OPTED_OUT) & ~pl.col("has_opt_out").fill_null(False)
               & (consent != False).fill_null(True))  # noqa: E712
         .then(pl.lit("the address opted out on another patient record"))
@@ -488,6 +501,37 @@ def _people(contacts: pl.DataFrame, rules: ChannelRules, clinic_zone: str) -> pl
     return with_patient_zone(frame, clinic_zone).drop("state", "country")
 
 
+def _join_category_opt_outs(
+    patients: pl.LazyFrame, people: pl.LazyFrame, category_opt_outs: pl.DataFrame | None
+) -> pl.LazyFrame:
+    """`patients` plus `category_opt_out`: the patient, or a record with the address the
+    candidate would be sent to, opted out of the campaign's category or of `all`."""
+    from outbound.categories import ALL
+
+    if category_opt_outs is None or category_opt_outs.is_empty():
+        return patients.with_columns(pl.lit(None, dtype=pl.Boolean).alias("category_opt_out"))
+    cats = category_opt_outs.lazy().select("patient_id", "category").cast(pl.String)
+    keyed = pl.concat([
+        cats.join(people.select("patient_id", pl.col(f"{ch}_key").alias("key")), on="patient_id")
+        .select("key", "category")
+        for ch in CHANNEL_ADDRESS
+    ] + [cats.select((pl.lit("patient:") + pl.col("patient_id")).alias("key"), "category")])
+    # fmt: skip
+    keyed = keyed.drop_nulls().unique()
+    # Candidates are (campaign, patient): a lazy frame has no stable row order to key by.
+    ids = ["campaign", "patient_id"]
+    keys = pl.concat([
+        patients.select(*ids, pl.col("recipient_key").alias("key"), "category"),
+        patients.select(*ids, (pl.lit("patient:") + pl.col("patient_id")).alias("key"),
+                        "category"),
+    ])  # fmt: skip
+    hit = pl.concat([
+        keys.join(keyed, on=["key", "category"]).select(ids),
+        keys.join(keyed.filter(pl.col("category") == ALL).select("key"), on="key").select(ids),
+    ]).unique().with_columns(pl.lit(True).alias("category_opt_out"))  # fmt: skip
+    return patients.join(hit, on=ids, how="left")
+
+
 def _channel_key() -> pl.Expr:
     """The key of the candidate's address on its campaign's channel, else the patient."""
     return (
@@ -516,6 +560,9 @@ def _prior_messages(
             pl.col("recipient") != STAFF_RECIPIENT,
         )
         .with_row_index("row")
+        # Numbered once: both joins below read the same numbers.
+        .collect()
+        .lazy()
         .rename({"recipient": "hist_patient", "campaign": "hist_campaign"})
         # A past message counts for the address it went to (as the contacts give it now).
         .join(keys, on="hist_patient", how="left")

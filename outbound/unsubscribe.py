@@ -3,8 +3,10 @@
 Each message carries `List-Unsubscribe: <https://APP/unsubscribe/TOKEN>` and
 `List-Unsubscribe-Post: List-Unsubscribe=One-Click`, so a mailbox provider can offer its
 own unsubscribe button, and templates can show the same link (`r.unsubscribe_url`). The
-token names the patient and the channel, is signed with UNSUBSCRIBE_SECRET (HMAC-SHA256)
-and expires; it holds no address or name, so a forwarded link tells nobody anything.
+token names the patient, the channel and the message's unsubscribe category, is signed
+with UNSUBSCRIBE_SECRET (HMAC-SHA256) and expires; it holds no address or name, so a
+forwarded link tells nobody anything. The one-click POST opts the patient out of the
+category; the page the link opens lets them choose categories, or all.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ class Unsubscribe:
     patient_id: str
     channel: str
     expires: date
+    # The unsubscribe category of the message; None for links made before categories,
+    # which opt out of the channel.
+    category: str | None = None
 
 
 def _b64(raw: bytes) -> str:
@@ -48,11 +53,15 @@ def _signature(secret: str, payload: str) -> str:
     return _b64(hmac.new(secret.encode(), payload.encode("ascii"), hashlib.sha256).digest())
 
 
-def make_token(secret: str, patient_id: str, channel: str, sent_on: date) -> str:
+def make_token(
+    secret: str, patient_id: str, channel: str, sent_on: date, category: str | None = None
+) -> str:
     """The token of a message sent on `sent_on`, valid for VALID_DAYS after it."""
     expires = sent_on + timedelta(days=VALID_DAYS)
-    payload = _b64(json.dumps({"p": patient_id, "c": channel, "e": expires.isoformat()},
-                              separators=(",", ":")).encode())  # fmt: skip
+    fields = {"p": patient_id, "c": channel, "e": expires.isoformat()}
+    if category is not None:
+        fields["k"] = category
+    payload = _b64(json.dumps(fields, separators=(",", ":")).encode())
     return f"{payload}.{_signature(secret, payload)}"
 
 
@@ -69,7 +78,8 @@ def read_token(secret: str, token: str, today: date) -> Unsubscribe:
         raise BadToken("not an unsubscribe link")
     try:
         fields = json.loads(_unb64(payload))
-        found = Unsubscribe(str(fields["p"]), str(fields["c"]), date.fromisoformat(fields["e"]))
+        found = Unsubscribe(str(fields["p"]), str(fields["c"]), date.fromisoformat(fields["e"]),
+                            str(fields["k"]) if "k" in fields else None)  # fmt: skip
     except (ValueError, KeyError, TypeError):
         raise BadToken("not an unsubscribe link") from None
     if found.expires < today:

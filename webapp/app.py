@@ -981,7 +981,9 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
         if not isinstance(events, list):
             raise HTTPException(status_code=400, detail="the body is not a list of events")
         engine = await run_in_threadpool(store)
-        applied = await run_in_threadpool(apply_events, engine, events, patients_with_email)
+        groups = {g: c for c, g in outbound_settings().group_ids.items()}
+        applied = await run_in_threadpool(apply_events, engine, events, patients_with_email,
+                                          None, groups)  # fmt: skip
         return JSONResponse(applied.__dict__)
 
     # -- Twilio: replies and delivery reports -----------------------------------------
@@ -1080,23 +1082,83 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
             raise HTTPException(status_code=400, detail="this is not an unsubscribe link of "
                                 "this clinic; check it was copied whole") from None  # fmt: skip
 
+    # Who changes a category through the page or the one-click POST: the sources the
+    # page may lift again when the patient ticks the category back.
+    PAGE_SOURCES = ("preference page", "one-click unsubscribe")  # noqa: N806
+
+    def preferences_of(found) -> dict:  # noqa: ANN001 - outbound.unsubscribe.Unsubscribe
+        from outbound.categories import CATEGORIES, commercial
+        from outbound.ledger import read_category_opt_outs
+
+        left = set(read_category_opt_outs(store(), [found.patient_id])["category"].to_list())
+        category = CATEGORIES.get(found.category or "")
+        return {"categories": [(c.slug, c.label, c.slug not in left) for c in commercial()],
+                "everything": "all" in left,
+                "this": category.label if category and not category.transactional else None}
+
     @app.get("/unsubscribe/{token}", response_class=HTMLResponse)
     def unsubscribe_page(request: Request, token: str):
-        """What the link in an email opens: one button, no sign-in, nothing personal."""
-        unsubscribe_of(token)
-        return page(request, "unsubscribe.html", None, token=token, done=False)
+        """What the link in an email opens: stop this kind of message in one click, or
+        choose which kinds to keep. No sign-in, nothing personal shown."""
+        found = unsubscribe_of(token)
+        return page(request, "unsubscribe.html", None, token=token, done=None,
+                    **preferences_of(found))  # fmt: skip
 
     @app.post("/unsubscribe/{token}", response_class=HTMLResponse)
-    def unsubscribe(request: Request, token: str):
+    async def unsubscribe(request: Request, token: str):
         """The one-click POST a mailbox provider sends (body `List-Unsubscribe=One-Click`),
-        or the page's button: the patient gets no more email, from the next plan on. The
-        signed token is the proof; there is no session or CSRF token to ask for."""
-        from outbound.ledger import record_opt_out
+        or the page's buttons. One-click and "stop these" opt the patient out of the
+        message's category (a link made before categories: of email); "all" out of every
+        commercial category; "save" keeps exactly the ticked ones. Honoured from the next
+        plan on, and by any run already sending. The signed token is the proof; there is
+        no session or CSRF token to ask for."""
+        from datetime import UTC
+        from datetime import datetime as moment
+
+        from outbound.categories import ALL, commercial
+        from outbound.ledger import (
+            lift_category_opt_outs,
+            record_category_opt_outs,
+            record_opt_out,
+        )
 
         found = unsubscribe_of(token)
-        record_opt_out(store(), found.patient_id, found.channel,
-                       source="one-click unsubscribe")  # fmt: skip
-        return page(request, "unsubscribe.html", None, token=token, done=True)
+        form = await form_of(request)
+        action = form.get("action") or "this"
+        engine = await run_in_threadpool(store)
+        now = moment.now(UTC)
+        if action not in ("this", "all", "save"):
+            raise HTTPException(status_code=400, detail="choose one of the page's buttons")
+        if action == "this" and found.category not in {c.slug for c in commercial()}:
+            # A link made before categories, or of a transactional message: what stops
+            # this message is an opt-out of the channel.
+            await run_in_threadpool(record_opt_out, engine, found.patient_id, found.channel,
+                                    "one-click unsubscribe")  # fmt: skip
+            done = "channel"
+        else:
+            source = "one-click unsubscribe" if action == "this" else "preference page"
+            known = {c.slug for c in commercial()}
+            if action == "this":
+                leave, keep = {found.category or ALL}, set()
+            elif action == "all":
+                leave, keep = {ALL}, set()
+            else:
+                ticked = set(form.getlist("keep"))
+                if ticked - known:
+                    raise HTTPException(status_code=400, detail="not a category of this page")
+                leave, keep = known - ticked, ticked | {ALL}
+
+            def apply() -> None:
+                with engine.begin() as conn:
+                    for category in sorted(leave):
+                        record_category_opt_outs(conn, [found.patient_id], category, source, now)
+                    for category in sorted(keep):
+                        lift_category_opt_outs(conn, [found.patient_id], category, PAGE_SOURCES)
+
+            await run_in_threadpool(apply)
+            done = action
+        return page(request, "unsubscribe.html", None, token=token, done=done,
+                    **preferences_of(found))  # fmt: skip
 
     @app.get("/campaigns", response_class=HTMLResponse)
     def campaigns_page(request: Request):

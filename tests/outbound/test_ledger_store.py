@@ -13,7 +13,7 @@ from outbound import ledger as L
 def test_migrations_are_recorded_and_applied_once(state_url):
     engine = connect_state(state_url)
     applied = migrate(engine)
-    assert [a for a in applied if a[0] == "outbound"] == [("outbound", v) for v in (1, 2, 3, 4, 5)]
+    assert [a for a in applied if a[0] == "outbound"] == [("outbound", v) for v in range(1, 7)]
     assert [a for a in migrate(engine) if a[0] == "outbound"] == []
     with engine.connect() as conn:
         rows = conn.execute(
@@ -27,6 +27,7 @@ def test_migrations_are_recorded_and_applied_once(state_url):
         (3, "ledger: time of the latest request, attempts, retryable failures"),
         (4, "one send run at a time"),
         (5, "ledger: the provider's delivery status"),
+        (6, "opt-outs of unsubscribe categories"),
     ]
     engine.dispose()
 
@@ -49,7 +50,7 @@ def test_upgrade_from_version_1_keeps_the_ledger(state_url, monkeypatch):
             )
         )  # fmt: skip
     monkeypatch.setitem(_REGISTRY, "outbound", full)
-    assert migrate(engine, ["outbound"]) == [("outbound", v) for v in (2, 3, 4, 5)]
+    assert migrate(engine, ["outbound"]) == [("outbound", v) for v in (2, 3, 4, 5, 6)]
     with engine.connect() as conn:
         row = conn.execute(
             sa.select(L.ledger.c.id, L.ledger.c.status, L.ledger.c.attempts, L.ledger.c.retryable,

@@ -291,6 +291,7 @@ def test_commercial_sms_keeps_the_recipient_hours_in_their_own_time_zone(
                                    "rules": channel_rules("US")})  # fmt: skip
     commercial = camp("promo", send_window={"start": "07:00", "end": "22:00"})
     transactional = camp("visit-admin", purpose="transactional", priority=10,
+                         unsubscribe_category="appointments",
                          send_window={"start": "07:00", "end": "22:00"})  # fmt: skip
     planned = make_plan(settings, [commercial, transactional], clock, engine)
     got = {(c, p): (d, r, detail) for c, p, d, r, detail in planned.plan.select(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -228,3 +229,72 @@ def test_an_oversized_batch_is_refused_before_its_signature_is_checked(hook):
         "X-Twilio-Email-Event-Webhook-Signature": "x",
         "X-Twilio-Email-Event-Webhook-Timestamp": str(int(time.time()))})
     assert response.status_code == 413
+
+
+def categories_of(settings, patient: str) -> dict[str, str]:
+    from outbound.ledger import category_opt_outs
+    from outbound.run import OutboundSettings, state_engine
+
+    engine = state_engine(OutboundSettings.of(settings))
+    with engine.connect() as conn:
+        return {r.category: r.source for r in conn.execute(
+            category_opt_outs.select().where(category_opt_outs.c.patient_id == patient))}
+
+
+def test_one_click_leaves_the_emails_category_and_the_page_chooses_the_rest(
+    unsubscribing, settings
+):
+    from core.days import today_in
+    from outbound.categories import commercial
+    from outbound.unsubscribe import make_token
+
+    ((patient, _),) = patients_with_emails(settings, 8)[7:]
+    token = make_token(SECRET, patient, "email", today_in(settings.clinic_timezone),
+                       "reactivation")  # fmt: skip
+    page = unsubscribing.get(f"/unsubscribe/{token}")
+    assert "Stop invitations to come back from the clinic?" in page.text
+    done = unsubscribing.post(f"/unsubscribe/{token}", content="List-Unsubscribe=One-Click",
+                              headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert done.status_code == 200
+    # Only the category: no opt-out of email itself.
+    assert categories_of(settings, patient) == {"reactivation": "one-click unsubscribe"}
+    assert patient not in opted_out(settings)
+    # The page now shows reactivation unticked, the rest ticked.
+    boxes = re.findall(r'name="keep" value="([a-z-]+)"\s*(checked)?>', unsubscribing.get(
+        f"/unsubscribe/{token}").text)  # fmt: skip
+    assert dict(boxes) == {c.slug: ("" if c.slug == "reactivation" else "checked")
+                           for c in commercial()}  # fmt: skip
+    # Save with reactivation and birthdays ticked: reactivation comes back, every other
+    # category is left.
+    unsubscribing.post(f"/unsubscribe/{token}",
+                       data={"action": "save", "keep": ["reactivation", "birthdays"]})  # fmt: skip
+    left = categories_of(settings, patient)
+    assert set(left) == {c.slug for c in commercial()} - {"reactivation", "birthdays"}
+    assert set(left.values()) == {"preference page"}
+    # Everything: the `all` category; appointment messages are not affected.
+    unsubscribing.post(f"/unsubscribe/{token}", data={"action": "all"})
+    assert categories_of(settings, patient)["all"] == "preference page"
+    assert unsubscribing.post(f"/unsubscribe/{token}", data={"action": "save",
+                              "keep": ["not-a-category"]}).status_code == 400  # fmt: skip
+    assert unsubscribing.post(f"/unsubscribe/{token}", data={"action": "drop table"}
+                              ).status_code == 400  # fmt: skip
+
+
+def test_a_group_unsubscribe_of_a_categorys_group_leaves_that_category(settings, key):
+    from fastapi.testclient import TestClient
+
+    from webapp.app import create_app
+
+    with_groups = replace(settings, sendgrid_group_ids="billing=777",
+                          sender=replace(settings.sender, webhook_public_key=key[1]))  # fmt: skip
+    client = TestClient(create_app(with_groups))
+    ((patient, email),) = patients_with_emails(settings, 9)[8:]
+    now = int(time.time())
+    left = {"sg_event_id": "ev-g-1", "event": "group_unsubscribe", "email": email,
+            "asm_group_id": 777, "timestamp": now - 60}
+    post(client, key[0], [left])
+    assert categories_of(settings, patient) == {"billing": "sendgrid group_unsubscribe"}
+    assert patient not in opted_out(settings)  # email itself still allowed
+    post(client, key[0], [{"sg_event_id": "ev-g-2", "event": "group_resubscribe",
+                           "email": email, "asm_group_id": 777, "timestamp": now}])  # fmt: skip
+    assert categories_of(settings, patient) == {}
