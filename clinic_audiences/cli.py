@@ -134,7 +134,10 @@ def cmd_web(args: argparse.Namespace) -> int:
     from clinic_audiences.environment import current_settings
     from webapp.app import create_app
 
-    app = create_app(current_settings(), secure_cookies=args.secure_cookies)
+    try:
+        app = create_app(current_settings(), secure_cookies=args.secure_cookies)
+    except ValueError as err:  # a setting that is wrong, named with how to fix it
+        raise UserError(str(err)) from None
     console.print(f"The web app is at http://{args.host}:{args.port}/ (Ctrl-C stops it)")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     return 0

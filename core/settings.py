@@ -92,6 +92,8 @@ class Settings:
     recipient_hours: str | None = None
     # Unsubscribe category → SendGrid suppression group: `reactivation=1234,billing=5678`.
     sendgrid_group_ids: str | None = None
+    # A campaign pauses itself when spam reports pass this share of its messages (30 days).
+    complaint_rate: float = 0.001
     # Where patients reach the web app (its unsubscribe links), and the secret those
     # links are signed with; without both, emails carry no unsubscribe link.
     web_app_url: str | None = None
@@ -154,6 +156,7 @@ class Settings:
             clinic_country=_country(get("CLINIC_COUNTRY")),
             recipient_hours=get("OUTBOUND_RECIPIENT_HOURS"),
             sendgrid_group_ids=get("SENDGRID_GROUP_IDS"),
+            complaint_rate=_rate("OUTBOUND_COMPLAINT_RATE", get("OUTBOUND_COMPLAINT_RATE")),
             web_app_url=_web_app_url(get("WEB_APP_URL")),
             unsubscribe_secret=_secret(get("UNSUBSCRIBE_SECRET")),
             cliniko=ClinikoAccess(
@@ -216,6 +219,18 @@ def _country(value: str | None) -> str:
             f"{', '.join(sorted(COUNTRIES))} (ISO 3166 codes)"
         )
     return code
+
+
+def _rate(name: str, value: str | None) -> float:
+    if value is None:
+        return 0.001
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not 0 < number <= 1:
+        raise SettingsError(f"{name}={value!r} is not a share above 0 and at most 1, e.g. 0.001")
+    return number
 
 
 def _path(value: str | None) -> Path | None:

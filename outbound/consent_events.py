@@ -12,13 +12,14 @@ changes nothing.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from core.state_store import Migration, UTCDateTime, migrate, register_migrations
+from outbound import pauses
 from outbound.ledger import insert_ignoring_duplicates, learned_opt_outs, ledger
 
 COMPONENT = "sendgrid_events"
@@ -41,16 +42,33 @@ seen = sa.Table(
     # When it happened, as SendGrid says; when it arrived here.
     sa.Column("happened_at", UTCDateTime, nullable=False),
     sa.Column("received_at", UTCDateTime, nullable=False),
+    # The campaign of the message it is about (from its ledger row), when known.
+    sa.Column("campaign", sa.String(200), nullable=True),
 )
 
 
 def _create(conn: Connection) -> None:
-    meta.create_all(conn)
+    # Version 1's table, as version 1 made it (the campaign column is version 2's).
+    md = sa.MetaData()
+    sa.Table("sendgrid_events_seen", md, *(c.copy() for c in seen.columns
+                                             if c.name != "campaign"))  # fmt: skip
+    md.create_all(conn)
+
+
+def _add_campaign(conn: Connection) -> None:
+    conn.execute(sa.text("ALTER TABLE sendgrid_events_seen ADD COLUMN campaign VARCHAR(200)"))
 
 
 register_migrations(
-    COMPONENT, [Migration(1, "SendGrid events already applied, by sg_event_id", _create)]
-)
+    COMPONENT,
+    [Migration(1, "SendGrid events already applied, by sg_event_id", _create),
+     Migration(2, "the campaign of each event, for complaint rates", _add_campaign)],
+)  # fmt: skip
+
+# A campaign whose spam reports pass this share of its messages over the window pauses
+# itself (OUTBOUND_COMPLAINT_RATE).
+DEFAULT_COMPLAINT_RATE = 0.001
+COMPLAINT_WINDOW_DAYS = 30
 
 
 @dataclass
@@ -63,6 +81,8 @@ class Applied:
     unmatched: int = 0
     # Events that say nothing about consent (delivered, open, ...), or malformed ones.
     ignored: int = 0
+    # Campaigns this batch's spam reports paused (their complaint rate passed the limit).
+    paused: list[str] = field(default_factory=list)
 
 
 def _when(event: dict) -> datetime:
@@ -78,13 +98,17 @@ def apply_events(
     patients_with_email: Callable[[str], list[str]],
     now: datetime | None = None,
     group_categories: Mapping[int, str] | None = None,
+    complaint_rate: float | None = DEFAULT_COMPLAINT_RATE,
 ) -> Applied:
     """Apply a verified batch of SendGrid events. `patients_with_email(address)` names
     the patients an address belongs to, for events that carry no ledger id;
     `group_categories` the unsubscribe category of each suppression group: a group
-    unsubscribe (or resubscribe) of a known group is an opt-out of its category only."""
+    unsubscribe (or resubscribe) of a known group is an opt-out of its category only. A
+    campaign whose spam reports pass `complaint_rate` of its messages over the last 30
+    days pauses itself (None: never)."""
     groups = dict(group_categories or {})
-    migrate(engine, [COMPONENT])
+    complained: set[str] = set()
+    migrate(engine, [COMPONENT, pauses.COMPONENT])
     now = now or datetime.now(UTC)
     out = Applied(received=len(events))
     wanted = []
@@ -105,9 +129,13 @@ def apply_events(
                 continue
             patients = _patients_of(conn, e, patients_with_email)
             happened = _when(e)
+            campaign = _campaign_of(conn, e)
             conn.execute(seen.insert().values(
                 sg_event_id=event_id, event=e["event"], happened_at=happened, received_at=now,
-                patient_id=patients[0] if len(patients) == 1 else None))  # fmt: skip
+                patient_id=patients[0] if len(patients) == 1 else None,
+                campaign=campaign))  # fmt: skip
+            if e["event"] == "spamreport" and campaign:
+                complained.add(campaign)
             if not patients:
                 out.unmatched += 1
                 continue
@@ -122,7 +150,49 @@ def apply_events(
                 out.resubscribed += _resubscribe(conn, patients, happened)
             else:
                 out.suppressed += _suppress(conn, patients, e, happened)
+    if complaint_rate is not None:
+        out.paused = [c for c in sorted(complained)
+                      if _pause_if_complained(engine, c, complaint_rate, now)]  # fmt: skip
     return out
+
+
+def _campaign_of(conn: Connection, event: dict) -> str | None:
+    ledger_id = event.get("ledger_id")
+    if isinstance(ledger_id, str) and ledger_id:
+        row = conn.execute(sa.select(ledger.c.campaign).where(ledger.c.id == ledger_id)).first()
+        if row is not None:
+            return row.campaign
+    return None
+
+
+def complaint_rate_of(engine: Engine, campaign: str, now: datetime) -> tuple[int, int]:
+    """(spam reports, messages sent) of a campaign over the last 30 days."""
+    since = now - timedelta(days=COMPLAINT_WINDOW_DAYS)
+    with engine.connect() as conn:
+        reports = conn.execute(sa.select(sa.func.count()).select_from(seen).where(
+            seen.c.event == "spamreport", seen.c.campaign == campaign,
+            seen.c.happened_at >= since)).scalar_one()  # fmt: skip
+        attempted = sa.func.coalesce(ledger.c.attempted_at, ledger.c.created_at)
+        sent = conn.execute(sa.select(sa.func.count()).select_from(ledger).where(
+            ledger.c.campaign == campaign, ledger.c.status == "sent",
+            ledger.c.patient_id.is_not(None), attempted >= since)).scalar_one()  # fmt: skip
+    return reports, sent
+
+
+def _pause_if_complained(engine: Engine, campaign: str, limit: float, now: datetime) -> bool:
+    """Pause the campaign when its complaint rate passes `limit`; True when it did."""
+    reports, sent = complaint_rate_of(engine, campaign, now)
+    if reports == 0 or reports <= limit * max(sent, 1):
+        return False
+    state = pauses.pause_states(engine).get(campaign)
+    if state is not None and state.paused:
+        return False
+    rate = reports / max(sent, 1)
+    pauses.set_paused(engine, campaign, True,
+               f"automatically: {reports} spam report(s) for {sent} message(s) in "
+               f"{COMPLAINT_WINDOW_DAYS} days ({rate:.2%}, over the {limit:.2%} limit)",
+               now)  # fmt: skip
+    return True
 
 
 GROUP_EVENTS = ("group_unsubscribe", RESUBSCRIBE)

@@ -909,6 +909,10 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
 
         return OutboundSettings.of(settings)
 
+    # A wrong outbound setting (CLINIC_COUNTRY, OUTBOUND_RECIPIENT_HOURS,
+    # SENDGRID_GROUP_IDS) stops the app at start, named, not a page later.
+    outbound_settings()
+
     def visible_campaigns(session: accounts.Session):
         from outbound.run import campaign_set
 
@@ -983,7 +987,7 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
         engine = await run_in_threadpool(store)
         groups = {g: c for c, g in outbound_settings().group_ids.items()}
         applied = await run_in_threadpool(apply_events, engine, events, patients_with_email,
-                                          None, groups)  # fmt: skip
+                                          None, groups, settings.complaint_rate)  # fmt: skip
         return JSONResponse(applied.__dict__)
 
     # -- Twilio: replies and delivery reports -----------------------------------------

@@ -103,7 +103,7 @@ def test_a_signed_spam_report_and_bounce_become_opt_outs_applied_once(hook, key,
     response = post(hook, key[0], events)
     assert response.status_code == 200, response.text
     assert response.json() == {"received": 4, "duplicates": 0, "suppressed": 2,
-                               "resubscribed": 0, "unmatched": 0, "ignored": 2}
+                               "resubscribed": 0, "unmatched": 0, "ignored": 2, "paused": []}
     learned = opted_out(settings)
     assert learned[p1] == "sendgrid spamreport: reported as spam"
     assert learned[p2] == "sendgrid bounce: bounced: 550 mailbox unavailable"
