@@ -16,6 +16,7 @@ from core.run_lock import WarehouseBusy
 from core.tables import format_table
 from outbound import ledger as ledger_mod
 from outbound.campaigns import CampaignError, Daily, Weekly
+from outbound.channels import DeliveryUnknown
 from outbound.run import (
     OutboundSettings,
     Planned,
@@ -29,6 +30,7 @@ from outbound.run import (
     send_planned,
     sms_preview,
     state_engine,
+    test_send,
     today_only,
 )
 from outbound.selection import RunClock, summarise
@@ -188,6 +190,39 @@ def cmd_send(as_of: str | None) -> int:
         print(f"run stopped: {report.stopped}; the batch in flight stays pending (unknown)")
         return 1
     return 1 if loaded.problems else 0
+
+
+def cmd_test_send(slug: str, to: str, patient_id: str | None) -> int:
+    """One message of a campaign, marked as a test, to the address given."""
+    from core.days import today_in
+
+    try:
+        settings = OutboundSettings.of(current_settings())
+        loaded = campaign_set(settings)
+        by_slug = {c.slug: c for c in loaded.campaigns}
+        if slug not in by_slug:
+            known = ", ".join(sorted(by_slug)) or "none"
+            raise ValueError(f"no campaign {slug!r} that can run (campaigns: {known}); "
+                             "`audiences campaigns list` shows them and their problems")
+        campaign = by_slug[slug]
+        channels = configured_channels(settings, SenderSettings.of(current_settings().sender),
+                                       SmsSenderSettings.of(current_settings().twilio))  # fmt: skip
+        channel = channels.get(campaign.channel)
+        if channel is None:
+            raise ValueError(f"no {campaign.channel} sender is configured, so nothing can be "
+                             "sent (docs/configuration.md)")  # fmt: skip
+        outcome = test_send(settings, campaign, channel, to, patient_id,
+                            today_in(settings.timezone))  # fmt: skip
+    except (CampaignError, TemplateError, ValueError, LookupError, OSError, WarehouseBusy) as e:
+        return _fail(str(e))
+    except DeliveryUnknown as e:
+        return _fail(f"the test may or may not have gone: {e}")
+    if not outcome.ok:
+        return _fail(f"the test was not sent: {outcome.error}")
+    print(f"sent a test of {slug} by {campaign.channel} to {to.strip()}"
+          + (f" (provider id {outcome.provider_message_id})" if outcome.provider_message_id
+             else ""))  # fmt: skip
+    return 0
 
 
 def cmd_lift_opt_out(patient_id: str, channel: str) -> int:

@@ -319,9 +319,21 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--as-of")
     q.add_argument("--out", help="write the full plan to this CSV file")
     q.set_defaults(func=lambda a: _delegate(CAMPAIGNS, "cmd_dry_run", a.as_of, a.out))
-    q = camp.add_parser("send", help="send today's plan (needs SENDGRID_API_KEY)")
+    q = camp.add_parser("send", help="send today's plan (needs SENDGRID_API_KEY or "
+                        "TWILIO_ACCOUNT_SID)")
     q.add_argument("--as-of")
     q.set_defaults(func=lambda a: _delegate(CAMPAIGNS, "cmd_send", a.as_of))
+    q = camp.add_parser(
+        "test-send",
+        help="send one message of a campaign, marked as a test, to an address of yours "
+        "(made-up patient fields, or --patient's); nothing goes in the ledger",
+    )
+    q.add_argument("slug")
+    q.add_argument("--to", required=True, help="an email address, or a mobile for SMS")
+    q.add_argument("--patient", help="fill the template with this patient's fields")
+    q.set_defaults(
+        func=lambda a: _delegate(CAMPAIGNS, "cmd_test_send", a.slug, a.to, a.patient)
+    )
     q = camp.add_parser(
         "lift-opt-out",
         help="forget a kept opt-out (after the patient opted in again and the "

@@ -34,6 +34,7 @@ from outbound.categories import parse_group_ids
 from outbound.channels import (
     DEFAULT_SENDGRID_HOST,
     DEFAULT_TWILIO_BASE_URL,
+    BatchOutcome,
     Channel,
     Content,
     DeliveryUnknown,
@@ -753,6 +754,70 @@ def _learn_provider_opt_out(
         for _, row in sending:
             refuse_number(conn, row.get("sms_number"), [row["patient_id"]], UNSUBSCRIBED_SOURCE,
                           clock.now())  # fmt: skip
+
+
+# What a test send fills a template with when no patient is named: made up, never a
+# patient's.
+SAMPLE_RECIPIENT = {
+    "first_name": "Alex", "case_name": "Knee rehabilitation", "expiry_date": "2026-12-31",
+    "days_until_expiry": "30", "sessions_left": "2", "invoiceable_left": "120.00",
+    "balance_due": "85.00", "oldest_open_invoice_days": "45",
+    "last_appointment_type": "Initial consultation",
+}  # fmt: skip
+TEST_LEDGER_ID = "test-send"
+
+
+def test_send(
+    settings: OutboundSettings,
+    campaign: Campaign,
+    channel: Channel,
+    to: str,
+    patient_id: str | None = None,
+    today: date | None = None,
+) -> BatchOutcome:
+    """One message of the campaign, marked as a test, to `to` (an email address or a
+    mobile number, as the campaign's channel needs), filled with SAMPLE_RECIPIENT or
+    with `patient_id`'s fields. Nothing is written to the ledger: a test is no patient's
+    message and counts toward no cap. A ValueError says what is wrong with the request."""
+    from outbound.phones import e164
+
+    if campaign.channel == "sms":
+        address = e164(to, settings.rules.country)
+        if address is None:
+            raise ValueError(f"--to {to!r} is not a mobile number this can read (e.g. "
+                             "+61412345678, or a national number of CLINIC_COUNTRY)")  # fmt: skip
+    else:
+        import re
+
+        address = to.strip()
+        if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", address):
+            raise ValueError(f"--to {to!r} is not an email address")
+    data = dict(SAMPLE_RECIPIENT)
+    if patient_id is not None:
+        with settings.connect(read_only=True) as con:
+            (known,) = con.execute("select count(*) from raw.patients where patient_id = ?",
+                                   [patient_id]).fetchall()[0]  # fmt: skip
+            found = read_recipient_data(con, pl.DataFrame(
+                {"patient_id": [patient_id], "case_id": [None]},
+                schema={"patient_id": pl.String, "case_id": pl.String}))  # fmt: skip
+        if not known:
+            raise ValueError(f"no patient {patient_id!r} in the warehouse")
+        data = {f: str(v or "") for f, v in found.row(0, named=True).items()
+                if f in RECIPIENT_FIELDS}  # fmt: skip
+    content = campaign_content(campaign, bool(settings.web_app_url and settings.unsubscribe_secret),
+                               settings.clinic_name)  # fmt: skip
+    if campaign.channel == "sms":
+        content = dataclasses.replace(content, text=f"[test] {content.text}")
+        recipient = Recipient(ledger_id=TEST_LEDGER_ID, address=address, data=data)
+    else:
+        if content.subject is not None:
+            content = dataclasses.replace(content, subject=f"[test] {content.subject}")
+        link = unsubscribe_link(settings, TEST_LEDGER_ID, today or date.today(), campaign.category)
+        recipient = Recipient(ledger_id=TEST_LEDGER_ID, address=address,
+                              data={f: data.get(f, "") for f in RECIPIENT_FIELDS} | link["data"],
+                              headers=link["headers"])  # fmt: skip
+    return channel.send_batch([recipient], content, [*campaign.sendgrid_categories, "test-send"],
+                              {"campaign": campaign.slug, "test": "true"})  # fmt: skip
 
 
 SMS_PREVIEW_SCHEMA = {

@@ -221,3 +221,33 @@ def test_dry_run_shows_each_sms_encoding_and_parts(tmp_path, monkeypatch, make_w
     assert (rows["p1"]["encoding"], rows["p1"]["segments"]) == ("GSM-7", "1")
     assert (rows["p2"]["encoding"], rows["p2"]["segments"]) == ("UCS-2", "3")
     assert (rows["p3"]["reason"], rows["p3"]["encoding"]) == ("no_address", "")
+
+
+def test_test_send_renders_a_made_up_patient_and_writes_no_ledger(
+    env, capsys, fake_sendgrid, monkeypatch
+):
+    tmp_path, state = env
+    monkeypatch.setenv("SENDGRID_API_KEY", "test-key")
+    monkeypatch.setenv("SENDGRID_API_HOST", fake_sendgrid.url)
+    monkeypatch.setenv("OUTBOUND_FROM_EMAIL", "clinic@clinic.example")
+    assert cli.cmd_test_send("reactivation", "me@clinic.example", None) == 0
+    assert "sent a test of reactivation by email to me@clinic.example" in capsys.readouterr().out
+    (body,) = fake_sendgrid.requests
+    p = body["personalizations"][0]
+    assert p["to"] == [{"email": "me@clinic.example"}]
+    assert p["substitutions"]["-first_name-"] == "Alex"  # made up, no patient's
+    assert body["subject"].startswith("[test] ")
+    engine = connect_state(state)
+    if sa.inspect(engine).has_table(L.ledger.name):  # a test never touches the ledger
+        with engine.connect() as conn:
+            assert conn.execute(sa.select(sa.func.count()).select_from(L.ledger)).scalar_one() == 0
+    # With --patient, that patient's fields; a wrong address or slug is a clear error.
+    assert cli.cmd_test_send("reactivation", "me@clinic.example", "p2") == 0
+    assert fake_sendgrid.requests[1]["personalizations"][0]["substitutions"][
+        "-first_name-"] == "Bob"  # fmt: skip
+    assert cli.cmd_test_send("reactivation", "not an address", None) == 2
+    assert "is not an email address" in capsys.readouterr().err
+    assert cli.cmd_test_send("nope", "me@clinic.example", None) == 2
+    assert "no campaign 'nope' that can run" in capsys.readouterr().err
+    assert cli.cmd_test_send("reactivation", "me@clinic.example", "nobody") == 2
+    assert "no patient 'nobody'" in capsys.readouterr().err
