@@ -54,6 +54,8 @@ class TwilioAccess:
     from_number: str | None = None
     base_url: str = DEFAULT_TWILIO_BASE_URL
     disabled: bool = False
+    # The WhatsApp sender (E.164); without it WhatsApp campaigns are not sent.
+    whatsapp_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,7 @@ class Settings:
                 from_number=get("TWILIO_FROM_NUMBER"),
                 base_url=get("TWILIO_API_BASE_URL") or DEFAULT_TWILIO_BASE_URL,
                 disabled=_flag(get("OUTBOUND_SEND_DISABLED")),
+                whatsapp_from=get("TWILIO_WHATSAPP_FROM"),
             ),
             clinic_name=get("CLINIC_NAME"),
             clinic_country=_country(get("CLINIC_COUNTRY")),

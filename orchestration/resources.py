@@ -128,13 +128,14 @@ class TwilioResource(dg.ConfigurableResource):
     from_number: str = ""
     base_url: str = DEFAULT_TWILIO_BASE_URL
     disabled: bool = False
+    whatsapp_from: str = ""
 
     def access(self) -> TwilioAccess:
         return TwilioAccess(
             account_sid=self.account_sid or None, auth_token=self.auth_token or None,
             messaging_service_sid=self.messaging_service_sid or None,
             from_number=self.from_number or None, base_url=self.base_url,
-            disabled=self.disabled,
+            disabled=self.disabled, whatsapp_from=self.whatsapp_from or None,
         )  # fmt: skip
 
 
@@ -182,7 +183,7 @@ def resources_for(settings: Settings, **overrides: str) -> dict[str, dg.Configur
             account_sid=s.twilio.account_sid or "", auth_token=s.twilio.auth_token or "",
             messaging_service_sid=s.twilio.messaging_service_sid or "",
             from_number=s.twilio.from_number or "", base_url=s.twilio.base_url,
-            disabled=s.twilio.disabled,
+            disabled=s.twilio.disabled, whatsapp_from=s.twilio.whatsapp_from or "",
         ),  # fmt: skip
         "settings": ClinicSettingsResource(
             **{

@@ -151,19 +151,45 @@ class SendGridTemplate(_Strict):
     sendgrid_template_id: str = Field(pattern=r"^d-[0-9a-f]{32}$")
 
 
+class WhatsAppTemplate(_Strict):
+    """A WhatsApp message template approved by WhatsApp, as Twilio's Content API holds it
+    (`HX...`), and which recipient field fills each of its numbered variables."""
+
+    whatsapp_content_sid: str = Field(pattern=r"^HX[0-9a-f]{32}$")
+    variables: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("variables")
+    @classmethod
+    def _fields(cls, v: dict[str, str]) -> dict[str, str]:
+        from outbound.templates import RECIPIENT_FIELDS
+
+        for key, name in v.items():
+            if not key.isdigit() or key.startswith("0"):
+                raise ValueError(f"variable {key!r} is not a template variable number (1, 2, ...)")
+            if name not in RECIPIENT_FIELDS:
+                raise ValueError(f"variable {key} names {name!r}, which is not a recipient "
+                                 f"field; use one of {', '.join(RECIPIENT_FIELDS)}")  # fmt: skip
+        return v
+
+
 def _template_kind(value: object) -> str:
     if isinstance(value, dict):
+        if "whatsapp_content_sid" in value:
+            return "whatsapp-template"
         return "sendgrid-template" if "sendgrid_template_id" in value else "local-template"
+    if isinstance(value, WhatsAppTemplate):
+        return "whatsapp-template"
     return "sendgrid-template" if isinstance(value, SendGridTemplate) else "local-template"
 
 
 Template = Annotated[
     Annotated[LocalTemplate, Tag("local-template")]
-    | Annotated[SendGridTemplate, Tag("sendgrid-template")],
+    | Annotated[SendGridTemplate, Tag("sendgrid-template")]
+    | Annotated[WhatsAppTemplate, Tag("whatsapp-template")],
     Discriminator(_template_kind),
 ]
 # Union tags pydantic puts in error locations; users only know the key path.
-_UNION_TAGS = {"day", "week", "once", "local-template", "sendgrid-template"}
+_UNION_TAGS = {"day", "week", "once", "local-template", "sendgrid-template", "whatsapp-template"}
 
 
 class FrequencyCap(_Strict):
@@ -204,7 +230,7 @@ class Campaign(_Strict):
     # only its owner's campaigns may.
     owner: str | None = None
     segment: str
-    channel: Literal["email", "sms"] = "email"
+    channel: Literal["email", "sms", "whatsapp"] = "email"
     # Commercial (marketing: reactivation, birthdays) or transactional (appointment and
     # case administration). Commercial SMS identifies the clinic, carries an opt-out
     # instruction and keeps the jurisdiction's hours in the patient's own time zone.
@@ -261,6 +287,14 @@ class Campaign(_Strict):
     @model_validator(mode="after")
     def _template_fits_channel(self) -> Campaign:
         t = self.template
+        if (self.channel == "whatsapp") != isinstance(t, WhatsAppTemplate):
+            raise ValueError(
+                "template: a WhatsApp campaign needs an approved WhatsApp template "
+                "({whatsapp_content_sid: HX..., variables: {'1': first_name}}), and only a "
+                "WhatsApp campaign can use one"
+            )
+        if self.channel == "whatsapp":
+            return self
         if self.channel == "sms":
             if not isinstance(t, LocalTemplate):
                 raise ValueError(

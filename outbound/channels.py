@@ -55,6 +55,9 @@ class Content:
     text: str | None = None
     # The SendGrid suppression group of the campaign's unsubscribe category (asm.group_id).
     asm_group_id: int | None = None
+    # A WhatsApp template (template_id is its content SID): variable number → the
+    # recipient field that fills it.
+    variables: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -480,3 +483,28 @@ class TwilioSms:
                 raise DeliveryUnknown("Twilio answered without a Message SID")
             return BatchOutcome(True, attempt, 201, provider_message_id=sid)
         raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover
+
+
+@dataclass
+class TwilioWhatsApp(TwilioSms):
+    """WhatsApp through the same Twilio client: an approved template (content SID) with
+    its variables filled per recipient, valid outside the 24-hour session window (a
+    campaign always starts the conversation, so it never sends free text). `from_number`
+    is the WhatsApp sender (E.164), unless a Messaging Service sends."""
+
+    name: str = "whatsapp"
+
+    def _params(self, recipient: Recipient, content: Content) -> dict:
+        if not content.template_id:
+            raise ValueError("a WhatsApp message needs an approved template (content SID)")
+        filled = {k: recipient.data.get(field, "") or ""
+                  for k, field in (content.variables or {}).items()}  # fmt: skip
+        params: dict = {"to": f"whatsapp:{recipient.address}", "content_sid": content.template_id,
+                        "content_variables": json.dumps(filled)}  # fmt: skip
+        if self.messaging_service_sid:
+            params["messaging_service_sid"] = self.messaging_service_sid
+        else:
+            params["from_"] = f"whatsapp:{self.from_number}"
+        if self.status_callback:
+            params["status_callback"] = self.status_callback
+        return params

@@ -140,6 +140,18 @@ def _category_opt_outs_v6(md: sa.MetaData) -> sa.Table:
     )
 
 
+def _opt_ins_v7(md: sa.MetaData) -> sa.Table:
+    return sa.Table(
+        "outbound_opt_ins",
+        md,
+        sa.Column("patient_id", sa.String(200), primary_key=True),
+        # The channel that needs a yes of its own: whatsapp.
+        sa.Column("channel", sa.String(32), primary_key=True),
+        sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("source", sa.String(200), nullable=False),
+    )
+
+
 def _send_lock_v4(md: sa.MetaData) -> sa.Table:
     return sa.Table(
         "outbound_send_lock",
@@ -161,6 +173,7 @@ ledger = _ledger_v5(metadata)
 learned_opt_outs = _opt_outs_v2(metadata)
 send_lock = _send_lock_v4(metadata)
 category_opt_outs = _category_opt_outs_v6(metadata)
+opt_ins = _opt_ins_v7(metadata)
 
 
 def _create(builder) -> Callable[[Connection], None]:
@@ -182,6 +195,7 @@ register_migrations(
         Migration(4, "one send run at a time", _create(_send_lock_v4)),
         Migration(5, "ledger: the provider's delivery status", _add_ledger_v5_columns),
         Migration(6, "opt-outs of unsubscribe categories", _create(_category_opt_outs_v6)),
+        Migration(7, "opt-ins of channels that need one (WhatsApp)", _create(_opt_ins_v7)),
     ],
 )  # fmt: skip
 
@@ -661,6 +675,27 @@ def learned_consent_of(engine: Engine, patient_id: str) -> list[tuple[str, str, 
 
 
 CATEGORY_OPT_OUTS_SCHEMA = {"patient_id": pl.String, "category": pl.String}
+OPT_IN_CHANNELS = ("whatsapp",)
+
+
+def record_opt_ins(conn: Connection, patient_ids: Sequence[str], channel: str, source: str,
+                   at: datetime) -> int:  # fmt: skip
+    """A yes to a channel that needs one (WhatsApp); returns how many were new."""
+    if channel not in OPT_IN_CHANNELS:
+        raise ValueError(f"{channel!r} needs no opt-in; only {', '.join(OPT_IN_CHANNELS)} does")
+    rows = [dict(patient_id=p, channel=channel, recorded_at=at, source=source[:200])
+            for p in sorted(set(patient_ids))]  # fmt: skip
+    if not rows:
+        return 0
+    stmt = insert_ignoring_duplicates(conn, opt_ins).returning(opt_ins.c.patient_id)
+    return len(conn.execute(stmt, rows).all())
+
+
+def read_opt_ins(engine: Engine) -> pl.DataFrame:
+    with engine.connect() as conn:
+        rows = [tuple(r) for r in conn.execute(sa.select(opt_ins.c.patient_id, opt_ins.c.channel))]
+    return pl.DataFrame(rows, schema={"patient_id": pl.String, "channel": pl.String},
+                        orient="row")  # fmt: skip
 
 
 def record_category_opt_outs(

@@ -42,6 +42,7 @@ from outbound.channels import (
     Recipient,
     SendGridEmail,
     TwilioSms,
+    TwilioWhatsApp,
     check_api_host,
 )
 from outbound.pauses import pause_states
@@ -179,6 +180,8 @@ class SmsSenderSettings:
     messaging_service_sid: str | None
     from_number: str | None
     base_url: str
+    # The WhatsApp sender (E.164): with it, WhatsApp campaigns are sent.
+    whatsapp_from: str | None = None
 
     @classmethod
     def of(cls, access: TwilioAccess) -> SmsSenderSettings:
@@ -190,6 +193,7 @@ class SmsSenderSettings:
             from_number=access.from_number,
             base_url=check_api_host(access.base_url or DEFAULT_TWILIO_BASE_URL,
                                     "TWILIO_API_BASE_URL"),
+            whatsapp_from=access.whatsapp_from,
         )  # fmt: skip
 
     def channel(self, web_app_url: str | None = None, **overrides) -> TwilioSms:
@@ -220,6 +224,19 @@ class SmsSenderSettings:
                          messaging_service_sid=service, from_number=None if service else number,
                          base_url=self.base_url, status_callback=callback, **overrides)  # fmt: skip
 
+    def whatsapp_channel(self, web_app_url: str | None = None, **overrides) -> TwilioWhatsApp:
+        """WhatsApp from TWILIO_WHATSAPP_FROM, with the account SMS uses."""
+        import re
+
+        base = self.channel(web_app_url)
+        number = self.whatsapp_from or ""
+        if not re.fullmatch(r"\+[1-9][0-9]{7,14}", number):
+            raise ValueError("TWILIO_WHATSAPP_FROM is not an E.164 number such as "
+                             "+61412345678 (the WhatsApp sender of the Twilio account)")
+        return TwilioWhatsApp(account_sid=base.account_sid, auth_token=base.auth_token,
+                              from_number=number, base_url=base.base_url,
+                              status_callback=base.status_callback, **overrides)  # fmt: skip
+
 
 def configured_channels(
     settings: OutboundSettings, email: SenderSettings, sms: SmsSenderSettings
@@ -231,6 +248,8 @@ def configured_channels(
         channels["email"] = email.channel()
     if sms.account_sid:
         channels["sms"] = sms.channel(settings.web_app_url)
+        if sms.whatsapp_from:
+            channels["whatsapp"] = sms.whatsapp_channel(settings.web_app_url)
     return channels
 
 
@@ -406,7 +425,8 @@ def make_plan(
     history = read_history(settings, campaigns, clock, engine)
     plan = plan_sends(campaigns, candidates, contacts, opt_outs, history, clock, settings.cap,
                       settings.rules, read_refused_addresses(engine),
-                      ledger_mod.read_category_opt_outs(engine))  # fmt: skip
+                      ledger_mod.read_category_opt_outs(engine),
+                      ledger_mod.read_opt_ins(engine))  # fmt: skip
     return Planned(candidates=candidates, plan=plan, contacts=contacts)
 
 
@@ -638,7 +658,7 @@ def _send_rows(
     addresses = planned.contacts.select("patient_id", "email").join(
         keys.select("patient_id", "sms_number"), on="patient_id", how="left")  # fmt: skip
     sharing = {ch: records_sharing_an_address(planned.contacts, ch, settings.rules)
-               for ch in ("email", "sms")}  # fmt: skip
+               for ch in ("email", "sms", "whatsapp")}  # fmt: skip
     patient_rows = patient_rows.join(addresses, on="patient_id", how="left").join(
         data, on=["patient_id", "case_id"], how="left", nulls_equal=True
     )
@@ -728,6 +748,7 @@ def _send_rows(
 
 _HOW_TO_SEND = {
     "email": "set SENDGRID_API_KEY and OUTBOUND_FROM_EMAIL",
+    "whatsapp": "set the TWILIO_* settings and TWILIO_WHATSAPP_FROM",
     "sms": "set TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and TWILIO_MESSAGING_SERVICE_SID or "
     "TWILIO_FROM_NUMBER",
 }
@@ -738,7 +759,8 @@ def _recipient(
 ) -> Recipient:
     """One message's recipient: the address on the campaign's channel and its data."""
     fields = {f: row.get(f) or "" for f in RECIPIENT_FIELDS}
-    if campaign.channel == "sms":
+    if campaign.channel in ("sms", "whatsapp"):
+        # The number in E.164; the WhatsApp channel adds its `whatsapp:` prefix.
         return Recipient(ledger_id=ledger_id, address=row["sms_number"], data=fields)
     link = unsubscribe_link(settings, row["patient_id"], sent_on, campaign.category)
     return Recipient(ledger_id=ledger_id, address=row["email"].strip(),
@@ -753,7 +775,7 @@ def _learn_provider_opt_out(
     with engine.begin() as conn:
         for _, row in sending:
             refuse_number(conn, row.get("sms_number"), [row["patient_id"]], UNSUBSCRIBED_SOURCE,
-                          clock.now())  # fmt: skip
+                          clock.now(), campaign.channel)  # fmt: skip
 
 
 # What a test send fills a template with when no patient is named: made up, never a

@@ -50,6 +50,8 @@ EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 CHANNEL_ADDRESS = {
     "email": ("email", "accepted_email_marketing"),
     "sms": ("mobile", "accepted_sms_marketing"),
+    # WhatsApp has no consent column: it needs an opt-in of its own (docs/consent.md).
+    "whatsapp": ("mobile", None),
 }
 PATIENT_CHANNELS = ("email", "sms", "whatsapp")
 
@@ -76,7 +78,7 @@ CONTACTS_SCHEMA = {
 }
 OPT_OUTS_SCHEMA = {"patient_id": pl.String, "channel": pl.String}
 # Where a patient's clock is; optional in `contacts` (absent: the clinic's).
-ADDRESS_SCHEMA = {"state": pl.String, "country": pl.String}
+ADDRESS_SCHEMA = {"state": pl.String, "country": pl.String, "has_whatsapp": pl.Boolean}
 
 
 @dataclass(frozen=True)
@@ -310,6 +312,7 @@ def plan_sends(
     rules: ChannelRules | None = None,
     refused_addresses: pl.DataFrame | None = None,
     category_opt_outs: pl.DataFrame | None = None,
+    opt_ins: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """The plan: one row per patient candidate and per staff-digest case, with a decision.
 
@@ -320,7 +323,8 @@ def plan_sends(
     are read and the hours commercial SMS keeps; `refused_addresses` recipient keys
     learned to refuse whoever has them (`sms:+61...`, `email:...`);
     `category_opt_outs` (patient_id, category) the unsubscribe categories patients left
-    (`all`: every commercial one), which stop commercial campaigns only.
+    (`all`: every commercial one), which stop commercial campaigns only; `opt_ins`
+    (patient_id, channel) the opt-ins WhatsApp needs.
     """
     due = due_campaigns(campaigns, clock.as_of)
     table = _campaign_table(due, clock, cap or FrequencyCap())
@@ -347,9 +351,24 @@ def plan_sends(
         _channel_key().alias("recipient_key"),
         pl.when(pl.col("channel") == "sms")
         .then(pl.col("accepted_sms_marketing"))
+        .when(pl.col("channel") == "whatsapp")
+        .then(pl.lit(None, dtype=pl.Boolean))
         .otherwise(pl.col("accepted_email_marketing"))
         .alias("consent"),
     )
+    # WhatsApp is sent only to who opted in to it (and every WhatsApp campaign asks).
+    if opt_ins is not None and not opt_ins.is_empty():
+        ins = (opt_ins.lazy().select("patient_id", "channel").cast(pl.String).unique()
+               .with_columns(pl.lit(True).alias("opted_in")))  # fmt: skip
+        patients = patients.join(ins, on=["patient_id", "channel"], how="left")
+    else:
+        patients = patients.with_columns(pl.lit(None, dtype=pl.Boolean).alias("opted_in"))
+    patients = patients.with_columns(
+        pl.when(pl.col("channel") == "whatsapp").then(pl.col("opted_in"))
+        .otherwise(pl.col("consent")).alias("consent"),
+        (pl.col("requires_explicit_consent") | (pl.col("channel") == "whatsapp"))
+        .alias("requires_explicit_consent"),
+    )  # fmt: skip
     # Every opt-out as (patient, channel): one for `all` stands for each channel.
     listed = opt_outs.lazy().select("patient_id", "channel").cast(OPT_OUTS_SCHEMA)
     opted = pl.concat([
@@ -366,7 +385,8 @@ def plan_sends(
         keyed = people.join(opted.filter(pl.col("channel") == ch), on="patient_id", how="left")
         key = pl.col(f"{ch}_key").alias("recipient_key")
         by_opt_out.append(keyed.filter(pl.col("has_opt_out").fill_null(False)).select(key))
-        by_consent.append(keyed.filter(pl.col(consent_col) == False).select(key))  # noqa: E712
+        if consent_col is not None:
+            by_consent.append(keyed.filter(pl.col(consent_col) == False).select(key))  # noqa: E712
     if refused_addresses is not None:
         by_opt_out.append(refused_addresses.lazy().select(pl.col("recipient_key").cast(pl.String)))
     for frames, flag in ((by_opt_out, "address_refused"), (by_consent, "address_said_no")):
@@ -407,7 +427,7 @@ def plan_sends(
     patients = patients.join(_winners(patients), on=["campaign", "patient_id"], how="left")
     outside = (
         pl.col("restricted_hours")
-        & (pl.col("channel") == "sms")
+        & pl.col("channel").is_in(["sms", "whatsapp"])
         & ~pl.col("recipient_open").fill_null(True)
     )
     patients = patients.with_columns(
@@ -497,6 +517,10 @@ def _people(contacts: pl.DataFrame, rules: ChannelRules, clinic_zone: str) -> pl
         .then(pl.lit("email:") + email)
         .alias("email_key"),
         (pl.lit("sms:") + e164_expr("mobile", rules.country)).alias("sms_key"),
+    ).with_columns(
+        pl.when(pl.col("has_whatsapp").fill_null(False))
+        .then(pl.lit("whatsapp:") + pl.col("sms_key").str.strip_prefix("sms:"))
+        .alias("whatsapp_key"),
     )
     return with_patient_zone(frame, clinic_zone).drop("state", "country")
 
@@ -534,11 +558,17 @@ def _join_category_opt_outs(
 
 def _channel_key() -> pl.Expr:
     """The key of the candidate's address on its campaign's channel, else the patient."""
+    return key_on_channel().fill_null(pl.lit("patient:") + pl.col("patient_id"))
+
+
+def key_on_channel() -> pl.Expr:
+    """The row's address key on the row's `channel` (null: no usable address there)."""
     return (
         pl.when(pl.col("channel") == "sms")
         .then(pl.col("sms_key"))
+        .when(pl.col("channel") == "whatsapp")
+        .then(pl.col("whatsapp_key"))
         .otherwise(pl.col("email_key"))
-        .fill_null(pl.lit("patient:") + pl.col("patient_id"))
     )
 
 
@@ -551,7 +581,8 @@ def _prior_messages(
     hist = history.lazy()
     if "channel" not in history.columns:
         hist = hist.with_columns(pl.lit("email").alias("channel"))
-    keys = people.select(pl.col("patient_id").alias("hist_patient"), "email_key", "sms_key")
+    keys = people.select(pl.col("patient_id").alias("hist_patient"), "email_key", "sms_key",
+                         "whatsapp_key")  # fmt: skip
     counted = (
         hist.select(*HISTORY_SCHEMA, "channel")
         .cast(HISTORY_SCHEMA | {"channel": pl.String})
@@ -568,9 +599,7 @@ def _prior_messages(
         .join(keys, on="hist_patient", how="left")
         .with_columns(
             pl.col("hist_patient").alias("match_patient"),
-            pl.when(pl.col("channel") == "sms").then(pl.col("sms_key"))
-            .otherwise(pl.col("email_key"))
-            .fill_null(pl.lit("patient:") + pl.col("hist_patient"))
+            key_on_channel().fill_null(pl.lit("patient:") + pl.col("hist_patient"))
             .alias("match_key"),
         )
     )  # fmt: skip
@@ -674,7 +703,7 @@ def address_keys(contacts: pl.DataFrame, rules: ChannelRules) -> pl.DataFrame:
     the addresses one person may have behind several records (null: not usable)."""
     return (
         _people(contacts, rules, "UTC")
-        .select("patient_id", "email_key", "sms_key",
+        .select("patient_id", "email_key", "sms_key", "whatsapp_key",
                 pl.col("sms_key").str.strip_prefix("sms:").alias("sms_number"))
         .collect()
     )  # fmt: skip

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import jinja2
 
-from outbound.campaigns import TEMPLATES_DIR, Campaign, LocalTemplate
+from outbound.campaigns import TEMPLATES_DIR, Campaign, LocalTemplate, WhatsAppTemplate
 from outbound.channels import Content, substitution_tag
 
 # Fields a template may use per recipient (`r.<field>`); the sender fills each one.
@@ -73,6 +73,9 @@ def campaign_content(
     `clinic_name` (CLINIC_NAME) is how a commercial SMS identifies the clinic."""
     if campaign.channel == "sms":
         return sms_content(campaign, clinic_name)
+    if isinstance(campaign.template, WhatsAppTemplate):
+        return Content(template_id=campaign.template.whatsapp_content_sid,
+                       variables=dict(campaign.template.variables))  # fmt: skip
     if not isinstance(campaign.template, LocalTemplate):
         return Content(template_id=campaign.template.sendgrid_template_id)
     tags = {f: jinja2.utils.markupsafe.Markup(substitution_tag(f)) for f in RECIPIENT_FIELDS}

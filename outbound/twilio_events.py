@@ -24,7 +24,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from core.state_store import Migration, UTCDateTime, migrate, register_migrations
-from outbound.ledger import advance_provider_status, insert_ignoring_duplicates, learned_opt_outs
+from outbound.ledger import (
+    advance_provider_status,
+    insert_ignoring_duplicates,
+    learned_opt_outs,
+    record_opt_ins,
+)
 
 COMPONENT = "twilio_events"
 
@@ -84,6 +89,7 @@ def keyword(body: str) -> str:
 class Inbound:
     kind: str  # stop / start / help / other
     duplicate: bool = False
+    channel: str = "sms"
     patients: int = 0
 
 
@@ -95,25 +101,26 @@ def read_refused_addresses(engine: Engine) -> pl.DataFrame:
 
 
 def refuse_number(conn: Connection, number: str | None, patients: list[str], source: str,
-                  at: datetime) -> None:  # fmt: skip
-    """The number (E.164; None: not known), and these patient records, opted out of SMS."""
+                  at: datetime, channel: str = "sms") -> None:  # fmt: skip
+    """The number (E.164; None: not known), and these patient records, opted out of the
+    channel (SMS, or WhatsApp: each has its own consent)."""
     if number:
-        row = dict(address_key=f"sms:{number}", recorded_at=at, source=source)
+        row = dict(address_key=f"{channel}:{number}", recorded_at=at, source=source)
         conn.execute(insert_ignoring_duplicates(conn, refused_addresses), [row])
     if patients:
-        rows = [dict(patient_id=p, channel="sms", recorded_at=at, source=source)
+        rows = [dict(patient_id=p, channel=channel, recorded_at=at, source=source)
                 for p in patients]  # fmt: skip
         conn.execute(insert_ignoring_duplicates(conn, learned_opt_outs), rows)
 
 
-def _lift_number(conn: Connection, number: str, patients: list[str]) -> None:
+def _lift_number(conn: Connection, number: str, patients: list[str], channel: str) -> None:
     conn.execute(refused_addresses.delete().where(
-        refused_addresses.c.address_key == f"sms:{number}",
+        refused_addresses.c.address_key == f"{channel}:{number}",
         refused_addresses.c.source.in_([STOP_SOURCE, UNSUBSCRIBED_SOURCE])))  # fmt: skip
     if patients:
         conn.execute(learned_opt_outs.delete().where(
             learned_opt_outs.c.patient_id.in_(patients),
-            learned_opt_outs.c.channel == "sms",
+            learned_opt_outs.c.channel == channel,
             learned_opt_outs.c.source.in_([STOP_SOURCE, UNSUBSCRIBED_SOURCE])))  # fmt: skip
 
 
@@ -130,7 +137,10 @@ def apply_inbound(
     now = now or datetime.now(UTC)
     sid = (form.get("MessageSid") or form.get("SmsSid") or "").strip()[:64]
     kind = keyword(form.get("Body") or "")
-    number = normalise(form.get("From") or "")
+    sender = (form.get("From") or "").strip()
+    # A WhatsApp message comes from `whatsapp:+61...`: WhatsApp has its own consent.
+    channel = "whatsapp" if sender.lower().startswith("whatsapp:") else "sms"
+    number = normalise(sender.split(":", 1)[1] if channel == "whatsapp" else sender)
     if not sid:
         raise ValueError("an inbound message without a MessageSid")
     with engine.begin() as conn:
@@ -142,10 +152,13 @@ def apply_inbound(
             return Inbound(kind)
         patients = sorted(set(patients_with_number(number)))
         if kind == "stop":
-            refuse_number(conn, number, patients, STOP_SOURCE, now)
+            refuse_number(conn, number, patients, STOP_SOURCE, now, channel)
         else:
-            _lift_number(conn, number, patients)
-        return Inbound(kind, patients=len(patients))
+            _lift_number(conn, number, patients, channel)
+            if channel == "whatsapp":
+                # The patient's own yes to WhatsApp messages: the opt-in it needs.
+                record_opt_ins(conn, patients, "whatsapp", "WhatsApp START reply", now)
+        return Inbound(kind, channel=channel, patients=len(patients))
 
 
 def apply_status(engine: Engine, form: Mapping[str, str], now: datetime | None = None) -> bool:

@@ -37,7 +37,7 @@ def read_contacts(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     return (
         con.sql(
             "select patient_id, first_name, email, mobile, accepted_email_marketing, "
-            "accepted_sms_marketing, state, country from raw.patients"
+            "accepted_sms_marketing, state, country, has_whatsapp from raw.patients"
         )
         .pl()
         .cast(CONTACTS_SCHEMA | ADDRESS_SCHEMA)

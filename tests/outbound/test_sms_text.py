@@ -90,7 +90,8 @@ def test_a_commercial_sms_names_the_clinic_and_says_how_to_stop():
     with pytest.raises(TemplateError, match="set CLINIC_NAME"):
         campaign_content(sms_campaign())
     # A transactional message is sent as written.
-    plain = campaign_content(sms_campaign(purpose="transactional")).text
+    plain = campaign_content(sms_campaign(purpose="transactional",
+                                          unsubscribe_category="appointments")).text
     assert plain.startswith("Hi -first_name-, ") and "STOP" not in plain
 
 

@@ -195,3 +195,24 @@ def test_status_callbacks_move_forward_only_in_any_order(hook, settings):
     # Unsigned: refused.
     assert hook.post(STATUS, data={"MessageSid": "SM" + "a" * 32,
                                    "MessageStatus": "failed"}).status_code == 403  # fmt: skip
+
+
+def test_whatsapp_replies_keep_whatsapps_own_consent(hook, settings):
+    from outbound.ledger import opt_ins
+    from outbound.run import OutboundSettings, state_engine
+
+    (p, number), = patients_with_own_mobile(settings, 8)[7:]
+    engine = state_engine(OutboundSettings.of(settings))
+    post(hook, INBOUND, {"MessageSid": "SM-wa-start", "From": f"whatsapp:{number}",
+                         "Body": "YES"})  # fmt: skip
+    with engine.connect() as conn:
+        got = conn.execute(opt_ins.select().where(opt_ins.c.patient_id == p)).all()
+    assert [(r.channel, r.source) for r in got] == [("whatsapp", "WhatsApp START reply")]
+    post(hook, INBOUND, {"MessageSid": "SM-wa-stop", "From": f"whatsapp:{number}",
+                         "Body": "STOP"})  # fmt: skip
+    # Opted out of WhatsApp, and of WhatsApp only.
+    assert p not in learned_sms(settings)
+    assert f"whatsapp:{number}" in refused(settings) and f"sms:{number}" not in refused(settings)
+    from outbound.ledger import read_learned_opt_outs
+
+    assert (p, "whatsapp") in set(read_learned_opt_outs(engine, [p]).iter_rows())
