@@ -7,11 +7,15 @@ out) and by the webhooks (who replied STOP):
 
 - only digits, spaces, `-`, `.`, `(`, `)` and one leading `+` may appear; anything else
   (letters, `ext`, two numbers in one field) is not a usable number;
-- `+` or `00` starts an international number;
+- `+`, or the international prefix of the clinic's country (`0011` or `00` in Australia,
+  `011` in the US and Canada, `00` elsewhere), starts an international number; a trunk
+  `0` written after the country code (`+61 0412 ...`) is taken out;
 - otherwise the number is national, read in the clinic's country (CLINIC_COUNTRY): a
   leading trunk `0` is replaced by the country code (AU, NZ, GB, IE), or for the US and
   Canada ten digits (or eleven starting with 1) take `+1`;
-- the result has 8 to 15 digits after the `+`, or the number is not usable.
+- the result has 8 to 15 digits after the `+` (exactly 11 for `+1`), or the number is not
+  usable. Fullwidth digits, no-break spaces, invisible marks and odd dashes are read as
+  the plain characters they look like.
 
 A number that cannot be read so is never guessed at: the patient has no usable SMS
 address (`no_address`), and the plan says why.
@@ -34,6 +38,7 @@ COUNTRY_NAMES: dict[str, str] = {
     "scotland": "GB", "wales": "GB", "northern ireland": "GB",
     "ireland": "IE", "ie": "IE", "irl": "IE",
     "united states": "US", "united states of america": "US", "usa": "US", "us": "US",
+    "america": "US",
     "canada": "CA", "ca": "CA", "can": "CA",
 }  # fmt: skip
 
@@ -52,8 +57,17 @@ def check_country(code: str, setting: str = "CLINIC_COUNTRY") -> str:
 
 def e164_expr(column: str | pl.Expr, country: str) -> pl.Expr:
     """The E.164 form of a written number, or null when it cannot be read (see above)."""
-    calling, trunk = COUNTRIES[check_country(country)]
-    raw = (pl.col(column) if isinstance(column, str) else column).str.strip_chars()
+    code = check_country(country)
+    calling, trunk = COUNTRIES[code]
+    raw = (
+        (pl.col(column) if isinstance(column, str) else column)
+        # Fullwidth digits, no-break and other odd spaces as plain ones; invisible marks
+        # (zero-width space, byte-order mark) dropped; dashes of every kind as `-`.
+        .str.normalize("NFKC")
+        .str.replace_all(r"[\u200b-\u200d\u2060\ufeff]", "")
+        .str.replace_all(r"[\u2010-\u2015\u2212]", "-")
+        .str.strip_chars()
+    )
     digits = raw.str.replace_all(r"[^0-9]", "")
     # "+44 (0)20 ..." writes the trunk prefix an international number drops.
     international = raw.str.replace_all(r"\(0\)", "").str.replace_all(r"[^0-9]", "")
@@ -72,16 +86,37 @@ def e164_expr(column: str | pl.Expr, country: str) -> pl.Expr:
             .then(pl.lit("+") + digits)
             .otherwise(None)
         )
+    dialled = pl.when(raw.str.starts_with("+")).then(international)
+    for prefix in INTERNATIONAL_PREFIXES[code]:  # the longest first
+        dialled = dialled.when(digits.str.starts_with(prefix)).then(
+            international.str.slice(len(prefix)))
     number = (
         pl.when(~raw.str.contains(_WRITTEN).fill_null(False))
         .then(None)
-        .when(raw.str.starts_with("+"))
-        .then(pl.lit("+") + international)
-        .when(digits.str.starts_with("00"))
-        .then(pl.lit("+") + international.str.slice(2))
-        .otherwise(from_national)
+        .otherwise(
+            pl.when(dialled.is_not_null())
+            .then(pl.lit("+") + _without_trunk(dialled))
+            .otherwise(from_national)
+        )
     )
-    return pl.when(number.str.contains(r"^\+[1-9][0-9]{7,14}$").fill_null(False)).then(number)
+    # E.164: 8 to 15 digits; a NANP number (+1) has exactly 11.
+    valid = number.str.contains(r"^\+(1[0-9]{10}|[2-9][0-9]{7,14})$").fill_null(False)
+    return pl.when(valid).then(number)
+
+
+# How a number dialled abroad starts, by the country it is written in (the longest first).
+INTERNATIONAL_PREFIXES = {"AU": ("0011", "00"), "US": ("011", "00"), "CA": ("011", "00")}
+INTERNATIONAL_PREFIXES |= {c: ("00",) for c in COUNTRIES if c not in INTERNATIONAL_PREFIXES}
+
+
+def _without_trunk(digits: pl.Expr) -> pl.Expr:
+    """International digits with a national trunk 0 written after the country code
+    (`+61 0412 ...`) taken out: no number of these countries has a 0 there."""
+    out = digits
+    for calling, trunk in {v for v in COUNTRIES.values() if v[1]}:
+        out = pl.when(digits.str.starts_with(calling + trunk)).then(
+            pl.lit(calling) + digits.str.slice(len(calling) + len(trunk))).otherwise(out)
+    return out
 
 
 def e164(number: str | None, country: str) -> str | None:
@@ -94,9 +129,38 @@ def e164(number: str | None, country: str) -> str | None:
 
 # Where a patient's clock is, from the state (or region) and country of their address.
 # A country with one zone needs no state; an address not found here is on the clinic's.
+# A state that spans several zones names them all (`|`): hours hold in every one of them.
+_NY, _CHI = "America/New_York", "America/Chicago"
+_DEN, _LA = "America/Denver", "America/Los_Angeles"
+_US_STATES = {
+    # code: (name, zones)
+    "al": ("alabama", _CHI), "ak": ("alaska", "America/Anchorage|America/Adak"),
+    "az": ("arizona", "America/Phoenix|America/Denver"), "ar": ("arkansas", _CHI),
+    "ca": ("california", _LA), "co": ("colorado", _DEN), "ct": ("connecticut", _NY),
+    "de": ("delaware", _NY), "dc": ("district of columbia", _NY),
+    "fl": ("florida", f"{_NY}|{_CHI}"), "ga": ("georgia", _NY),
+    "hi": ("hawaii", "Pacific/Honolulu"), "id": ("idaho", f"{_DEN}|{_LA}"),
+    "il": ("illinois", _CHI), "in": ("indiana", f"{_NY}|{_CHI}"), "ia": ("iowa", _CHI),
+    "ks": ("kansas", f"{_CHI}|{_DEN}"), "ky": ("kentucky", f"{_NY}|{_CHI}"),
+    "la": ("louisiana", _CHI), "me": ("maine", _NY), "md": ("maryland", _NY),
+    "ma": ("massachusetts", _NY), "mi": ("michigan", f"{_NY}|{_CHI}"),
+    "mn": ("minnesota", _CHI), "ms": ("mississippi", _CHI), "mo": ("missouri", _CHI),
+    "mt": ("montana", _DEN), "ne": ("nebraska", f"{_CHI}|{_DEN}"), "nv": ("nevada", _LA),
+    "nh": ("new hampshire", _NY), "nj": ("new jersey", _NY), "nm": ("new mexico", _DEN),
+    "ny": ("new york", _NY), "nc": ("north carolina", _NY),
+    "nd": ("north dakota", f"{_CHI}|{_DEN}"), "oh": ("ohio", _NY),
+    "ok": ("oklahoma", _CHI), "or": ("oregon", f"{_LA}|{_DEN}"),
+    "pa": ("pennsylvania", _NY), "ri": ("rhode island", _NY),
+    "sc": ("south carolina", _NY), "sd": ("south dakota", f"{_CHI}|{_DEN}"),
+    "tn": ("tennessee", f"{_CHI}|{_NY}"), "tx": ("texas", f"{_CHI}|{_DEN}"),
+    "ut": ("utah", _DEN), "vt": ("vermont", _NY), "va": ("virginia", _NY),
+    "wa": ("washington", _LA), "wv": ("west virginia", _NY), "wi": ("wisconsin", _CHI),
+    "wy": ("wyoming", _DEN), "pr": ("puerto rico", "America/Puerto_Rico"),
+}  # fmt: skip
 _ZONES_BY_STATE = {
     "AU": {
-        "nsw": "Australia/Sydney", "new south wales": "Australia/Sydney",
+        "nsw": "Australia/Sydney|Australia/Broken_Hill",
+        "new south wales": "Australia/Sydney|Australia/Broken_Hill",
         "act": "Australia/Sydney", "australian capital territory": "Australia/Sydney",
         "vic": "Australia/Melbourne", "victoria": "Australia/Melbourne",
         "qld": "Australia/Brisbane", "queensland": "Australia/Brisbane",
@@ -105,24 +169,13 @@ _ZONES_BY_STATE = {
         "tas": "Australia/Hobart", "tasmania": "Australia/Hobart",
         "nt": "Australia/Darwin", "northern territory": "Australia/Darwin",
     },
-    "US": {
-        **dict.fromkeys(
-            ["ct", "de", "dc", "fl", "ga", "in", "ky", "me", "md", "ma", "mi", "nh", "nj",
-             "ny", "nc", "oh", "pa", "ri", "sc", "vt", "va", "wv"], "America/New_York"),
-        **dict.fromkeys(
-            ["al", "ar", "il", "ia", "ks", "la", "mn", "ms", "mo", "ne", "nd", "ok", "sd",
-             "tn", "tx", "wi"], "America/Chicago"),
-        **dict.fromkeys(["co", "id", "mt", "nm", "ut", "wy"], "America/Denver"),
-        "az": "America/Phoenix",
-        **dict.fromkeys(["ca", "nv", "or", "wa"], "America/Los_Angeles"),
-        "ak": "America/Anchorage", "hi": "Pacific/Honolulu", "pr": "America/Puerto_Rico",
-    },
+    "US": {k: z for code, (name, z) in _US_STATES.items() for k in (code, name)},
 }  # fmt: skip
 _ZONE_OF_COUNTRY = {"NZ": "Pacific/Auckland", "GB": "Europe/London", "IE": "Europe/Dublin"}
 
 
 def zone_table() -> pl.DataFrame:
-    """(country, state, zone) rows: the lookup `patient_zone_expr` joins against."""
+    """(country, state, zone) rows: the lookup `with_patient_zone` joins against."""
     rows = [(c, s, z) for c, states in _ZONES_BY_STATE.items() for s, z in states.items()]
     rows += [(c, "", z) for c, z in _ZONE_OF_COUNTRY.items()]
     return pl.DataFrame(
@@ -131,18 +184,29 @@ def zone_table() -> pl.DataFrame:
     )  # fmt: skip
 
 
-def with_patient_zone(frame: pl.LazyFrame, clinic_zone: str) -> pl.LazyFrame:
-    """`frame` (with `country` and `state` columns) plus `zone`: the patient's time zone,
-    the clinic's when the address does not say."""
+def _key(column: str) -> pl.Expr:
+    """A place name as looked up: any case, dots dropped, spaces collapsed."""
+    return (pl.col(column).str.normalize("NFKC").str.to_lowercase().str.replace_all(r"\.", "")
+            .str.replace_all(r"\s+", " ").str.strip_chars())  # fmt: skip
+
+
+def with_patient_zone(frame: pl.LazyFrame, clinic_zone: str, clinic_country: str = "AU"
+                      ) -> pl.LazyFrame:  # fmt: skip
+    """`frame` (with `country` and `state` columns) plus `zone`: the patient's time zone
+    (several, `|`-separated, for a state that spans them), the clinic's when the address
+    does not say. An address with a state and no country is in the clinic's country."""
     names = pl.DataFrame(
         list(COUNTRY_NAMES.items()), schema={"country_key": pl.String, "zone_country": pl.String},
         orient="row",
     ).lazy()  # fmt: skip
     table = zone_table().lazy()
     keyed = frame.with_columns(
-        pl.col("country").str.strip_chars().str.to_lowercase().alias("country_key"),
-        pl.col("state").str.strip_chars().str.to_lowercase().fill_null("").alias("zone_state"),
-    ).join(names, on="country_key", how="left")
+        _key("country").fill_null("").alias("country_key"),
+        _key("state").fill_null("").alias("zone_state"),
+    ).join(names, on="country_key", how="left").with_columns(
+        pl.when(pl.col("country_key") == "").then(pl.lit(clinic_country))
+        .otherwise(pl.col("zone_country")).alias("zone_country")
+    )  # fmt: skip
     by_state = table.filter(pl.col("zone_state") != "")
     by_country = table.filter(pl.col("zone_state") == "").select(
         "zone_country", pl.col("zone").alias("country_zone")

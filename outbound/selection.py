@@ -522,7 +522,7 @@ def _people(contacts: pl.DataFrame, rules: ChannelRules, clinic_zone: str) -> pl
         .then(pl.lit("whatsapp:") + pl.col("sms_key").str.strip_prefix("sms:"))
         .alias("whatsapp_key"),
     )
-    return with_patient_zone(frame, clinic_zone).drop("state", "country")
+    return with_patient_zone(frame, clinic_zone, rules.country).drop("state", "country")
 
 
 def _join_category_opt_outs(
@@ -635,14 +635,15 @@ def _recipient_hours(clock: RunClock, rules: ChannelRules, clinic_zone: str) -> 
 
     zones = sorted({*zone_table()["zone"].to_list(), clinic_zone})
     rows = []
-    for z in zones:
-        local = clock.local_now.astimezone(ZoneInfo(z)).time()
-        hours = rules.recipient_hours
+    hours = rules.recipient_hours
+    for zone in zones:
+        # A state spanning several zones: the hours must hold in each.
+        clocks = [(z, clock.local_now.astimezone(ZoneInfo(z)).time()) for z in zone.split("|")]
+        there = ", ".join(f"{t:%H:%M} in {z}" for z, t in clocks)
         rows.append((
-            z, True if hours is None else hours.contains(local),
+            zone, True if hours is None else all(hours.contains(t) for _, t in clocks),
             "" if hours is None else
-            f"{hours.start:%H:%M}-{hours.end:%H:%M} in {z} ({rules.hours_label}; "
-            f"{local:%H:%M} there now)",
+            f"{hours.start:%H:%M}-{hours.end:%H:%M} ({rules.hours_label}; now {there})",
         ))  # fmt: skip
     return pl.LazyFrame(
         rows, schema={"zone": pl.String, "recipient_open": pl.Boolean,

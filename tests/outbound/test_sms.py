@@ -282,11 +282,17 @@ def test_commercial_sms_keeps_the_recipient_hours_in_their_own_time_zone(
         ("ny", "Ann", None, "(212) 555-0100", None, None),
         ("la", "Bob", None, "213-555-0101", None, None),
         ("tx", "Cy", None, "+1 214 555 0102", None, None),
+        ("ca", "Di", None, "+1 213 555 0103", None, None),
+        ("blank", "Ed", None, "+1 213 555 0104", None, None),
+        ("il", "Fay", None, "+1 312 555 0105", None, None),
     ]
     settings = setup(make_warehouse, tmp_path, state_url, patients)
     with duckdb.connect(settings.duckdb_path) as con:
-        con.execute("update raw.patients set country = 'USA', state = case patient_id "
-                    "when 'ny' then 'NY' when 'la' then 'CA' else 'TX' end")  # fmt: skip
+        con.execute("update raw.patients set country = case when patient_id = 'blank' then "
+                    "null when patient_id = 'ca' then 'U.S.A.' else 'USA' end, state = case "
+                    "patient_id when 'ny' then 'NY' when 'la' then 'CA' when 'ca' then "
+                    "'California' when 'blank' then 'ca' when 'il' then 'Illinois' "
+                    "else 'TX' end")  # fmt: skip
     settings = OutboundSettings(**{**settings.__dict__, "timezone": "America/New_York",
                                    "rules": channel_rules("US")})  # fmt: skip
     commercial = camp("promo", send_window={"start": "07:00", "end": "22:00"})
@@ -296,12 +302,17 @@ def test_commercial_sms_keeps_the_recipient_hours_in_their_own_time_zone(
     planned = make_plan(settings, [commercial, transactional], clock, engine)
     got = {(c, p): (d, r, detail) for c, p, d, r, detail in planned.plan.select(
         "campaign", "patient_id", "decision", "reason", "detail").rows()}  # fmt: skip
+    # By hand, at 14:30 UTC: 09:30 New York, 08:30 Chicago, 07:30 Denver, 06:30 LA.
     assert got[("promo", "ny")][:2] == ("send", "")
-    # 08:30 in Texas: open.
-    assert got[("promo", "tx")][:2] == ("send", "")
+    assert got[("promo", "il")][:2] == ("send", "")
     decision, reason, detail = got[("promo", "la")]
     assert (decision, reason) == ("deferred", "quiet_hours")
-    assert "08:00-21:00 in America/Los_Angeles" in detail and "06:30 there now" in detail
+    assert detail == "outside 08:00-21:00 (US hours; now 06:30 in America/Los_Angeles)"
+    # Written "U.S.A." / "California", or with no country (the clinic's is the US): LA.
+    assert got[("promo", "ca")][1] == got[("promo", "blank")][1] == "quiet_hours"
+    # Texas spans Central and Mountain time: 07:30 in El Paso, so not yet.
+    assert got[("promo", "tx")][2] == ("outside 08:00-21:00 (US hours; now 08:30 in "
+                                        "America/Chicago, 07:30 in America/Denver)")  # fmt: skip
     # Priority is settled before the hours: the deferred promo still claims the patient
     # (one message a run), and the patient gets it once it is 08:00 there.
     assert got[("visit-admin", "la")][1] == "lower_priority"

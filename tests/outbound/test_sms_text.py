@@ -29,6 +29,18 @@ from outbound.templates import TemplateError, campaign_content, fill
         ("555-0100", "US", None),
         ("+44 (0)20 7946 0958", "GB", "+442079460958"),
         ("07700 900123", "GB", "+447700900123"),
+        # Written as people paste them: a no-break space, fullwidth digits, a zero-width
+        # space, a non-breaking hyphen.
+        ("0412\u00a0345\u00a0678", "AU", "+61412345678"),
+        ("０４１２３４５６７８", "AU", "+61412345678"),
+        ("0412345678\u200b", "AU", "+61412345678"),
+        ("0412\u2011345\u2011678", "AU", "+61412345678"),
+        # The trunk 0 kept after the country code; Australia's own international prefix.
+        ("+61 0412 345 678", "AU", "+61412345678"),
+        ("0011 61 412 345 678", "AU", "+61412345678"),
+        ("011 44 20 7946 0958", "US", "+442079460958"),
+        # +1 numbers have exactly ten digits after the 1.
+        ("+111111111111111", "AU", None),
     ],
 )
 def test_numbers_in_e164(written, country, expected):
@@ -45,7 +57,7 @@ def test_the_patients_zone_from_their_address():
     )
     zones = with_patient_zone(frame.lazy(), "Australia/Brisbane").collect()
     assert dict(zones.select("patient_id", "zone").rows()) == {
-        "a": "Australia/Sydney",
+        "a": "Australia/Sydney|Australia/Broken_Hill",  # NSW holds Broken Hill too
         "b": "Australia/Perth",
         "c": "America/Los_Angeles",
         "d": "Pacific/Auckland",
