@@ -61,18 +61,28 @@ def commercial() -> list[Category]:
 
 
 def parse_group_ids(value: str | None) -> dict[str, int]:
-    """SENDGRID_GROUP_IDS: `category=group id` pairs, comma separated."""
+    """SENDGRID_GROUP_IDS: `category=group id` pairs, comma separated; each category a
+    commercial one (a transactional message has no group a patient may leave), named
+    once, with a group id of its own (a whole number from 1)."""
     groups: dict[str, int] = {}
     for part in (value or "").split(","):
-        if not part.strip():
+        part = part.strip()
+        if not part:
             continue
-        name, sep, number = part.partition("=")
-        name = name.strip()
-        if not sep or name not in CATEGORIES or not number.strip().isdigit():
+        name, sep, number = (x.strip() for x in part.partition("="))
+        known = CATEGORIES.get(name)
+        if not sep or known is None or not (number.isascii() and number.isdigit()) or not (
+                0 < int(number) < 2**31):  # fmt: skip
             raise ValueError(
-                f"SENDGRID_GROUP_IDS: {part.strip()!r} is not `category=group id` with a known "
-                f"category ({', '.join(CATEGORIES)}) and a whole number, e.g. reactivation=1234"
+                f"SENDGRID_GROUP_IDS: {part!r} is not `category=group id` with a commercial "
+                f"category ({', '.join(c.slug for c in commercial())}) and a group id from 1, "
+                "e.g. reactivation=1234"
             )
+        if known.transactional:
+            raise ValueError(f"SENDGRID_GROUP_IDS: {name!r} is transactional: its messages "
+                             "cannot be left, so they belong to no suppression group")  # fmt: skip
+        if name in groups:
+            raise ValueError(f"SENDGRID_GROUP_IDS: {name!r} is named twice")
         groups[name] = int(number)
     if len(set(groups.values())) != len(groups):
         raise ValueError("SENDGRID_GROUP_IDS: two categories name the same suppression group")

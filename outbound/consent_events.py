@@ -106,7 +106,11 @@ def apply_events(
     unsubscribe (or resubscribe) of a known group is an opt-out of its category only. A
     campaign whose spam reports pass `complaint_rate` of its messages over the last 30
     days pauses itself (None: never)."""
-    groups = dict(group_categories or {})
+    from outbound.categories import CATEGORIES
+
+    # Only a category a patient may leave: any other group's events opt out of email.
+    groups = {g: c for g, c in (group_categories or {}).items()
+              if c in CATEGORIES and not CATEGORIES[c].transactional}  # fmt: skip
     complained: set[str] = set()
     migrate(engine, [COMPONENT, pauses.COMPONENT])
     now = now or datetime.now(UTC)

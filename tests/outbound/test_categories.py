@@ -143,8 +143,14 @@ def test_campaign_files_name_a_category_that_fits_their_purpose(tmp_path):
 
 def test_group_ids_setting():
     assert parse_group_ids("reactivation=12, billing=34") == {"reactivation": 12, "billing": 34}
-    with pytest.raises(ValueError, match="is not `category=group id`"):
-        parse_group_ids("promos=1")
+    for bad in ("promos=1", "reactivation=²", "reactivation=0", "reactivation=" + "9" * 20,
+                "reactivation"):
+        with pytest.raises(ValueError, match="is not `category=group id`"):
+            parse_group_ids(bad)
+    with pytest.raises(ValueError, match="'appointments' is transactional"):
+        parse_group_ids("appointments=3")
+    with pytest.raises(ValueError, match="named twice"):
+        parse_group_ids("reactivation=1,reactivation=2")
     with pytest.raises(ValueError, match="same suppression group"):
         parse_group_ids("reactivation=1,billing=1")
 
