@@ -119,6 +119,23 @@ def _ledger_v5(md: sa.MetaData) -> sa.Table:
     return table
 
 
+# Version 8 adds the address a message went to, as the plan keys addresses
+# (`sms:+61...`, `email:...`): the cap counts it for that address even after the patient
+# record's address changes.
+_LEDGER_V8_COLUMN = sa.Column("address_key", sa.String(320), nullable=True)
+
+
+def _ledger_v8(md: sa.MetaData) -> sa.Table:
+    table = _ledger_v5(md)
+    table.append_column(_LEDGER_V8_COLUMN.copy())
+    return table
+
+
+def _add_ledger_v8_column(conn: Connection) -> None:
+    ddl = sa.schema.CreateColumn(_LEDGER_V8_COLUMN.copy()).compile(dialect=conn.dialect)
+    conn.execute(sa.text(f"ALTER TABLE outbound_ledger ADD COLUMN {ddl}"))
+
+
 def _add_ledger_v5_columns(conn: Connection) -> None:
     for column in _LEDGER_V5_COLUMNS:
         ddl = sa.schema.CreateColumn(column.copy()).compile(dialect=conn.dialect)
@@ -169,7 +186,7 @@ def _send_lock_v4(md: sa.MetaData) -> sa.Table:
 # its own version; when a table changes, add a migration and keep the old builder as it
 # was, so that version 1 always creates what version 1 created.
 metadata = sa.MetaData()
-ledger = _ledger_v5(metadata)
+ledger = _ledger_v8(metadata)
 learned_opt_outs = _opt_outs_v2(metadata)
 send_lock = _send_lock_v4(metadata)
 category_opt_outs = _category_opt_outs_v6(metadata)
@@ -196,6 +213,7 @@ register_migrations(
         Migration(5, "ledger: the provider's delivery status", _add_ledger_v5_columns),
         Migration(6, "opt-outs of unsubscribe categories", _create(_category_opt_outs_v6)),
         Migration(7, "opt-ins of channels that need one (WhatsApp)", _create(_opt_ins_v7)),
+        Migration(8, "ledger: the address each message went to", _add_ledger_v8_column),
     ],
 )  # fmt: skip
 
@@ -216,6 +234,8 @@ class LedgerEntry:
     case_id: str | None
     segment_slug: str
     channel: str
+    # The address it goes to, as the plan keys it (`sms:+61...`); None for staff digests.
+    address_key: str | None = None
 
 
 def new_run_id() -> str:
@@ -297,6 +317,7 @@ def insert_pending(
             "case_id": e.case_id,
             "segment_slug": e.segment_slug,
             "channel": e.channel,
+            "address_key": e.address_key,
             "send_date": send_date,
             "status": PENDING,
             "error": None,
@@ -577,11 +598,12 @@ def read_history(engine: Engine, since: datetime) -> pl.DataFrame:
     attempted = sa.func.coalesce(ledger.c.attempted_at, ledger.c.created_at)
     q = sa.select(
         ledger.c.campaign, ledger.c.recipient, ledger.c.send_date, ledger.c.status,
-        attempted.label("attempted_at"), ledger.c.channel,
+        attempted.label("attempted_at"), ledger.c.channel, ledger.c.address_key,
     ).where(attempted >= since)  # fmt: skip
     with engine.connect() as conn:
-        rows = [(*r[:4], _as_utc(r[4]), r[5]) for r in conn.execute(q)]
-    return pl.DataFrame(rows, schema=HISTORY_SCHEMA | {"channel": pl.String}, orient="row")
+        rows = [(*r[:4], _as_utc(r[4]), *r[5:]) for r in conn.execute(q)]
+    schema = HISTORY_SCHEMA | {"channel": pl.String, "address_key": pl.String}
+    return pl.DataFrame(rows, schema=schema, orient="row")
 
 
 def _as_utc(value: datetime | None) -> datetime | None:

@@ -888,6 +888,13 @@ def unsubscribe_link(
     return {"data": {"unsubscribe_url": url}, "headers": headers_for(url)}
 
 
+def _address_key(channel: str, row: dict) -> str | None:
+    """The address a message goes to, keyed as the plan keys addresses."""
+    if channel == "email":
+        return f"email:{row['email'].strip().lower()}" if row.get("email") else None
+    return f"{channel}:{row['sms_number']}" if row.get("sms_number") else None
+
+
 def _ledger_rows(
     engine: Engine,
     slug: str,
@@ -907,6 +914,7 @@ def _ledger_rows(
             case_id=r["case_id"],
             segment_slug=r["segment_slug"],
             channel=r["channel"],
+            address_key=_address_key(r["channel"], r),
         )
         for r in fresh
     ]

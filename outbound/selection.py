@@ -581,11 +581,13 @@ def _prior_messages(
     hist = history.lazy()
     if "channel" not in history.columns:
         hist = hist.with_columns(pl.lit("email").alias("channel"))
+    if "address_key" not in history.columns:
+        hist = hist.with_columns(pl.lit(None, dtype=pl.String).alias("address_key"))
     keys = people.select(pl.col("patient_id").alias("hist_patient"), "email_key", "sms_key",
                          "whatsapp_key")  # fmt: skip
     counted = (
-        hist.select(*HISTORY_SCHEMA, "channel")
-        .cast(HISTORY_SCHEMA | {"channel": pl.String})
+        hist.select(*HISTORY_SCHEMA, "channel", "address_key")
+        .cast(HISTORY_SCHEMA | {"channel": pl.String, "address_key": pl.String})
         .filter(
             pl.col("status").is_in(list(DELIVERED_OR_MAYBE)),
             pl.col("recipient") != STAFF_RECIPIENT,
@@ -608,9 +610,13 @@ def _prior_messages(
     cands = patients.select("campaign", "patient_id", "recipient_key", "cap_window")
     by_patient = cands.join(counted, left_on="patient_id", right_on="match_patient")
     by_address = cands.join(counted, left_on="recipient_key", right_on="match_key")
+    # And by the address it went to when it was sent, whatever the record says now.
+    by_sent_to = cands.join(counted.filter(pl.col("address_key").is_not_null()),
+                            left_on="recipient_key", right_on="address_key")  # fmt: skip
     moment = clock.cap_moment.astimezone(UTC)
     return (
-        pl.concat([by_patient.select(wanted), by_address.select(wanted)])
+        pl.concat([by_patient.select(wanted), by_address.select(wanted),
+                   by_sent_to.select(wanted)])  # fmt: skip
         .filter(
             # Every message requested within the window before now, in real time.
             pl.col("attempted_at") >= pl.lit(moment) - pl.duration(days=pl.col("cap_window")),

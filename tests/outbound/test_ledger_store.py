@@ -13,7 +13,7 @@ from outbound import ledger as L
 def test_migrations_are_recorded_and_applied_once(state_url):
     engine = connect_state(state_url)
     applied = migrate(engine)
-    assert [a for a in applied if a[0] == "outbound"] == [("outbound", v) for v in range(1, 8)]
+    assert [a for a in applied if a[0] == "outbound"] == [("outbound", v) for v in range(1, 9)]
     assert [a for a in migrate(engine) if a[0] == "outbound"] == []
     with engine.connect() as conn:
         rows = conn.execute(
@@ -29,6 +29,7 @@ def test_migrations_are_recorded_and_applied_once(state_url):
         (5, "ledger: the provider's delivery status"),
         (6, "opt-outs of unsubscribe categories"),
         (7, "opt-ins of channels that need one (WhatsApp)"),
+        (8, "ledger: the address each message went to"),
     ]
     engine.dispose()
 
@@ -51,7 +52,7 @@ def test_upgrade_from_version_1_keeps_the_ledger(state_url, monkeypatch):
             )
         )  # fmt: skip
     monkeypatch.setitem(_REGISTRY, "outbound", full)
-    assert migrate(engine, ["outbound"]) == [("outbound", v) for v in range(2, 8)]
+    assert migrate(engine, ["outbound"]) == [("outbound", v) for v in range(2, 9)]
     with engine.connect() as conn:
         row = conn.execute(
             sa.select(L.ledger.c.id, L.ledger.c.status, L.ledger.c.attempts, L.ledger.c.retryable,

@@ -330,3 +330,28 @@ def test_recipient_hours_settings():
         channel_rules("AU", "9am to 8pm")
     with pytest.raises(ValueError, match="not a country this knows"):
         channel_rules("XX")
+
+
+def test_a_number_changed_between_runs_still_counts_what_it_was_sent(
+    tmp_path, engine, state_url, fake_twilio, make_warehouse
+):
+    run_in = _run_in(make_warehouse, state_url, engine, fake_twilio)
+    # 10:00: a parent (p1) and child (p2) share the parent's phone: one message, to p1.
+    run_in(tmp_path / "a", [("p1", "Mum", None, "0412 345 678", None, None),
+                            ("p2", "Kid", None, "0412 345 678", None, None)])  # fmt: skip
+    # Later that day the parent's record has a new number; the child's still the old one.
+    # The old number had its message today (the ledger says where it went): not again.
+    run_in(tmp_path / "b", [("p1", "Mum", None, "0499 999 999", None, None),
+                            ("p2", "Kid", None, "0412 345 678", None, None)])  # fmt: skip
+    assert fake_twilio.numbers == ["+61412345678"]
+
+
+def _run_in(make_warehouse, state_url, engine, fake_twilio):
+    """A send run over a warehouse of these patients, built in its own folder."""
+
+    def go(folder, patients):
+        folder.mkdir()
+        settings = setup(make_warehouse, folder, state_url, patients)
+        return run(settings, [camp("recall")], engine, sms(fake_twilio))[1]
+
+    return go
