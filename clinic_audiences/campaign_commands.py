@@ -174,6 +174,8 @@ def cmd_send(as_of: str | None) -> int:
             line += f", withheld {rep.withheld} (opted out since the plan)"
         if rep.digest:
             line += f"; staff digest {rep.digest}"
+        if rep.deferred:
+            line += f", deferred {rep.deferred} (the hours closed during the run)"
         if rep.not_sent:
             line += f"; not sent: {rep.not_sent}"
         print(line)

@@ -430,6 +430,10 @@ class TwilioSms:
         if len(recipients) != 1:
             raise ValueError(f"an SMS request carries one message, got {len(recipients)}")
         params = self._params(recipients[0], content)
+        if "body" in params and not params["body"].strip():
+            # Every field the template uses is empty for this patient: nothing to send.
+            return BatchOutcome(False, 0, None, "the message is empty for this patient (the "
+                                "template's fields are empty); nothing was sent")  # fmt: skip
         for attempt in range(1, self.max_attempts + 1):
             last = attempt == self.max_attempts
             delay = min(self.base_delay * 2 ** (attempt - 1), self.max_delay)

@@ -263,5 +263,8 @@ def encode(text: str) -> Encoded:
     return Encoded("UCS-2", sum(units), _pack(units, 70, 67))
 
 
-# Words a commercial SMS must carry for the patient to know how to stop them.
-OPT_OUT_WORDS = re.compile(r"\b(STOP|UNSUBSCRIBE|OPT[ -]?OUT)\b", re.IGNORECASE)
+# What counts as telling the patient how to stop: "reply STOP", "text STOP to ...",
+# "to opt out ...", "unsubscribe ..." (a bare "stop" in "don't stop your exercises" does not).
+OPT_OUT_INSTRUCTIONS = re.compile(
+    r"\b(reply|text|send|sms)\s+[\"'“‘]?(STOP|UNSUBSCRIBE|OPT ?OUT)\b|\bopt[ -]?out\b|"
+    r"\bunsubscribe\b", re.IGNORECASE)

@@ -55,6 +55,7 @@ from outbound.selection import (
     build_candidates,
     channel_rules,
     due_campaigns,
+    hours_hold,
     plan_sends,
 )
 from outbound.templates import RECIPIENT_FIELDS, TemplateError, campaign_content, digest_content
@@ -456,6 +457,8 @@ class CampaignSendReport:
     digest: str = ""
     # Why the campaign's messages were not sent (no sender for its channel), or "".
     not_sent: str = ""
+    # Left for a later run: the send window closed, or a recipient's hours did, meanwhile.
+    deferred: int = 0
 
 
 @dataclass
@@ -654,9 +657,9 @@ def _send_rows(
     patient_rows = to_send.filter(pl.col("channel") != STAFF_CHANNEL)
     with settings.connect(read_only=True) as con:
         data = read_recipient_data(con, patient_rows.select("patient_id", "case_id").unique())
-    keys = address_keys(planned.contacts, settings.rules)
+    keys = address_keys(planned.contacts, settings.rules, settings.timezone)
     addresses = planned.contacts.select("patient_id", "email").join(
-        keys.select("patient_id", "sms_number"), on="patient_id", how="left")  # fmt: skip
+        keys.select("patient_id", "sms_number", "zone"), on="patient_id", how="left")  # fmt: skip
     sharing = {ch: records_sharing_an_address(planned.contacts, ch, settings.rules)
                for ch in ("email", "sms", "whatsapp")}  # fmt: skip
     patient_rows = patient_rows.join(addresses, on="patient_id", how="left").join(
@@ -678,7 +681,20 @@ def _send_rows(
                 or (slug, r["patient_id"]) in retryable]  # fmt: skip
         rep.already_in_ledger = len(rows) - len(todo)
         shared = sharing.get(campaign.channel, {})
-        for chunk in _chunks(todo, min(campaign.batch_size, getattr(channel, "max_batch", 1))):
+        chunks = _chunks(todo, min(campaign.batch_size, getattr(channel, "max_batch", 1)))
+        for n, chunk in enumerate(chunks):
+            # The hours as they are now: a long run stops at the end of the send window
+            # and keeps each recipient's hours; what is left goes in a later run.
+            now = clock.now()
+            if not campaign.in_window(now.astimezone(ZoneInfo(settings.timezone)).time()):
+                rep.deferred += sum(len(c) for c in chunks[n:])
+                break
+            if campaign.purpose == "commercial" and campaign.channel in ("sms", "whatsapp"):
+                outside = [r for r in chunk
+                           if not hours_hold(settings.rules, r.get("zone") or settings.timezone,
+                                             now)[0]]  # fmt: skip
+                rep.deferred += len(outside)
+                chunk = [r for r in chunk if r not in outside]
             # Consent once more, just before the request: an opt-out learned a moment ago
             # is honoured. An opt-out on any record sharing the address counts.
             mine = [r["patient_id"] for r in chunk]

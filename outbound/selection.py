@@ -643,18 +643,24 @@ def _recipient_hours(clock: RunClock, rules: ChannelRules, clinic_zone: str) -> 
     rows = []
     hours = rules.recipient_hours
     for zone in zones:
-        # A state spanning several zones: the hours must hold in each.
-        clocks = [(z, clock.local_now.astimezone(ZoneInfo(z)).time()) for z in zone.split("|")]
-        there = ", ".join(f"{t:%H:%M} in {z}" for z, t in clocks)
+        open_, there = hours_hold(rules, zone, clock.local_now)
         rows.append((
-            zone, True if hours is None else all(hours.contains(t) for _, t in clocks),
-            "" if hours is None else
+            zone, open_, "" if hours is None else
             f"{hours.start:%H:%M}-{hours.end:%H:%M} ({rules.hours_label}; now {there})",
         ))  # fmt: skip
     return pl.LazyFrame(
         rows, schema={"zone": pl.String, "recipient_open": pl.Boolean,
                       "hours_detail": pl.String}, orient="row",
     )  # fmt: skip
+
+
+def hours_hold(rules: ChannelRules, zone: str, moment: datetime) -> tuple[bool, str]:
+    """Whether `moment` is within the hours commercial SMS keeps in `zone` (several,
+    `|`-separated, for a state spanning them: in each), and the time there, for people."""
+    clocks = [(z, moment.astimezone(ZoneInfo(z)).time()) for z in zone.split("|")]
+    there = ", ".join(f"{t:%H:%M} in {z}" for z, t in clocks)
+    hours = rules.recipient_hours
+    return (hours is None or all(hours.contains(t) for _, t in clocks)), there
 
 
 def _winners(patients: pl.LazyFrame) -> pl.LazyFrame:
@@ -705,12 +711,15 @@ def _winners(patients: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def address_keys(contacts: pl.DataFrame, rules: ChannelRules) -> pl.DataFrame:
-    """patient_id, email_key, sms_key (and the E.164 `sms_number`) of every patient record:
-    the addresses one person may have behind several records (null: not usable)."""
+def address_keys(
+    contacts: pl.DataFrame, rules: ChannelRules, clinic_zone: str = "UTC"
+) -> pl.DataFrame:
+    """patient_id, email_key, sms_key, whatsapp_key (and the E.164 `sms_number`, and
+    `zone`, where the patient's clock is) of every patient record: the addresses one
+    person may have behind several records (null: not usable)."""
     return (
-        _people(contacts, rules, "UTC")
-        .select("patient_id", "email_key", "sms_key", "whatsapp_key",
+        _people(contacts, rules, clinic_zone)
+        .select("patient_id", "email_key", "sms_key", "whatsapp_key", "zone",
                 pl.col("sms_key").str.strip_prefix("sms:").alias("sms_number"))
         .collect()
     )  # fmt: skip

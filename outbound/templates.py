@@ -96,11 +96,12 @@ OPT_OUT_INSTRUCTION = "Reply STOP to opt out."
 def sms_content(campaign: Campaign, clinic_name: str | None) -> Content:
     """An SMS campaign's text (`sms.txt`, per-recipient fields as substitution tags).
 
-    A commercial message names the clinic (`CLINIC_NAME: ` before the text when the
-    template does not) and tells the patient how to stop (OPT_OUT_INSTRUCTION after it
-    when the template has no STOP / UNSUBSCRIBE / OPT OUT of its own).
+    A commercial message names the clinic first (`CLINIC_NAME: ` before the text unless
+    the text starts with the name) and tells the patient how to stop (OPT_OUT_INSTRUCTION
+    after it unless the text already says to reply or text STOP, or how to opt out or
+    unsubscribe).
     """
-    from outbound.phones import OPT_OUT_WORDS
+    from outbound.phones import OPT_OUT_INSTRUCTIONS
 
     assert isinstance(campaign.template, LocalTemplate)
     where = f"outbound/templates/{campaign.template.local}/sms.txt (campaign {campaign.slug})"
@@ -120,9 +121,10 @@ def sms_content(campaign: Campaign, clinic_name: str | None) -> Content:
                 f"campaign {campaign.slug} is a commercial SMS, which must name the clinic: "
                 "set CLINIC_NAME to the name patients know the clinic by"
             )
-        if clinic_name.lower() not in text.lower():
+        # The clinic is named first, as the sender of the message.
+        if not text.lower().startswith(clinic_name.lower()):
             text = f"{clinic_name}: {text}"
-        if not OPT_OUT_WORDS.search(text):
+        if not OPT_OUT_INSTRUCTIONS.search(text):
             text = f"{text} {OPT_OUT_INSTRUCTION}"
     return Content(text=text)
 

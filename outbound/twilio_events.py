@@ -74,8 +74,13 @@ register_migrations(
 
 
 def keyword(body: str) -> str:
-    """stop / start / help / other, for a whole message as a patient typed it."""
-    word = re.sub(r"\s+", " ", re.sub(r"[.!\s]+$", "", body.strip())).upper()
+    """stop / start / help / other, for a whole message as a patient typed it: any case,
+    fullwidth letters, quotes, punctuation, emoji and invisible marks aside."""
+    import unicodedata
+
+    text = unicodedata.normalize("NFKC", body)
+    text = re.sub(r"[\u200b-\u200d\u2060\ufeff]", "", text)
+    word = " ".join(re.sub(r"[^\w\s]|[\d_]", " ", text).split()).upper()
     if word in STOP_WORDS:
         return "stop"
     if word in START_WORDS:

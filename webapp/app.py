@@ -21,7 +21,7 @@ import threading
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from urllib.parse import parse_qs, quote, unquote, urlencode
+from urllib.parse import parse_qs, parse_qsl, quote, unquote, urlencode
 from zoneinfo import ZoneInfo
 
 import polars as pl
@@ -81,6 +81,8 @@ MAX_FORM_FIELDS = MAX_BULK + 20
 # What a card shows of its patient, in this order.
 CARD_COLUMNS = ["patient_id", "first_name", "last_name", "mobile", "last_visit_date",
                 "balance_due"]  # fmt: skip
+# A Twilio webhook is a small form: anything larger is refused before it is read whole.
+TWILIO_MAX_BYTES = 64 * 1024
 # A signed webhook delivery older than this (seconds) is refused: a replay.
 WEBHOOK_MAX_AGE = 600
 # SendGrid posts batches of at most a few hundred kilobytes; anything far larger is not it.
@@ -1015,8 +1017,23 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
         if not token or not base:
             raise HTTPException(status_code=404, detail="no Twilio webhook is configured "
                                 "here (TWILIO_AUTH_TOKEN and WEB_APP_URL)")  # fmt: skip
-        form = await form_of(request)
-        fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+        # Read no more than a message can be before the signature says who sent it.
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > TWILIO_MAX_BYTES:
+            raise HTTPException(status_code=413, detail="the request is too large")
+        raw = b""
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > TWILIO_MAX_BYTES:
+                raise HTTPException(status_code=413, detail="the request is too large")
+        try:
+            pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False,
+                              max_num_fields=200)  # fmt: skip
+        except (UnicodeDecodeError, ValueError):
+            pairs = None
+        fields = dict(pairs or [])
+        if pairs is None or len(fields) != len(pairs) or any("\x00" in k + v for k, v in pairs):
+            raise HTTPException(status_code=400, detail="the form is not one Twilio sends")
         url = base + request.url.path + (f"?{request.url.query}" if request.url.query else "")
         signature = request.headers.get("X-Twilio-Signature", "")
         if not signature or not RequestValidator(token).validate(url, fields, signature):

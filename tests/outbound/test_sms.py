@@ -355,3 +355,38 @@ def _run_in(make_warehouse, state_url, engine, fake_twilio):
         return run(settings, [camp("recall")], engine, sms(fake_twilio))[1]
 
     return go
+
+
+def test_a_long_run_stops_when_the_hours_close_and_leaves_the_rest(
+    tmp_path, engine, state_url, fake_twilio, make_warehouse, monkeypatch
+):
+    from datetime import timedelta
+    from zoneinfo import ZoneInfo
+
+    import outbound.selection as sel
+
+    patients = [(f"p{i}", "Ann", None, f"0412 000 {i:03d}", None, None) for i in range(4)]
+    settings = setup(make_warehouse, tmp_path, state_url, patients)
+    settings = OutboundSettings(**{**settings.__dict__, "rules": channel_rules("AU")})
+    # Each request takes 5 minutes of (simulated) real time; the run starts at 19:55 in
+    # Sydney, and the AU hours (and the send window) end at 20:00.
+    passed = {"s": 0.0}
+    real = sel.monotonic_clock.monotonic
+    monkeypatch.setattr(sel.monotonic_clock, "monotonic", lambda: real() + passed["s"])
+    start = datetime(2026, 11, 26, 8, 55, tzinfo=UTC)
+    at: list[str] = []
+
+    def script(n, form):
+        moment = start + timedelta(seconds=passed["s"])
+        at.append(moment.astimezone(ZoneInfo("Australia/Sydney")).strftime("%H:%M"))
+        passed["s"] += 300
+
+    fake_twilio.script = script
+    clock = RunClock.at(start, "Australia/Sydney")
+    c = camp("recall")
+    report = send_planned(settings, [c], make_plan(settings, [c], clock, engine), clock, engine,
+                          sms(fake_twilio))  # fmt: skip
+    assert at == ["19:55"]
+    assert report.sent == 1 and report.campaigns["recall"].deferred == 3
+    # The three left were never written to the ledger: a later run sends them.
+    assert set(rows(engine)) == {"p0"}

@@ -129,3 +129,30 @@ def _yaml(text: str) -> dict:
     import yaml
 
     return yaml.safe_load(text)
+
+
+def test_a_bare_stop_or_a_name_inside_a_word_is_not_enough(tmp_path, monkeypatch):
+    import outbound.campaigns as campaigns_mod
+    import outbound.templates as templates_mod
+
+    folder = tmp_path / "templates"
+    (folder / "keep_going").mkdir(parents=True)
+    (folder / "keep_going" / "sms.txt").write_text(
+        "Don't stop your home exercises, {{ r.first_name }}!")
+    monkeypatch.setattr(campaigns_mod, "TEMPLATES_DIR", folder)
+    monkeypatch.setattr(templates_mod, "TEMPLATES_DIR", folder)
+    c = sms_campaign(template={"local": "keep_going"})
+    # "stop" here is no opt-out instruction, and "home" inside the text does not name a
+    # clinic called Home: both are added.
+    assert campaign_content(c, clinic_name="Home").text == (
+        "Home: Don't stop your home exercises, -first_name-! Reply STOP to opt out.")
+
+
+def test_an_sms_that_fills_to_nothing_is_not_sent():
+    from outbound.channels import Content, Recipient, TwilioSms
+
+    ch = TwilioSms(account_sid="AC" + "0" * 32, auth_token="t", from_number="+61400000000",
+                   base_url="http://127.0.0.1:9")  # nothing listens: no request may be made
+    outcome = ch.send_batch([Recipient("l1", "+61412345678", {"case_name": ""})],
+                            Content(text="-case_name-"), [], {})  # fmt: skip
+    assert not outcome.ok and outcome.attempts == 0 and "message is empty" in outcome.error

@@ -216,3 +216,27 @@ def test_whatsapp_replies_keep_whatsapps_own_consent(hook, settings):
     from outbound.ledger import read_learned_opt_outs
 
     assert (p, "whatsapp") in set(read_learned_opt_outs(engine, [p]).iter_rows())
+
+
+@pytest.mark.parametrize(
+    ("body", "kind"),
+    [("STOP?", "stop"), ("'Stop'", "stop"), ("\ufeffSTOP", "stop"), ("STOP\u200b", "stop"),
+     ("ＳＴＯＰ", "stop"), ("stop 🛑", "stop"), ("Opt-out", "stop"), ("  end. ", "stop"),
+     ("Unstop!", "start"), ("help", "help"), ("please stop by at 3", "other"),
+     ("stopp", "other"), ("", "other")],
+)  # fmt: skip
+def test_the_words_are_read_as_patients_type_them(body, kind):
+    from outbound.twilio_events import keyword
+
+    assert keyword(body) == kind
+
+
+def test_a_large_or_repeated_form_is_refused_before_anything_is_read(hook):
+    big = "x" * (65 * 1024)
+    response = hook.post(INBOUND, content=f"Body={big}".encode(),
+                         headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 413
+    repeated = hook.post(INBOUND, content=b"MessageSid=SM1&MessageSid=SM2&Body=STOP",
+                         headers={"Content-Type": "application/x-www-form-urlencoded",
+                                  "X-Twilio-Signature": "x"})  # fmt: skip
+    assert repeated.status_code == 400
