@@ -223,6 +223,13 @@ class StaffDigest(_Strict):
         return v
 
 
+class SlotOffers(_Strict):
+    """Offer freed appointment slots to the waitlist (outbound/slots.py) instead of
+    messaging the whole segment: each run, each slot to the next `per_slot` patients."""
+
+    per_slot: int = Field(default=1, ge=1, le=5)
+
+
 class Campaign(_Strict):
     name: str
     description: str = ""
@@ -252,6 +259,8 @@ class Campaign(_Strict):
     staff_digest: StaffDigest | None = None
     # Birthday-style messages need an explicit yes, not just the absence of a no.
     requires_explicit_consent: bool = False
+    # Freed slots offered to the segment's waitlist patients (None: the whole segment).
+    slot_offers: SlotOffers | None = None
     # SendGrid takes at most 10 categories; three are added (clinic-audiences,
     # campaign:<slug>, staff-digest for digests).
     categories: list[str] = Field(default_factory=list, max_length=7)
@@ -398,6 +407,11 @@ def _segment_problem(path: Path, campaign: Campaign, known: KnownSegments) -> st
                 "owner may target it; set `owner:` to the segment's owner (if that is who "
                 "this campaign is for) or target a shared segment"
             )
+    if campaign.slot_offers and facts.entity != "patient":
+        return (
+            f"{path}: slot_offers: offers slots to waitlist patients, so segment {slug!r} "
+            "must be an `entity: patient` segment"
+        )
     if campaign.staff_digest and facts.entity != "case":
         return (
             f"{path}: staff_digest: lists cases, so segment {slug!r} "

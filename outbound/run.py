@@ -58,12 +58,24 @@ from outbound.selection import (
     hours_hold,
     plan_sends,
 )
+from outbound.slots import (
+    OFFER_SCHEMA,
+    SLOT_SCHEMA,
+    WAITLIST_SCHEMA,
+    claim_offers,
+    match_offers,
+    read_freed_slots,
+    read_offered,
+    read_waitlist,
+    slot_details,
+)
 from outbound.templates import RECIPIENT_FIELDS, TemplateError, campaign_content, digest_content
 from outbound.twilio_events import UNSUBSCRIBED_SOURCE, read_refused_addresses, refuse_number
 from outbound.warehouse_io import (
     read_contacts,
     read_extract_opt_outs,
     read_recipient_data,
+    table_exists,
 )
 from segments.members import read_members
 
@@ -338,6 +350,8 @@ class Planned:
     candidates: pl.DataFrame
     plan: pl.DataFrame
     contacts: pl.DataFrame
+    # The slot each waitlist offer is about: (campaign, patient_id, appointment_id).
+    slots: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=OFFER_SCHEMA))
 
 
 def read_candidates(
@@ -424,11 +438,53 @@ def make_plan(
         contacts = read_contacts(con)
     opt_outs = read_opt_outs(settings, engine)
     history = read_history(settings, campaigns, clock, engine)
-    plan = plan_sends(campaigns, candidates, contacts, opt_outs, history, clock, settings.cap,
-                      settings.rules, read_refused_addresses(engine),
-                      ledger_mod.read_category_opt_outs(engine),
-                      ledger_mod.read_opt_ins(engine))  # fmt: skip
-    return Planned(candidates=candidates, plan=plan, contacts=contacts)
+    consent = (read_refused_addresses(engine), ledger_mod.read_category_opt_outs(engine),
+               ledger_mod.read_opt_ins(engine))  # fmt: skip
+
+    def plan_of(cands: pl.DataFrame) -> pl.DataFrame:
+        return plan_sends(campaigns, cands, contacts, opt_outs, history, clock, settings.cap,
+                          settings.rules, *consent)  # fmt: skip
+
+    plan = plan_of(candidates)
+    # A slot is offered only to who can be messaged now: the plan of the whole segment
+    # says who that is; then the plan again with the offered patients alone.
+    candidates, slots = with_slot_offers(settings, campaigns, clock, engine, candidates, plan)
+    if slots.height or any(c.slot_offers for c in due_campaigns(campaigns, clock.as_of)):
+        plan = plan_of(candidates)
+    return Planned(candidates=candidates, plan=plan, contacts=contacts, slots=slots)
+
+
+def with_slot_offers(
+    settings: OutboundSettings, campaigns: list[Campaign], clock: RunClock, engine: Engine,
+    candidates: pl.DataFrame, plan: pl.DataFrame,
+) -> tuple[pl.DataFrame, pl.DataFrame]:  # fmt: skip
+    """The candidates with each slot-offer campaign's segment members narrowed to the
+    patients offered a freed slot now (outbound/slots.py), and those offers. Only who
+    `plan` (of the whole segment) would message, now or later today, is offered one."""
+    due = [c for c in due_campaigns(campaigns, clock.as_of) if c.slot_offers is not None]
+    if not due:
+        return candidates, pl.DataFrame(schema=OFFER_SCHEMA)
+    moment = clock.now() if clock.is_today else clock.local_now
+    with settings.connect(read_only=True) as con:
+        if not (table_exists(con, "raw", "appointments") and table_exists(con, "raw", "waitlist")):
+            freed, waiting = pl.DataFrame(schema=SLOT_SCHEMA), pl.DataFrame(schema=WAITLIST_SCHEMA)
+        else:
+            freed, waiting = read_freed_slots(con, moment), read_waitlist(con)
+    offered = read_offered(engine)
+    matched = []
+    for c in due:
+        reachable = plan.filter(pl.col("campaign") == c.slug, pl.col("channel") == c.channel,
+                                pl.col("decision") != "suppressed")
+        members = reachable["patient_id"].unique()
+        assert c.slot_offers is not None
+        matched.append(match_offers(c.slug, freed, waiting, members.to_list(), offered,
+                                    c.slot_offers.per_slot))  # fmt: skip
+    offers = pl.concat(matched)
+    slugs = [c.slug for c in due]
+    kept = candidates.filter(~pl.col("campaign").is_in(slugs))
+    chosen = candidates.filter(pl.col("campaign").is_in(slugs)).join(
+        offers.select("campaign", "patient_id"), on=["campaign", "patient_id"], how="semi")
+    return pl.concat([kept, chosen]), offers
 
 
 def candidates_of(plan: pl.DataFrame) -> pl.DataFrame:
@@ -665,6 +721,12 @@ def _send_rows(
     patient_rows = patient_rows.join(addresses, on="patient_id", how="left").join(
         data, on=["patient_id", "case_id"], how="left", nulls_equal=True
     )
+    if planned.slots.height:
+        with settings.connect(read_only=True) as con:
+            details = slot_details(con, planned.slots, settings.timezone)
+        patient_rows = patient_rows.join(planned.slots, on=["campaign", "patient_id"],
+                                         how="left").join(
+            details, on=["campaign", "patient_id"], how="left")  # fmt: skip
     ok_status = ledger_mod.SANDBOX if sandbox else ledger_mod.SENT
     batch_no = 0
     for slug in order:
@@ -713,6 +775,13 @@ def _send_rows(
             }
             chunk = [r for r in chunk if r["patient_id"] not in refused]
             rep.withheld += len(refused)
+            if campaign.slot_offers is not None:
+                # The offer is recorded before the message is requested: a slot is never
+                # offered to the same patient twice, whatever happens to the request.
+                wanted = [(r["appointment_id"], r["patient_id"]) for r in chunk]
+                claimed = claim_offers(engine, slug, wanted, clock.now())
+                rep.withheld += len(wanted) - len(claimed)
+                chunk = [r for r in chunk if (r["appointment_id"], r["patient_id"]) in claimed]
             ids = _ledger_rows(engine, slug, chunk, retryable, clock, run_id, rep)
             sending = [(i, r) for i, r in zip(ids, chunk, strict=True) if i is not None]
             if not sending:

@@ -28,6 +28,11 @@ RECIPIENT_FIELDS = (
     "last_appointment_type",
     # The patient's one-click unsubscribe link (empty when the web app's address is unset).
     "unsubscribe_url",
+    # The slot a waitlist offer is about (empty for other campaigns): outbound/slots.py.
+    "slot_starts_at",
+    "slot_type",
+    "slot_practitioner",
+    "slot_location",
 )
 
 
