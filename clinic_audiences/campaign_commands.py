@@ -30,6 +30,7 @@ from outbound.run import (
     send_planned,
     sms_preview,
     state_engine,
+    task_webhook,
     test_send,
     today_only,
 )
@@ -153,10 +154,11 @@ def cmd_send(as_of: str | None) -> int:
         print(f"{today_only(clock, settings.timezone)}: nothing was sent")
         return 1
     try:
+        webhook = task_webhook(settings, loaded.campaigns)
         report = send_planned(
             settings, loaded.campaigns, planned, clock, engine, channel, sandbox=sender.sandbox
         )
-    except (TemplateError, ledger_mod.SendLockHeld) as e:
+    except (TemplateError, ledger_mod.SendLockHeld, ValueError) as e:
         return _fail(str(e))
     if report.dry_run:
         print(f"{report.dry_run_reason}: nothing was sent")
@@ -176,9 +178,23 @@ def cmd_send(as_of: str | None) -> int:
             line += f"; staff digest {rep.digest}"
         if rep.deferred:
             line += f", deferred {rep.deferred} (the hours closed during the run)"
+        if rep.tasks:
+            line += f", staff tasks {rep.tasks}"
         if rep.not_sent:
             line += f"; not sent: {rep.not_sent}"
         print(line)
+    from orchestration.tasks import after_send
+
+    done = after_send(engine, webhook)
+    if done.cards.put or done.cards.not_on_a_list:
+        print(f"staff tasks: {done.cards.put} on work-list cards, {done.cards.not_on_a_list} "
+              "with no card (yet)")  # fmt: skip
+    if done.webhook is not None:
+        w = done.webhook
+        print(f"task webhook: {w.delivered} delivered, {w.waiting} waiting for a later run, "
+              f"{w.failed} failed")  # fmt: skip
+        for error in w.errors:
+            print(f"  {error}")
     if report.unknown:
         print(
             f"{report.unknown} message(s) left pending by an earlier run are now 'unknown': "

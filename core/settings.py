@@ -96,6 +96,9 @@ class Settings:
     sendgrid_group_ids: str | None = None
     # A campaign pauses itself when spam reports pass this share of its messages (30 days).
     complaint_rate: float = 0.001
+    # A third-party task system's incoming webhook, and the secret tasks are signed with.
+    tasks_webhook_url: str | None = None
+    tasks_webhook_secret: str | None = field(default=None, repr=False)
     # Where patients reach the web app (its unsubscribe links), and the secret those
     # links are signed with; without both, emails carry no unsubscribe link.
     web_app_url: str | None = None
@@ -160,6 +163,8 @@ class Settings:
             recipient_hours=get("OUTBOUND_RECIPIENT_HOURS"),
             sendgrid_group_ids=get("SENDGRID_GROUP_IDS"),
             complaint_rate=_rate("OUTBOUND_COMPLAINT_RATE", get("OUTBOUND_COMPLAINT_RATE")),
+            tasks_webhook_url=_webhook_url(get("TASKS_WEBHOOK_URL")),
+            tasks_webhook_secret=_secret(get("TASKS_WEBHOOK_SECRET"), "TASKS_WEBHOOK_SECRET"),
             web_app_url=_web_app_url(get("WEB_APP_URL")),
             unsubscribe_secret=_secret(get("UNSUBSCRIBE_SECRET")),
             cliniko=ClinikoAccess(
@@ -186,12 +191,24 @@ def _web_app_url(value: str | None) -> str | None:
     return value.rstrip("/")
 
 
-def _secret(value: str | None) -> str | None:
+def _secret(value: str | None, name: str = "UNSUBSCRIBE_SECRET") -> str | None:
     if value is not None and len(value) < 32:
         raise SettingsError(
-            "UNSUBSCRIBE_SECRET is shorter than 32 characters; make one with "
+            f"{name} is shorter than 32 characters; make one with "
             "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
         )
+    return value
+
+
+def _webhook_url(value: str | None) -> str | None:
+    from urllib.parse import urlsplit
+
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(f"TASKS_WEBHOOK_URL={value!r} is not a URL; write the task "
+                            "system's webhook address, e.g. https://tasks.example/hooks/1")
     return value
 
 

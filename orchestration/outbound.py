@@ -20,6 +20,7 @@ from orchestration.resources import (
     daily_partitions,
 )
 from orchestration.schedules import todays_partition_schedule
+from orchestration.tasks import after_send
 from outbound import ledger as ledger_mod
 from outbound.campaigns import CAMPAIGNS_DIR, Campaign, CampaignError
 from outbound.categories import parse_group_ids
@@ -42,6 +43,7 @@ from outbound.run import (
     report_frame,
     run_clock,
     send_planned,
+    task_webhook,
 )
 from outbound.selection import PLAN_SCHEMA, RunClock, summarise
 from outbound.templates import TemplateError
@@ -79,6 +81,8 @@ def _settings(
             clinic_name=settings.clinic_name or None,
             rules=channel_rules(settings.clinic_country, settings.recipient_hours or None),
             group_ids=parse_group_ids(settings.sendgrid_group_ids or None),
+            tasks_webhook_url=settings.tasks_webhook_url or None,
+            tasks_webhook_secret=settings.tasks_webhook_secret or None,
         )
     except ValueError as e:
         raise dg.Failure(description=str(e)) from None
@@ -347,11 +351,13 @@ def build_outbound_defs(
             raise dg.Failure(description=str(e)) from None
         planned = Planned(candidates=candidates_of(plan), plan=plan, contacts=contacts)
         try:
+            webhook = task_webhook(s, campaigns)
             report = send_planned(
                 s, campaigns, planned, clock, engine, channel, sandbox=sender.sandbox
             )
-        except (TemplateError, ledger_mod.SendLockHeld) as e:
+        except (TemplateError, ledger_mod.SendLockHeld, ValueError) as e:
             raise dg.Failure(description=str(e)) from None
+        tasks_done = None if report.dry_run else after_send(engine, webhook)
         ledger = ledger_mod.read_ledger(engine)
         with s.connect() as con:
             export_ledger(con, ledger)
@@ -387,6 +393,10 @@ def build_outbound_defs(
             "failed": dg.MetadataValue.int(report.failed),
             "requests": dg.MetadataValue.int(report.requests),
             "unknown_from_earlier_runs": dg.MetadataValue.int(report.unknown),
+            "staff_tasks_on_cards": dg.MetadataValue.int(tasks_done.cards.put if tasks_done
+                                                         else 0),
+            "staff_tasks_delivered": dg.MetadataValue.int(
+                tasks_done.webhook.delivered if tasks_done and tasks_done.webhook else 0),
             "per_campaign": dg.MetadataValue.md(_markdown(table)),
         }
         if report.stopped:

@@ -163,6 +163,8 @@ class ClinicSettingsResource(dg.ConfigurableResource):
     web_app_url: str = ""
     unsubscribe_secret: str = ""
     sendgrid_group_ids: str = ""
+    tasks_webhook_url: str = ""
+    tasks_webhook_secret: str = ""
 
 
 def resources_for(settings: Settings, **overrides: str) -> dict[str, dg.ConfigurableResource]:
@@ -201,6 +203,8 @@ def resources_for(settings: Settings, **overrides: str) -> dict[str, dg.Configur
                 "web_app_url": s.web_app_url or "",
                 "unsubscribe_secret": s.unsubscribe_secret or "",
                 "sendgrid_group_ids": s.sendgrid_group_ids or "",
+                "tasks_webhook_url": s.tasks_webhook_url or "",
+                "tasks_webhook_secret": s.tasks_webhook_secret or "",
                 **overrides,
             }
         ),

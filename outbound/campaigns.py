@@ -223,6 +223,23 @@ class StaffDigest(_Strict):
         return v
 
 
+class StaffTasks(_Strict):
+    """A task for staff per member of the segment (outbound/tasks.py): on the member's
+    work-list card, and posted to a task system when TASKS_WEBHOOK_URL is set."""
+
+    # Who works it (an account's e-mail); empty: whoever picks it up.
+    assignee: str | None = None
+    due_in_days: int = Field(default=1, ge=0, le=365)
+    note: str | None = Field(default=None, max_length=2000)
+
+    @field_validator("assignee")
+    @classmethod
+    def _email(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", v):
+            raise ValueError(f"{v!r} is not an e-mail address (an account of the web app)")
+        return v
+
+
 class SlotOffers(_Strict):
     """Offer freed appointment slots to the waitlist (outbound/slots.py) instead of
     messaging the whole segment: each run, each slot to the next `per_slot` patients."""
@@ -261,6 +278,8 @@ class Campaign(_Strict):
     requires_explicit_consent: bool = False
     # Freed slots offered to the segment's waitlist patients (None: the whole segment).
     slot_offers: SlotOffers | None = None
+    # A task for staff per member, instead of (notify_patient: false) or beside messages.
+    tasks: StaffTasks | None = None
     # SendGrid takes at most 10 categories; three are added (clinic-audiences,
     # campaign:<slug>, staff-digest for digests).
     categories: list[str] = Field(default_factory=list, max_length=7)
@@ -269,8 +288,9 @@ class Campaign(_Strict):
 
     @model_validator(mode="after")
     def _someone_to_tell(self) -> Campaign:
-        if not self.notify_patient and self.staff_digest is None:
-            raise ValueError("notify_patient is false and there is no staff_digest: nobody to tell")
+        if not self.notify_patient and self.staff_digest is None and self.tasks is None:
+            raise ValueError("notify_patient is false and there is no staff_digest or tasks: "
+                             "nobody to tell")  # fmt: skip
         return self
 
     @model_validator(mode="after")

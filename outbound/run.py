@@ -102,6 +102,9 @@ class OutboundSettings:
     rules: ChannelRules = field(default_factory=ChannelRules)
     # Unsubscribe category → SendGrid suppression group (SENDGRID_GROUP_IDS).
     group_ids: dict[str, int] = field(default_factory=dict)
+    # Where staff tasks are posted, and their signing secret (TASKS_WEBHOOK_*).
+    tasks_webhook_url: str | None = None
+    tasks_webhook_secret: str | None = field(default=None, repr=False)
 
     @classmethod
     def of(cls, s: Settings) -> OutboundSettings:
@@ -109,6 +112,8 @@ class OutboundSettings:
             clinic_name=s.clinic_name,
             rules=channel_rules(s.clinic_country, s.recipient_hours),
             group_ids=parse_group_ids(s.sendgrid_group_ids),
+            tasks_webhook_url=s.tasks_webhook_url,
+            tasks_webhook_secret=s.tasks_webhook_secret,
             duckdb_path=str(s.duckdb_path),
             state_db_url=s.state_db_url,
             timezone=s.clinic_timezone,
@@ -264,6 +269,21 @@ def configured_channels(
         if sms.whatsapp_from:
             channels["whatsapp"] = sms.whatsapp_channel(settings.web_app_url)
     return channels
+
+
+def task_webhook(settings: OutboundSettings, campaigns: list[Campaign]):  # noqa: ANN201
+    """The task system's webhook (outbound.tasks.TaskWebhook), or None when not set. A
+    URL without its secret is an error: tasks are never posted unsigned."""
+    from outbound.tasks import TaskWebhook
+
+    if not settings.tasks_webhook_url:
+        return None
+    if not settings.tasks_webhook_secret:
+        raise ValueError("TASKS_WEBHOOK_URL is set without TASKS_WEBHOOK_SECRET; tasks are "
+                         "signed, so set the secret the task system checks")  # fmt: skip
+    return TaskWebhook(settings.tasks_webhook_url, settings.tasks_webhook_secret,
+                       web_app_url=settings.web_app_url,
+                       titles={c.slug: c.name for c in campaigns})  # fmt: skip
 
 
 def known_segments(settings: OutboundSettings) -> KnownSegments:
@@ -515,6 +535,8 @@ class CampaignSendReport:
     not_sent: str = ""
     # Left for a later run: the send window closed, or a recipient's hours did, meanwhile.
     deferred: int = 0
+    # Staff tasks made by this run (outbound/tasks.py).
+    tasks: int = 0
 
 
 @dataclass
@@ -677,11 +699,35 @@ def send_planned(
         report.unknown = ledger_mod.mark_abandoned_unknown(engine, run_id, clock.now())
         _send_rows(settings, by_slug, order, to_send, fresh, clock, engine, channels, run_id,
                    report, contents, digests, sandbox, after_batch)  # fmt: skip
+        _make_tasks(settings, campaigns, clock, engine, report)
     except DeliveryUnknown as e:
         report.stopped = str(e)
     finally:
         ledger_mod.release_send_lock(engine, run_id)
     return report
+
+
+def _make_tasks(
+    settings: OutboundSettings, campaigns: list[Campaign], clock: RunClock, engine: Engine,
+    report: SendReport,
+) -> None:  # fmt: skip
+    """The staff tasks of the due campaigns with `tasks`, in their send window: one per
+    member of the segment, made once a day (outbound/tasks.py)."""
+    from outbound.tasks import create_tasks, tasks_for
+
+    local = clock.now().astimezone(ZoneInfo(settings.timezone)).time()
+    due = [c for c in due_campaigns(campaigns, clock.as_of)
+           if c.tasks is not None and c.in_window(local)]  # fmt: skip
+    if not due:
+        return
+    members = read_candidates(settings, due, clock)
+    for c in due:
+        mine = members.filter(pl.col("campaign") == c.slug).select("patient_id", "case_id")
+        made = create_tasks(engine, tasks_for(c, mine.unique().sort("patient_id", "case_id",
+                                                               nulls_last=True).rows(),
+                                              clock.as_of), clock.now())  # fmt: skip
+        rep = report.campaigns.setdefault(c.slug, CampaignSendReport(c.slug))
+        rep.tasks += len(made)
 
 
 def _as_channels(channel: Channel | Mapping[str, Channel] | None) -> dict[str, Channel]:

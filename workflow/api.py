@@ -699,3 +699,55 @@ def stored_worklist(engine: Engine, slug: str) -> WorkListInfo | None:
 def stored_worklist_slugs(engine: Engine) -> list[str]:
     with engine.connect() as conn:
         return sorted(conn.execute(sa.select(lists.c.slug)).scalars())
+
+
+@dataclass
+class TasksOnCards:
+    put: int = 0
+    # Members not on any work list of the segment (no list, or not synced yet).
+    not_on_a_list: int = 0
+    # Assignees the list cannot take (a private list's non-owner): left unassigned.
+    not_assigned: int = 0
+
+
+def put_tasks_on_cards(
+    engine: Engine,
+    items: Iterable[Mapping[str, Any]],
+    now: datetime | None = None,
+) -> tuple[TasksOnCards, list[str]]:
+    """Each task (`task_id`, `segment_slug`, `member_id`, `assignee`, `due_date`, `note`,
+    `by`) on its member's card in every work list of the segment: the assignee (when the
+    list can take them), the due date, and a note naming the task. Returns the counts and
+    the ids of the tasks done: on a card, or with no work list to go on."""
+    out, done = TasksOnCards(), []
+    by_segment: dict[str, list[WorkListInfo]] = {}
+    for slug in stored_worklist_slugs(engine):
+        info = stored_worklist(engine, slug)
+        if info is not None:
+            by_segment.setdefault(info.segment_slug, []).append(info)
+    for item in items:
+        infos = by_segment.get(item["segment_slug"], [])
+        placed = False
+        for info in infos:
+            by = item["by"] if info.visibility != "private" else (info.owner or item["by"])
+            try:
+                with engine.connect() as conn:
+                    read_member(conn, info.slug, item["member_id"])
+            except MemberNotFoundError:
+                continue
+            if item.get("assignee"):
+                try:
+                    assign(engine, info, item["member_id"], item["assignee"], by, now=now)
+                except WorkListAccessError:
+                    out.not_assigned += 1
+            set_due_date(engine, info, item["member_id"], item["due_date"], by, now=now)
+            note = f"Task {item['task_id']}" + (f": {item['note']}" if item.get("note") else "")
+            add_note(engine, info, item["member_id"], note, by, now=now)
+            placed = True
+        out.put += placed
+        out.not_on_a_list += not placed
+        # A member not on its segment's list yet may be once the list is synced: kept
+        # for the next time. A segment with no work list has no card to wait for.
+        if placed or not infos:
+            done.append(item["task_id"])
+    return out, done

@@ -321,6 +321,12 @@ def twilio_error(status: int, code: int, message: str) -> str:
                        "more_info": f"https://www.twilio.com/docs/errors/{code}"})  # fmt: skip
 
 
+@pytest.fixture(name="serving")
+def _serving():
+    """`serving`, for tests with a stand-in server of their own."""
+    return serving
+
+
 @pytest.fixture(name="twilio_error")
 def _twilio_error():
     """`twilio_error`, for scripting the Twilio stand-in's answers."""
