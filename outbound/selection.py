@@ -346,7 +346,8 @@ def plan_sends(
     rules = rules or ChannelRules()
     clinic_zone = str(clock.local_now.tzinfo)
     # Who a message goes to: the channel's normalised address, else the patient alone.
-    people = _people(contacts, rules, clinic_zone)
+    # Computed once (every channel, the cap and the categories read it).
+    people = _people(contacts, rules, clinic_zone).collect().lazy()
     patients = patients.join(people, on="patient_id", how="left").with_columns(
         _channel_key().alias("recipient_key"),
         pl.when(pl.col("channel") == "sms")
