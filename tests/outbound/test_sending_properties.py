@@ -38,10 +38,13 @@ def camp(slug: str, priority: int, **kw) -> Campaign:
 
 # Campaigns with caps of their own, longer and shorter than the global one; one by SMS.
 CAMPAIGNS = [
-    camp("often", 10),
-    camp("rarely", 50, frequency_cap={"max_messages": 1, "window_days": 10}),
-    camp("texts", 60, channel="sms", frequency_cap={"max_messages": 1, "window_days": 3}),
+    camp("often", 10, unsubscribe_category="general"),
+    camp("rarely", 50, frequency_cap={"max_messages": 1, "window_days": 10},
+         unsubscribe_category="reactivation"),
+    camp("texts", 60, channel="sms", frequency_cap={"max_messages": 1, "window_days": 3},
+         unsubscribe_category="recalls"),
 ]
+CATEGORY = {"often": "general", "rarely": "reactivation", "texts": "recalls"}
 WINDOW = {"often": GLOBAL_WINDOW, "rarely": 10, "texts": 3}
 # p0 has no usable mobile (email only); p4 and p5 share one (a parent and a child): one
 # number, one person on SMS.
@@ -81,6 +84,9 @@ actions = st.lists(
         # Planned, then someone opts out, then the plan is sent: the opt-out still counts.
         st.tuples(st.just("opt_out_then_send"), st.sampled_from(PATIENTS)),
         st.tuples(st.just("zone"), st.sampled_from(ZONES)),
+        # An unsubscribe category left (the preference page, a one-click, a group event).
+        st.tuples(st.just("category"), st.sampled_from(PATIENTS),
+                  st.sampled_from(["general", "reactivation", "recalls", "all"])),
         st.tuples(
             st.just("opt_out"),
             st.sampled_from(PATIENTS),
@@ -148,6 +154,8 @@ def test_nobody_twice_in_the_window_and_nobody_after_opting_out(tmp_path_factory
     sms = RecordingChannel(now, name="sms", max_batch=1)
     # (channel, address) → when it was first opted out; an opt-out of `all` is both.
     refused: dict[tuple[str, str], datetime] = {}
+    # (patient, category) → when the patient left it.
+    left: dict[tuple[str, str], datetime] = {}
 
     def opt_out(patient: str, channel: str, at: datetime) -> None:
         for ch in ("email", "sms") if channel == "all" else (channel,):
@@ -160,6 +168,12 @@ def test_nobody_twice_in_the_window_and_nobody_after_opting_out(tmp_path_factory
             now += timedelta(hours=step[1])
         elif kind == "zone":
             zone = step[1]
+        elif kind == "category":
+            _, patient, category = step
+            with engine.begin() as conn:
+                L.record_category_opt_outs(conn, [patient], category, "preference page", now)
+            for c in ([*CATEGORY.values()] if category == "all" else [category]):
+                left.setdefault((patient, c), now)
         elif kind == "opt_out":
             _, patient, source, channel, days = step
             if source == "learned":
@@ -208,6 +222,10 @@ def test_nobody_twice_in_the_window_and_nobody_after_opting_out(tmp_path_factory
     by_address: dict[str, list[tuple[datetime, str]]] = {}
     for channel, address, ledger_id, campaign, at in email.deliveries + sms.deliveries:
         by_patient.setdefault(patient_of[ledger_id], []).append((at, campaign))
+        gone = left.get((patient_of[ledger_id], CATEGORY[campaign]))
+        assert gone is None or at < gone, (
+            f"{patient_of[ledger_id]} got {campaign} at {at} after leaving its category"
+        )
         by_address.setdefault(address, []).append((at, campaign))
         when = refused.get((channel, address))
         assert when is None or at < when, (

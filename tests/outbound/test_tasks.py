@@ -137,13 +137,11 @@ def test_a_receiver_that_refuses_or_stays_away(make_warehouse, tmp_path, state_u
 
 def test_tasks_land_on_the_work_list_cards(make_warehouse, tmp_path, state_url, engine,
                                           fake_sendgrid):  # fmt: skip
+    from core.state_store import migrate
     from orchestration.tasks import after_send
     from segments.workflow_block import WorkflowSpec, WorkListInfo
-    from workflow import api
+    from workflow import api, store
     from workflow.planning import Member
-
-    from core.state_store import migrate
-    from workflow import store
 
     migrate(engine, [store.COMPONENT])
     settings = setup(make_warehouse, tmp_path, state_url)
