@@ -936,17 +936,33 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
             raise ValueError("SENDGRID_WEBHOOK_PUBLIC_KEY is not an elliptic-curve public "
                              f"key ({err}); copy it again from SendGrid") from None  # fmt: skip
 
-    def patients_with_email(address: str) -> list[str]:
-        """The patients whose email is `address` (trimmed, any case), from the marts."""
+    def patients_whose(column: str, normalised: pl.Expr, value: str) -> list[str]:
+        """The patient records whose `column`, read as `normalised`, is `value` (marts)."""
         if not warehouse.exists():
             return []
         try:
-            people = frames().frame("patient_features", ["patient_id", "email"])
+            people = frames().frame("patient_features", ["patient_id", column])
         except WarehouseError:
             return []
+        return people.filter(normalised == value)["patient_id"].to_list()
+
+    def patients_with_email(address: str) -> list[str]:
+        """The patients whose email is `address` (trimmed, any case)."""
         email = pl.col("email").cast(pl.String).str.strip_chars().str.to_lowercase()
-        found = people.filter(email == address)
-        return found["patient_id"].to_list()
+        return patients_whose("email", email, address)
+
+    async def body_of(request: Request, limit: int) -> bytes:
+        """The raw body, refused (413) past `limit` bytes before it is read whole: anyone
+        can post to a webhook before its signature says who sent it."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise HTTPException(status_code=413, detail="the request is too large")
+        raw = b""
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > limit:
+                raise HTTPException(status_code=413, detail="the request is too large")
+        return raw
 
     @app.post("/webhooks/sendgrid/events")
     async def sendgrid_events(request: Request):
@@ -960,16 +976,7 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
 
         if verifier is None:
             raise HTTPException(status_code=404, detail="no Event Webhook is configured here")
-        # Read no more than a batch can be before the signature says who sent it.
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > WEBHOOK_MAX_BYTES:
-            raise HTTPException(status_code=413, detail="the event batch is too large")
-        raw = b""
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > WEBHOOK_MAX_BYTES:
-                raise HTTPException(status_code=413, detail="the event batch is too large")
-        body = raw.decode("utf-8", "replace")
+        body = (await body_of(request, WEBHOOK_MAX_BYTES)).decode("utf-8", "replace")
         signature = request.headers.get("X-Twilio-Email-Event-Webhook-Signature", "")
         stamp = request.headers.get("X-Twilio-Email-Event-Webhook-Timestamp", "")
         fresh = stamp.isdigit() and abs(clock.time() - int(stamp)) <= WEBHOOK_MAX_AGE
@@ -995,17 +1002,11 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
     # -- Twilio: replies and delivery reports -----------------------------------------
 
     def patients_with_number(number: str) -> list[str]:
-        """The patient records whose mobile is `number` (E.164), from the marts."""
+        """The patient records whose mobile is `number` (E.164)."""
         from outbound.phones import e164_expr
 
-        if not warehouse.exists():
-            return []
-        try:
-            people = frames().frame("patient_features", ["patient_id", "mobile"])
-        except WarehouseError:
-            return []
         mobile = e164_expr(pl.col("mobile").cast(pl.String), settings.clinic_country)
-        return people.filter(mobile == number)["patient_id"].to_list()
+        return patients_whose("mobile", mobile, number)
 
     async def twilio_form(request: Request) -> dict[str, str]:
         """A Twilio webhook's form, once X-Twilio-Signature proves Twilio sent it: signed
@@ -1017,15 +1018,7 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
         if not token or not base:
             raise HTTPException(status_code=404, detail="no Twilio webhook is configured "
                                 "here (TWILIO_AUTH_TOKEN and WEB_APP_URL)")  # fmt: skip
-        # Read no more than a message can be before the signature says who sent it.
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > TWILIO_MAX_BYTES:
-            raise HTTPException(status_code=413, detail="the request is too large")
-        raw = b""
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > TWILIO_MAX_BYTES:
-                raise HTTPException(status_code=413, detail="the request is too large")
+        raw = await body_of(request, TWILIO_MAX_BYTES)
         try:
             pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False,
                               max_num_fields=200)  # fmt: skip
