@@ -67,6 +67,7 @@ from outbound.slots import (
     read_freed_slots,
     read_offered,
     read_waitlist,
+    release_offers,
     slot_details,
 )
 from outbound.templates import RECIPIENT_FIELDS, TemplateError, campaign_content, digest_content
@@ -491,11 +492,16 @@ def with_slot_offers(
         else:
             freed, waiting = read_freed_slots(con, moment), read_waitlist(con)
     offered = read_offered(engine)
+    # Who this campaign already messaged today is not offered another slot today (the
+    # ledger holds one message per campaign, patient and day).
+    today = ledger_mod.existing_keys(engine, clock.as_of)
     matched = []
     for c in due:
         reachable = plan.filter(pl.col("campaign") == c.slug, pl.col("channel") == c.channel,
                                 pl.col("decision") != "suppressed")
-        members = reachable["patient_id"].unique()
+        members = reachable.filter(
+            ~pl.col("patient_id").is_in([p for slug, p in today if slug == c.slug])
+        )["patient_id"].unique()
         assert c.slot_offers is not None
         matched.append(match_offers(c.slug, freed, waiting, members.to_list(), offered,
                                     c.slot_offers.per_slot))  # fmt: skip
@@ -824,10 +830,10 @@ def _send_rows(
             if campaign.slot_offers is not None:
                 # The offer is recorded before the message is requested: a slot is never
                 # offered to the same patient twice, whatever happens to the request.
-                wanted = [(r["appointment_id"], r["patient_id"]) for r in chunk]
+                wanted = [(r["slot_key"], r["patient_id"], r["appointment_id"]) for r in chunk]
                 claimed = claim_offers(engine, slug, wanted, clock.now())
                 rep.withheld += len(wanted) - len(claimed)
-                chunk = [r for r in chunk if (r["appointment_id"], r["patient_id"]) in claimed]
+                chunk = [r for r in chunk if (r["slot_key"], r["patient_id"]) in claimed]
             ids = _ledger_rows(engine, slug, chunk, retryable, clock, run_id, rep)
             sending = [(i, r) for i, r in zip(ids, chunk, strict=True) if i is not None]
             if not sending:
@@ -857,6 +863,10 @@ def _send_rows(
                 ledger_mod.set_status(engine, sent_ids, ledger_mod.FAILED, error=outcome.error,
                                       retryable=outcome.retryable)  # fmt: skip
                 rep.failed += len(sent_ids)
+                if campaign.slot_offers is not None and outcome.retryable:
+                    # Never taken by the provider: the slot may be offered again.
+                    release_offers(engine, [(r["slot_key"], r["patient_id"])
+                                            for _, r in sending])  # fmt: skip
                 if outcome.opted_out:
                     _learn_provider_opt_out(engine, campaign, sending, clock)
                 log.warning(

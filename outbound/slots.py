@@ -29,8 +29,11 @@ meta = sa.MetaData()
 offers = sa.Table(
     "outbound_slot_offers",
     meta,
-    sa.Column("appointment_id", sa.String(200), primary_key=True),
+    # The slot as a time with a practitioner at a location (the same time cancelled twice
+    # is one slot): `<starts_at>|<practitioner>|<location>`.
+    sa.Column("slot_key", sa.String(400), primary_key=True),
     sa.Column("patient_id", sa.String(200), primary_key=True),
+    sa.Column("appointment_id", sa.String(200), nullable=False),
     sa.Column("campaign", sa.String(200), nullable=False),
     sa.Column("offered_at", UTCDateTime, nullable=False),
 )
@@ -43,35 +46,51 @@ def _create(conn: Connection) -> None:
 register_migrations(COMPONENT, [Migration(1, "waitlist slots offered, once each", _create)])
 
 SLOT_SCHEMA = {
-    "appointment_id": pl.String, "starts_at": pl.Datetime("us", "UTC"),
+    "slot_key": pl.String, "appointment_id": pl.String, "starts_at": pl.Datetime("us", "UTC"),
     "appointment_type_id": pl.String, "practitioner_id": pl.String, "location_id": pl.String,
+    # Who cancelled it: never offered their own slot back.
+    "cancelled_by": pl.List(pl.String),
 }  # fmt: skip
 WAITLIST_SCHEMA = {
     "patient_id": pl.String, "appointment_type_id": pl.String, "practitioner_id": pl.String,
     "location_id": pl.String, "added_at": pl.Datetime("us", "UTC"),
 }  # fmt: skip
-OFFER_SCHEMA = {"campaign": pl.String, "patient_id": pl.String, "appointment_id": pl.String}
+OFFER_SCHEMA = {"campaign": pl.String, "patient_id": pl.String, "appointment_id": pl.String,
+                "slot_key": pl.String}
 # What a slot offer's template sees, beside the patient's own fields.
 SLOT_FIELDS = ("slot_starts_at", "slot_type", "slot_practitioner", "slot_location")
 
 
 def read_freed_slots(con: duckdb.DuckDBPyConnection, now: datetime) -> pl.DataFrame:
-    """Upcoming appointments the extract shows cancelled, whose time nobody has been
-    booked into since (no appointment at the same start with the same practitioner)."""
+    """Upcoming times the extract shows cancelled, one row per slot (a time with its
+    practitioner and location, however often it was booked and cancelled), that nobody
+    holds now: no appointment that is not cancelled overlaps it with the same practitioner
+    (or, with no practitioner, at the same location)."""
     frame = con.sql(
         """
-        select c.appointment_id, c.starts_at, c.appointment_type_id, c.practitioner_id,
-               c.location_id
-        from raw.appointments c
-        where c.cancelled_at is not null and c.starts_at > ?
-          and not exists (
-              select 1 from raw.appointments b
-              where b.cancelled_at is null and b.starts_at = c.starts_at
-                and b.practitioner_id is not distinct from c.practitioner_id
-                and b.location_id is not distinct from c.location_id)
-        order by c.starts_at, c.appointment_id
+        with cancelled as (
+            select c.* from raw.appointments c
+            where c.cancelled_at is not null and c.starts_at > $now
+              and not exists (
+                  select 1 from raw.appointments b
+                  where b.cancelled_at is null
+                    and b.starts_at < coalesce(c.ends_at, c.starts_at + interval 1 minute)
+                    and coalesce(b.ends_at, b.starts_at + interval 1 minute) > c.starts_at
+                    and (case when c.practitioner_id is not null
+                              then b.practitioner_id = c.practitioner_id
+                              else b.location_id is not distinct from c.location_id end))
+        )
+        select strftime(starts_at at time zone 'UTC', '%Y-%m-%dT%H:%M:%SZ') || '|' ||
+                   coalesce(practitioner_id, '') || '|' || coalesce(location_id, '')
+                   as slot_key,
+               min(appointment_id) as appointment_id, starts_at,
+               min(appointment_type_id) as appointment_type_id, practitioner_id, location_id,
+               list(distinct patient_id) as cancelled_by
+        from cancelled
+        group by starts_at, practitioner_id, location_id
+        order by starts_at, appointment_id
         """,
-        params=[now],
+        params={"now": now},
     ).to_arrow_table()
     return pl.from_arrow(frame).cast(SLOT_SCHEMA)
 
@@ -92,12 +111,13 @@ def match_offers(
     offered: pl.DataFrame,
     per_slot: int,
 ) -> pl.DataFrame:
-    """(campaign, patient_id, appointment_id): each slot, earliest first, offered to the
-    next `per_slot` fitting waitlist patients among `eligible` (the campaign's segment),
-    by `added_at` (then patient id), skipping who was offered it before (`offered`:
-    appointment_id, patient_id) and who is offered an earlier slot in this run."""
+    """(campaign, patient_id, appointment_id, slot_key): each slot, earliest first,
+    offered to the next `per_slot` fitting waitlist patients among `eligible` (who the
+    campaign can message now), by `added_at` (then patient id), skipping who was offered
+    it before (`offered`: slot_key, patient_id), who cancelled it, and who is offered an
+    earlier slot in this run."""
     allowed = set(eligible)
-    before = set(offered.select("appointment_id", "patient_id").iter_rows())
+    before = set(offered.select("slot_key", "patient_id").iter_rows())
     # Each patient's entries, earliest joined first (a patient may wait for several).
     entries = (
         waitlist.filter(pl.col("patient_id").is_in(list(allowed)))
@@ -112,11 +132,12 @@ def match_offers(
             if picked >= per_slot:
                 break
             pid = e["patient_id"]
-            if pid in taken or (slot["appointment_id"], pid) in before:
+            if pid in taken or (slot["slot_key"], pid) in before or pid in (
+                    slot["cancelled_by"] or ()):  # fmt: skip
                 continue
             if all(e[k] is None or e[k] == slot[k]
                    for k in ("appointment_type_id", "practitioner_id", "location_id")):  # fmt: skip
-                out.append((campaign, pid, slot["appointment_id"]))
+                out.append((campaign, pid, slot["appointment_id"], slot["slot_key"]))
                 taken.add(pid)
                 picked += 1
     return pl.DataFrame(out, schema=OFFER_SCHEMA, orient="row")
@@ -125,35 +146,45 @@ def match_offers(
 def read_offered(engine: Engine) -> pl.DataFrame:
     migrate(engine, [COMPONENT])
     with engine.connect() as conn:
-        rows = [tuple(r) for r in conn.execute(sa.select(offers.c.appointment_id,
+        rows = [tuple(r) for r in conn.execute(sa.select(offers.c.slot_key,
                                                          offers.c.patient_id))]  # fmt: skip
-    return pl.DataFrame(rows, schema={"appointment_id": pl.String, "patient_id": pl.String},
+    return pl.DataFrame(rows, schema={"slot_key": pl.String, "patient_id": pl.String},
                         orient="row")  # fmt: skip
 
 
-def claim_offers(engine: Engine, campaign: str, pairs: Sequence[tuple[str, str]],
+def claim_offers(engine: Engine, campaign: str, wanted: Sequence[tuple[str, str, str]],
                  now: datetime | None = None) -> set[tuple[str, str]]:  # fmt: skip
-    """Record (appointment_id, patient_id) offers before their messages are requested;
-    returns those recorded now (an offer recorded before, by any run, is not made again)."""
+    """Record (slot_key, patient_id, appointment_id) offers before their messages are
+    requested; returns the (slot_key, patient_id) recorded now (an offer recorded before,
+    by any run, is not made again)."""
     from outbound.ledger import insert_ignoring_duplicates
 
-    if not pairs:
+    if not wanted:
         return set()
     migrate(engine, [COMPONENT])
     at = now or datetime.now(UTC)
-    rows = [dict(appointment_id=a, patient_id=p, campaign=campaign, offered_at=at)
-            for a, p in pairs]  # fmt: skip
+    rows = [dict(slot_key=k, patient_id=p, appointment_id=a, campaign=campaign, offered_at=at)
+            for k, p, a in wanted]  # fmt: skip
     with engine.begin() as conn:
         stmt = insert_ignoring_duplicates(conn, offers).returning(
-            offers.c.appointment_id, offers.c.patient_id)
+            offers.c.slot_key, offers.c.patient_id)
         return {tuple(r) for r in conn.execute(stmt, rows).all()}
+
+
+def release_offers(engine: Engine, pairs: Sequence[tuple[str, str]]) -> None:
+    """Forget (slot_key, patient_id) offers whose message provably never went (the
+    provider never took it): a later run may offer the slot again."""
+    with engine.begin() as conn:
+        for key, patient in pairs:
+            conn.execute(offers.delete().where(offers.c.slot_key == key,
+                                               offers.c.patient_id == patient))  # fmt: skip
 
 
 def slot_details(con: duckdb.DuckDBPyConnection, matched: pl.DataFrame, timezone: str
                  ) -> pl.DataFrame:  # fmt: skip
     """(campaign, patient_id, slot_*) for the template: the slot's time on the clinic's
     clock, its type, practitioner and location by name."""
-    con.register("_offers", matched.to_arrow())
+    con.register("_offers", matched.select("campaign", "patient_id", "appointment_id").to_arrow())
     try:
         frame = con.sql(
             """

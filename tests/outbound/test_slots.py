@@ -25,7 +25,8 @@ def at(day: int) -> datetime:
 
 
 SLOTS = pl.DataFrame(
-    [("s1", TOMORROW_10, "T1", "P1", "L1"), ("s2", TOMORROW_11, "T2", "P2", "L1")],
+    [("k1", "s1", TOMORROW_10, "T1", "P1", "L1", ["x"]),
+     ("k2", "s2", TOMORROW_11, "T2", "P2", "L1", ["c"])],  # c cancelled s2 herself
     schema=SLOT_SCHEMA, orient="row",
 )  # fmt: skip
 WAITLIST = pl.DataFrame(
@@ -39,22 +40,23 @@ WAITLIST = pl.DataFrame(
     ],
     schema=WAITLIST_SCHEMA, orient="row",
 )  # fmt: skip
-NONE_OFFERED = pl.DataFrame(schema={"appointment_id": pl.String, "patient_id": pl.String})
+NONE_OFFERED = pl.DataFrame(schema={"slot_key": pl.String, "patient_id": pl.String})
 
 
 def offers(per_slot: int, offered=NONE_OFFERED) -> list[tuple[str, str]]:
     got = match_offers("c", SLOTS, WAITLIST, ["a", "b", "c", "d", "e"], offered, per_slot)
-    return [(slot, patient) for _, patient, slot in got.rows()]
+    return [(slot, patient) for _, patient, slot, _ in got.rows()]
 
 
 def test_each_slot_goes_to_the_next_who_fit_in_the_order_they_joined():
     # By hand. s1 (T1, P1, L1): d wants P9, so a (T1, any) first, then b (any type, P1,
-    # L1). s2 (T2, P2, L1): b wants P1 and has s1 anyway; c (T2), then e (anything).
-    assert offers(1) == [("s1", "a"), ("s2", "c")]
-    assert offers(2) == [("s1", "a"), ("s1", "b"), ("s2", "c"), ("s2", "e")]
+    # L1). s2 (T2, P2, L1): b wants P1 and has s1 anyway; c (T2) cancelled it herself,
+    # so e (anything).
+    assert offers(1) == [("s1", "a"), ("s2", "e")]
+    assert offers(2) == [("s1", "a"), ("s1", "b"), ("s2", "e")]
     # a was offered s1 before: never again; b is next.
-    before = pl.DataFrame({"appointment_id": ["s1"], "patient_id": ["a"]})
-    assert offers(1, before) == [("s1", "b"), ("s2", "c")]
+    before = pl.DataFrame({"slot_key": ["k1"], "patient_id": ["a"]})
+    assert offers(1, before) == [("s1", "b"), ("s2", "e")]
 
 
 def build(make_warehouse, tmp_path, opted_out: tuple = ()) -> str:
@@ -124,4 +126,85 @@ def test_who_cannot_be_messaged_is_passed_over(make_warehouse, tmp_path, state_u
     planned = make_plan(s, [campaign()], CLOCK, engine)
     # a opted out of email: the slot goes to b rather than waiting on a forever.
     assert planned.plan.select("patient_id", "decision").rows() == [("b", "send")]
-    assert planned.slots.rows() == [("slot-offers", "b", "s1")]
+    assert planned.slots.select("campaign", "patient_id", "appointment_id").rows() == [
+        ("slot-offers", "b", "s1")]
+
+
+def add_appointments(db: str, rows: str) -> None:
+    with duckdb.connect(db) as con:
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute("insert into raw.appointments (appointment_id, patient_id, starts_at, "
+                    "ends_at, appointment_type_id, practitioner_id, location_id, cancelled_at) "
+                    f"values {rows}")  # fmt: skip
+
+
+def test_a_time_cancelled_twice_is_one_slot(make_warehouse, tmp_path, state_url, engine):
+    db = build(make_warehouse, tmp_path)
+    # s1's time was rebooked (s1b) and cancelled again: still one slot, for one patient.
+    add_appointments(db, "('s1b', 'v', '2026-11-27 10:00+00', null, 'T1', 'P1', 'L1', "
+                         "'2026-11-25 09:00+00')")
+    s = OutboundSettings(duckdb_path=db, state_db_url=state_url, timezone="UTC")
+    planned = make_plan(s, [campaign()], CLOCK, engine)
+    assert planned.slots.select("patient_id").to_series().to_list() == ["a"]
+
+
+def test_a_slot_someone_holds_again_is_not_offered(make_warehouse, tmp_path, state_url,
+                                                   engine):  # fmt: skip
+    db = build(make_warehouse, tmp_path)
+    # z books 10:15-11:00 with the same practitioner, at a location left blank: the
+    # cancelled 10:00 (ending 11:00) is taken.
+    with duckdb.connect(db) as con:
+        con.execute("update raw.appointments set ends_at = '2026-11-27 11:00+00' "
+                    "where appointment_id = 's1'")  # fmt: skip
+    add_appointments(db, "('r1', 'z', '2026-11-27 10:15+00', '2026-11-27 11:00+00', 'T1', "
+                         "'P1', null, null)")
+    s = OutboundSettings(duckdb_path=db, state_db_url=state_url, timezone="UTC")
+    assert make_plan(s, [campaign()], CLOCK, engine).slots.is_empty()
+
+
+def test_the_patient_who_cancelled_is_not_offered_it_back(make_warehouse, tmp_path, state_url,
+                                                         engine):  # fmt: skip
+    db = build(make_warehouse, tmp_path)
+    with duckdb.connect(db) as con:
+        con.execute("update raw.appointments set patient_id = 'a' where appointment_id = 's1'")
+    s = OutboundSettings(duckdb_path=db, state_db_url=state_url, timezone="UTC")
+    planned = make_plan(s, [campaign()], CLOCK, engine)
+    assert planned.slots.select("patient_id").to_series().to_list() == ["b"]
+
+
+def test_a_second_run_of_the_day_offers_a_new_slot_to_who_can_still_get_one(
+    make_warehouse, tmp_path, state_url, engine, fake_sendgrid
+):
+    db = build(make_warehouse, tmp_path)
+    s = OutboundSettings(duckdb_path=db, state_db_url=state_url, timezone="UTC")
+    ch = SendGridEmail(api_key="k", from_email="c@clinic.example", host=fake_sendgrid.url)
+    c = campaign().model_copy(update={"frequency_cap": None})
+    send_planned(s, [c], make_plan(s, [c], CLOCK, engine), CLOCK, engine, ch)
+    # Later the same day another slot frees up (T1 with P1 at 12:00), and e joins the
+    # waitlist for anything. a already had this campaign's message today: s1 goes to b,
+    # the next in line, and s3 to e; nothing waits on a.
+    add_appointments(db, "('s3', 'q', '2026-11-27 12:00+00', null, 'T1', 'P1', 'L1', "
+                         "'2026-11-26 09:30+00')")
+    with duckdb.connect(db) as con:
+        con.execute("insert into raw.waitlist (waitlist_id, patient_id, added_at) values "
+                    "('w5', 'e', '2026-10-05')")
+    from outbound.campaigns import FrequencyCap
+
+    roomy = OutboundSettings(**{**s.__dict__, "cap": FrequencyCap(max_messages=5)})
+    planned = make_plan(roomy, [c], CLOCK, engine)
+    assert planned.slots.select("patient_id", "appointment_id").rows() == [
+        ("b", "s1"), ("e", "s3")]
+
+
+def test_an_offer_the_provider_never_took_may_be_made_again(
+    make_warehouse, tmp_path, state_url, engine, fake_sendgrid, reply
+):
+    db = build(make_warehouse, tmp_path)
+    s = OutboundSettings(duckdb_path=db, state_db_url=state_url, timezone="UTC")
+    fake_sendgrid.script = lambda n, body: reply(503, body='{"errors": []}')
+    ch = SendGridEmail(api_key="k", from_email="c@clinic.example", host=fake_sendgrid.url,
+                       max_attempts=1)  # fmt: skip
+    send_planned(s, [campaign()], make_plan(s, [campaign()], CLOCK, engine), CLOCK, engine, ch)
+    from outbound.slots import read_offered
+
+    assert read_offered(engine).is_empty()  # released: nothing reached a
