@@ -209,6 +209,9 @@ def _webhook_url(value: str | None) -> str | None:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise SettingsError(f"TASKS_WEBHOOK_URL={value!r} is not a URL; write the task "
                             "system's webhook address, e.g. https://tasks.example/hooks/1")
+    if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+        raise SettingsError("TASKS_WEBHOOK_URL must be https:// (tasks carry patient and "
+                            "case ids); plain http is only for a receiver on this machine")
     return value
 
 

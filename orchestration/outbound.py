@@ -357,11 +357,12 @@ def build_outbound_defs(
             )
         except (TemplateError, ledger_mod.SendLockHeld, ValueError) as e:
             raise dg.Failure(description=str(e)) from None
-        tasks_done = None if report.dry_run else after_send(engine, webhook)
         ledger = ledger_mod.read_ledger(engine)
         with s.connect() as con:
             export_ledger(con, ledger)
             write_table(con, "send_report", report_frame(report))
+        # Staff tasks onto cards and out to the task system, once the sends are recorded.
+        tasks_done = None if report.dry_run else after_send(engine, webhook)
         if report.dry_run:
             why = report.dry_run_reason or (
                 "no sender configured (SENDGRID_API_KEY, TWILIO_ACCOUNT_SID) or "

@@ -26,6 +26,7 @@ import time as time_mod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from urllib.parse import quote
 
 import requests
 import sqlalchemy as sa
@@ -34,7 +35,9 @@ from sqlalchemy.engine import Connection, Engine
 from core.state_store import Migration, UTCDateTime, migrate, register_migrations
 
 COMPONENT = "staff_tasks"
-PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+PENDING, POSTING, DELIVERED, FAILED = "pending", "posting", "delivered", "failed"
+# A claim older than this is of a run that died while posting: the task is pending again.
+CLAIM_STALE = timedelta(minutes=15)
 # Requests for one task, over every run, before it is given up (failed).
 MAX_ATTEMPTS = 8
 
@@ -54,8 +57,10 @@ tasks = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     # Whether the card on the work list has it (the pipeline sets it once).
     sa.Column("on_card", sa.Boolean, nullable=False, server_default=sa.false()),
-    # The outgoing webhook: pending / delivered / failed, how often tried, the last answer.
+    # The outgoing webhook: pending / posting / delivered / failed, how often tried, the
+    # last answer; a run claims a task (posting, with when) before it posts it.
     sa.Column("webhook_status", sa.String(16), nullable=False),
+    sa.Column("claimed_at", UTCDateTime, nullable=True),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("last_error", sa.String(500), nullable=True),
     sa.Column("delivered_at", UTCDateTime, nullable=True),
@@ -83,8 +88,10 @@ class Task:
     note: str | None
 
     def payload(self, web_app_url: str | None) -> dict:
-        card = (f"{web_app_url}/worklists/{self.segment_slug}/cards/{self.member_id}"
-                if web_app_url else None)  # fmt: skip
+        from urllib.parse import quote
+
+        card = (f"{web_app_url}/worklists/{quote(self.segment_slug, safe='')}/cards/"
+                f"{quote(self.member_id, safe='')}" if web_app_url else None)  # fmt: skip
         return {
             "task_id": self.task_id, "campaign": self.campaign, "title": self.title,
             "patient_id": self.patient_id, "case_id": self.case_id, "assignee": self.assignee,
@@ -163,18 +170,22 @@ class TaskWebhook:
     sleep: Callable[[float], None] = time_mod.sleep
     clock: Callable[[], float] = time_mod.time
     titles: dict[str, str] = field(default_factory=dict)
+    # Seconds one run spends delivering at most.
+    run_budget: float = 120.0
 
     def _post(self, task: Task) -> tuple[str, str | None]:
         """(delivered | failed | retry, what went wrong)."""
         body = json.dumps(task.payload(self.web_app_url), separators=(",", ":")).encode()
         stamp = str(int(self.clock()))
+        # Header values are ASCII: an id with other characters travels percent-encoded.
+        key = quote(task.task_id, safe=":-_.~")
         headers = {"Content-Type": "application/json", "X-Audiences-Timestamp": stamp,
                    "X-Audiences-Signature": sign(self.secret, stamp, body),
-                   "Idempotency-Key": task.task_id}  # fmt: skip
+                   "Idempotency-Key": key}  # fmt: skip
         try:
             answer = requests.post(self.url, data=body, headers=headers, timeout=self.timeout,
                                    allow_redirects=False)  # fmt: skip
-        except requests.RequestException as e:
+        except (requests.RequestException, ValueError, OSError) as e:
             return "retry", f"could not deliver ({type(e).__name__})"
         if 200 <= answer.status_code < 300:
             return DELIVERED, None
@@ -182,15 +193,34 @@ class TaskWebhook:
             return "retry", f"HTTP {answer.status_code}"
         return FAILED, f"HTTP {answer.status_code}: {answer.text[:200]}"
 
+    @staticmethod
+    def _claim(engine: Engine, task_id: str, at: datetime) -> bool:
+        """Take the task for this run (another run delivering at the same time skips it)."""
+        with engine.begin() as conn:
+            moved = conn.execute(tasks.update().where(
+                tasks.c.task_id == task_id,
+                sa.or_(tasks.c.webhook_status == PENDING,
+                       sa.and_(tasks.c.webhook_status == POSTING,
+                               tasks.c.claimed_at < at - CLAIM_STALE)),
+            ).values(webhook_status=POSTING, claimed_at=at))  # fmt: skip
+            return bool(moved.rowcount)
+
     def deliver(self, engine: Engine, now: datetime | None = None) -> Delivery:
-        """Post every pending task, oldest first."""
+        """Post every pending task, oldest first, each claimed before it is posted; at
+        most `run_budget` seconds in all (what is left waits for a later run)."""
         migrate(engine, [COMPONENT])
         out = Delivery()
+        started = self.clock()
         with engine.connect() as conn:
-            q = sa.select(tasks).where(tasks.c.webhook_status == PENDING)
+            q = sa.select(tasks).where(tasks.c.webhook_status.in_([PENDING, POSTING]))
             pending = conn.execute(q.order_by(tasks.c.created_at, tasks.c.task_id)).all()
         for row in pending:
             task = _task_of(row, self.titles)
+            if self.clock() - started > self.run_budget:
+                out.waiting += 1
+                continue
+            if not self._claim(engine, task.task_id, now or datetime.now(UTC)):
+                continue
             attempts, outcome, error = row.attempts, "retry", None
             for n in range(self.attempts_per_run):
                 if attempts >= MAX_ATTEMPTS:

@@ -159,3 +159,34 @@ def test_tasks_land_on_the_work_list_cards(make_warehouse, tmp_path, state_url, 
     assert any("Task referral-calls:c1:2026-11-26: Call them" in e.note for e in notes)
     # Once on the card, never again; c2 still waits.
     assert after_send(engine, None).cards.put == 0
+
+
+def test_odd_ids_two_deliveries_at_once_and_a_url_that_is_not_safe(
+    make_warehouse, tmp_path, state_url, engine, receiver
+):
+    from outbound.tasks import TaskWebhook, create_tasks, tasks_for
+
+    url, got, _ = receiver
+    settings = setup(make_warehouse, tmp_path, state_url, url)
+    c = camp()
+    # A case id with characters a header cannot carry as they are.
+    made = create_tasks(engine, tasks_for(c, [("p1", "病例—1/2"), ("p2", "c2")], AS_OF))
+    assert len(made) == 2
+    webhooks = [TaskWebhook(url, SECRET, sleep=lambda s: None) for _ in range(2)]
+    results = []
+    threads = [threading.Thread(target=lambda w=w: results.append(w.deliver(engine)))
+               for w in webhooks]  # fmt: skip
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # Each task posted once, whichever run claimed it.
+    assert sorted(json.loads(b["raw"])["case_id"] for _, b in got) == ["c2", "病例—1/2"]
+    assert sum(r.delivered for r in results) == 2
+    keys = {h["Idempotency-Key"] for h, _ in got}
+    assert "referral-calls:%E7%97%85%E4%BE%8B%E2%80%941%2F2:2026-11-26" in keys
+    # Plain http travels only to this machine.
+    from core.settings import Settings, SettingsError
+
+    with pytest.raises(SettingsError, match="must be https://"):
+        Settings.from_environ({"TASKS_WEBHOOK_URL": "http://tasks.example/hook"})
