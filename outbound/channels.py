@@ -434,6 +434,12 @@ class TwilioSms:
             # Every field the template uses is empty for this patient: nothing to send.
             return BatchOutcome(False, 0, None, "the message is empty for this patient (the "
                                 "template's fields are empty); nothing was sent")  # fmt: skip
+        empty = [k for k, v in json.loads(params.get("content_variables") or "{}").items()
+                 if not str(v).strip()]  # fmt: skip
+        if empty:
+            # WhatsApp refuses a template with an empty variable: not sent, and said why.
+            return BatchOutcome(False, 0, None, f"template variable(s) {', '.join(empty)} are "
+                                "empty for this patient; nothing was sent")  # fmt: skip
         for attempt in range(1, self.max_attempts + 1):
             last = attempt == self.max_attempts
             delay = min(self.base_delay * 2 ** (attempt - 1), self.max_delay)

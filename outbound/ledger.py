@@ -416,17 +416,17 @@ def advance_provider_status(
     status: str,
     error_code: str | None = None,
     now: datetime | None = None,
-) -> str | None:
+) -> tuple[str | None, str] | None:
     """Record what the provider says of a message, only when it moves the row forward.
-    Returns the row's patient id when it moved (None: unknown message, unknown status, or
-    not forward)."""
+    Returns the row's (patient id, channel) when it moved (None: unknown message, unknown
+    status, or not forward)."""
     rank = PROVIDER_STATUS_RANK.get(status)
     if rank is None or not provider_message_id:
         return None
     behind = [s for s, r in PROVIDER_STATUS_RANK.items() if r < rank]
     with engine.begin() as conn:
         row = conn.execute(
-            sa.select(ledger.c.id, ledger.c.patient_id).where(
+            sa.select(ledger.c.id, ledger.c.patient_id, ledger.c.channel).where(
                 ledger.c.provider_message_id == provider_message_id
             )
         ).first()
@@ -441,7 +441,7 @@ def advance_provider_status(
             .values(provider_status=status, provider_error=(error_code or None),
                     provider_status_at=now or _now())
         )  # fmt: skip
-        return row.patient_id if moved.rowcount else None
+        return (row.patient_id, row.channel) if moved.rowcount else None
 
 
 # -- one send run at a time ---------------------------------------------------------------

@@ -944,8 +944,8 @@ def test_send(
     message and counts toward no cap. A ValueError says what is wrong with the request."""
     from outbound.phones import e164
 
-    if campaign.channel == "sms":
-        address = e164(to, settings.rules.country)
+    if campaign.channel in ("sms", "whatsapp"):
+        address = e164(to.removeprefix("whatsapp:"), settings.rules.country)
         if address is None:
             raise ValueError(f"--to {to!r} is not a mobile number this can read (e.g. "
                              "+61412345678, or a national number of CLINIC_COUNTRY)")  # fmt: skip
@@ -969,8 +969,9 @@ def test_send(
                 if f in RECIPIENT_FIELDS}  # fmt: skip
     content = campaign_content(campaign, bool(settings.web_app_url and settings.unsubscribe_secret),
                                settings.clinic_name)  # fmt: skip
-    if campaign.channel == "sms":
-        content = dataclasses.replace(content, text=f"[test] {content.text}")
+    if campaign.channel in ("sms", "whatsapp"):
+        if content.text is not None:
+            content = dataclasses.replace(content, text=f"[test] {content.text}")
         recipient = Recipient(ledger_id=TEST_LEDGER_ID, address=address, data=data)
     else:
         if content.subject is not None:

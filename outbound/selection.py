@@ -669,21 +669,26 @@ def _winners(patients: pl.LazyFrame) -> pl.LazyFrame:
     at most one message per patient and per address in a run.
 
     Candidates are taken in order (priority, then campaign slug, then patient id); a
-    candidate wins when no earlier one still standing shares its patient or its address,
+    candidate wins when no earlier one still standing shares its patient, its address or
+    (SMS and WhatsApp) its phone,
     and loses to the first winner it shares one with. Each round settles at least the
     first candidate left, so it ends; the usual plan takes one or two rounds.
     """
     surv = (
         patients.filter(pl.col("reason").is_null())
-        .select("campaign", "patient_id", "recipient_key", "priority")
+        .select("campaign", "patient_id", "recipient_key", "priority", "channel", "sms_key")
         .unique(["campaign", "patient_id"])
         .sort(["priority", "campaign", "patient_id"], descending=[True, False, False])
         .with_row_index("rank")
         .collect()
     )
+    # A text and a WhatsApp message reach the same phone: one of them a run.
+    phone = (pl.when(pl.col("channel").is_in(["sms", "whatsapp"]))
+             .then(pl.lit("phone:") + pl.col("sms_key").str.strip_prefix("sms:")))  # fmt: skip
     remaining = pl.concat([
         surv.select("rank", (pl.lit("patient:") + pl.col("patient_id")).alias("key")),
         surv.select("rank", pl.col("recipient_key").alias("key")),
+        surv.select("rank", phone.alias("key")).drop_nulls(),
     ]).unique()  # fmt: skip
     decided = [pl.DataFrame(schema={"rank": pl.UInt32, "by": pl.UInt32})]
     while remaining.height:

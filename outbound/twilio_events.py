@@ -173,10 +173,14 @@ def apply_status(engine: Engine, form: Mapping[str, str], now: datetime | None =
     sid = (form.get("MessageSid") or form.get("SmsSid") or "").strip()
     status = (form.get("MessageStatus") or form.get("SmsStatus") or "").strip().lower()
     code = (form.get("ErrorCode") or "").strip() or None
-    patient = advance_provider_status(engine, sid, status, code, now)
-    if patient is not None and code == "21610":
+    moved = advance_provider_status(engine, sid, status, code, now)
+    if moved is not None and code == "21610" and moved[0]:
+        patient, channel = moved
         number = (form.get("To") or "").strip()
+        # A WhatsApp message goes to `whatsapp:+61...`: the opt-out is WhatsApp's.
+        number = number.split(":", 1)[1] if number.lower().startswith("whatsapp:") else number
         with engine.begin() as conn:
             refuse_number(conn, number if re.fullmatch(r"\+[1-9][0-9]{7,14}", number) else None,
-                          [patient], UNSUBSCRIBED_SOURCE, now)  # fmt: skip
-    return patient is not None
+                          [patient], UNSUBSCRIBED_SOURCE, now,
+                          channel if channel in ("sms", "whatsapp") else "sms")  # fmt: skip
+    return moved is not None

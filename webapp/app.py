@@ -1059,8 +1059,9 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
         clinic = settings.clinic_name or "This clinic"
         if done.duplicate:
             return twiml(None)
+        kind = "WhatsApp messages" if done.channel == "whatsapp" else "text messages"
         return twiml({
-            "stop": f"{clinic}: you will get no more messages from us. Reply START to opt "
+            "stop": f"{clinic}: you will get no more {kind} from us. Reply START to opt "
                     "back in.",
             "start": f"{clinic}: you will get our messages again. Reply STOP to opt out.",
             "help": f"{clinic}: messages about your appointments and care. Reply STOP to opt "

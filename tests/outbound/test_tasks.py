@@ -167,7 +167,6 @@ def test_odd_ids_two_deliveries_at_once_and_a_url_that_is_not_safe(
     from outbound.tasks import TaskWebhook, create_tasks, tasks_for
 
     url, got, _ = receiver
-    settings = setup(make_warehouse, tmp_path, state_url, url)
     c = camp()
     # A case id with characters a header cannot carry as they are.
     made = create_tasks(engine, tasks_for(c, [("p1", "病例—1/2"), ("p2", "c2")], AS_OF))

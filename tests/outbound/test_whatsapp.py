@@ -98,3 +98,36 @@ def test_campaign_files_pair_whatsapp_with_its_templates(tmp_path):
               "variables: {'1': surname}}\n")  # fmt: skip
     with pytest.raises(CampaignError, match="whatsapp_content_sid: String should match"):
         parse("channel: whatsapp\ntemplate: {whatsapp_content_sid: HX123}\n")
+
+
+def test_a_text_and_a_whatsapp_to_the_same_phone_are_one_message_a_run(settings, engine):
+    sms_recall = Campaign.model_validate({
+        "name": "s", "segment": "seg", "channel": "sms", "template": {"local": "reactivation"},
+        "priority": 40, "schedule": {"every": "day"}, "slug": "sms-recall",
+    })  # fmt: skip
+    plan = make_plan(settings, [camp(), sms_recall], CLOCK, engine).plan
+    got = {(c, p): r for c, p, r in plan.select("campaign", "patient_id", "reason").rows()}
+    # w1 gets the WhatsApp (priority 50) and not also the text; w2 (no WhatsApp yes) gets
+    # the text; w4 replied STOP by text, so WhatsApp only.
+    assert got[("wa-recall", "w1")] == "" and got[("sms-recall", "w1")] == "lower_priority"
+    assert got[("sms-recall", "w2")] == ""
+    assert got[("wa-recall", "w4")] == "" and got[("sms-recall", "w4")] == "opted_out"
+
+
+def test_a_whatsapp_test_send_and_an_empty_variable(settings, engine, fake_twilio):
+    from outbound.channels import Recipient
+    from outbound.run import test_send
+
+    ch = TwilioWhatsApp(account_sid=SID, auth_token="t", from_number="+61400000000",
+                        base_url=fake_twilio.url)  # fmt: skip
+    assert test_send(settings, camp(), ch, "0412 999 999").ok
+    assert fake_twilio.requests[-1]["To"] == "whatsapp:+61412999999"
+    with pytest.raises(ValueError, match="is not a mobile number"):
+        test_send(settings, camp(), ch, "someone@example.com")
+    from outbound.templates import campaign_content
+
+    content = campaign_content(camp())
+    n = len(fake_twilio.requests)
+    outcome = ch.send_batch([Recipient("l", "+61412000001", {"first_name": ""})], content, [], {})
+    assert not outcome.ok and "variable(s) 1 are empty" in outcome.error
+    assert len(fake_twilio.requests) == n  # no request made

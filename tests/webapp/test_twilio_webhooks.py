@@ -81,7 +81,7 @@ def test_a_signed_stop_opts_the_number_out_once_and_start_lifts_it(hook, setting
     stop = {"MessageSid": "SM-stop-1", "From": number, "To": "+61400000000", "Body": " stop. "}
     response = post(hook, INBOUND, stop)
     assert response.status_code == 200, response.text
-    assert "Harbour Physio: you will get no more messages from us" in response.text
+    assert "Harbour Physio: you will get no more text messages from us" in response.text
     assert learned_sms(settings)[p] == "twilio STOP reply"
     assert f"sms:{number}" in refused(settings)
     # The next plan: the patient is opted out of SMS.
@@ -146,13 +146,13 @@ def test_not_configured_is_not_found(settings):
     assert client.post(INBOUND, data={"MessageSid": "x"}).status_code == 404
 
 
-def ledger_row(settings, patient_id: str, sid: str) -> str:
+def ledger_row(settings, patient_id: str, sid: str, channel: str = "sms") -> str:
     from outbound.ledger import LedgerEntry, insert_pending, new_run_id, set_status
     from outbound.run import OutboundSettings, state_engine
 
     engine = state_engine(OutboundSettings.of(settings))
-    (row,) = insert_pending(engine, [LedgerEntry("sms-recall", patient_id, patient_id, None,
-                                                 "lapsed-physio-6-12mo", "sms")], DAY,
+    (row,) = insert_pending(engine, [LedgerEntry(f"{channel}-recall", patient_id, patient_id,
+                                                 None, "lapsed-physio-6-12mo", channel)], DAY,
                             new_run_id())  # fmt: skip
     set_status(engine, [row], "sent", provider_message_id=sid)
     return row
@@ -240,3 +240,17 @@ def test_a_large_or_repeated_form_is_refused_before_anything_is_read(hook):
                          headers={"Content-Type": "application/x-www-form-urlencoded",
                                   "X-Twilio-Signature": "x"})  # fmt: skip
     assert repeated.status_code == 400
+
+
+def test_a_whatsapp_21610_opts_out_of_whatsapp_only(hook, settings):
+    from outbound.ledger import read_learned_opt_outs
+    from outbound.run import OutboundSettings, state_engine
+
+    (p, number), = patients_with_own_mobile(settings, 9)[8:]
+    ledger_row(settings, p, "SM" + "c" * 32, channel="whatsapp")
+    fields = {"MessageSid": "SM" + "c" * 32, "MessageStatus": "undelivered",
+              "ErrorCode": "21610", "To": f"whatsapp:{number}"}  # fmt: skip
+    assert post(hook, STATUS, fields).json()["moved"] is True
+    engine = state_engine(OutboundSettings.of(settings))
+    assert set(read_learned_opt_outs(engine, [p]).iter_rows()) == {(p, "whatsapp")}
+    assert f"whatsapp:{number}" in refused(settings) and f"sms:{number}" not in refused(settings)
