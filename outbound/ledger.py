@@ -682,17 +682,22 @@ def forget_opt_out(engine: Engine, patient_id: str, channel: str) -> int:
 
 
 def learned_consent_of(engine: Engine, patient_id: str) -> list[tuple[str, str, datetime]]:
-    """A patient's kept opt-outs, for people to read: (what, source, recorded at), where
-    what is a channel or `category <name>`."""
-    q = (sa.select(learned_opt_outs.c.channel, learned_opt_outs.c.source,
-                   learned_opt_outs.c.recorded_at)
-         .where(sa.func.trim(learned_opt_outs.c.patient_id) == patient_id.strip()))  # fmt: skip
-    c = category_opt_outs.c
-    qc = sa.select(c.category, c.source, c.recorded_at).where(c.patient_id == patient_id.strip())
+    """A patient's kept consent, for people to read, oldest first: (what, source, when),
+    what being e.g. `opted out of email`, `left category reactivation`, `opted in to
+    whatsapp`."""
+    pid = patient_id.strip()
+    o, c, i = learned_opt_outs.c, category_opt_outs.c, opt_ins.c
     with engine.connect() as conn:
-        rows = [(r.channel, r.source or "", _as_utc(r.recorded_at)) for r in conn.execute(q)]
-        rows += [(f"category {r.category}", r.source, _as_utc(r.recorded_at))
-                 for r in conn.execute(qc)]  # fmt: skip
+        rows = [(f"opted out of {r.channel}", r.source or "", _as_utc(r.recorded_at))
+                for r in conn.execute(sa.select(o.channel, o.source, o.recorded_at)
+                                      .where(sa.func.trim(o.patient_id) == pid))]  # fmt: skip
+        rows += [(f"left {'every category' if r.category == 'all' else 'category ' + r.category}",
+                  r.source, _as_utc(r.recorded_at))
+                 for r in conn.execute(sa.select(c.category, c.source, c.recorded_at)
+                                       .where(c.patient_id == pid))]  # fmt: skip
+        rows += [(f"opted in to {r.channel}", r.source, _as_utc(r.recorded_at))
+                 for r in conn.execute(sa.select(i.channel, i.source, i.recorded_at)
+                                       .where(i.patient_id == pid))]  # fmt: skip
     return sorted(rows, key=lambda r: r[2])
 
 

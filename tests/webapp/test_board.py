@@ -311,3 +311,28 @@ def test_the_state_store_never_puts_written_values_in_an_error(tmp_path):
         assert "0412" not in str(err)
     else:
         raise AssertionError("the duplicate was accepted")
+
+
+def test_a_card_shows_the_consent_learned_from_every_source(client_of, settings):
+    from datetime import UTC, datetime
+
+    from outbound import ledger as L
+    from outbound.run import OutboundSettings, state_engine
+    from outbound.twilio_events import STOP_SOURCE, refuse_number
+
+    desk = client_of(DESK)
+    member = picks(desk.get(f"/worklists/{LIST}").text)[2].split(":", 1)[1]
+    url = f"/worklists/{LIST}/cards/{member}"
+    before = re.search(r'<dd id="consent">(.*?)</dd>', desk.get(url).text, re.S).group(1)
+    assert before == "nothing learned beyond the practice system"
+    engine = state_engine(OutboundSettings.of(settings))
+    with engine.begin() as conn:
+        refuse_number(conn, None, [member], STOP_SOURCE, datetime(2026, 11, 20, tzinfo=UTC))
+        L.record_category_opt_outs(conn, [member], "birthdays", "preference page",
+                                   datetime(2026, 11, 21, tzinfo=UTC))  # fmt: skip
+        L.record_opt_ins(conn, [member], "whatsapp", "WhatsApp START reply",
+                         datetime(2026, 11, 22, tzinfo=UTC))  # fmt: skip
+    shown = re.search(r'<dd id="consent">(.*?)</dd>', desk.get(url).text, re.S).group(1)
+    assert shown == ("opted out of sms 2026-11-20 (twilio STOP reply); left category "
+                     "birthdays 2026-11-21 (preference page); opted in to whatsapp "
+                     "2026-11-22 (WhatsApp START reply)")  # fmt: skip
