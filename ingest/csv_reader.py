@@ -203,11 +203,17 @@ class StagedCsv:
         """Earlier occurrences of a repeated id, with where the last occurrence is.
         Blank ids are not duplicates of each other."""
         column = f"c{self.names.index(key)}"
+        # The ids that repeat are found by one hash aggregate first, so the window (which
+        # sorts) runs over those rows alone: a few, not every row of the file.
         found = self.con.sql(
             f"""
+            with keyed as (
+                select rowid, nullif(trim({column}, ' \t\r\n'), '') as k from {self.table}
+            ),
+            repeated as (select k from keyed where k is not null group by k having count(*) > 1)
             select rowid as {ROW_NUMBER}, max(rowid) over (partition by k) as winner
-            from (select rowid, nullif(trim({column}, ' \t\r\n'), '') as k from {self.table})
-            where k is not null
+            from keyed
+            where k in (select k from repeated)
             qualify {ROW_NUMBER} <> winner
             """
         ).pl()

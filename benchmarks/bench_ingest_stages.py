@@ -1,0 +1,109 @@
+"""Where one entity's ingest spends its time, stage by stage, against DuckDB's own reader.
+
+    flock /tmp/bench.lock .venv/bin/python benchmarks/bench_ingest_stages.py \
+        --extract DIR --entity appointments [--workdir /tmp/ingest-stages]
+
+Stages `DIR/<entity>.csv` as a pipeline run does (`ingest.load.stage_entity`: scan the
+layout, stage the text in DuckDB, find repeated ids, read batches back, type and
+validate them, write them), timing each stage, then, in the same process, the baseline:
+DuckDB reading the same file into a table of text columns (`read_csv`, all VARCHAR, no
+lineage, no checks). Prints each stage's seconds and share, the total, the baseline and
+their ratio, and the rows loaded and rejected. Run it twice: the first read of a large
+file may come from disk rather than the page cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import duckdb  # noqa: E402
+
+import ingest.csv_reader as csv_reader  # noqa: E402
+import ingest.load as load  # noqa: E402
+from ingest.raw_tables import create_empty_raw_tables  # noqa: E402
+
+SPENT: dict[str, float] = collections.defaultdict(float)
+
+
+def timed(name: str, fn: Callable) -> Callable:
+    def run(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            SPENT[name] += time.perf_counter() - started
+
+    return run
+
+
+def timed_iterator(name: str, fn: Callable) -> Callable:
+    def run(*args, **kwargs):
+        it = fn(*args, **kwargs)
+        while True:
+            started = time.perf_counter()
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+            finally:
+                SPENT[name] += time.perf_counter() - started
+            yield item
+
+    return run
+
+
+def instrument() -> None:
+    csv_reader.scan_layout = timed("scan the layout (numpy)", csv_reader.scan_layout)
+    csv_reader._stage = timed("stage the text (DuckDB read_csv)", csv_reader._stage)
+    csv_reader.StagedCsv.duplicates = timed("find repeated ids", csv_reader.StagedCsv.duplicates)
+    csv_reader.StagedCsv.batches = timed_iterator("read batches back",
+                                                  csv_reader.StagedCsv.batches)  # fmt: skip
+    load.process_batch = timed("type and validate (polars)", load.process_batch)
+    load.RawWriter.add = timed("write typed rows and rejects", load.RawWriter.add)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--extract", type=Path, required=True)
+    ap.add_argument("--entity", default="appointments")
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/ingest-stages"))
+    args = ap.parse_args()
+    path = args.extract / f"{args.entity}.csv"
+    if not path.is_file():
+        print(f"error: {path} does not exist", file=sys.stderr)
+        return 2
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    db = args.workdir / "stages.duckdb"
+    db.unlink(missing_ok=True)
+    instrument()
+    con = duckdb.connect(str(db))
+    create_empty_raw_tables(con)
+    started = time.perf_counter()
+    counts = load.stage_entity(con, args.entity, args.extract)
+    total = time.perf_counter() - started
+    started = time.perf_counter()
+    con.execute("create or replace table baseline as select * from read_csv(?, all_varchar = "
+                "true, header = true)", [str(path)])  # fmt: skip
+    baseline = time.perf_counter() - started
+    con.close()
+    print(f"{args.entity}: {counts.rows_in:,} rows in, {counts.loaded:,} loaded, "
+          f"{counts.rejected:,} rejected ({path.stat().st_size / 2**30:.2f} GiB)")  # fmt: skip
+    for name, seconds in sorted(SPENT.items(), key=lambda kv: -kv[1]):
+        print(f"  {name:34s} {seconds:7.1f} s  {seconds / total:6.1%}")
+    print(f"  {'other':34s} {total - sum(SPENT.values()):7.1f} s")
+    print(f"total ingest:                     {total:7.1f} s")
+    print(f"baseline, DuckDB read_csv:        {baseline:7.1f} s")
+    print(f"ratio ingest / baseline:          {total / baseline:7.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
