@@ -44,7 +44,8 @@ def post(client, path: str, fields: dict[str, str], sign_url: str | None = None,
 
 
 def patients_with_own_mobile(settings, n: int) -> list[tuple[str, str]]:
-    """(patient id, E.164 number) of patients whose mobile no other record has."""
+    """(patient id, E.164 number) of patients whose mobile no other record has and of
+    whom nothing was learned yet."""
     import duckdb
 
     from outbound.phones import e164
@@ -54,7 +55,14 @@ def patients_with_own_mobile(settings, n: int) -> list[tuple[str, str]]:
             "select patient_id, mobile from marts.patient_features where mobile is not null "
             "and mobile in (select mobile from marts.patient_features group by 1 "
             "having count(*) = 1) order by patient_id").fetchall()  # fmt: skip
-    return [(p, e164(m, "AU")) for p, m in rows][:n]
+    # Nobody of whom a test of this clinic learned anything already.
+    from outbound.ledger import read_learned_opt_outs, read_opt_ins
+    from outbound.run import OutboundSettings, state_engine
+
+    engine = state_engine(OutboundSettings.of(settings))
+    known = set(read_learned_opt_outs(engine)["patient_id"]) | set(read_opt_ins(engine)[
+        "patient_id"])  # fmt: skip
+    return [(p, e164(m, "AU")) for p, m in rows if p not in known][:n]
 
 
 def learned_sms(settings) -> dict[str, str]:
