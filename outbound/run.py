@@ -429,14 +429,10 @@ def unreadable_opt_outs(settings: OutboundSettings) -> str | None:
     )
 
 
-def records_sharing_an_address(
-    contacts: pl.DataFrame, channel: str = "email", rules: ChannelRules | None = None
-) -> dict[str, list[str]]:
+def records_sharing_an_address(keys: pl.DataFrame, channel: str) -> dict[str, list[str]]:
     """patient id → the other patient records with the same address on `channel` (only
-    for addresses that more than one record has)."""
-    keyed = address_keys(contacts, rules or ChannelRules()).select(
-        "patient_id", pl.col(f"{channel}_key").alias("key")
-    ).drop_nulls()
+    for addresses that more than one record has); `keys` is `address_keys`' frame."""
+    keyed = keys.select("patient_id", pl.col(f"{channel}_key").alias("key")).drop_nulls()
     groups = keyed.group_by("key").agg("patient_id").filter(pl.col("patient_id").list.len() > 1)
     return {
         pid: [other for other in ids if other != pid]
@@ -768,8 +764,8 @@ def _send_rows(
     keys = address_keys(planned.contacts, settings.rules, settings.timezone)
     addresses = planned.contacts.select("patient_id", "email").join(
         keys.select("patient_id", "sms_number", "zone"), on="patient_id", how="left")  # fmt: skip
-    sharing = {ch: records_sharing_an_address(planned.contacts, ch, settings.rules)
-               for ch in ("email", "sms", "whatsapp")}  # fmt: skip
+    # The address keys are worked out once, for the recipients and for who shares them.
+    sharing = {ch: records_sharing_an_address(keys, ch) for ch in ("email", "sms", "whatsapp")}
     patient_rows = patient_rows.join(addresses, on="patient_id", how="left").join(
         data, on=["patient_id", "case_id"], how="left", nulls_equal=True
     )
