@@ -22,6 +22,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from ingest.csv_layout import (
     CsvLayout,
@@ -32,6 +33,7 @@ from ingest.csv_layout import (
 )
 from ingest.entities import ROW_NUMBER, SOURCE_FILE, SOURCE_ROW, Entity
 from ingest.parse import REJECTED_SCHEMA
+from ingest.sql_typing import cleaned, quoted_name
 
 _CHUNK = 64 * 1024 * 1024
 _CR, _LF, _QUOTE = 13, 10, 34
@@ -186,29 +188,51 @@ class StagedCsv:
     rejected: pl.DataFrame  # malformed records
     records: int  # records in the file: staged + malformed
 
-    def batches(self, size: int) -> Iterator[pl.DataFrame]:
+    def batches(self, size: int, rows: np.ndarray | None = None) -> Iterator[pl.DataFrame]:
+        """The staged text in batches of `size` rows, in file order: every row, or only
+        the staged rows `rows` (ascending)."""
         renames = {f"c{i}": n for i, n in enumerate(self.names)}
-        for first in range(0, self.rows, size):
-            frame = self.con.sql(
-                f"select * from {self.table} where rowid >= {first} and rowid < {first + size} "
-                "order by rowid"
-            ).pl()
+        count = self.rows if rows is None else len(rows)
+        for first in range(0, count, size):
+            if rows is None:
+                frame = self.con.sql(
+                    f"select rowid as {ROW_NUMBER}, * from {self.table} "
+                    f"where rowid >= {first} and rowid < {first + size} order by rowid"
+                ).pl()
+            else:
+                wanted = pa.table({"r": rows[first : first + size]})
+                self.con.register("_wanted_rows", wanted)
+                try:
+                    frame = self.con.sql(
+                        f"select rowid as {ROW_NUMBER}, * from {self.table} "
+                        "where rowid in (select r from _wanted_rows) order by rowid"
+                    ).pl()
+                finally:
+                    self.con.unregister("_wanted_rows")
+            row = frame[ROW_NUMBER].to_numpy()
             yield frame.rename(renames).with_columns(
                 pl.lit(str(self.path)).alias(SOURCE_FILE),
-                pl.Series(SOURCE_ROW, self.physical[first : first + frame.height], dtype=pl.Int64),
-                pl.int_range(first, first + frame.height, dtype=pl.Int64).alias(ROW_NUMBER),
+                pl.Series(SOURCE_ROW, self.physical[row], dtype=pl.Int64),
             )
+
+    def cleaned_text(self) -> str:
+        """SQL for the staged rows as cleaned text under their column names, with each
+        row's staged index as `__staged_row`."""
+        columns = ", ".join(
+            f"{cleaned(f'c{i}')} as {quoted_name(name)}" for i, name in enumerate(self.names)
+        )
+        return f"select {columns}, rowid as __staged_row from {self.table}"
 
     def duplicates(self, key: str) -> pl.DataFrame:
         """Earlier occurrences of a repeated id, with where the last occurrence is.
         Blank ids are not duplicates of each other."""
-        column = f"c{self.names.index(key)}"
+        key_text = cleaned(f"c{self.names.index(key)}")
         # The ids that repeat are found by one hash aggregate first, so the window (which
         # sorts) runs over those rows alone: a few, not every row of the file.
         found = self.con.sql(
             f"""
             with keyed as (
-                select rowid, nullif(trim({column}, ' \t\r\n'), '') as k from {self.table}
+                select rowid, {key_text} as k from {self.table}
             ),
             repeated as (select k from keyed where k is not null group by k having count(*) > 1)
             select rowid as {ROW_NUMBER}, max(rowid) over (partition by k) as winner

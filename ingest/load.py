@@ -19,10 +19,12 @@ from datetime import date
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from ingest import cliniko
-from ingest.csv_reader import ExtractFileError, stage_csv
+from ingest.csv_reader import ExtractFileError, StagedCsv, stage_csv
 from ingest.entities import (
     DELETED_AT,
     ENTITIES,
@@ -36,6 +38,7 @@ from ingest.parse import REJECTED_SCHEMA, clean_frame, parse_entity, typed_schem
 from ingest.raw_tables import raw_columns_ddl, rejected_columns_ddl
 from ingest.schemas import validate
 from ingest.sources import check_file_names, check_format, entity_source
+from ingest.sql_typing import line_numbers, quoted_name, sql_text, typed_select
 
 BATCH_ROWS = 1_000_000
 DUPLICATES_SCHEMA = {ROW_NUMBER: pl.Int64, "winner_file": pl.String, "winner_row": pl.Int64}
@@ -165,6 +168,47 @@ class RawWriter:
         con.execute("CREATE SCHEMA IF NOT EXISTS raw")
         con.execute(f"CREATE OR REPLACE TABLE {self.building} ({raw_columns_ddl(ent)}{extra_ddl})")
 
+    def add_typed_in_sql(
+        self, staged: StagedCsv, duplicates: pl.DataFrame, as_of: date | None
+    ) -> np.ndarray:
+        """Type the staged rows whose text has a plain shape in one SQL statement
+        (`ingest.sql_typing`); returns the staged rows left for `add` (text of another
+        shape, a check failed, or an earlier copy of a repeated id), ascending."""
+        names = set(staged.names)
+        select = typed_select(self.ent, names & set(self.ent.column_names), as_of)
+        extras = [n for n in staged.names if n not in self.ent.column_names]
+        line = line_numbers(staged.physical, "s.__staged_row")
+        values = [f"{sql} as {quoted_name(name)}" for name, sql in select.values.items()]
+        values += [quoted_name(name) for name in extras]
+        runs = ""
+        if line.runs is not None:
+            self.con.register("_line_runs", pa.table(line.runs))
+            runs = " asof join _line_runs __runs on s.__staged_row >= __runs.first_row"
+        self.con.execute(f"alter table {self.building} add column __staged_row bigint")
+        self.con.execute(f"alter table {self.building} add column __undecided boolean")
+        try:
+            self.con.execute(
+                f"insert into {self.building} by name "
+                f"select {', '.join(values)}, {sql_text(str(staged.path))} as {SOURCE_FILE}, "
+                f"{line.expression} as {SOURCE_ROW}, s.__staged_row, "
+                f"coalesce(not ({select.decided}), true) as __undecided "
+                f"from ({staged.cleaned_text()}) s{runs}"
+            )
+            self.con.register("_earlier_copies", duplicates.select(ROW_NUMBER).to_arrow())
+            left = f"__undecided or __staged_row in (select {ROW_NUMBER} from _earlier_copies)"
+            undecided = self.con.sql(
+                f"select __staged_row from {self.building} where {left} order by __staged_row"
+            ).fetchnumpy()["__staged_row"]
+            self.con.execute(f"delete from {self.building} where {left}")
+            self.con.unregister("_earlier_copies")
+        finally:
+            if line.runs is not None:
+                self.con.unregister("_line_runs")
+        self.con.execute(f"alter table {self.building} drop column __staged_row")
+        self.con.execute(f"alter table {self.building} drop column __undecided")
+        self.loaded += staged.rows - len(undecided)
+        return np.asarray(undecided, dtype=np.int64)
+
     def add(self, valid: pl.DataFrame, rejected: pl.DataFrame) -> None:
         if valid.height:
             self.con.register("_loaded", valid.to_arrow())
@@ -259,11 +303,14 @@ def stage_entity(
     batch_rows: int = BATCH_ROWS,
     as_of: date | None = None,
     accept_incomplete: bool = False,
+    sql_typing: bool = True,
 ) -> LoadCounts:
     """Read, type and validate one entity into its side tables (nothing is replaced yet).
 
     `as_of` is the day the extract describes (dates of birth may not lie after it);
-    `accept_incomplete` loads a Cliniko pull whose pages do not add up, on purpose.
+    `accept_incomplete` loads a Cliniko pull whose pages do not add up, on purpose. A CSV
+    file's rows of plain text are typed in SQL and the rest in polars; `sql_typing=False`
+    sends every row through polars (the reference the SQL path is tested against).
     """
     ent = entity(name)
     extract_dir = Path(extract_dir)
@@ -287,15 +334,17 @@ def stage_entity(
     try:
         extras = [n for n in staged.names if n not in ent.column_names]
         missing = [c for c in ent.column_names if c not in staged.names]
-        batches = (
-            b.with_columns(pl.lit(None, dtype=pl.String).alias(c) for c in missing)
-            for b in staged.batches(batch_rows)
-        )
         duplicates = staged.duplicates(ent.key) if ent.key else no_duplicates
-        return write_batches(
-            con, ent, batches, extras, duplicates, staged.rejected, staged.records,
-            str(found.path), as_of,
-        )  # fmt: skip
+        writer = RawWriter(con, ent, extras)
+        try:
+            left = writer.add_typed_in_sql(staged, duplicates, as_of) if sql_typing else None
+            for batch in staged.batches(batch_rows, left):
+                batch = batch.with_columns(pl.lit(None, dtype=pl.String).alias(c) for c in missing)
+                writer.add(*process_batch(batch, ent, duplicates, as_of))
+            return writer.finish(staged.rejected, staged.records, str(found.path))
+        except BaseException:
+            discard(con, ent.name)
+            raise
     finally:
         staged.drop()
 
@@ -308,11 +357,13 @@ def load_entity(
     batch_rows: int = BATCH_ROWS,
     as_of: date | None = None,
     before_swap: BeforeSwap | None = None,
+    sql_typing: bool = True,
 ) -> LoadResult:
     """Stage and publish one entity on its own (tests, tools); a pipeline run loads the
     whole extract with `load_all`, so that it is swapped in as one."""
     started = time.perf_counter()
-    counts = stage_entity(con, name, extract_dir, fmt, batch_rows, as_of)
+    counts = stage_entity(con, name, extract_dir, fmt, batch_rows, as_of,
+                          sql_typing=sql_typing)  # fmt: skip
     publish(con, [counts], before_swap)
     return _result(counts, time.perf_counter() - started)
 
