@@ -4,12 +4,12 @@
         --extract DIR --entity appointments [--workdir /tmp/ingest-stages]
 
 Stages `DIR/<entity>.csv` as a pipeline run does (`ingest.load.stage_entity`: scan the
-layout, stage the text in DuckDB, find repeated ids, type the rows of plain text in SQL
-and the rest in polars), timing each stage, then, in the same process, the baseline:
-DuckDB reading the same file into a table of the contract's column types (`read_csv`, no
-lineage, no checks, bad values skipped). Prints each stage's seconds and share, the
-total, the baseline and their ratio, and the rows loaded and rejected. Run it twice: the
-first read of a large file may come from disk rather than the page cache.
+layout, read the file with DuckDB typing the plain text in SQL, number the lines, find
+repeated ids, decide the other rows in polars), timing each stage, then, in the same
+process, the baseline: DuckDB reading the same file into a table of the contract's column
+types (`read_csv`, no lineage, no checks, bad values skipped). Prints each stage's seconds
+and share, the total, the baseline and their ratio, and the rows loaded and rejected. Run
+it twice: the first read of a large file may come from disk rather than the page cache.
 """
 
 from __future__ import annotations
@@ -63,14 +63,16 @@ def timed_iterator(name: str, fn: Callable) -> Callable:
 
 def instrument() -> None:
     csv_reader.scan_layout = timed("scan the layout (numpy)", csv_reader.scan_layout)
-    csv_reader._stage = timed("stage the text (DuckDB read_csv)", csv_reader._stage)
-    csv_reader.StagedCsv.duplicates = timed("find repeated ids", csv_reader.StagedCsv.duplicates)
-    csv_reader.StagedCsv.batches = timed_iterator("read batches back",
-                                                  csv_reader.StagedCsv.batches)  # fmt: skip
-    load.RawWriter.add_typed_in_sql = timed("type plain rows in SQL",
-                                            load.RawWriter.add_typed_in_sql)  # fmt: skip
-    load.process_batch = timed("type and validate the rest (polars)", load.process_batch)
-    load.RawWriter.add = timed("write typed rows and rejects", load.RawWriter.add)
+    load.CsvRows.write = timed("read, type in SQL and write (DuckDB)", load.CsvRows.write)
+    load.CsvRows.number_lines = timed("number the lines", load.CsvRows.number_lines)
+    load.CsvRows.earlier_copies = timed("find repeated ids", load.CsvRows.earlier_copies)
+    load.CsvRows.left_for_polars = timed("find the rows left for polars",
+                                         load.CsvRows.left_for_polars)  # fmt: skip
+    load.CsvRows.text_batches = timed_iterator("read their text back",
+                                               load.CsvRows.text_batches)  # fmt: skip
+    load.process_batch = timed("type and validate them (polars)", load.process_batch)
+    load.RawWriter.add = timed("write polars' rows", load.RawWriter.add)
+    load.CsvRows.settle = timed("settle the side table", load.CsvRows.settle)
 
 
 def baseline_seconds(con: duckdb.DuckDBPyConnection, path: Path, name: str) -> float:

@@ -15,14 +15,13 @@ from __future__ import annotations
 import csv
 import io
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import polars as pl
-import pyarrow as pa
 
 from ingest.csv_layout import (
     CsvLayout,
@@ -31,9 +30,8 @@ from ingest.csv_layout import (
     record_text,
     scan_layout,
 )
-from ingest.entities import ROW_NUMBER, SOURCE_FILE, SOURCE_ROW, Entity
+from ingest.entities import Entity
 from ingest.parse import REJECTED_SCHEMA
-from ingest.sql_typing import cleaned, quoted_name
 
 _CHUNK = 64 * 1024 * 1024
 _CR, _LF, _QUOTE = 13, 10, 34
@@ -142,25 +140,47 @@ UNCLOSED_REASON = (
 )
 
 
+def text_column(index: int) -> str:
+    """The name of a file's field while it is text (header names never start with '_')."""
+    return f"__c{index}"
+
+
+@dataclass(frozen=True)
+class TextSource:
+    """The good records of a file as a query of text columns `text_column(i)`, in file
+    order (a `read_csv` call or a table), for a `WriteRecords` to put where it wants."""
+
+    sql: str
+    params: list
+    # The same records for a look that must not record rejects a second time.
+    look_sql: str
+    look_params: list
+
+
+# Puts every record of the source into the staged table (replacing what it held).
+WriteRecords = Callable[[TextSource], None]
+
+
 def _stage(
-    con: duckdb.DuckDBPyConnection, path: Path, table: str, field_count: int, max_line: int
+    con: duckdb.DuckDBPyConnection, path: Path, write: WriteRecords, rejects_name: str,
+    field_count: int, max_line: int,
 ) -> pl.DataFrame:
-    """Copy the good records of `path` as text columns c0..cN into `table` (file order is
-    the table's rowid order); return DuckDB's rejects (strict RFC 4180)."""
-    positional = {f"c{i}": "VARCHAR" for i in range(field_count)}
-    stem = table.rsplit(".", 1)[-1]  # rejects tables are temporary: no schema
-    rejects, scans = f"{stem}_rejects", f"{stem}_scans"
+    """Give the good records of `path` to `write` (file order is the order DuckDB reads
+    them in); return DuckDB's rejects (strict RFC 4180)."""
+    positional = {text_column(i): "VARCHAR" for i in range(field_count)}
+    rejects, scans = f"{rejects_name}_rejects", f"{rejects_name}_scans"
     max_line = max(_DEFAULT_MAX_LINE, max_line + 1024)
     # DuckDB needs its read buffer to hold at least one whole record.
     buffer = max(16 * 1024 * 1024, 2 * max_line)
-    con.execute(
-        f"create or replace table {table} as select * from read_csv(?, header = true, "
-        "auto_detect = false, columns = ?, delim = ',', quote = '\"', escape = '\"', "
-        f"all_varchar = true, store_rejects = true, rejects_table = '{rejects}', "
-        f"rejects_scan = '{scans}', strict_mode = true, max_line_size = {max_line}, "
-        f"buffer_size = {buffer})",
-        [str(path), positional],
+    options = (
+        "header = true, auto_detect = false, columns = ?, delim = ',', quote = '\"', "
+        f"escape = '\"', all_varchar = true, strict_mode = true, max_line_size = {max_line}, "
+        f"buffer_size = {buffer}"
     )
+    recording = f", store_rejects = true, rejects_table = '{rejects}', rejects_scan = '{scans}'"
+    params = [str(path), positional]
+    write(TextSource(f"read_csv(?, {options}{recording})", params,
+                     f"read_csv(?, {options}, ignore_errors = true)", params))  # fmt: skip
     try:
         return con.sql(
             f"select line_byte_position as position, error_type, error_message "
@@ -173,13 +193,9 @@ def _stage(
 
 @dataclass
 class StagedCsv:
-    """A CSV file copied into a staging table of the warehouse, read back in batches.
+    """A CSV file whose good records a `WriteRecords` has put in `table` (in file order,
+    so a record's rowid is its index among the good records)."""
 
-    Staging keeps memory flat however large the file: only one batch of rows is in
-    Python at a time, and the whole-file questions (which ids repeat) are answered in SQL.
-    """
-
-    con: duckdb.DuckDBPyConnection
     table: str
     path: Path
     names: list[str]
@@ -187,68 +203,6 @@ class StagedCsv:
     physical: np.ndarray  # line number of each staged record, by rowid
     rejected: pl.DataFrame  # malformed records
     records: int  # records in the file: staged + malformed
-
-    def batches(self, size: int, rows: np.ndarray | None = None) -> Iterator[pl.DataFrame]:
-        """The staged text in batches of `size` rows, in file order: every row, or only
-        the staged rows `rows` (ascending)."""
-        renames = {f"c{i}": n for i, n in enumerate(self.names)}
-        count = self.rows if rows is None else len(rows)
-        for first in range(0, count, size):
-            if rows is None:
-                frame = self.con.sql(
-                    f"select rowid as {ROW_NUMBER}, * from {self.table} "
-                    f"where rowid >= {first} and rowid < {first + size} order by rowid"
-                ).pl()
-            else:
-                wanted = pa.table({"r": rows[first : first + size]})
-                self.con.register("_wanted_rows", wanted)
-                try:
-                    frame = self.con.sql(
-                        f"select rowid as {ROW_NUMBER}, * from {self.table} "
-                        "where rowid in (select r from _wanted_rows) order by rowid"
-                    ).pl()
-                finally:
-                    self.con.unregister("_wanted_rows")
-            row = frame[ROW_NUMBER].to_numpy()
-            yield frame.rename(renames).with_columns(
-                pl.lit(str(self.path)).alias(SOURCE_FILE),
-                pl.Series(SOURCE_ROW, self.physical[row], dtype=pl.Int64),
-            )
-
-    def cleaned_text(self) -> str:
-        """SQL for the staged rows as cleaned text under their column names, with each
-        row's staged index as `__staged_row`."""
-        columns = ", ".join(
-            f"{cleaned(f'c{i}')} as {quoted_name(name)}" for i, name in enumerate(self.names)
-        )
-        return f"select {columns}, rowid as __staged_row from {self.table}"
-
-    def duplicates(self, key: str) -> pl.DataFrame:
-        """Earlier occurrences of a repeated id, with where the last occurrence is.
-        Blank ids are not duplicates of each other."""
-        key_text = cleaned(f"c{self.names.index(key)}")
-        # The ids that repeat are found by one hash aggregate first, so the window (which
-        # sorts) runs over those rows alone: a few, not every row of the file.
-        found = self.con.sql(
-            f"""
-            with keyed as (
-                select rowid, {key_text} as k from {self.table}
-            ),
-            repeated as (select k from keyed where k is not null group by k having count(*) > 1)
-            select rowid as {ROW_NUMBER}, max(rowid) over (partition by k) as winner
-            from keyed
-            where k in (select k from repeated)
-            qualify {ROW_NUMBER} <> winner
-            """
-        ).pl()
-        return found.select(
-            pl.col(ROW_NUMBER),
-            pl.lit(str(self.path)).alias("winner_file"),
-            pl.Series("winner_row", self.physical[found["winner"].to_numpy()], dtype=pl.Int64),
-        )
-
-    def drop(self) -> None:
-        self.con.execute(f"drop table if exists {self.table}")
 
 
 def copy_with_lf_line_ends(source: Path, target: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -324,7 +278,7 @@ def _reasons(errors: pl.DataFrame, field_count: int) -> list[str]:
 
 def _python_split(
     con: duckdb.DuckDBPyConnection, source: Path, layout: CsvLayout, keep: np.ndarray,
-    table: str, field_count: int,
+    write: WriteRecords, field_count: int,
 ) -> tuple[np.ndarray, list[str]]:
     """Split the scanned records `keep` into fields with Python's csv parser and stage them.
 
@@ -360,12 +314,12 @@ def _python_split(
             staged.append(index)
             reasons.append("")
     frame = pl.DataFrame(
-        {f"c{i}": values for i, values in enumerate(columns)},
-        schema={f"c{i}": pl.String for i in range(field_count)},
+        {text_column(i): values for i, values in enumerate(columns)},
+        schema={text_column(i): pl.String for i in range(field_count)},
     )
     con.register("_python_split", frame.to_arrow())
     try:
-        con.execute(f"create or replace table {table} as select * from _python_split")
+        write(TextSource("_python_split", [], "_python_split", []))
     finally:
         con.unregister("_python_split")
     return np.array(staged, dtype=np.int64), reasons
@@ -375,7 +329,8 @@ def _parse(
     con: duckdb.DuckDBPyConnection,
     source: Path,
     folder: Path,
-    table: str,
+    write: WriteRecords,
+    rejects_name: str,
     field_count: int,
     layout: CsvLayout,
     changed: np.ndarray,
@@ -388,7 +343,8 @@ def _parse(
     if len(withheld):
         parsed_from = folder / f"closed-{source.name}"
         offsets = blank_out_lines(source, parsed_from, layout, withheld)
-    errors = _stage(con, parsed_from, table, field_count, layout.max_record_bytes())
+    errors = _stage(con, parsed_from, write, rejects_name, field_count,
+                    layout.max_record_bytes())  # fmt: skip
     return layout, errors, offsets
 
 
@@ -404,13 +360,19 @@ def withheld_lines(layout: CsvLayout, changed: np.ndarray) -> np.ndarray:
     return np.unique(np.concatenate([layout.unclosed_lines, *spans])).astype(np.int64)
 
 
-def stage_csv(con: duckdb.DuckDBPyConnection, path: Path, ent: Entity) -> StagedCsv:
-    """Stage `path` in the warehouse as text, named per the contract, with line numbers."""
-    header = read_header(path)
-    names = match_columns(path, header, ent)
-    table = f"raw.__staging_{ent.name}"
+def column_names(path: Path, ent: Entity) -> list[str]:
+    """The name of each column of the file, as the contract spells it (extra columns keep
+    their own)."""
+    return match_columns(path, read_header(path), ent)
+
+
+def stage_csv(
+    con: duckdb.DuckDBPyConnection, path: Path, ent: Entity, names: list[str],
+    write: WriteRecords, table: str,
+) -> StagedCsv:
+    """Give the good records of `path` (columns `names`, from `column_names`) to `write`,
+    which puts them in `table`; find the line of each and the reason for each bad one."""
     field_count = len(names)
-    con.execute("create schema if not exists raw")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         layout = scan_layout(path, field_count)
@@ -427,8 +389,8 @@ def stage_csv(con: duckdb.DuckDBPyConnection, path: Path, ent: Entity) -> Staged
             # rejected rather than loaded changed.
             changed = layout.record_first_line[layout.records_spanning(inner_crs)]
         try:
-            layout, errors, offsets = _parse(con, source, folder, table, field_count, layout,
-                                             changed)  # fmt: skip
+            layout, errors, offsets = _parse(con, source, folder, write, f"staging_{ent.name}",
+                                             field_count, layout, changed)  # fmt: skip
         except duckdb.Error as err:
             raise ExtractFileError(f"{path}: the file could not be read as CSV: {err}") from None
         rows = con.execute(f"select count(*) from {table}").fetchall()[0][0]
@@ -457,7 +419,7 @@ def stage_csv(con: duckdb.DuckDBPyConnection, path: Path, ent: Entity) -> Staged
             good = np.flatnonzero(~bad & ~withheld)
             rejected_index, rejected_reason = index, _reasons(first_errors, field_count)
         else:
-            good, split_reasons = _python_split(con, source, layout, parsed, table, field_count)
+            good, split_reasons = _python_split(con, source, layout, parsed, write, field_count)
             rows = len(good)
             failed = [i for i, r in enumerate(split_reasons) if r]
             rejected_index = parsed[failed] if failed else np.zeros(0, np.int64)
@@ -474,7 +436,6 @@ def stage_csv(con: duckdb.DuckDBPyConnection, path: Path, ent: Entity) -> Staged
         # The rejected records' text is read from the original file, exactly as it is.
         rejected = _rejected_frame(path, layout, all_rejected, reasons, shortened)
     return StagedCsv(
-        con=con,
         table=table,
         path=path,
         names=names,

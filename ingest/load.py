@@ -13,7 +13,7 @@ large the extract is.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -24,7 +24,14 @@ import polars as pl
 import pyarrow as pa
 
 from ingest import cliniko
-from ingest.csv_reader import ExtractFileError, StagedCsv, stage_csv
+from ingest.csv_reader import (
+    ExtractFileError,
+    StagedCsv,
+    TextSource,
+    column_names,
+    stage_csv,
+    text_column,
+)
 from ingest.entities import (
     DELETED_AT,
     ENTITIES,
@@ -38,9 +45,10 @@ from ingest.parse import REJECTED_SCHEMA, clean_frame, parse_entity, typed_schem
 from ingest.raw_tables import raw_columns_ddl, rejected_columns_ddl
 from ingest.schemas import validate
 from ingest.sources import check_file_names, check_format, entity_source
-from ingest.sql_typing import line_numbers, quoted_name, sql_text, typed_select
+from ingest.sql_typing import cleaned, quoted_name, sql_text, typed_select
 
 BATCH_ROWS = 1_000_000
+KEPT_TEXT = "__text_"  # the side table's columns of text kept for polars, while loading
 DUPLICATES_SCHEMA = {ROW_NUMBER: pl.Int64, "winner_file": pl.String, "winner_row": pl.Int64}
 LINEAGE = (SOURCE_FILE, SOURCE_ROW, ROW_NUMBER, DELETED_AT)
 
@@ -164,50 +172,15 @@ class RawWriter:
         self.loaded = 0
         self.rejected: list[pl.DataFrame] = []
         self.building = side_table(ent.name)
-        extra_ddl = "".join(f', "{c}" VARCHAR' for c in extras)
+        self.columns_ddl = raw_columns_ddl(ent) + "".join(f', "{c}" VARCHAR' for c in extras)
         con.execute("CREATE SCHEMA IF NOT EXISTS raw")
-        con.execute(f"CREATE OR REPLACE TABLE {self.building} ({raw_columns_ddl(ent)}{extra_ddl})")
+        self.create()
 
-    def add_typed_in_sql(
-        self, staged: StagedCsv, duplicates: pl.DataFrame, as_of: date | None
-    ) -> np.ndarray:
-        """Type the staged rows whose text has a plain shape in one SQL statement
-        (`ingest.sql_typing`); returns the staged rows left for `add` (text of another
-        shape, a check failed, or an earlier copy of a repeated id), ascending."""
-        names = set(staged.names)
-        select = typed_select(self.ent, names & set(self.ent.column_names), as_of)
-        extras = [n for n in staged.names if n not in self.ent.column_names]
-        line = line_numbers(staged.physical, "s.__staged_row")
-        values = [f"{sql} as {quoted_name(name)}" for name, sql in select.values.items()]
-        values += [quoted_name(name) for name in extras]
-        runs = ""
-        if line.runs is not None:
-            self.con.register("_line_runs", pa.table(line.runs))
-            runs = " asof join _line_runs __runs on s.__staged_row >= __runs.first_row"
-        self.con.execute(f"alter table {self.building} add column __staged_row bigint")
-        self.con.execute(f"alter table {self.building} add column __undecided boolean")
-        try:
-            self.con.execute(
-                f"insert into {self.building} by name "
-                f"select {', '.join(values)}, {sql_text(str(staged.path))} as {SOURCE_FILE}, "
-                f"{line.expression} as {SOURCE_ROW}, s.__staged_row, "
-                f"coalesce(not ({select.decided}), true) as __undecided "
-                f"from ({staged.cleaned_text()}) s{runs}"
-            )
-            self.con.register("_earlier_copies", duplicates.select(ROW_NUMBER).to_arrow())
-            left = f"__undecided or __staged_row in (select {ROW_NUMBER} from _earlier_copies)"
-            undecided = self.con.sql(
-                f"select __staged_row from {self.building} where {left} order by __staged_row"
-            ).fetchnumpy()["__staged_row"]
-            self.con.execute(f"delete from {self.building} where {left}")
-            self.con.unregister("_earlier_copies")
-        finally:
-            if line.runs is not None:
-                self.con.unregister("_line_runs")
-        self.con.execute(f"alter table {self.building} drop column __staged_row")
-        self.con.execute(f"alter table {self.building} drop column __undecided")
-        self.loaded += staged.rows - len(undecided)
-        return np.asarray(undecided, dtype=np.int64)
+    def create(self, bookkeeping: str = "") -> None:
+        """(Re)create the empty side table, with `bookkeeping` columns for while it fills."""
+        self.con.execute(
+            f"CREATE OR REPLACE TABLE {self.building} ({self.columns_ddl}{bookkeeping})"
+        )
 
     def add(self, valid: pl.DataFrame, rejected: pl.DataFrame) -> None:
         if valid.height:
@@ -230,6 +203,152 @@ class RawWriter:
         finally:
             self.con.unregister("_rejected")
         return LoadCounts(self.ent.name, rows_in, self.loaded, rejected.height, source)
+
+
+class CsvRows:
+    """Puts the good records of a CSV file in the entity's side table, in one pass of
+    DuckDB's reader: every value of plain text typed in SQL (`ingest.sql_typing`), and
+    every row that SQL does not decide kept with its text beside it, for polars.
+
+    Polars decides a row whose text has another shape or fails a check, and every earlier
+    copy of a repeated id (rejected as replaced; its text is kept too: the ids that repeat
+    are counted first, by a quick look at the file's id column). Those rows then leave the
+    side table and come back as polars loads or rejects them, so which rows are loaded,
+    which are rejected and why is exactly what polars alone would say.
+    """
+
+    def __init__(
+        self, con: duckdb.DuckDBPyConnection, writer: RawWriter, names: list[str],
+        path: Path, as_of: date | None, sql_typing: bool,
+    ) -> None:  # fmt: skip
+        self.con, self.writer, self.names, self.path = con, writer, names, path
+        ent = writer.ent
+        present = set(names) & set(ent.column_names)
+        self.select = typed_select(ent, present, as_of)
+        self.decided = self.select.decided if sql_typing else "false"
+        self.key = cleaned(text_column(names.index(ent.key))) if ent.key else None
+
+    def write(self, source: TextSource) -> None:
+        table = self.writer.building
+        # Afresh each time (a second reading replaces the first): a row's rowid is then its
+        # index among the file's good records.
+        kept = "".join(f", {KEPT_TEXT}{i} VARCHAR" for i in range(len(self.names)))
+        self.writer.create(", __undecided BOOLEAN" + kept)
+        repeated = "false"
+        if self.key is not None:
+            self.con.execute(
+                f"create or replace temp table __repeated_ids as select k from (select "
+                f"{self.key} as k from {source.look_sql}) where k is not null group by k "
+                "having count(*) > 1",
+                source.look_params,
+            )
+            repeated = f"{self.key} in (select k from __repeated_ids)"
+        texts = ", ".join(
+            f"{cleaned(text_column(i))} as {quoted_name(name)}, {text_column(i)}"
+            for i, name in enumerate(self.names)
+        )
+        values = [f"{sql} as {quoted_name(name)}" for name, sql in self.select.values.items()]
+        values += [quoted_name(n) for n in self.names if n not in self.writer.ent.column_names]
+        undecided = f"not coalesce({self.decided}, false)"
+        kept = ", ".join(
+            f"case when {undecided} or __repeated then {text_column(i)} end as {KEPT_TEXT}{i}"
+            for i in range(len(self.names))
+        )
+        self.con.execute(
+            f"insert into {table} by name select {', '.join(values)}, "
+            f"{sql_text(str(self.path))} as {SOURCE_FILE}, {undecided} as __undecided, {kept} "
+            f"from (select {texts}, {repeated} as __repeated from {source.sql})",
+            source.params,
+        )
+
+    def number_lines(self, physical: np.ndarray) -> None:
+        """Every row's line: `physical[rowid]`, set run by run (the gap between a row's
+        index and its line only grows, so a file has few runs of equal gaps)."""
+        if not len(physical):
+            return
+        gap = physical - np.arange(len(physical), dtype=np.int64)
+        starts = np.concatenate([[0], np.flatnonzero(np.diff(gap)) + 1]).astype(np.int64)
+        ends = np.append(starts[1:], len(physical)).astype(np.int64)
+        runs = pa.table({"first_row": starts, "end_row": ends, "gap": gap[starts]})
+        self.con.register("_line_runs", runs)
+        try:
+            table = self.writer.building
+            self.con.execute(
+                f"update {table} set {SOURCE_ROW} = {table}.rowid + r.gap from _line_runs r "
+                f"where {table}.rowid >= r.first_row and {table}.rowid < r.end_row"
+            )
+        finally:
+            self.con.unregister("_line_runs")
+
+    def earlier_copies(self, staged: StagedCsv) -> pl.DataFrame:
+        """Earlier occurrences of a repeated id, with where the last occurrence is. Blank
+        ids are not duplicates of each other."""
+        ent = self.writer.ent
+        if ent.key is None:
+            return pl.DataFrame(schema=DUPLICATES_SCHEMA)
+        key = quoted_name(ent.key)
+        found = self.con.sql(
+            f"select rowid as {ROW_NUMBER}, max(rowid) over (partition by {key}) as winner "
+            f"from {self.writer.building} where {key} in (select k from __repeated_ids) "
+            f"qualify {ROW_NUMBER} <> winner"
+        ).pl()
+        self.con.execute("drop table if exists __repeated_ids")
+        return found.select(
+            pl.col(ROW_NUMBER),
+            pl.lit(str(staged.path)).alias("winner_file"),
+            pl.Series("winner_row", staged.physical[found["winner"].to_numpy()], dtype=pl.Int64),
+        )
+
+    def left_for_polars(self, earlier: pl.DataFrame) -> np.ndarray:
+        """The rows polars decides, ascending; they leave the side table (their text is
+        returned by `text_batches` first)."""
+        self.con.register("_earlier_copies", earlier.select(ROW_NUMBER).to_arrow())
+        try:
+            return self.con.sql(
+                f"select rowid from {self.writer.building} where __undecided or rowid in "
+                f"(select {ROW_NUMBER} from _earlier_copies) order by rowid"
+            ).fetchnumpy()["rowid"].astype(np.int64)
+        finally:
+            self.con.unregister("_earlier_copies")
+
+    def text_batches(
+        self, staged: StagedCsv, rows: np.ndarray, size: int
+    ) -> Iterator[pl.DataFrame]:
+        """The text of `rows` (ascending) in batches of `size`, as read from the file, with
+        the lineage columns polars needs; the declared columns the file lacks are null."""
+        missing = [c for c in self.writer.ent.column_names if c not in self.names]
+        columns = ", ".join(
+            f"{KEPT_TEXT}{i} as {quoted_name(name)}" for i, name in enumerate(self.names)
+        )
+        for first in range(0, len(rows), size):
+            self.con.register("_wanted_rows", pa.table({"r": rows[first : first + size]}))
+            try:
+                frame = self.con.sql(
+                    f"select rowid as {ROW_NUMBER}, {columns} from {self.writer.building} "
+                    "where rowid in (select r from _wanted_rows) order by rowid"
+                ).pl()
+            finally:
+                self.con.unregister("_wanted_rows")
+            yield frame.with_columns(
+                pl.lit(str(staged.path)).alias(SOURCE_FILE),
+                pl.Series(SOURCE_ROW, staged.physical[frame[ROW_NUMBER].to_numpy()],
+                          dtype=pl.Int64),
+                *(pl.lit(None, dtype=pl.String).alias(c) for c in missing),
+            )  # fmt: skip
+
+    def settle(self, left: np.ndarray, staged: StagedCsv) -> None:
+        """Remove the rows polars decided (it added the ones it loads again) and the
+        columns that served the decision."""
+        table = self.writer.building
+        self.con.register("_left_rows", pa.table({"r": left}))
+        try:
+            self.con.execute(f"delete from {table} where rowid in (select r from _left_rows)")
+        finally:
+            self.con.unregister("_left_rows")
+        self.con.execute(f"alter table {table} drop column __undecided")
+        for i in range(len(self.names)):
+            self.con.execute(f"alter table {table} drop column {KEPT_TEXT}{i}")
+        self.writer.loaded += staged.rows - len(left)
 
 
 def discard(con: duckdb.DuckDBPyConnection, name: str) -> None:
@@ -330,23 +449,23 @@ def stage_entity(
         return write_batches(
             con, ent, [text], [], duplicates, reader_rejects, rows_in, source, as_of
         )
-    staged = stage_csv(con, found.path, ent)
+    names = column_names(found.path, ent)
+    writer = RawWriter(con, ent, [n for n in names if n not in ent.column_names])
     try:
-        extras = [n for n in staged.names if n not in ent.column_names]
-        missing = [c for c in ent.column_names if c not in staged.names]
-        duplicates = staged.duplicates(ent.key) if ent.key else no_duplicates
-        writer = RawWriter(con, ent, extras)
-        try:
-            left = writer.add_typed_in_sql(staged, duplicates, as_of) if sql_typing else None
-            for batch in staged.batches(batch_rows, left):
-                batch = batch.with_columns(pl.lit(None, dtype=pl.String).alias(c) for c in missing)
-                writer.add(*process_batch(batch, ent, duplicates, as_of))
-            return writer.finish(staged.rejected, staged.records, str(found.path))
-        except BaseException:
-            discard(con, ent.name)
-            raise
-    finally:
-        staged.drop()
+        rows = CsvRows(con, writer, names, found.path, as_of, sql_typing)
+        staged = stage_csv(con, found.path, ent, names, rows.write, writer.building)
+        rows.number_lines(staged.physical)
+        earlier = rows.earlier_copies(staged)
+        left = rows.left_for_polars(earlier)
+        # Polars' loaded rows are added before the rows it decided leave: their text is
+        # read in batches from the side table itself.
+        for batch in rows.text_batches(staged, left, batch_rows):
+            writer.add(*process_batch(batch, ent, earlier, as_of))
+        rows.settle(left, staged)
+        return writer.finish(staged.rejected, staged.records, str(found.path))
+    except BaseException:
+        discard(con, ent.name)
+        raise
 
 
 def load_entity(

@@ -155,6 +155,7 @@ PARSERS = {
 # Common shapes tried whole-column first; only a column with other shapes pays for the
 # general (regex-normalising) timestamp parser.
 FAST_TIMESTAMP_FORMATS = ("%Y-%m-%dT%H:%M:%S%#z", "%Y-%m-%dT%H:%M:%S%.f%#z")
+_FAST_PREFIX_RE = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}"
 
 
 def parse_series(column: Column, text: pl.Series) -> pl.Series:
@@ -172,7 +173,10 @@ def parse_series(column: Column, text: pl.Series) -> pl.Series:
                 if changed.any():
                     text = pl.select(pl.when(changed).then(None).otherwise(text)).to_series()
         present = text.len() - text.null_count()
-        for fmt in FAST_TIMESTAMP_FORMATS:
+        # The fast formats read `9:30` as 09:30, which the contract (two digits each) does
+        # not allow: they may decide the column only when every value starts the long way.
+        long_way = text.str.contains(_FAST_PREFIX_RE).sum() == present
+        for fmt in FAST_TIMESTAMP_FORMATS if long_way else ():
             fast = text.str.to_datetime(fmt, time_unit="us", time_zone="UTC", strict=False)
             if present - (fast.len() - fast.null_count()) == 0:
                 return fast

@@ -17,8 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, timedelta
 
-import numpy as np
-
 from ingest.entities import Column, Entity, Kind
 from ingest.parse import EARLIEST_DATE, FALSE_WORDS, LATEST_DATE, TRUE_WORDS
 
@@ -149,35 +147,3 @@ def typed_select(ent: Entity, present: set[str], as_of: date | None) -> TypedSel
         checks.append(f"({text} is null or ({good}))")
     return TypedSelect(values, " and ".join(f"({c})" for c in checks) or "true")
 
-
-# Up to this many runs of records with the same line offset, a record's line number is
-# worked out by one CASE expression; more runs (many records over several lines) are
-# looked up in a table by an ASOF join.
-CASE_RUNS = 16
-
-
-@dataclass(frozen=True)
-class LineNumbers:
-    """SQL for the physical line number of the record at staged row `row_sql`, with the
-    runs table it needs (None when a CASE expression does it alone)."""
-
-    expression: str
-    runs: dict[str, np.ndarray] | None
-
-
-def line_numbers(physical: np.ndarray, row_sql: str) -> LineNumbers:
-    """`physical[i]` is the line where staged row i starts; the gap between a row's index
-    and its line only grows (header, blank lines, records over several lines), so it is a
-    few runs of equal offsets in a typical file."""
-    if not len(physical):
-        return LineNumbers("null", None)
-    offset = physical - np.arange(len(physical), dtype=np.int64)
-    starts = np.concatenate([[0], np.flatnonzero(np.diff(offset)) + 1]).astype(np.int64)
-    if len(starts) <= CASE_RUNS:
-        cases = " ".join(
-            f"when {row_sql} >= {start} then {row_sql} + {offset[start]}"
-            for start in starts[::-1].tolist()
-        )
-        return LineNumbers(f"(case {cases} end)", None)
-    return LineNumbers("__runs.line_offset + " + row_sql,
-                       {"first_row": starts, "line_offset": offset[starts]})  # fmt: skip

@@ -140,6 +140,25 @@ def test_bad_values_are_rejected_with_file_line_and_reason(write, load):
     assert json.loads(record)["date_of_birth"] == "1987-13-02"
 
 
+def test_a_one_digit_hour_is_rejected_whatever_else_the_file_holds(write, load):
+    """`9:30` is not the contract's two-digit hour: rejected when it is the only odd value
+    of its column as much as among others (once a faster reading accepted it alone)."""
+    write("patients.csv", "patient_id\n1\n")
+    path = write(
+        "appointments.csv",
+        APPOINTMENTS_HEADER + "a1,1,2024-03-01T9:30:00Z\n"  # line 2
+        "a2,1,2024-03-01T09:30:00Z\n",
+    )
+    _, con = load()
+    assert con.execute("select appointment_id from raw.appointments").fetchall() == [("a2",)]
+    assert con.execute(
+        "select source_file, source_row, reason from raw.appointments__rejected"
+    ).fetchall() == [
+        (str(path), 2, "starts_at '2024-03-01T9:30:00Z' is not a timestamp (expected "
+         "ISO-8601, e.g. 2024-03-01T09:30:00+10:00)"),
+    ]  # fmt: skip
+
+
 def test_malformed_records_are_rejected_not_fatal(write, load):
     write(
         "patients.csv",
