@@ -4,7 +4,9 @@ The asset check compares this count with what landed in `raw.<entity>` plus
 `raw.<entity>__rejected`, so a row dropped anywhere in parsing shows up as a failure. The
 count follows the extract contract's rule with its own machinery (Python's csv module,
 line by line), not the loader's byte scan: a record the parser cannot close counts as one
-record of its first line, and counting resumes on the next line.
+record of its first line, and counting resumes on the next line. A file that one reader
+reads from start to end without a fault is counted by that one reader (the same count,
+several times faster); any other is counted record by record.
 """
 
 from __future__ import annotations
@@ -84,8 +86,45 @@ def csv_record_lines(path: Path) -> Iterator[int]:
                 yield first
 
 
+class _Unusual(Exception):
+    """A file the quick count cannot vouch for: counted record by record instead."""
+
+
+def _quick_count(path: Path) -> int:
+    """The records of a file that one reader reads cleanly from start to end: no record
+    fails to parse, and none that spans lines has the wrong number of fields. Such a file
+    is read the same by one reader as by a fresh reader per record; any other raises
+    `_Unusual`."""
+    csv.field_size_limit(MAX_RECORD_BYTES)
+    with path.open(encoding="utf-8-sig", errors="replace", newline="") as fh:
+        reader = csv.reader(fh, strict=True)
+        try:
+            header = next(reader, None)
+            if header is None:
+                return 0
+            field_count, records, line = len(header), 0, reader.line_num
+            for fields in reader:
+                spans = reader.line_num - line > 1
+                line = reader.line_num
+                if not fields:
+                    continue  # a blank line
+                # A record over lines, of the wrong width or long enough that the record
+                # by record count would end it early (its text is at most twice its
+                # values, quotes doubled, plus quotes and commas), is for that count.
+                if spans and (len(fields) != field_count or 2 * sum(map(len, fields))
+                              + 3 * len(fields) >= MAX_RECORD_BYTES):
+                    raise _Unusual
+                records += 1
+        except csv.Error:
+            raise _Unusual from None
+    return records
+
+
 def count_csv_records(path: Path) -> int:
-    return sum(1 for _ in csv_record_lines(path))
+    try:
+        return _quick_count(path)
+    except _Unusual:
+        return sum(1 for _ in csv_record_lines(path))
 
 
 def count_input_rows(extract_dir: Path, ent: Entity, fmt: str) -> int:

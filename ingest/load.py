@@ -23,7 +23,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from ingest import cliniko
+from ingest import cliniko, unchanged
 from ingest.csv_reader import (
     ExtractFileError,
     StagedCsv,
@@ -49,6 +49,7 @@ from ingest.sql_typing import cleaned, quoted_name, sql_text, typed_select
 
 BATCH_ROWS = 1_000_000
 KEPT_TEXT = "__text_"  # the side table's columns of text kept for polars, while loading
+REPEATED_ID_BITS = 1 << 23  # a bit set of 1 MiB for the ids that appear more than once
 DUPLICATES_SCHEMA = {ROW_NUMBER: pl.Int64, "winner_file": pl.String, "winner_row": pl.Int64}
 LINEAGE = (SOURCE_FILE, SOURCE_ROW, ROW_NUMBER, DELETED_AT)
 
@@ -76,6 +77,8 @@ class LoadResult:
     rejected: int
     source: str  # the file or folder read, or '' when the entity is absent
     seconds: float
+    # The source was the one already loaded (`ingest.unchanged`): its tables were kept.
+    unchanged: bool = False
 
 
 def empty_rejected() -> pl.DataFrame:
@@ -242,7 +245,19 @@ class CsvRows:
                 "having count(*) > 1",
                 source.look_params,
             )
-            repeated = f"{self.key} in (select k from __repeated_ids)"
+            # A join would not keep the file's order (a row's rowid must be its index among
+            # the records), so the repeated ids are looked up in a bit set of their hashes:
+            # every repeated id is found, and the few others that share a bit only keep
+            # their text for nothing.
+            bits = REPEATED_ID_BITS
+            self.con.execute(
+                f"create or replace temp table __repeated_bits as select bitstring_agg("
+                f"(hash(k) % {bits})::bigint, 0, {bits - 1}) as bits from __repeated_ids"
+            )
+            repeated = (
+                f"coalesce(get_bit((select bits from __repeated_bits), "
+                f"(hash({self.key}) % {bits})::integer) = 1, false)"
+            )
         texts = ", ".join(
             f"{cleaned(text_column(i))} as {quoted_name(name)}, {text_column(i)}"
             for i, name in enumerate(self.names)
@@ -293,6 +308,7 @@ class CsvRows:
             f"qualify {ROW_NUMBER} <> winner"
         ).pl()
         self.con.execute("drop table if exists __repeated_ids")
+        self.con.execute("drop table if exists __repeated_bits")
         return found.select(
             pl.col(ROW_NUMBER),
             pl.lit(str(staged.path)).alias("winner_file"),
@@ -372,9 +388,14 @@ def publish(
     con: duckdb.DuckDBPyConnection,
     staged: list[LoadCounts],
     before_swap: BeforeSwap | None = None,
+    sources: dict[str, unchanged.Source | None] | None = None,
 ) -> None:
     """Swap every staged entity in, in one transaction. `before_swap` may refuse (raise):
-    then nothing is replaced and the side tables are dropped."""
+    then nothing is replaced and the side tables are dropped. What each entity was loaded
+    from (`sources`, by entity) is recorded in the same transaction, so that a later run
+    knows an unchanged source; an entity without one has its record dropped."""
+    sources = sources or {}
+    unchanged.ensure_table(con)
     con.execute("BEGIN TRANSACTION")
     try:
         if before_swap is not None:
@@ -385,6 +406,8 @@ def publish(
             con.execute(f"ALTER TABLE {side_table(name)} RENAME TO {name}")
             con.execute(f"DROP TABLE IF EXISTS raw.{name}__rejected")
             con.execute(f"ALTER TABLE {side_table(name)}__rejected RENAME TO {name}__rejected")
+            unchanged.record(con, name, sources.get(name), counts.rows_in, counts.loaded,
+                             counts.rejected)  # fmt: skip
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
@@ -511,18 +534,35 @@ def load_all(
 
     A file-level problem of any entity (or a refusal by `before_swap`) replaces nothing;
     every entity's file-level problem is reported at once. `before_stage` runs before each
-    entity is read (the pipeline counts the file independently there).
+    entity is read (the pipeline counts the file independently there). An entity whose
+    source is the one already loaded under the same conditions (`ingest.unchanged`) is
+    neither read nor staged: its tables stay, and its result says so.
     """
     staged: list[LoadCounts] = []
+    kept: dict[str, unchanged.Recorded] = {}
+    sources: dict[str, unchanged.Source | None] = {}
     seconds: dict[str, float] = {}
     problems: list[str] = []
     check_format(extract_dir, fmt)
     check_file_names(Path(extract_dir))
     drop_leftover_side_tables(con)
+    conditions = unchanged.conditions(fmt, as_of, accept_incomplete)
+    live = {t for (t,) in con.execute(
+        "select table_name from information_schema.tables where table_schema = 'raw'"
+    ).fetchall()}  # fmt: skip
     try:
         for ent in ENTITIES:
             started = time.perf_counter()
             try:
+                found = entity_source(Path(extract_dir), ent, fmt)
+                now = found.path and unchanged.source_now(found.path, conditions)
+                last = unchanged.recorded(con, ent.name)
+                in_place = {ent.name, f"{ent.name}__rejected"} <= live
+                if now is not None and in_place and unchanged.unchanged(now, last):
+                    kept[ent.name] = last  # type: ignore[assignment]
+                    seconds[ent.name] = time.perf_counter() - started
+                    continue
+                sources[ent.name] = now
                 if before_stage is not None:
                     before_stage(ent)
                 staged.append(stage_entity(con, ent.name, extract_dir, fmt, as_of=as_of,
@@ -532,9 +572,13 @@ def load_all(
             seconds[ent.name] = time.perf_counter() - started
         if problems:
             raise ExtractFileError("\n".join(problems))
-        publish(con, staged, before_swap)
+        publish(con, staged, before_swap, sources)
     except BaseException:
         for counts in staged:
             discard(con, counts.entity)
         raise
-    return {c.entity: _result(c, seconds[c.entity]) for c in staged}
+    results = {c.entity: _result(c, seconds[c.entity]) for c in staged}
+    for name, last in kept.items():
+        results[name] = LoadResult(name, last.rows_in, last.loaded, last.rejected,
+                                   last.source.path, seconds[name], unchanged=True)  # fmt: skip
+    return {ent.name: results[ent.name] for ent in ENTITIES}

@@ -187,6 +187,13 @@ def build_ingest_assets(
                     before_swap=guarded_swap(rows_in, rule, as_of), before_stage=count_first,
                     accept_incomplete=tags.get(ACCEPT_INCOMPLETE_TAG, "").lower() == "true",
                 )  # fmt: skip
+                kept = [name for name, result in results.items() if result.unchanged]
+                for name in kept:
+                    rows_in[name] = results[name].rows_in  # counted when it was loaded
+                if kept:
+                    context.log.info(
+                        "unchanged since their last load, not read again: " + ", ".join(kept)
+                    )
                 zones = other_time_zones(con, settings.clinic_timezone)
                 tables = {
                     ent.name: (
@@ -226,6 +233,7 @@ def build_ingest_assets(
                     "rows_rejected": rejected,
                     "dagster/row_count": loaded,
                     "seconds": round(result.seconds, 3),
+                    "unchanged_since_last_load": result.unchanged,
                     "accepted_shrink": rule.accepts(ent.name),
                     "rejection_reasons": dg.MetadataValue.md(reasons),
                     **({"time_zones_not_clinic_time_zone": ", ".join(zones)}

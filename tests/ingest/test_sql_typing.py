@@ -143,3 +143,30 @@ def test_plain_rows_are_typed_in_sql_with_their_true_line_numbers(tmp_path):
     lines = {int(row["appointment_id"]): row["_source_row"] for row in with_sql[0]}
     # Record i starts on line 2 + i + (the number of two-line records before it).
     assert all(lines[i] == 2 + i + i // 2 for i in range(60))
+
+
+def test_line_numbers_hold_when_the_reader_works_in_parallel(tmp_path):
+    """A file large enough for DuckDB to read in parallel pieces: every row still gets its
+    own line (the typed rows keep the file's order), repeated ids among them."""
+    count = 1_200_000
+    lines = ["appointment_id,patient_id,starts_at,notes\n"]
+    for i in range(count):
+        # Every 100,000th record repeats the id of the record before it.
+        record_id = i - 1 if i % 100_000 == 99_999 else i
+        lines.append(f"{record_id},p{i % 977},2024-03-01T09:30:00Z,n{i}\n")
+    (tmp_path / "appointments.csv").write_text("".join(lines))
+    con = duckdb.connect(str(tmp_path / "w.duckdb"), config={"threads": 4})
+    load_entity(con, "appointments", tmp_path)
+    # Record i is on line i + 2 and its notes say n<i>: each loaded row must agree.
+    wrong = con.execute(
+        "select count(*) from raw.appointments where _source_row <> cast(substr(notes, 2) as "
+        "bigint) + 2"
+    ).fetchall()[0][0]
+    assert wrong == 0
+    assert con.execute("select count(*) from raw.appointments").fetchall()[0][0] == count - 12
+    rejected = con.execute(
+        "select source_row, reason from raw.appointments__rejected order by 1 limit 1"
+    ).fetchall()
+    assert rejected == [(99_999 + 2 - 1, "duplicate appointment_id '99998': replaced by the "
+                         "later row at " + str(tmp_path / "appointments.csv") + ":100001")]
+    con.close()
