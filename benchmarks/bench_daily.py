@@ -57,8 +57,8 @@ MEASURE = (
 STEP_LINE = re.compile(r"✓ (\S+) \((\d+(?:\.\d+)?)s\)")
 # The stage a step belongs to, by the start of its key.
 STAGES = (
-    ("ingest", ("raw",)),
-    ("dbt", ("warehouse_dbt", "dbt")),
+    ("ingest", ("ingest_extract", "raw")),
+    ("dbt", ("warehouse_dbt", "analytics_dbt", "dbt")),
     ("segments", ("segments", "segment")),
     ("work lists", ("worklist", "workflow")),
     ("outbound", ("outbound", "campaign", "case_reminder", "reminder", "tasks")),

@@ -19,6 +19,7 @@ from core.days import today_in
 from core.run_lock import hold_warehouse
 from core.warehouse import connect, scalar
 from ingest.entities import ENTITIES
+from orchestration.resources import PROGRESS
 
 RUN_EVENTS = {"STEP_START", "STEP_SUCCESS", "STEP_FAILURE", "ASSET_CHECK_EVALUATION"}
 
@@ -43,8 +44,14 @@ class ProgressHandler(logging.Handler):
             # A warning a step logs for the user (context.log.warning); a private step's
             # are not shown, they may name what is private.
             message = meta.get("orig_message")
-            if record.levelno >= logging.WARNING and isinstance(message, str) and not private:
+            if not isinstance(message, str) or private:
+                return
+            if record.levelno >= logging.WARNING:
                 self.console.print(f"  ! {step}: {message}", style="yellow", markup=False)
+            elif message.startswith(PROGRESS):
+                # What a step says of its progress (counts and rates; never patient data).
+                shown = message.removeprefix(PROGRESS)
+                self.console.print(f"    {step}: {shown}", style="dim", markup=False)
             return
         if event.event_type_value not in RUN_EVENTS:
             return

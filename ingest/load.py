@@ -529,6 +529,7 @@ def load_all(
     before_swap: BeforeSwap | None = None,
     before_stage: Callable[[Entity], None] | None = None,
     accept_incomplete: bool = False,
+    after_stage: Callable[[LoadResult], None] | None = None,
 ) -> dict[str, LoadResult]:
     """Stage every entity, then publish them all in one transaction.
 
@@ -536,7 +537,8 @@ def load_all(
     every entity's file-level problem is reported at once. `before_stage` runs before each
     entity is read (the pipeline counts the file independently there). An entity whose
     source is the one already loaded under the same conditions (`ingest.unchanged`) is
-    neither read nor staged: its tables stay, and its result says so.
+    neither read nor staged: its tables stay, and its result says so. `after_stage` hears
+    of each entity as it is staged or kept (progress).
     """
     staged: list[LoadCounts] = []
     kept: dict[str, unchanged.Recorded] = {}
@@ -561,15 +563,20 @@ def load_all(
                 if now is not None and in_place and unchanged.unchanged(now, last):
                     kept[ent.name] = last  # type: ignore[assignment]
                     seconds[ent.name] = time.perf_counter() - started
+                    if after_stage is not None:
+                        after_stage(_kept_result(last, seconds[ent.name], ent.name))
                     continue
                 sources[ent.name] = now
                 if before_stage is not None:
                     before_stage(ent)
                 staged.append(stage_entity(con, ent.name, extract_dir, fmt, as_of=as_of,
                                            accept_incomplete=accept_incomplete))  # fmt: skip
+                seconds[ent.name] = time.perf_counter() - started
+                if after_stage is not None:
+                    after_stage(_result(staged[-1], seconds[ent.name]))
             except ExtractFileError as err:
                 problems.append(str(err))
-            seconds[ent.name] = time.perf_counter() - started
+                seconds[ent.name] = time.perf_counter() - started
         if problems:
             raise ExtractFileError("\n".join(problems))
         publish(con, staged, before_swap, sources)
@@ -579,6 +586,10 @@ def load_all(
         raise
     results = {c.entity: _result(c, seconds[c.entity]) for c in staged}
     for name, last in kept.items():
-        results[name] = LoadResult(name, last.rows_in, last.loaded, last.rejected,
-                                   last.source.path, seconds[name], unchanged=True)  # fmt: skip
+        results[name] = _kept_result(last, seconds[name], name)
     return {ent.name: results[ent.name] for ent in ENTITIES}
+
+
+def _kept_result(last: unchanged.Recorded, seconds: float, name: str) -> LoadResult:
+    return LoadResult(name, last.rows_in, last.loaded, last.rejected, last.source.path,
+                      seconds, unchanged=True)  # fmt: skip

@@ -10,6 +10,7 @@ Thin wrappers around `ingest.load` and `ingest.guard`; the logic lives there.
 """
 
 import re
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -21,8 +22,9 @@ from ingest.csv_reader import ExtractFileError
 from ingest.entities import ENTITIES, Entity
 from ingest.guard import ShrinkRule, check_extract, guarded_swap
 from ingest.inputs import count_input_rows
-from ingest.load import load_all
+from ingest.load import LoadResult, load_all
 from orchestration.resources import (
+    PROGRESS,
     ClinicSettingsResource,
     WarehouseResource,
     as_of_day,
@@ -121,6 +123,35 @@ def other_time_zones(con, clinic_timezone: str) -> list[str]:
     return [zone for (zone,) in rows]
 
 
+class Progress:
+    """One line per entity as the extract loads: its rows, the rate so far, and about how
+    long the entities left will take at that rate (from the rows counted up front)."""
+
+    def __init__(self, say: Callable[[str], None]) -> None:
+        self.say = say
+        self.expected: dict[str, int] = {}
+        self.rows = 0
+        self.seconds = 0.0
+
+    def expect(self, rows: dict[str, int]) -> None:
+        self.expected = dict(rows)
+
+    def done(self, result: LoadResult) -> None:
+        self.expected.pop(result.entity, None)
+        if result.unchanged:
+            self.say(f"{result.entity}: unchanged since its last load, not read again")
+            return
+        self.rows += result.rows_in
+        self.seconds += result.seconds
+        rate = self.rows / self.seconds if self.seconds > 0 else 0.0
+        left = sum(self.expected.values())
+        line = (f"{result.entity}: {result.rows_in:,} rows in {result.seconds:.1f}s "
+                f"({result.rows_in / max(result.seconds, 1e-9):,.0f} rows/s)")  # fmt: skip
+        if left and rate:
+            line += f"; {left:,} rows left, about {left / rate:.0f}s at {rate:,.0f} rows/s"
+        self.say(line)
+
+
 ROW_CHECK = "rows_in_equal_loaded_plus_rejected"
 
 
@@ -176,16 +207,20 @@ def build_ingest_assets(
             # Counted from the file, independently of the loader, before it reads the file.
             rows_in[ent.name] = count_input_rows(extract_dir, ent, fmt)
 
+        progress = Progress(lambda line: context.log.info(PROGRESS + line))
+
         try:
             with warehouse.connect() as con:
                 expected = check_extract(con, extract_dir, fmt, rule)
                 context.log.info(
                     "extract " + ", ".join(f"{e} {n:,}" for e, n in expected.items() if n)
                 )
+                progress.expect(expected)
                 results = load_all(
                     con, extract_dir, fmt, as_of=as_of,
                     before_swap=guarded_swap(rows_in, rule, as_of), before_stage=count_first,
                     accept_incomplete=tags.get(ACCEPT_INCOMPLETE_TAG, "").lower() == "true",
+                    after_stage=progress.done,
                 )  # fmt: skip
                 kept = [name for name, result in results.items() if result.unchanged]
                 for name in kept:

@@ -214,6 +214,10 @@ def resources_for(settings: Settings, **overrides: str) -> dict[str, dg.Configur
 # -- the as-of day as a partition ---------------------------------------------------------
 
 # The first day a partition exists for: far enough back for any clinic's history.
+# A step's log line that reports its progress (rows, rates, time left) starts with this;
+# `audiences run` prints such lines under the step, without it.
+PROGRESS = "progress: "
+
 PARTITIONS_START = "2010-01-01"
 DAY_FORMAT = "%Y-%m-%d"
 
