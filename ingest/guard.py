@@ -24,6 +24,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
+from ingest import unchanged
 from ingest.csv_reader import ExtractFileError
 from ingest.entities import ENTITIES, ENTITIES_BY_NAME, Entity
 from ingest.load import BeforeSwap, LoadCounts
@@ -178,12 +179,19 @@ def extract_rows(extract_dir: Path, ent: Entity, fmt: str) -> int:
 
 
 def check_extract(
-    con: duckdb.DuckDBPyConnection, extract_dir: Path, fmt: str, rule: ShrinkRule
+    con: duckdb.DuckDBPyConnection, extract_dir: Path, fmt: str, rule: ShrinkRule,
+    as_of: date | None = None, accept_incomplete: bool = False,
 ) -> dict[str, int]:
     """Row counts of the new extract per entity; raises ExtractRefused (naming every
-    entity that shrank) before anything is loaded."""
+    entity that shrank) before anything is loaded. An entity whose source is the one
+    already loaded (`ingest.unchanged`) is not counted again: it is that load."""
     last = last_loads(con)
-    counts = {ent.name: extract_rows(Path(extract_dir), ent, fmt) for ent in ENTITIES}
+    conds = unchanged.conditions(fmt, as_of, accept_incomplete)
+    counts = {}
+    for ent in ENTITIES:
+        known = unchanged.rows_if_unchanged(con, Path(extract_dir), ent, fmt, conds)
+        counts[ent.name] = known if known is not None else extract_rows(Path(extract_dir),
+                                                                        ent, fmt)  # fmt: skip
     problems = {
         ent.name: p
         for ent in ENTITIES

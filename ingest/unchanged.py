@@ -22,6 +22,10 @@ from pathlib import Path
 
 import duckdb
 
+from ingest.csv_reader import ExtractFileError
+from ingest.entities import Entity
+from ingest.sources import entity_source
+
 TABLE = "raw.__ingested"
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -103,6 +107,22 @@ def source_now(source: Path, conds: str) -> Source:
 def unchanged(now: Source, last: Recorded | None) -> bool:
     """Whether the source is the one `last` recorded, under the same conditions."""
     return last is not None and last.source == now
+
+
+def rows_if_unchanged(
+    con: duckdb.DuckDBPyConnection, extract_dir: Path, ent: Entity, fmt: str, conds: str
+) -> int | None:
+    """The rows counted when the entity's source was loaded, if it is unchanged since."""
+    try:
+        found = entity_source(extract_dir, ent, fmt)
+    except ExtractFileError:
+        return None
+    if found.path is None:
+        return None
+    last = recorded(con, ent.name)
+    if last is not None and unchanged(source_now(found.path, conds), last):
+        return last.rows_in
+    return None
 
 
 def record(

@@ -211,7 +211,8 @@ def build_ingest_assets(
 
         try:
             with warehouse.connect() as con:
-                expected = check_extract(con, extract_dir, fmt, rule)
+                accept_incomplete = tags.get(ACCEPT_INCOMPLETE_TAG, "").lower() == "true"
+                expected = check_extract(con, extract_dir, fmt, rule, as_of, accept_incomplete)
                 context.log.info(
                     "extract " + ", ".join(f"{e} {n:,}" for e, n in expected.items() if n)
                 )
@@ -219,8 +220,7 @@ def build_ingest_assets(
                 results = load_all(
                     con, extract_dir, fmt, as_of=as_of,
                     before_swap=guarded_swap(rows_in, rule, as_of), before_stage=count_first,
-                    accept_incomplete=tags.get(ACCEPT_INCOMPLETE_TAG, "").lower() == "true",
-                    after_stage=progress.done,
+                    accept_incomplete=accept_incomplete, after_stage=progress.done,
                 )  # fmt: skip
                 kept = [name for name, result in results.items() if result.unchanged]
                 for name in kept:

@@ -137,3 +137,29 @@ def test_a_dropped_table_is_loaded_again(tmp_path, extract, staged_entities):
     staged_entities.clear()
     assert not run(db, extract)["patients"].unchanged
     assert rows(db, "select count(*) from raw.patients__rejected") == [(0,)]
+
+
+def test_the_shrink_guard_takes_an_unchanged_source_as_counted(tmp_path, extract, monkeypatch):
+    import ingest.guard as guard
+
+    db = tmp_path / "w.duckdb"
+    run(db, extract)
+    counted: list[str] = []
+    real = guard.extract_rows
+
+    def spy(folder, ent, fmt):
+        counted.append(ent.name)
+        return real(folder, ent, fmt)
+
+    monkeypatch.setattr(guard, "extract_rows", spy)
+    (extract / "appointments.csv").write_text(
+        "appointment_id,patient_id,starts_at\na1,1,2026-06-01T09:00:00Z\n"
+        "a2,2,2026-06-02T09:00:00Z\n"
+    )
+    con = duckdb.connect(str(db))
+    try:
+        counts = guard.check_extract(con, extract, "csv", guard.ShrinkRule.parse(None, 0.5), DAY)
+    finally:
+        con.close()
+    assert "patients" not in counted and "appointments" in counted
+    assert (counts["patients"], counts["appointments"]) == (2, 2)
