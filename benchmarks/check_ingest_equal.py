@@ -24,10 +24,10 @@ from pathlib import Path
 
 import duckdb
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 from ingest.entities import ENTITIES  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 LOAD = """
 import sys
 from pathlib import Path

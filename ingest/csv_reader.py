@@ -1,4 +1,5 @@
-"""Reading one canonical CSV extract file into text columns, losing nothing.
+"""Reading one canonical CSV extract file, losing nothing: its good records go, as text
+columns, to a writer (`WriteRecords`), and every bad one gets a reason.
 
 First the bytes are scanned for where every record starts and ends (`csv_layout`): that
 gives each record its physical line number and full original text, and finds quotes that

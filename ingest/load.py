@@ -92,7 +92,7 @@ def empty_text(ent: Entity) -> pl.DataFrame:
 
 def last_occurrences(text: pl.DataFrame, key: str) -> pl.DataFrame:
     """Earlier occurrences of a repeated id in an in-memory frame, with where the last one
-    is (the same answer `StagedCsv.duplicates` gives in SQL for staged files)."""
+    is (the same answer `CsvRows.earlier_copies` gives in SQL for a CSV file)."""
     cleaned = text.select(ROW_NUMBER, SOURCE_FILE, SOURCE_ROW, pl.col(key).str.strip_chars())
     cleaned = cleaned.filter(pl.col(key).is_not_null() & (pl.col(key) != ""))
     winners = cleaned.filter(pl.col(key).is_last_distinct()).select(
@@ -557,11 +557,12 @@ def load_all(
             started = time.perf_counter()
             try:
                 found = entity_source(Path(extract_dir), ent, fmt)
-                now = found.path and unchanged.source_now(found.path, conditions)
-                last = unchanged.recorded(con, ent.name)
+                now, last = None, None
+                if found.path is not None:
+                    now, last = unchanged.compare(con, ent.name, found.path, conditions)
                 in_place = {ent.name, f"{ent.name}__rejected"} <= live
-                if now is not None and in_place and unchanged.unchanged(now, last):
-                    kept[ent.name] = last  # type: ignore[assignment]
+                if last is not None and in_place:
+                    kept[ent.name] = last
                     seconds[ent.name] = time.perf_counter() - started
                     if after_stage is not None:
                         after_stage(_kept_result(last, seconds[ent.name], ent.name))

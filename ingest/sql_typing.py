@@ -2,7 +2,7 @@
 
 Most of an extract is written one way: `2024-03-01T09:30:00Z`, `120.50`, `true`. DuckDB
 types those far faster than a batch of rows can travel to polars and back, so a staged
-CSV file is typed here first, in one statement over the whole staging table. This path
+CSV file is typed here first, in the one statement that reads the file. This path
 is only ever a faster way to the answer `ingest.parse` would give: a value is typed here
 only when its text has a shape whose meaning is beyond doubt (a regular expression
 admits it first), and every check a row must pass (required, allowed values, bounds,

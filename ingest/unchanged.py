@@ -104,9 +104,14 @@ def source_now(source: Path, conds: str) -> Source:
     return Source(str(source), _stats(source), conds)
 
 
-def unchanged(now: Source, last: Recorded | None) -> bool:
-    """Whether the source is the one `last` recorded, under the same conditions."""
-    return last is not None and last.source == now
+def compare(
+    con: duckdb.DuckDBPyConnection, entity: str, source: Path, conds: str
+) -> tuple[Source, Recorded | None]:
+    """What to record of `source` now, and the entity's last load if its source is the
+    one that load recorded, under the same conditions (else None)."""
+    now = source_now(source, conds)
+    last = recorded(con, entity)
+    return now, (last if last is not None and last.source == now else None)
 
 
 def rows_if_unchanged(
@@ -119,10 +124,8 @@ def rows_if_unchanged(
         return None
     if found.path is None:
         return None
-    last = recorded(con, ent.name)
-    if last is not None and unchanged(source_now(found.path, conds), last):
-        return last.rows_in
-    return None
+    _, last = compare(con, ent.name, found.path, conds)
+    return None if last is None else last.rows_in
 
 
 def record(
