@@ -13,6 +13,7 @@ import shutil
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from graphlib import TopologicalSorter
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,10 @@ import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 from filelock import FileLock
 
+from orchestration import dbt_builds
 from orchestration.resources import (
     ONE_RUN_PER_DAY,
+    PROGRESS,
     ClinicSettingsResource,
     WarehouseResource,
     as_of_day,
@@ -91,8 +94,11 @@ PIPELINE_BUILD_ARGS = ("build", "--exclude-resource-type", "unit_test")
 
 
 def dbt_vars(as_of: str, clinic_timezone: str) -> str:
-    """The `--vars` argument every dbt invocation of a run shares."""
-    return json.dumps({"as_of": as_of, "clinic_timezone": clinic_timezone})
+    """The `--vars` argument every dbt invocation of a run shares (`pipeline_build`: the
+    build is the pipeline's, which keeps its own records of what it built)."""
+    return json.dumps(
+        {"as_of": as_of, "clinic_timezone": clinic_timezone, dbt_builds.PIPELINE_VAR: True}
+    )
 
 
 @contextmanager
@@ -126,6 +132,130 @@ def warehouse_env(warehouse: WarehouseResource) -> dict[str, str]:
 ANALYTICS_MODELS = "path:models/analytics"
 
 
+class DbtGraph:
+    """What the pipeline needs of the manifest: each model's relation, the models in
+    dependency order, and the sources upstream of a set of models."""
+
+    def __init__(self, manifest: dict[str, Any], translator: DagsterDbtTranslator) -> None:
+        models = {u: n for u, n in manifest["nodes"].items() if n["resource_type"] == "model"}
+        self.sources = manifest["sources"]
+        self.keys = {u: translator.get_asset_key(n) for u, n in models.items()}
+        self.relations = {
+            self.keys[u]: (n["schema"], n.get("alias") or n["name"]) for u, n in models.items()
+        }
+        self.parents = {u: list(n["depends_on"]["nodes"]) for u, n in models.items()}
+        order = TopologicalSorter(
+            {u: [d for d in p if d in models] for u, p in self.parents.items()}
+        )
+        # Dagster takes a multi-asset's materializations in dependency order only.
+        self.in_order = [self.keys[u] for u in order.static_order()]
+
+    def upstream_sources(self, keys: set[dg.AssetKey]) -> tuple[list[str], list[tuple[str, str]]]:
+        """The raw tables (by name) and the other source tables (`(schema, name)`) that the
+        models `keys` read, directly or through other models."""
+        seen: set[str] = set()
+        todo = [u for u, k in self.keys.items() if k in keys]
+        while todo:
+            uid = todo.pop()
+            if uid not in seen:
+                seen.add(uid)
+                todo += self.parents.get(uid, [])
+        found = [self.sources[u] for u in sorted(seen) if u in self.sources]
+        raw = sorted(s["name"] for s in found if s["source_name"] == "raw")
+        other = sorted((s["schema"], s["name"]) for s in found if s["source_name"] != "raw")
+        return raw, other
+
+
+def say(context: dg.AssetExecutionContext, line: str) -> None:
+    """A line `audiences run` shows under the step (and Dagster logs)."""
+    context.log.info(PROGRESS + line)
+
+
+def reusable_build(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, graph: DbtGraph,
+    name: str, variables: str,
+) -> tuple[str | None, dbt_builds.Build | None]:  # fmt: skip
+    """The fingerprint to record after building, and the earlier build to reuse instead of
+    building (None: build). Only the whole asset with all its checks is reused or recorded;
+    the record of the earlier build is dropped before anything is built."""
+    keys = set(context.assets_def.keys)
+    whole = set(context.selected_asset_keys) == keys and set(
+        context.selected_asset_check_keys
+    ) == set(context.assets_def.check_keys)
+    raw, other = graph.upstream_sources(keys)
+    with warehouse.connect() as con:
+        project = dbt_builds.project_digest(DBT_PROJECT_DIR)
+        found = dbt_builds.inputs(con, raw, other, variables, project)
+        last = dbt_builds.recorded(con, name)
+        models = [graph.relations[k] for k in keys if k in graph.relations]
+        absent = dbt_builds.missing_relations(con, models)
+        if not whole:
+            say(context, "dbt build runs: a subset of the models is selected")
+        elif found.fingerprint is None:
+            say(context, f"dbt build runs: {found.missing}")
+        elif last is None or last.fingerprint != found.fingerprint:
+            say(context, "dbt build runs: its inputs changed since its last clean build"
+                if last else "dbt build runs: no clean build recorded")  # fmt: skip
+        elif absent:
+            say(context, f"dbt build runs: {', '.join(absent)} no longer in the warehouse")
+        else:
+            say(context, f"not run: its inputs (tables, vars, dbt project) are those of its "
+                f"build in run {last.run_id[:8]} at {last.built_at.isoformat(timespec='seconds')}, "
+                f"and its {len(models)} models are in the warehouse")  # fmt: skip
+            return None, last
+        dbt_builds.forget(con, name)
+    return (found.fingerprint if whole else None), None
+
+
+def reused_build(
+    context: dg.AssetExecutionContext, graph: DbtGraph, last: dbt_builds.Build
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+    """Every selected model and check, as the earlier build made them."""
+    reused = {
+        "dbt_build": dg.MetadataValue.text("not run: inputs unchanged since its last clean build"),
+        "built_by_run": dg.MetadataValue.text(last.run_id),
+        "built_at": dg.MetadataValue.timestamp(last.built_at),
+    }
+    selected = set(context.selected_asset_keys)
+    for key in (k for k in graph.in_order if k in selected):
+        yield dg.MaterializeResult(asset_key=key, metadata=reused)
+    # The same tables give every test the outcome it had in the recorded build.
+    for check in last.checks:
+        key = dg.AssetCheckKey(dg.AssetKey(check.asset), check.name)
+        if key in context.selected_asset_check_keys:
+            yield dg.AssetCheckResult(
+                asset_key=key.asset_key, check_name=key.name, passed=check.passed,
+                severity=dg.AssetCheckSeverity(check.severity),
+                metadata={**check.metadata, **reused},
+            )  # fmt: skip
+
+
+def record_build(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, name: str,
+    fingerprint: str, invocation: Any, results: list[dg.AssetCheckResult],
+) -> None:  # fmt: skip
+    """Record a build for reuse, with its tests' outcomes, only when every model built
+    and every test passed or warned, and every check of the asset has an outcome."""
+    unclean = dbt_builds.clean_run(invocation.get_artifact("run_results.json"))
+    checks = [
+        dbt_builds.Check(
+            asset=list(r.asset_key.path), name=r.check_name, passed=r.passed,
+            severity=r.severity.value,
+            metadata={k: v.value for k, v in r.metadata.items()
+                      if isinstance(v.value, str | int | float | bool)},
+        )  # fmt: skip
+        for r in results
+    ]
+    found = {dg.AssetCheckKey(dg.AssetKey(c.asset), c.name) for c in checks}
+    if not unclean and found != set(context.assets_def.check_keys):
+        unclean = f"{len(set(context.assets_def.check_keys) - found)} checks without an outcome"
+    if unclean:
+        say(context, f"dbt build not recorded for reuse: {unclean}")
+        return
+    with warehouse.connect() as con:
+        dbt_builds.remember(con, name, fingerprint, context.run_id, checks)
+
+
 def build_dbt_defs(partitions: dg.PartitionsDefinition | None = None) -> dg.Definitions:
     """The dbt assets, partitioned by as-of day: the warehouse models (staging,
     intermediate, marts) and, separately, the analytics models over sent messages. The
@@ -133,6 +263,7 @@ def build_dbt_defs(partitions: dg.PartitionsDefinition | None = None) -> dg.Defi
     partitions = partitions or daily_partitions()
     manifest = ensure_manifest(dbt_project)
     translator = ClinicDbtTranslator()
+    graph = DbtGraph(json.loads(manifest.read_text()), translator)
 
     def dbt_asset(name: str, what: str, **selection: str) -> dg.AssetsDefinition:
         @dbt_assets(
@@ -154,16 +285,27 @@ def build_dbt_defs(partitions: dg.PartitionsDefinition | None = None) -> dg.Defi
         ):
             as_of = as_of_day(context)
             variables = dbt_vars(as_of.isoformat(), settings.clinic_timezone)
+            fingerprint, last = reusable_build(context, warehouse, graph, name, variables)
+            if last is not None:
+                yield from reused_build(context, graph, last)
+                return
             context.log.info(f"dbt build of the {what} at as_of={as_of} "
                              f"clinic_timezone={settings.clinic_timezone}")  # fmt: skip
             with environment(**warehouse_env(warehouse)):
-                yield from dbt.cli([*PIPELINE_BUILD_ARGS, "--vars", variables],
-                                   context=context).stream()  # fmt: skip
+                invocation = dbt.cli([*PIPELINE_BUILD_ARGS, "--vars", variables], context=context)
+                checks = []
+                for event in invocation.stream():
+                    if isinstance(event, dg.AssetCheckResult):
+                        checks.append(event)
+                    yield event
+            if fingerprint is not None:
+                record_build(context, warehouse, name, fingerprint, invocation, checks)
 
         return _dbt
 
     # Build (run + test) the staging, intermediate and mart models for the as-of day; then,
-    # after the send ledger, the analytics models (conversions of sent messages).
+    # after the send ledger, the analytics models (conversions of sent messages). Either is
+    # not run when its inputs are those of its last clean build (orchestration/dbt_builds.py).
     warehouse_dbt_assets = dbt_asset(
         "warehouse_dbt_assets", "warehouse models", exclude=ANALYTICS_MODELS
     )
