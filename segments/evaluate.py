@@ -97,9 +97,9 @@ class WarehouseFrames:
         gather: list[str] | None = None,
     ) -> pl.DataFrame | None:
         """The rows of event `table` whose `key` is one of `wanted`, found through each
-        key's run of rows in the table's key order (only the `gather` columns, default
-        all); None when the table is not held in that key's order."""
-        if key != SORTED_KEY or table not in _EVENT_TABLES:
+        key's run of rows in the table (only the `gather` columns, default all); None when
+        the table is not held grouped by that key."""
+        if key != GROUPED_KEY or table not in _EVENT_TABLES:
             return None
         with self._lock:  # the frame and its runs as one pair (a reload replaces both)
             df = self.frame(table, columns)
@@ -107,8 +107,8 @@ class WarehouseFrames:
                 return None
             runs = self._runs.get(table)
             if runs is None:
-                # Each key's run of rows (the frame is in key order): where it starts and
-                # how long it is.
+                # Each key's run of rows (the frame holds each key's rows together): where
+                # it starts and how long it is.
                 raw = df[key].rle().struct.unnest()
                 runs = self._runs[table] = raw.select(
                     pl.col("value").alias(key),
@@ -211,18 +211,35 @@ def _with_hashed_keys(df: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-# Event marts are held sorted by the patient key (see `WarehouseFrames.rows_of`).
-SORTED_KEY = HASHED["patient_id"]
+# Event marts are held grouped by the patient key (see `WarehouseFrames.rows_of`).
+GROUPED_KEY = HASHED["patient_id"]
 _EVENT_TABLES = {source.table for source in EVENT_SOURCES.values()}
 
 
 def _held(table: str, df: pl.DataFrame) -> pl.DataFrame:
-    """A frame as it is kept: event rows in key order, so that a few candidates' rows are
-    found through their runs (`rows_of`) instead of by probing every row. Entity frames keep
-    their order, which members' row numbers refer to."""
-    if table in _EVENT_TABLES and SORTED_KEY in df.columns:
-        return df.sort(SORTED_KEY, nulls_last=True, maintain_order=True)
+    """A frame as it is kept: each patient's event rows together (one run of rows per
+    key), so that a few candidates' rows are found through their runs (`rows_of`) instead
+    of by probing every row. Entity frames keep their order, which members' row numbers
+    refer to."""
+    if table in _EVENT_TABLES and GROUPED_KEY in df.columns:
+        return _grouped(df, GROUPED_KEY)
     return df
+
+
+def _grouped(df: pl.DataFrame, key: str) -> pl.DataFrame:
+    """`df` with each non-null key's rows in one run, each key's rows in their order.
+
+    A mart is mostly grouped already (an extract in patient order keeps that order through
+    ingest and dbt, but for the keys split where parallel threads met): only the rows of
+    keys found in more than one run move, to the end, grouped. Rows with a null key stay.
+    """
+    values = df[key].rle().struct.field("value").drop_nulls()
+    split = values.filter(values.is_duplicated()).unique()
+    if split.is_empty():
+        return df
+    moved = df[key].is_in(split.implode()).fill_null(False)
+    return pl.concat([df.filter(~moved), df.filter(moved).sort(key, maintain_order=True)])
+
 
 # "Few candidates left": at most 1 in NARROW_SHARE of the entities.
 NARROW_SHARE = 10

@@ -11,7 +11,7 @@ D = date(2024, 8, 31)
 
 
 def test_rows_of_finds_exactly_the_wanted_keys_rows_nulls_and_absent_keys_included():
-    from segments.evaluate import SORTED_KEY, WarehouseFrames
+    from segments.evaluate import GROUPED_KEY, WarehouseFrames
 
     appointments = pl.DataFrame({
         "appointment_id": [f"a{n}" for n in range(9)],
@@ -21,14 +21,14 @@ def test_rows_of_finds_exactly_the_wanted_keys_rows_nulls_and_absent_keys_includ
     patients = pl.DataFrame({"patient_id": ["P1", "P2", "P3", "P4", "P5"]})
     frames = WarehouseFrames.from_frames({"appointments": appointments,
                                           "patient_features": patients})  # fmt: skip
-    keys = frames.frame("patient_features", ["patient_id"])[SORTED_KEY]
+    keys = frames.frame("patient_features", ["patient_id"])[GROUPED_KEY]
     # P2 and P4, P5 (no appointments) and a missing id: P2's three rows and P4's one.
     wanted = pl.concat([keys.gather([1, 3, 4]), pl.Series([None], dtype=keys.dtype)])
-    found = frames.rows_of("appointments", ["appointment_id", "patient_id"], SORTED_KEY, wanted)
+    found = frames.rows_of("appointments", ["appointment_id", "patient_id"], GROUPED_KEY, wanted)
     assert sorted(found["appointment_id"].to_list()) == ["a0", "a3", "a6", "a8"]
     # Entity frames keep their order (members' row numbers refer to it), and so are not
     # searched this way.
-    assert frames.rows_of("patient_features", ["patient_id"], SORTED_KEY, wanted) is None
+    assert frames.rows_of("patient_features", ["patient_id"], GROUPED_KEY, wanted) is None
     assert frames.frame("patient_features", ["patient_id"])["patient_id"].to_list() == [
         "P1", "P2", "P3", "P4", "P5"]
 
@@ -91,3 +91,35 @@ include:
         results = list(pool.map(lambda _: sorted(evaluate(
             definition, frames, catalogue, D, "UTC")["patient_id"].to_list()), range(32)))
     assert alone and all(r == alone for r in results)
+
+
+def test_event_rows_are_held_one_run_per_key_in_their_order_and_none_is_lost():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from segments.evaluate import _grouped
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.one_of(st.none(), st.integers(0, 6)), max_size=60))
+    def check(keys: list[int | None]) -> None:
+        df = pl.DataFrame({"k": keys, "row": range(len(keys))}, schema={"k": pl.Int64,
+                                                                        "row": pl.Int64})
+        held = _grouped(df, "k")
+        # The same rows ...
+        assert sorted(held["row"].to_list()) == list(range(len(keys)))
+        # ... each key's rows in one run, in the order they came in.
+        seen: list[int] = []
+        previous = object()
+        for key in held["k"].to_list():
+            if key is not None and key != previous:
+                assert key not in seen, f"key {key} in two runs"
+                seen.append(key)
+            previous = key
+        for key in set(k for k in keys if k is not None):
+            assert held.filter(pl.col("k") == key)["row"].to_list() == [
+                i for i, k in enumerate(keys) if k == key]
+        # A frame already grouped is kept as it is.
+        if held.height:
+            assert _grouped(held, "k").equals(held)
+
+    check()
