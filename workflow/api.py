@@ -19,6 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, Row
 
+from core.state_store import insert_many
 from segments.workflow_block import WorkflowSpec, WorkListInfo
 from workflow.planning import (
     BookingMove,
@@ -532,8 +533,9 @@ def _enter(conn: Connection, info: WorkListInfo, new: list[Member], at: datetime
     """New members into the first stage, with the default assignee, one event each."""
     first_stage = info.spec.first_stage
     assignee = info.spec.default_assignee
-    conn.execute(
-        members.insert(),
+    insert_many(
+        conn,
+        members,
         [
             {
                 "worklist_slug": info.slug,
@@ -550,8 +552,9 @@ def _enter(conn: Connection, info: WorkListInfo, new: list[Member], at: datetime
             for m in new
         ],
     )
-    conn.execute(
-        events.insert(),
+    insert_many(
+        conn,
+        events,
         [
             _event_row(info.slug, m.member_id, 1, at, SYSTEM_ACTOR, "entered",
                        to_stage=first_stage, assignee=assignee)
@@ -604,8 +607,18 @@ def sync_worklist(
     result.came_back = _set_left_segment(engine, info.slug, plan.come_back, False, at)
 
     if info.spec.on_booking and latest_booking:
-        with engine.connect() as conn:
-            after_membership = _states(conn, info.slug)
+        # The states as this sync left them, without reading them again: who left or came
+        # back does not change a booking move, and each move is checked on the member's
+        # fresh row before it is written (staff may have moved them meanwhile).
+        # Only members whose patient has a booking can move.
+        after_membership = {mid: state for mid, state in existing.items()
+                            if state.patient_id in latest_booking}  # fmt: skip
+        for m in plan.enter:
+            if m.patient_id in latest_booking:
+                after_membership[m.member_id] = MemberState(
+                    member_id=m.member_id, patient_id=m.patient_id,
+                    stage=info.spec.first_stage, left_segment=False, entered_at=at,
+                )  # fmt: skip
         for booking in plan_booking_moves(info.spec, after_membership, latest_booking):
 
             def book(seen: MemberView, booking: BookingMove = booking) -> Change | None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from core.warehouse import Warehouse, WrongDay, built_for, connect, require_built_for
 from segments.members import latest_day, read_members
@@ -76,16 +77,22 @@ def read_latest_bookings(
                 f"{duckdb_path}: marts.appointments lacks {missing} (has {sorted(have)}); "
                 "on_booking needs patient_id, starts_at, created_at and cancelled_at"
             )
+        # A start on or after the as-of day in the clinic time zone is a start after the
+        # instant a day before that day's midnight there (whatever the zone's offsets and
+        # changes): that plain comparison drops the past first, and the day in the clinic
+        # time zone, which costs a conversion per row, is only worked out for the rest.
+        since = datetime.combine(as_of, time(), ZoneInfo(clinic_timezone)) - timedelta(days=1)
         rows = con.execute(
             """
             select patient_id, max(created_at)
             from marts.appointments
-            where cancelled_at is null
+            where starts_at >= cast(? as timestamptz)
+              and cancelled_at is null
               and created_at is not null
               and cast(timezone(?, starts_at) as date) >= ?
             group by patient_id
             """,
-            [clinic_timezone, as_of],
+            [since.astimezone(UTC), clinic_timezone, as_of],
         ).fetchall()
     # TIMESTAMPTZ comes back aware; a plain TIMESTAMP column is taken to be UTC.
     return {

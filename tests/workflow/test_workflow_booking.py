@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from sqlalchemy.engine import Engine
 
 from segments.workflow_block import WorkflowSpec, WorkListInfo
@@ -158,3 +159,29 @@ def test_snapshot_work_list_follows_only_a_deliberate_re_snapshot(
         ("p3", False),
         ("p1", True),
     ]
+
+
+@pytest.mark.parametrize("as_of", ["2026-04-05", "2026-09-06", "2026-03-10"])
+def test_upcoming_bookings_follow_the_local_day_across_midnight_clock_changes(
+    tmp_path: Path, build_warehouse: Callable[..., None], add_appointments: Callable[..., None],
+    as_of: str,
+) -> None:  # fmt: skip
+    """America/Santiago changes its clocks at midnight: on 2026-04-05 the hour before it is
+    lived twice, on 2026-09-06 midnight never comes. A booking is upcoming when it starts on
+    or after the as-of day there; the day of each start is worked out here by zoneinfo."""
+    from zoneinfo import ZoneInfo
+
+    from workflow.warehouse_reads import read_latest_bookings
+
+    zone, day = ZoneInfo("America/Santiago"), date.fromisoformat(as_of)
+    db = tmp_path / "w.duckdb"
+    build_warehouse(db, [], as_of)
+    # A start every 20 minutes from two days before to a day after, one patient each.
+    first = datetime.combine(day, datetime.min.time(), UTC) - timedelta(days=2)
+    starts = [first + timedelta(minutes=20 * n) for n in range(3 * 24 * 3)]
+    created = datetime(2026, 1, 1, tzinfo=UTC)
+    add_appointments(db, [(f"a{n}", f"p{n}", s, created, None) for n, s in enumerate(starts)])
+    expected = {f"p{n}" for n, s in enumerate(starts) if s.astimezone(zone).date() >= day}
+    found = read_latest_bookings(db, day, "America/Santiago")
+    assert set(found) == expected
+    assert 0 < len(expected) < len(starts)
