@@ -6,14 +6,22 @@ segment with the one evaluation function (`segments.evaluate`) and records membe
 history in the warehouse; the logic lives in `segments.library`, this module only wires.
 """
 
+import hashlib
+import json
 import re
+from functools import cache
+from importlib import metadata
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 
+import core
+import segments
 from core.warehouse import Warehouse, WrongDay
+from orchestration import dbt_builds
 from orchestration.resources import (
+    PROGRESS,
     ClinicSettingsResource,
     StateStoreResource,
     WarehouseResource,
@@ -28,6 +36,13 @@ from segments.library import (
     default_catalogue,
     library_folders,
     materialise,
+)
+from segments.members import (
+    Consistency,
+    check_consistency,
+    evaluated_from,
+    read_members,
+    remember_inputs,
 )
 from segments.validation import (
     Issue,
@@ -69,6 +84,36 @@ def _frames_for(
         frames.prepare([s.definition for s in segments if _is_valid(s, catalogue)])
         _frames_by_run[key] = frames
     return _frames_by_run[key]
+
+
+# The dbt asset whose build the marts segments read come from.
+WAREHOUSE_BUILD = "warehouse_dbt_assets"
+
+
+@cache
+def _evaluating_code() -> str:
+    """A digest of the code that evaluates and records segments, and of polars."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"polars=={metadata.version('polars')}\0".encode())
+    for package in (segments, core):
+        for path in sorted(Path(package.__file__).parent.glob("*.py")):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def segment_inputs(
+    con, segment: Segment, as_of: str, timezone: str  # noqa: ANN001 - duckdb connection
+) -> str | None:
+    """What a dynamic segment's evaluation is made from: the recorded build of the marts
+    (orchestration/dbt_builds.py), the definition file, the day, the time zone and the
+    evaluating code. None when the marts' build is not recorded (built by hand, a subset,
+    or a build that failed): then it is evaluated."""
+    build = dbt_builds.recorded(con, WAREHOUSE_BUILD)
+    if build is None:
+        return None
+    payload = json.dumps([build.fingerprint, build.run_id, segment.path.read_text(),
+                          as_of, timezone, _evaluating_code()])  # fmt: skip
+    return hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()
 
 
 def _is_valid(segment: Segment, catalogue: Catalogue) -> bool:
@@ -144,6 +189,12 @@ def build_segment_asset(
             raise dg.Failure(description=str(exc)) from None
         as_of = as_of_day(context)
         wh = Warehouse.at(warehouse.duckdb_path, warehouse.memory_limit or None)
+        inputs = None
+        if checked.definition.mode == "dynamic" and not config.resnapshot:
+            with wh.connect() as con:
+                inputs = segment_inputs(con, checked, as_of.isoformat(), settings.clinic_timezone)
+                if inputs is not None and evaluated_from(con, checked.slug, as_of) == inputs:
+                    return _reused(context, con, checked.slug, as_of)
         try:
             frames = _frames_for(wh, context.run_id, library, catalogue)
             result = materialise(
@@ -158,6 +209,9 @@ def build_segment_asset(
             )
         except (WarehouseError, WrongDay) as exc:
             raise dg.Failure(description=str(exc)) from None
+        if inputs is not None and result.consistency.ok:
+            with wh.connect() as con:
+                remember_inputs(con, checked.slug, as_of, inputs)
         change = result.change
         # Counts only in the log: who is in a segment is patient data.
         context.log.info(
@@ -177,19 +231,47 @@ def build_segment_asset(
         }
         if checked.definition.mode == "snapshot":
             metadata["snapshot_frozen_this_run"] = dg.MetadataValue.bool(result.snapshotted)
-        c = result.consistency
-        check = dg.AssetCheckResult(
-            check_name=HISTORY_CHECK,
-            passed=c.ok,
-            metadata={
-                "duplicate_members": c.duplicate_members,
-                "members_without_open_interval": c.members_without_open_interval,
-                "open_intervals_of_non_members": c.open_intervals_of_non_members,
-            },
+        return dg.MaterializeResult(
+            metadata=metadata, check_results=[_history_check(result.consistency)]
         )
-        return dg.MaterializeResult(metadata=metadata, check_results=[check])
 
     return _segment_asset
+
+
+def _history_check(c: Consistency) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        check_name=HISTORY_CHECK,
+        passed=c.ok,
+        metadata={
+            "duplicate_members": c.duplicate_members,
+            "members_without_open_interval": c.members_without_open_interval,
+            "open_intervals_of_non_members": c.open_intervals_of_non_members,
+        },
+    )
+
+
+def _reused(
+    context: dg.AssetExecutionContext, con, slug: str, as_of  # noqa: ANN001
+) -> dg.MaterializeResult:
+    """The segment's membership of `as_of`, already evaluated from the same inputs: what
+    evaluating it again would report (the same members; nobody entered or left)."""
+    members = read_members(con, [slug], as_of)
+    context.log.info(
+        f"{PROGRESS}not evaluated again: its membership of {as_of} was evaluated from the "
+        "same marts build, definition and code"
+    )
+    c = check_consistency(con, slug)
+    metadata: dict[str, object] = {
+        "members": dg.MetadataValue.int(members.height),
+        "entered": dg.MetadataValue.int(0),
+        "exited": dg.MetadataValue.int(0),
+        "as_of": dg.MetadataValue.text(as_of.isoformat()),
+        "previous_as_of": dg.MetadataValue.text(as_of.isoformat()),
+        "mode": dg.MetadataValue.text("dynamic"),
+        "sample": dg.MetadataValue.md(_sample_markdown(members)),
+        "evaluation": dg.MetadataValue.text("not run: inputs unchanged since its last one"),
+    }
+    return dg.MaterializeResult(metadata=metadata, check_results=[_history_check(c)])
 
 
 def build_segment_assets(

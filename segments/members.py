@@ -33,6 +33,9 @@ _WAREHOUSE_DDL = (
     "create table if not exists segments.segment_runs ("
     " segment_slug varchar not null, as_of date not null, members bigint not null,"
     " entered bigint not null, exited bigint not null, recorded_at timestamptz not null)",
+    # What a segment's current membership was evaluated from (see `evaluated_from`).
+    "create table if not exists segments.__evaluated ("
+    " segment_slug varchar primary key, as_of date not null, inputs varchar not null)",
 )
 
 
@@ -71,6 +74,8 @@ def record_membership(
     con.register("segment_members_now", current.to_arrow())
     try:
         con.execute("begin transaction")
+        # The membership changes: what it was evaluated from is no longer known.
+        con.execute("delete from segments.__evaluated where segment_slug = ?", [slug])
         prev_as_of = con.execute(
             "select max(as_of) from segments.segment_runs where segment_slug = ?", [slug]
         ).fetchall()[0][0]
@@ -163,6 +168,29 @@ def check_consistency(con: duckdb.DuckDBPyConnection, slug: str) -> Consistency:
         [slug],
     ).fetchall()[0][0]
     return Consistency(duplicates, without_open, stray_open)
+
+
+def remember_inputs(con: duckdb.DuckDBPyConnection, slug: str, as_of: date, inputs: str) -> None:
+    """Record that the segment's current membership (just recorded for `as_of`) was
+    evaluated from `inputs` (a digest the caller makes of the marts, the definition and the
+    evaluating code). Any later `record_membership` of the segment drops the record."""
+    ensure_membership_tables(con)
+    con.execute("delete from segments.__evaluated where segment_slug = ?", [slug])
+    con.execute("insert into segments.__evaluated values (?, ?, ?)", [slug, as_of, inputs])
+
+
+def evaluated_from(con: duckdb.DuckDBPyConnection, slug: str, as_of: date) -> str | None:
+    """The inputs the segment's current membership was evaluated from, when that
+    membership is of `as_of` and is its latest day; else None."""
+    if not table_exists(con, "segments", "__evaluated"):
+        return None
+    rows = con.execute(
+        "select e.inputs from segments.__evaluated e where e.segment_slug = ? and e.as_of = ? "
+        "and e.as_of = (select max(as_of) from segments.segment_runs r "
+        "where r.segment_slug = e.segment_slug)",
+        [slug, as_of],
+    ).fetchall()
+    return rows[0][0] if rows else None
 
 
 MEMBERS_SCHEMA = {"segment_slug": pl.String, "patient_id": pl.String, "case_id": pl.String}

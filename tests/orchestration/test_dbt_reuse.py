@@ -1,5 +1,6 @@
 """A dbt build is not run again when its inputs are those of its last clean build, and is
-run whenever anything it was built from, or anything it built, may have changed.
+run whenever anything it was built from, or anything it built, may have changed; a
+segment is not evaluated again from the same marts build, definition and code.
 
 The flow runs the real CLI (`audiences run`, Dagster in-process, real dbt) on a small
 generated clinic; the unit tests below it check the fingerprint of a build's inputs on a
@@ -74,6 +75,8 @@ def test_a_rerun_reuses_the_build_and_any_change_builds_again(tmp_path, monkeypa
     assert "analytics_dbt_assets: not run: its inputs" in out
     # The warning of the recorded build is given again: the same tables warn the same way.
     assert orphan_warning in out
+    # Segments evaluated from the same marts build, definitions and code: not again.
+    assert "segments__waitlist: not evaluated again: its membership of 2026-11-20" in out
     assert built_at(db) == first
     for step in ("segments__waitlist", "worklists__lapsed_physio_6_12mo", "outbound__send_plan",
                  "analytics_dbt_assets"):  # fmt: skip
@@ -114,6 +117,11 @@ def test_a_rerun_reuses_the_build_and_any_change_builds_again(tmp_path, monkeypa
     out = run(*WAREHOUSE_ONLY)
     assert "dbt build runs: its inputs changed since its last clean build" in out
     assert built_at(db) > third
+
+    # Marts built again: every segment is evaluated again, then reused on the next rerun.
+    out = run()
+    assert "not evaluated again" not in out and "✓ segments__waitlist" in out
+    assert "segments__waitlist: not evaluated again" in run()
 
 
 # -- the fingerprint of a build's inputs, on a DuckDB file alone ----------------------------

@@ -123,3 +123,4 @@ def test_event_rows_are_held_one_run_per_key_in_their_order_and_none_is_lost():
             assert _grouped(held, "k").equals(held)
 
     check()
+

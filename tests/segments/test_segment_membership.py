@@ -192,3 +192,30 @@ def test_consistency_check_notices_broken_history(setup) -> None:
     assert (c.duplicate_members, c.members_without_open_interval) == (0, 1)
     assert c.open_intervals_of_non_members == 1
     assert not c.ok
+
+
+def test_an_evaluation_record_holds_only_for_the_membership_it_was_made_with():
+    from datetime import timedelta
+
+    import polars as pl
+
+    from segments.members import evaluated_from, record_membership, remember_inputs
+
+    D = date(2024, 8, 31)  # noqa: N806
+    members = pl.DataFrame({"patient_id": ["P1", "P2"], "case_id": [None, None]},
+                           schema={"patient_id": pl.String, "case_id": pl.String})  # fmt: skip
+    con = duckdb.connect()
+    record_membership(con, "s", members, D)
+    assert evaluated_from(con, "s", D) is None
+    remember_inputs(con, "s", D, "inputs-1")
+    assert evaluated_from(con, "s", D) == "inputs-1"
+    assert evaluated_from(con, "other", D) is None
+    # Recorded again (even with the same members): the record is dropped.
+    record_membership(con, "s", members, D)
+    assert evaluated_from(con, "s", D) is None
+    # A record of the latest day only: once a later day is recorded, the earlier does not hold.
+    remember_inputs(con, "s", D, "inputs-2")
+    record_membership(con, "s", members, D + timedelta(days=1))
+    remember_inputs(con, "s", D + timedelta(days=1), "inputs-3")
+    assert evaluated_from(con, "s", D) is None
+    assert evaluated_from(con, "s", D + timedelta(days=1)) == "inputs-3"
