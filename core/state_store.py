@@ -130,13 +130,25 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
 def insert_many(conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> int:
     """Insert `rows` (dicts with the same keys, as for `conn.execute(table.insert(), rows)`)
     with one executemany, without that path's work per row: each column's bind processing
-    (a `UTCDateTime` to UTC, a SQLite datetime to text) is done once per distinct value,
+    (a `UTCDateTime` to UTC, a SQLite datetime to text) is done once per distinct value
+    (the same value, type, time zone and `fold`),
     and the driver gets plain tuples (on PostgreSQL, one COPY). For the tens of thousands
     of rows a large work list's first sync writes."""
     if not rows:
         return 0
     dialect = conn.dialect
     columns = list(rows[0])
+    # Columns left out get their scalar default, as the ordinary insert gives them.
+    defaults = {}
+    for column in table.columns:
+        if column.key not in columns and column.default is not None:
+            if not column.default.is_scalar:
+                raise ValueError(f"insert_many into {table.name}: give {column.key} a value "
+                                 "(its default is computed per row)")  # fmt: skip
+            defaults[column.key] = column.default.arg  # type: ignore[attr-defined]
+    if defaults:
+        rows = [{**row, **defaults} for row in rows]
+        columns += list(defaults)
     compiled = table.insert().compile(dialect=dialect, column_keys=columns)
     processors = [table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
                   for name in columns]  # fmt: skip
@@ -148,10 +160,14 @@ def insert_many(conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, A
         for i, process, cache in processed:
             value = values[i]
             if value is not None:
+                # Equal is not enough for a key: two local times an hour apart in the hour
+                # a clock change repeats are equal but for `fold`; 1 and True are equal.
+                key = (type(value), value, getattr(value, "fold", 0),
+                       getattr(value, "tzinfo", None))  # fmt: skip
                 try:
-                    values[i] = cache[value]
+                    values[i] = cache[key]
                 except KeyError:
-                    values[i] = cache[value] = process(value)
+                    values[i] = cache[key] = process(value)
                 except TypeError:  # a value that cannot be a key (a JSON document)
                     values[i] = process(value)
         return values

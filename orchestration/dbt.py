@@ -173,7 +173,7 @@ def say(context: dg.AssetExecutionContext, line: str) -> None:
 
 def reusable_build(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, graph: DbtGraph,
-    name: str, variables: str,
+    name: str, variables: str, upstream_builds: tuple[str, ...] = (),
 ) -> tuple[str | None, dbt_builds.Build | None]:  # fmt: skip
     """The fingerprint to record after building, and the earlier build to reuse instead of
     building (None: build). Only the whole asset with all its checks is reused or recorded;
@@ -184,8 +184,8 @@ def reusable_build(
     ) == set(context.assets_def.check_keys)
     raw, other = graph.upstream_sources(keys)
     with warehouse.connect() as con:
-        project = dbt_builds.project_digest(DBT_PROJECT_DIR)
-        found = dbt_builds.inputs(con, raw, other, variables, project)
+        project = dbt_builds.project_digest(DBT_PROJECT_DIR, os.environ)
+        found = dbt_builds.inputs(con, raw, other, variables, project, upstream_builds)
         last = dbt_builds.recorded(con, name)
         models = [graph.relations[k] for k in keys if k in graph.relations]
         absent = dbt_builds.missing_relations(con, models)
@@ -265,7 +265,11 @@ def build_dbt_defs(partitions: dg.PartitionsDefinition | None = None) -> dg.Defi
     translator = ClinicDbtTranslator()
     graph = DbtGraph(json.loads(manifest.read_text()), translator)
 
-    def dbt_asset(name: str, what: str, **selection: str) -> dg.AssetsDefinition:
+    def dbt_asset(
+        name: str, what: str, reads: tuple[str, ...] = (), **selection: str
+    ) -> dg.AssetsDefinition:
+        """`reads`: the dbt assets whose models this one's models read."""
+
         @dbt_assets(
             manifest=manifest,
             project=dbt_project,
@@ -285,7 +289,7 @@ def build_dbt_defs(partitions: dg.PartitionsDefinition | None = None) -> dg.Defi
         ):
             as_of = as_of_day(context)
             variables = dbt_vars(as_of.isoformat(), settings.clinic_timezone)
-            fingerprint, last = reusable_build(context, warehouse, graph, name, variables)
+            fingerprint, last = reusable_build(context, warehouse, graph, name, variables, reads)
             if last is not None:
                 yield from reused_build(context, graph, last)
                 return
@@ -310,7 +314,8 @@ def build_dbt_defs(partitions: dg.PartitionsDefinition | None = None) -> dg.Defi
         "warehouse_dbt_assets", "warehouse models", exclude=ANALYTICS_MODELS
     )
     analytics_dbt_assets = dbt_asset(
-        "analytics_dbt_assets", "analytics models", select=ANALYTICS_MODELS
+        "analytics_dbt_assets", "analytics models", ("warehouse_dbt_assets",),
+        select=ANALYTICS_MODELS,
     )
     return dg.Definitions(
         assets=[warehouse_dbt_assets, analytics_dbt_assets],

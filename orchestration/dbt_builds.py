@@ -8,8 +8,10 @@ a build in which every model built and every test passed, the pipeline records i
 - every raw source table's load record in `raw.__ingested` (the files it was loaded
   from, their sizes and modification times, the day, the format and the loader's code);
 - the `--vars` of the build (the as-of day and the clinic time zone);
-- a digest of the dbt project (every file dbt parses, and the profile) and of the
-  dbt-core and adapter versions.
+- a digest of the dbt project (every file dbt parses, and the profile), of the dbt-core,
+  adapter and DuckDB versions, and of every `DBT_*` environment variable (dbt's flags);
+- for a build that reads models of another (the analytics models read the marts), that
+  build's record.
 
 A later build whose inputs are the same, and whose models are all still in the warehouse,
 is not run: its assets report the earlier build instead. Anything else builds: another
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -37,17 +39,25 @@ from ingest import unchanged
 
 TABLE = "raw.__dbt_builds"
 # The files dbt reads to build (the profile too: it sets the session's time zone).
-PROJECT_FILES = ("dbt_project.yml", "profiles.yml")
-PROJECT_DIRS = ("models", "macros", "tests", "seeds", "snapshots", "analyses")
+PROJECT_FILES = ("dbt_project.yml", "profiles.yml", "packages.yml", "dependencies.yml")
+PROJECT_DIRS = ("models", "macros", "tests", "seeds", "snapshots", "analyses", "dbt_packages")
+# The engines: dbt, its adapter, and DuckDB itself (functions, time zone data).
+ENGINE_PACKAGES = ("dbt-core", "dbt-duckdb", "duckdb")
+# dbt reads flags from the environment (DBT_EMPTY builds every model empty, DBT_WARN_ERROR
+# turns a warning into a failure, ...): every DBT_* variable is an input of a build.
+ENV_PREFIX = "DBT_"
 # A var every build the pipeline starts carries: the hook keeps the records of those.
 PIPELINE_VAR = "pipeline_build"
 
 
-def project_digest(project_dir: Path) -> str:
-    """A digest of everything in the dbt project that decides what a build makes."""
+def project_digest(project_dir: Path, environ: Mapping[str, str]) -> str:
+    """A digest of everything that decides what a build makes besides its tables and vars:
+    the dbt project's files, the engines' versions, and dbt's flags in the environment."""
     digest = hashlib.blake2b(digest_size=16)
-    for package in ("dbt-core", "dbt-duckdb"):
+    for package in ENGINE_PACKAGES:
         digest.update(f"{package}=={metadata.version(package)}\0".encode())
+    flags = sorted((k, v) for k, v in environ.items() if k.upper().startswith(ENV_PREFIX))
+    digest.update(json.dumps(flags).encode() + b"\0")
     files = [project_dir / name for name in PROJECT_FILES]
     for folder in PROJECT_DIRS:
         files += sorted(p for p in (project_dir / folder).rglob("*") if p.is_file())
@@ -72,11 +82,19 @@ def inputs(
     other_tables: Iterable[tuple[str, str]],
     variables: str,
     project: str,
+    upstream_builds: Iterable[str] = (),
 ) -> Inputs:
-    """The inputs of a build reading `raw_tables` (known by their load records) and
+    """The inputs of a build reading `raw_tables` (known by their load records),
     `other_tables` (`(schema, name)`, known by their contents: the send ledger, written by
-    the run itself). Without a load record for every raw table (a table loaded some other
-    way, or never) or with another table absent, the inputs are unknown."""
+    the run itself) and the models of `upstream_builds` (known by those builds' records).
+    Without a load record for every raw table (a table loaded some other way, or never),
+    with another table absent, or with an upstream build unrecorded, they are unknown."""
+    upstream = []
+    for build in sorted(set(upstream_builds)):
+        last = recorded(con, build)
+        if last is None:
+            return Inputs(None, f"the models it reads from {build} have no recorded build")
+        upstream.append([build, last.fingerprint, last.run_id])
     unchanged.ensure_table(con)
     names = sorted(set(raw_tables))
     rows = con.execute(
@@ -101,9 +119,10 @@ def inputs(
         for schema, name in others
     ]
     payload = json.dumps(
-        {"raw": rows, "tables": [others, contents], "vars": variables, "project": project},
+        {"raw": rows, "tables": [others, contents], "vars": variables, "project": project,
+         "upstream": upstream},
         default=str,
-    )
+    )  # fmt: skip
     return Inputs(hashlib.blake2b(payload.encode(), digest_size=16).hexdigest())
 
 

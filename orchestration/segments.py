@@ -105,13 +105,14 @@ def segment_inputs(
     con, segment: Segment, as_of: str, timezone: str  # noqa: ANN001 - duckdb connection
 ) -> str | None:
     """What a dynamic segment's evaluation is made from: the recorded build of the marts
-    (orchestration/dbt_builds.py), the definition file, the day, the time zone and the
+    (orchestration/dbt_builds.py), the definition as loaded, the day, the time zone and the
     evaluating code. None when the marts' build is not recorded (built by hand, a subset,
     or a build that failed): then it is evaluated."""
     build = dbt_builds.recorded(con, WAREHOUSE_BUILD)
     if build is None:
         return None
-    payload = json.dumps([build.fingerprint, build.run_id, segment.path.read_text(),
+    # The definition as it was loaded and is evaluated (not the file read again).
+    payload = json.dumps([build.fingerprint, build.run_id, segment.definition.model_dump_json(),
                           as_of, timezone, _evaluating_code()])  # fmt: skip
     return hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()
 

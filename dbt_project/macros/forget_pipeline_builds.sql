@@ -3,7 +3,7 @@
     full instead of reusing tables that are no longer what it built. The pipeline's own
     builds pass the var `pipeline_build` and keep them (it records and drops its own). -#}
 {% macro forget_pipeline_builds() %}
-    {%- if execute and flags.WHICH in ('run', 'build', 'seed', 'snapshot')
+    {%- if execute and flags.WHICH in ('run', 'build', 'seed', 'snapshot', 'clone', 'retry')
           and not var('pipeline_build', false) -%}
         {%- set found = run_query(
             "select count(*) from information_schema.tables "

@@ -180,14 +180,36 @@ def test_other_tables_count_by_their_rows_in_any_order(con):
 def test_the_project_digest_follows_every_file_dbt_reads(tmp_path):
     project = tmp_path / "dbt_project"
     shutil.copytree(DBT_PROJECT_DIR, project, ignore=shutil.ignore_patterns("target", "logs"))
-    base = dbt_builds.project_digest(project)
-    assert dbt_builds.project_digest(project) == base
+    env = {"HOME": "/root"}
+    base = dbt_builds.project_digest(project, env)
+    assert dbt_builds.project_digest(project, {**env, "PATH": "/usr/bin"}) == base
     macro = project / "macros" / "clinic_dates.sql"
     macro.write_text(macro.read_text() + "\n")
-    assert dbt_builds.project_digest(project) != base
-    changed = dbt_builds.project_digest(project)
+    assert dbt_builds.project_digest(project, env) != base
+    changed = dbt_builds.project_digest(project, env)
     (project / "models" / "marts" / "new_model.sql").write_text("select 1 as x")
-    assert dbt_builds.project_digest(project) != changed
+    assert dbt_builds.project_digest(project, env) != changed
+
+
+def test_dbt_flags_in_the_environment_are_inputs_of_a_build():
+    # DBT_EMPTY builds every model with no rows; DBT_WARN_ERROR fails on a warning.
+    env = {"HOME": "/root"}
+    base = dbt_builds.project_digest(DBT_PROJECT_DIR, env)
+    assert dbt_builds.project_digest(DBT_PROJECT_DIR, {**env, "DBT_EMPTY": "1"}) != base
+    assert dbt_builds.project_digest(DBT_PROJECT_DIR, {**env, "DBT_WARN_ERROR": "true"}) != base
+
+
+def test_a_build_reading_another_builds_models_follows_that_builds_record(con):
+    def fp():
+        return dbt_builds.inputs(con, ("patients",), (), "{}", "p", ("warehouse",))
+
+    assert fp().missing == "the models it reads from warehouse have no recorded build"
+    dbt_builds.remember(con, "warehouse", "f1", "run-1", [])
+    first = fp().fingerprint
+    assert first is not None and fp().fingerprint == first
+    # The same inputs built again by another run: its models were rebuilt, so this changes.
+    dbt_builds.remember(con, "warehouse", "f1", "run-2", [])
+    assert fp().fingerprint != first
 
 
 def test_only_a_build_where_every_node_succeeded_passed_or_warned_is_recorded():

@@ -69,3 +69,20 @@ def test_a_timestamp_without_a_zone_is_refused_as_by_the_ordinary_insert(engine:
     naive = datetime(2026, 3, 2, 9, 0)
     with pytest.raises((ValueError, sa.exc.StatementError)), engine.begin() as conn:
         insert_many(conn, members, [member(1, naive)])
+
+
+def test_the_repeated_hour_of_a_clock_change_and_left_out_defaults(engine: Engine) -> None:
+    from zoneinfo import ZoneInfo
+
+    sydney = ZoneInfo("Australia/Sydney")
+    # 2026-04-05 02:30 happens twice in Sydney: at 15:30 UTC (daylight time) and 16:30 UTC.
+    first = datetime(2026, 4, 5, 2, 30, tzinfo=sydney, fold=0)
+    second = datetime(2026, 4, 5, 2, 30, tzinfo=sydney, fold=1)
+    rows = [member(1, first), member(2, second)]
+    for row in rows:
+        del row["left_segment"]  # its default (false) applies, as with the ordinary insert
+    with engine.begin() as conn:
+        insert_many(conn, members, rows)
+    stored = {r[1]: (r[7], r[11]) for r in read(engine, "wl")}
+    assert stored["m1"] == (datetime(2026, 4, 4, 15, 30, tzinfo=UTC), False)
+    assert stored["m2"] == (datetime(2026, 4, 4, 16, 30, tzinfo=UTC), False)
