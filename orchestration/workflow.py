@@ -8,6 +8,7 @@ from collections.abc import Iterable
 import dagster as dg
 
 from orchestration.resources import (
+    PROGRESS,
     ClinicSettingsResource,
     StateStoreResource,
     WarehouseResource,
@@ -15,6 +16,7 @@ from orchestration.resources import (
     daily_partitions,
     key_part,
 )
+from segments.members import evaluated_from
 from segments.workflow_block import WorkListInfo
 from workflow.api import SyncResult
 from workflow.run import materialize_worklist
@@ -43,6 +45,8 @@ def _metadata(info: WorkListInfo, result: SyncResult) -> dict[str, dg.MetadataVa
         meta[f"stage: {stage}"] = dg.MetadataValue.int(counts.active.get(stage, 0))
     if result.frozen:
         meta["note"] = dg.MetadataValue.text("snapshot segment: membership frozen")
+    if result.reused:
+        meta["sync"] = dg.MetadataValue.text("not run: inputs unchanged since its last one")
     return meta
 
 
@@ -69,17 +73,26 @@ def build_worklist_asset(
         settings: ClinicSettingsResource,
         state_store: StateStoreResource,
     ) -> dg.MaterializeResult:
+        as_of = as_of_day(context)
+        # What the segment's membership of the day was evaluated from (None: not known, so
+        # the list is synced); with the spec and the day, what this sync is made from.
+        with warehouse.connect(read_only=True) as con:
+            inputs = evaluated_from(con, info.segment_slug, as_of)
         try:
             result = materialize_worklist(
                 info,
                 duckdb_path=warehouse.duckdb_path,
                 state_db_url=state_store.url,
                 clinic_timezone=settings.clinic_timezone,
-                as_of=as_of_day(context),
+                as_of=as_of,
+                inputs=inputs,
             )
         except LookupError as err:
             # The segment has no membership of this day (WrongDay): never sync another's.
             raise dg.Failure(description=str(err)) from None
+        if result.reused:
+            context.log.info(f"{PROGRESS}not synced again: its last complete sync was made "
+                             "from the same segment evaluation, day and spec")  # fmt: skip
         # Counts only: member ids stay in the state store, names never leave the warehouse.
         context.log.info(
             f"{info.slug}: entered {result.entered}, left {result.left}, "

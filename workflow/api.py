@@ -102,6 +102,8 @@ class SyncResult:
     booked: int = 0
     frozen: bool = False
     counts: StageCounts | None = field(default=None)
+    # Not synced again: the last complete sync was made from the same inputs.
+    reused: bool = False
 
 
 def _now(now: datetime | None) -> datetime:
@@ -643,6 +645,18 @@ def sync_worklist(
 
     result.counts = stage_counts(engine, info, info.owner)
     return result
+
+
+def booking_moves_left(
+    engine: Engine, info: WorkListInfo, latest_booking: Mapping[str, datetime] | None
+) -> bool:
+    """Whether a booking move is still to be made on the stored states (a move a sync
+    planned but found changed by staff, or one it has not got to)."""
+    if not info.spec.on_booking or not latest_booking:
+        return False
+    with engine.connect() as conn:
+        states = _states(conn, info.slug)
+    return bool(plan_booking_moves(info.spec, states, latest_booking))
 
 
 # Rows per statement when many members change at once: well under SQLite's bound

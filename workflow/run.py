@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import UTC, date, datetime
+from functools import cache
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -10,8 +13,8 @@ from sqlalchemy.engine import Engine
 
 from core.days import parse_as_of
 from segments.workflow_block import WorkListInfo
-from workflow.api import SyncResult, sync_worklist
-from workflow.store import open_state
+from workflow.api import SyncResult, booking_moves_left, stage_counts, sync_worklist
+from workflow.store import open_state, sync_inputs
 from workflow.warehouse_reads import read_latest_bookings, read_segment_members
 
 
@@ -22,13 +25,16 @@ def materialize_worklist(
     clinic_timezone: str = "UTC",
     as_of: str | date | None = None,
     now: datetime | None = None,
+    inputs: str | None = None,
 ) -> SyncResult:
-    """Sync `info` with its segment's current members and, with `on_booking`, bookings."""
+    """Sync `info` with its segment's current members and, with `on_booking`, bookings.
+
+    `inputs`: a digest of what this sync is made from (the caller's: the segment's
+    evaluation, the day, the spec). When the list's last complete sync was made from the
+    same, syncing again would change nothing, and it is not done (`reused`). A sync is
+    complete, and its inputs recorded, when afterwards no booking move is left to make
+    (one staff raced with is made by the next sync)."""
     day = parse_as_of(as_of, clinic_timezone)
-    current = read_segment_members(duckdb_path, info.segment_slug, info.entity, day)
-    bookings = None
-    if info.spec.on_booking:
-        bookings = read_latest_bookings(duckdb_path, day, clinic_timezone)
     engine = open_state(state_db_url)
     try:
         taken = (
@@ -36,9 +42,41 @@ def materialize_worklist(
             if info.mode == "snapshot"
             else None
         )
-        return sync_worklist(engine, info, current, bookings, now=now, snapshot_taken_at=taken)
+        if inputs is not None:
+            inputs = _digest(inputs, info, day, taken)
+            with engine.begin() as conn:
+                last = conn.execute(sa.select(sync_inputs.c.inputs).where(
+                    sync_inputs.c.worklist_slug == info.slug)).scalar()  # fmt: skip
+                if last == inputs:
+                    return SyncResult(counts=stage_counts(engine, info, info.owner), reused=True)
+                conn.execute(sync_inputs.delete().where(sync_inputs.c.worklist_slug == info.slug))
+        current = read_segment_members(duckdb_path, info.segment_slug, info.entity, day)
+        bookings = None
+        if info.spec.on_booking:
+            bookings = read_latest_bookings(duckdb_path, day, clinic_timezone)
+        result = sync_worklist(engine, info, current, bookings, now=now, snapshot_taken_at=taken)
+        if inputs is not None and not booking_moves_left(engine, info, bookings):
+            with engine.begin() as conn:
+                conn.execute(sync_inputs.insert().values(
+                    worklist_slug=info.slug, inputs=inputs, synced_at=datetime.now(UTC)
+                ))  # fmt: skip
+        return result
     finally:
         engine.dispose()
+
+
+def _digest(inputs: str, info: WorkListInfo, day: date, taken: datetime | None) -> str:
+    payload = json.dumps([inputs, info.model_dump_json(), day.isoformat(),
+                          taken.isoformat() if taken else None, _workflow_code()])  # fmt: skip
+    return hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()
+
+
+@cache
+def _workflow_code() -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def segment_snapshot_taken_at(engine: Engine, segment_slug: str) -> datetime | None:

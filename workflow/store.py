@@ -6,6 +6,8 @@
 - `workflow_members`: one row per (work list, member) with the current stage, assignee,
   due date, last touch and a `version` that every change bumps (compare-and-set).
 - `workflow_events`: append-only; every change with who, when, from stage, to stage, note.
+- `workflow_sync_inputs`: what a work list's last complete sync was made from (see
+  `workflow.run.materialize_worklist`), so that a rerun of the day need not sync again.
 """
 
 from __future__ import annotations
@@ -91,6 +93,15 @@ events = sa.Table(
 )
 
 
+sync_inputs = sa.Table(
+    "workflow_sync_inputs",
+    metadata,
+    sa.Column("worklist_slug", sa.String(200), primary_key=True),
+    sa.Column("inputs", sa.String(64), nullable=False),
+    sa.Column("synced_at", UTCDateTime, nullable=False),
+)
+
+
 def _create_v1(conn: Connection) -> None:
     metadata.create_all(conn, tables=[lists, members, events])
 
@@ -116,6 +127,8 @@ register_migrations(
         Migration(1, "work lists, member stages and the append-only event log", _create_v1),
         Migration(2, "follow deliberate re-snapshots of snapshot segments", _add_snapshot_at),
         Migration(3, "an index that counts members per stage", _add_stage_count_index),
+        Migration(4, "what each work list's last complete sync was made from",
+                  lambda conn: sync_inputs.create(conn, checkfirst=True)),
     ],
 )
 

@@ -77,6 +77,8 @@ def test_a_rerun_reuses_the_build_and_any_change_builds_again(tmp_path, monkeypa
     assert orphan_warning in out
     # Segments evaluated from the same marts build, definitions and code: not again.
     assert "segments__waitlist: not evaluated again: its membership of 2026-11-20" in out
+    # ... nor their work lists synced again.
+    assert "worklists__lapsed_physio_6_12mo: not synced again" in out
     assert built_at(db) == first
     for step in ("segments__waitlist", "worklists__lapsed_physio_6_12mo", "outbound__send_plan",
                  "analytics_dbt_assets"):  # fmt: skip
@@ -121,7 +123,10 @@ def test_a_rerun_reuses_the_build_and_any_change_builds_again(tmp_path, monkeypa
     # Marts built again: every segment is evaluated again, then reused on the next rerun.
     out = run()
     assert "not evaluated again" not in out and "✓ segments__waitlist" in out
-    assert "segments__waitlist: not evaluated again" in run()
+    assert "not synced again" not in out
+    out = run()
+    assert "segments__waitlist: not evaluated again" in out
+    assert "worklists__lapsed_physio_6_12mo: not synced again" in out
 
 
 # -- the fingerprint of a build's inputs, on a DuckDB file alone ----------------------------

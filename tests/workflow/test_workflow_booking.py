@@ -185,3 +185,39 @@ def test_upcoming_bookings_follow_the_local_day_across_midnight_clock_changes(
     found = read_latest_bookings(db, day, "America/Santiago")
     assert set(found) == expected
     assert 0 < len(expected) < len(starts)
+
+
+def test_a_sync_made_from_the_same_inputs_is_not_made_again(
+    tmp_path: Path, state_url: str, engine: Engine, build_warehouse: Callable[..., None],
+    day: Callable[..., datetime], worklist: Callable[..., WorkListInfo],
+) -> None:  # fmt: skip
+    db = tmp_path / "warehouse.duckdb"
+    wl = worklist()
+    build_warehouse(db, [("p1", None), ("p2", None)], "2026-03-09")
+
+    def sync(inputs: str | None, at: int) -> object:
+        return materialize_worklist(wl, db, state_url, "Australia/Sydney", "2026-03-09",
+                                    now=day(at), inputs=inputs)  # fmt: skip
+
+    first = sync("evaluation-1", 0)
+    assert (first.entered, first.reused) == (2, False)
+    again = sync("evaluation-1", 1)
+    assert again.reused and again.entered == 0
+    assert again.counts is not None and again.counts.active["To call"] == 2
+    assert [e.kind for e in history(engine, wl, "p1")] == ["entered"]
+
+    # The segment evaluated again (other inputs), with p2 gone and p3 new: synced.
+    build_warehouse(db, [("p1", None), ("p3", None)], "2026-03-09")
+    changed = sync("evaluation-2", 2)
+    assert (changed.reused, changed.entered, changed.left) == (False, 1, 1)
+    # Without inputs (unknown), always synced.
+    assert sync(None, 3).reused is False
+
+    # A sync that fails (no membership of its day) leaves no record: the next one syncs.
+    build_warehouse(db, [("p1", None), ("p3", None)], "2026-03-10")
+    with pytest.raises(LookupError):
+        materialize_worklist(wl, db, state_url, "Australia/Sydney", "2026-03-09",
+                             now=day(4), inputs="evaluation-3")  # fmt: skip
+    build_warehouse(db, [("p1", None), ("p3", None)], "2026-03-09")
+    assert sync("evaluation-3", 5).reused is False
+    assert sync("evaluation-3", 6).reused is True
