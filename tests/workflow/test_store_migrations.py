@@ -21,9 +21,12 @@ def test_a_store_made_before_the_stage_count_index_gets_it_and_keeps_its_rows(tm
         for version in (1, 2):
             conn.execute(sa.text("insert into schema_migrations values ('workflow', :v, 'x', "
                                  "'2026-01-01')"), {"v": version})  # fmt: skip
-    assert ("workflow", 3) in migrate(engine, ["workflow"])
+    applied = migrate(engine, ["workflow"])
+    assert ("workflow", 3) in applied and ("workflow", 4) in applied
     names = {i["name"] for i in sa.inspect(engine).get_indexes("workflow_members")}
     assert "ix_workflow_members_stage_left" in names
+    # Version 4: the table of what each list's last complete sync was made from.
+    assert sa.inspect(engine).has_table("workflow_sync_inputs")
     # A store made now has it from version 1; the migration then changes nothing.
     fresh = connect_state(f"sqlite:///{tmp_path / 'new.db'}")
     migrate(fresh, ["workflow"])
