@@ -647,18 +647,6 @@ def sync_worklist(
     return result
 
 
-def booking_moves_left(
-    engine: Engine, info: WorkListInfo, latest_booking: Mapping[str, datetime] | None
-) -> bool:
-    """Whether a booking move is still to be made on the stored states (a move a sync
-    planned but found changed by staff, or one it has not got to)."""
-    if not info.spec.on_booking or not latest_booking:
-        return False
-    with engine.connect() as conn:
-        states = _states(conn, info.slug)
-    return bool(plan_booking_moves(info.spec, states, latest_booking))
-
-
 # Rows per statement when many members change at once: well under SQLite's bound
 # parameter limit, and short transactions for staff working alongside a sync.
 BATCH = 500

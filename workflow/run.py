@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 
 from core.days import parse_as_of
 from segments.workflow_block import WorkListInfo
-from workflow.api import SyncResult, booking_moves_left, stage_counts, sync_worklist
+from workflow.api import SyncResult, stage_counts, sync_worklist
 from workflow.store import open_state, sync_inputs
 from workflow.warehouse_reads import read_latest_bookings, read_segment_members
 
@@ -31,9 +31,10 @@ def materialize_worklist(
 
     `inputs`: a digest of what this sync is made from (the caller's: the segment's
     evaluation, the day, the spec). When the list's last complete sync was made from the
-    same, syncing again would change nothing, and it is not done (`reused`). A sync is
-    complete, and its inputs recorded, when afterwards no booking move is left to make
-    (one staff raced with is made by the next sync)."""
+    same, syncing again would change nothing, and it is not done (`reused`). The inputs
+    are recorded once the sync has completed: every planned booking move made or found
+    unnecessary on the member's fresh row (one that keeps racing with staff raises, and
+    leaves no record)."""
     day = parse_as_of(as_of, clinic_timezone)
     engine = open_state(state_db_url)
     try:
@@ -55,7 +56,7 @@ def materialize_worklist(
         if info.spec.on_booking:
             bookings = read_latest_bookings(duckdb_path, day, clinic_timezone)
         result = sync_worklist(engine, info, current, bookings, now=now, snapshot_taken_at=taken)
-        if inputs is not None and not booking_moves_left(engine, info, bookings):
+        if inputs is not None:
             with engine.begin() as conn:
                 conn.execute(sync_inputs.insert().values(
                     worklist_slug=info.slug, inputs=inputs, synced_at=datetime.now(UTC)
