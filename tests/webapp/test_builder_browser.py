@@ -78,19 +78,25 @@ def pinned(page, node):
 
 def drag_into(page, node, group) -> None:
     """Drag `node` by its handle to the end of `group`, following the group on screen as
-    the tree shifts under the pointer, as a hand does."""
-    handle = node.locator(":scope > .handle").bounding_box()
-    page.mouse.move(handle["x"] + 5, handle["y"] + 5)
-    page.mouse.down()
-    page.mouse.move(handle["x"] + 5, handle["y"] - 10, steps=5)
-    last = group.locator(":scope > .conditions > li.node").last
+    the tree shifts under the pointer, as a hand does; a hand that lets go in the wrong
+    place (a busy machine renders a step late) picks the condition up and tries again."""
     node_id = node.get_attribute("data-node")
-    for _ in range(12):
-        if last.get_attribute("data-node") == node_id:
-            break
-        box = last.bounding_box()
-        page.mouse.move(box["x"] + 40, box["y"] + box["height"] * 0.85, steps=4)
-    page.mouse.up()
+    inside = group.locator(f':scope > .conditions > li.node[data-node="{node_id}"]')
+    last = group.locator(":scope > .conditions > li.node").last
+    for _ in range(3):
+        handle = page.locator(f'li.node[data-node="{node_id}"] > .handle').bounding_box()
+        page.mouse.move(handle["x"] + 5, handle["y"] + 5)
+        page.mouse.down()
+        page.mouse.move(handle["x"] + 5, handle["y"] - 10, steps=5)
+        for _ in range(12):
+            if last.get_attribute("data-node") == node_id:
+                break
+            box = last.bounding_box()
+            page.mouse.move(box["x"] + 40, box["y"] + box["height"] * 0.85, steps=4)
+        page.mouse.up()
+        if inside.count() == 1:
+            return
+    raise AssertionError(f"condition {node_id} could not be dragged into the group")
 
 
 def build_by_mouse(page) -> None:
