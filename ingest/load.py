@@ -45,7 +45,7 @@ from ingest.parse import REJECTED_SCHEMA, clean_frame, parse_entity, typed_schem
 from ingest.raw_tables import raw_columns_ddl, rejected_columns_ddl
 from ingest.schemas import validate
 from ingest.sources import check_file_names, check_format, entity_source
-from ingest.sql_typing import cleaned, quoted_name, sql_text, typed_select
+from ingest.sql_typing import cleaned, quoted_name, sql_text, typed_from_raw, typed_select
 
 BATCH_ROWS = 1_000_000
 KEPT_TEXT = "__text_"  # the side table's columns of text kept for polars, while loading
@@ -258,8 +258,14 @@ class CsvRows:
                 f"coalesce(get_bit((select bits from __repeated_bits), "
                 f"(hash({self.key}) % {bits})::integer) = 1, false)"
             )
+        declared = {c.name: c for c in self.writer.ent.columns}
+
+        def text(i: int, name: str) -> str:
+            raw = name in declared and typed_from_raw(declared[name])
+            return text_column(i) if raw else cleaned(text_column(i))
+
         texts = ", ".join(
-            f"{cleaned(text_column(i))} as {quoted_name(name)}, {text_column(i)}"
+            f"{text(i, name)} as {quoted_name(name)}, {text_column(i)}"
             for i, name in enumerate(self.names)
         )
         values = [f"{sql} as {quoted_name(name)}" for name, sql in self.select.values.items()]

@@ -55,6 +55,18 @@ def cleaned(column_sql: str) -> str:
     )
 
 
+def typed_from_raw(column: Column) -> bool:
+    """Whether the column's value is typed from its text as read, uncleaned.
+
+    Every shape typed here is printable ASCII from its first character to its last, and a
+    choice never starts or ends with white space, so text with white space around it has
+    no shape here and its row goes to the polars path, which cleans it first: the answer
+    is the one the cleaned text would give, and the cleaning (a fair part of the reading's
+    cost) is left to the columns whose value is the text itself.
+    """
+    return column.kind != Kind.STRING or bool(column.choices)
+
+
 def _matches(text: str, pattern: str) -> str:
     return f"regexp_full_match({text}, {sql_text(pattern)})"
 
