@@ -120,11 +120,17 @@ class WarehouseFrames:
                                           dtype=pl.UInt32).explode()).to_series()  # fmt: skip
         return (df.select(gather) if gather else df)[rows.drop_nulls()]
 
+    def _held_columns(self, table: str) -> set[str]:
+        """The columns a loaded frame answers for: its own, and the text id of an event
+        table held by its hash alone (see `_read`)."""
+        have = set(self._frames[table].columns)
+        return have | {c for c, h in HASHED.items() if h in have and c not in self._collisions}
+
     def _load(self, wanted: dict[str, set[str]]) -> None:
         missing = {
             t: cols
             for t, cols in wanted.items()
-            if t not in self._frames or not cols <= set(self._frames[t].columns)
+            if t not in self._frames or not cols <= self._held_columns(t)
         }
         if not missing:
             return
@@ -144,16 +150,28 @@ class WarehouseFrames:
                 self._runs.clear()
                 missing = wanted
             self.built_for, self.built_timezone = day, zone
-            for table, cols in missing.items():
+            # Entity tables first: whether their ids' hashes collide decides whether the
+            # event tables need their text ids.
+            for table in sorted(missing, key=lambda t: t in _EVENT_TABLES):
+                cols = missing[table]
                 if table in self._frames:
                     derived = set(HASHED.values())
-                    cols = cols | (set(self._frames[table].columns) - derived)
+                    cols = cols | (self._held_columns(table) - derived)
+                collided = set(self._collisions)
                 self._frames[table] = self._read(con, table, cols)
                 self._runs.pop(table, None)
                 self._check_hash_collisions(table, self._frames[table])
+                for key in self._collisions - collided:
+                    # Event frames read before held this key by its hash alone: read again.
+                    for event_table in [t for t in self._frames if t in _EVENT_TABLES]:
+                        if HASHED[key] in self._frames[event_table].columns:
+                            self._frames[event_table] = self._read(
+                                con, event_table, self._held_columns(event_table)
+                                - set(HASHED.values()) | {key},
+                            )
+                            self._runs.pop(event_table, None)
 
-    @staticmethod
-    def _read(con: duckdb.DuckDBPyConnection, table: str, cols: set[str]) -> pl.DataFrame:
+    def _read(self, con: duckdb.DuckDBPyConnection, table: str, cols: set[str]) -> pl.DataFrame:
         present = {
             r[0]
             for r in con.execute(
@@ -173,11 +191,22 @@ class WarehouseFrames:
                 "or fix the field catalogue"
             )
         # Identifiers come from the validated definition and the catalogue; quoted anyway.
-        select = ", ".join(_quote(c) for c in sorted(cols))
+        # Ids are hashed as they are read (see HASHED). An event table holds millions of
+        # rows of ids that are only ever joined and counted on: there the text id is left
+        # in the warehouse, unless two ids of the entity share a hash.
+        keys = [c for c in HASHED if c in cols]
+        text = sorted(
+            c for c in cols
+            if not (table in _EVENT_TABLES and c in HASHED and c not in self._collisions)
+        )
+        hashed = [f"case when {_quote(c)} is not null then hash({_quote(c)}) end as "
+                  f"{_quote(HASHED[c])}" for c in keys]  # fmt: skip
+        select = ", ".join([*(_quote(c) for c in text), *hashed]) or "1 as __none"
         df = con.sql(f"select {select} from marts.{_quote(table)}").pl()
+        df = df.drop("__none", strict=False)
         # Money arrives as DECIMAL: compare it as float, like every other number.
         df = df.with_columns(pl.col(pl.Decimal).cast(pl.Float64))
-        return _held(table, _with_hashed_keys(_categorise(df)))
+        return _held(table, _categorise(df))
 
 
 # Text columns with at most this many distinct values are held as Categorical: filters on
@@ -203,7 +232,9 @@ HASHED = {"patient_id": "__patient_key", "case_id": "__case_key"}
 
 
 def _with_hashed_keys(df: pl.DataFrame) -> pl.DataFrame:
-    # polars hashes null to a value; a missing id must stay missing so it matches nothing.
+    """Frames given in memory hash their ids in polars (frames read from the warehouse
+    are hashed by DuckDB as they are read; the two are never mixed in one set of frames).
+    polars hashes null to a value; a missing id must stay missing so it matches nothing."""
     return df.with_columns(
         pl.when(pl.col(c).is_not_null()).then(pl.col(c).hash(seed=0)).alias(h)
         for c, h in HASHED.items()

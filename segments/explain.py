@@ -101,7 +101,8 @@ class _Explainer:
         source = EVENT_SOURCES[c.events]
         key = "case_id" if self.d.entity == "case" and source.has_case else "patient_id"
         events = self.frames.frame(source.table, self.read[source.table] | {key})
-        mine = events.filter(pl.col(key) == self.row[key][0])
+        joined = self.frames.join_key(key)  # the hashed id, as evaluation joins them
+        mine = events.filter(pl.col(joined) == self.row[joined][0])
         keep = event_filter(c, self.catalogue, self.as_of, self.timezone)
         count = (mine.filter(keep) if keep is not None else mine).height
         passed = bool(pl.select(compare_count(pl.lit(count), c.count.op, c.count.value)).item())

@@ -124,3 +124,66 @@ def test_event_rows_are_held_one_run_per_key_in_their_order_and_none_is_lost():
 
     check()
 
+
+
+EVENTS_DEFINITION = """
+name: Parramatta regulars
+include:
+  conditions:
+    - {field: city, op: eq, value: Parramatta}
+    - events: appointments
+      where: {conditions: [{field: status, op: eq, value: attended}]}
+      count: {op: gte, value: 2}
+"""
+
+
+def _clinic_rows() -> dict:
+    # By hand: P01 and P04 (Parramatta) have 2 and 3 attended visits, P02 (Parramatta) one;
+    # P03 (Sydney) has 2 but is not in Parramatta.
+    patients = [dict(patient_id=f"P{n:02d}", status="active",
+                     city="Sydney" if n in (0, 3) else "Parramatta") for n in range(5)]
+    visits = ["P01", "P04", "P02", "P03", "P04", "P01", "P03", "P04"]
+    return {"patient_features": patients, "appointments": [
+        dict(appointment_id=f"a{n}", patient_id=p, start_date=date(2024, 5, 1 + n),
+             category="Physio", status="attended") for n, p in enumerate(visits)]}
+
+
+def test_event_frames_hold_the_patient_key_and_not_the_text_id(warehouse_for, catalogue):
+    from segments.evaluate import GROUPED_KEY, WarehouseFrames, evaluate
+    from segments.validation import parse_definition, read_yaml
+
+    definition = parse_definition(read_yaml(EVENTS_DEFINITION, "t.yaml"), "t.yaml", catalogue)
+    frames = WarehouseFrames(warehouse_for(_clinic_rows()))
+    members = evaluate(definition, frames, catalogue, D, "UTC")
+    assert sorted(members["patient_id"].to_list()) == ["P01", "P04"]
+    events = frames.frame("appointments", ["patient_id", "status"])
+    assert GROUPED_KEY in events.columns and "patient_id" not in events.columns
+    # The patients' keys and the events' keys are the same hash of the same id.
+    people = frames.frame("patient_features", ["patient_id"])
+    p04 = people.filter(pl.col("patient_id") == "P04")[GROUPED_KEY][0]
+    assert events.filter(pl.col(GROUPED_KEY) == p04).height == 3
+
+
+def test_when_two_ids_share_a_hash_events_are_read_again_with_their_text_ids(
+    warehouse_for, catalogue, monkeypatch
+):
+    from segments.evaluate import WarehouseFrames, evaluate
+    from segments.explain import explain
+    from segments.validation import parse_definition, read_yaml
+
+    definition = parse_definition(read_yaml(EVENTS_DEFINITION, "t.yaml"), "t.yaml", catalogue)
+    frames = WarehouseFrames(warehouse_for(_clinic_rows()))
+    # The events are read first, by their hash alone; then the patients' ids "collide".
+    assert "patient_id" not in frames.frame("appointments", ["patient_id", "status"]).columns
+
+    def collide(self, table, df):
+        if "patient_id" in df.columns and table == "patient_features":
+            self._collisions.add("patient_id")
+
+    monkeypatch.setattr(WarehouseFrames, "_check_hash_collisions", collide)
+    members = evaluate(definition, frames, catalogue, D, "UTC")
+    assert frames.join_key("patient_id") == "patient_id"
+    assert "patient_id" in frames.frame("appointments", ["patient_id"]).columns
+    assert sorted(members["patient_id"].to_list()) == ["P01", "P04"]
+    (why,) = explain(definition, frames, catalogue, D, "UTC", "P02")
+    assert why.found and not why.member
