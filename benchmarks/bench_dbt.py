@@ -16,7 +16,7 @@ alternating `--repeat` times (default 3; medians and every ratio are printed):
                      statement (CREATE TABLE AS, CTEs only), the baseline.
 
 Both use the profile's DuckDB settings (threads 2, memory_limit $DUCKDB_MEMORY_LIMIT or
-6GB). The baseline's rows must equal marts.patient_features exactly (EXCEPT ALL both
+2GB). The baseline's rows must equal marts.patient_features exactly (EXCEPT ALL both
 ways), else the script says MISMATCH and exits 1. Goal at 1M patients: dbt build within
 2x of the single query and under 8 GiB peak.
 """
@@ -452,7 +452,7 @@ def main() -> None:
     parser.add_argument("--as-of", type=date.fromisoformat, default=date(2026, 6, 30))
     parser.add_argument("--timezone", default="Australia/Sydney")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--memory", default=os.environ.get("DUCKDB_MEMORY_LIMIT", "6GB"))
+    parser.add_argument("--memory", default=os.environ.get("DUCKDB_MEMORY_LIMIT", "2GB"))
     parser.add_argument("--keep", action="store_true", help="keep the built warehouse copies")
     parser.add_argument(
         "--repeat", type=int, default=3, help="alternating dbt / baseline runs (median reported)"
