@@ -201,9 +201,8 @@ class WarehouseFrames:
         )
         hashed = [f"case when {_quote(c)} is not null then hash({_quote(c)}) end as "
                   f"{_quote(HASHED[c])}" for c in keys]  # fmt: skip
-        select = ", ".join([*(_quote(c) for c in text), *hashed]) or "1 as __none"
+        select = ", ".join([*(_quote(c) for c in text), *hashed])
         df = con.sql(f"select {select} from marts.{_quote(table)}").pl()
-        df = df.drop("__none", strict=False)
         # Money arrives as DECIMAL: compare it as float, like every other number.
         df = df.with_columns(pl.col(pl.Decimal).cast(pl.Float64))
         return _held(table, _categorise(df))

@@ -9,6 +9,16 @@ import polars as pl
 
 D = date(2024, 8, 31)
 
+EVENTS_DEFINITION = """
+name: Parramatta regulars
+include:
+  conditions:
+    - {field: city, op: eq, value: Parramatta}
+    - events: appointments
+      where: {conditions: [{field: status, op: eq, value: attended}]}
+      count: {op: gte, value: 2}
+"""
+
 
 def test_rows_of_finds_exactly_the_wanted_keys_rows_nulls_and_absent_keys_included():
     from segments.evaluate import GROUPED_KEY, WarehouseFrames
@@ -46,15 +56,7 @@ def test_an_events_condition_over_a_few_candidates_counts_as_over_everyone(run_s
     rows = {"patient_features": patients, "appointments": [
         dict(appointment_id=f"a{n}", patient_id=p, start_date=date(2024, 5, 1 + n),
              category="Physio", status=s) for n, (p, s) in enumerate(visits)]}  # fmt: skip
-    definition = """
-name: Parramatta regulars
-include:
-  conditions:
-    - {field: city, op: eq, value: Parramatta}
-    - events: appointments
-      where: {conditions: [{field: status, op: eq, value: attended}]}
-      count: {op: gte, value: 2}
-"""
+    definition = EVENTS_DEFINITION
     assert run_segment(definition, rows, D) == ["P03", "P29"]
     never = definition.replace("count: {op: gte, value: 2}", "count: {op: eq, value: 0}")
     assert run_segment(never, rows, D) == []
@@ -75,15 +77,7 @@ def test_evaluations_from_many_threads_at_once_agree_with_one(run_segment, wareh
         dict(appointment_id=f"a{n}", patient_id=f"P{n % 200:03d}", start_date=date(2024, 5, 1),
              category="Physio", status="attended" if n % 3 else "cancelled")
         for n in range(1_000)]}  # fmt: skip
-    text = """
-name: Parramatta regulars
-include:
-  conditions:
-    - {field: city, op: eq, value: Parramatta}
-    - events: appointments
-      where: {conditions: [{field: status, op: eq, value: attended}]}
-      count: {op: gte, value: 4}
-"""
+    text = EVENTS_DEFINITION.replace("count: {op: gte, value: 2}", "count: {op: gte, value: 4}")
     definition = parse_definition(read_yaml(text, "t.yaml"), "t.yaml", catalogue)
     alone = run_segment(text, rows, D)
     frames = WarehouseFrames(warehouse_for(rows))  # one set of frames, shared
@@ -125,16 +119,6 @@ def test_event_rows_are_held_one_run_per_key_in_their_order_and_none_is_lost():
     check()
 
 
-
-EVENTS_DEFINITION = """
-name: Parramatta regulars
-include:
-  conditions:
-    - {field: city, op: eq, value: Parramatta}
-    - events: appointments
-      where: {conditions: [{field: status, op: eq, value: attended}]}
-      count: {op: gte, value: 2}
-"""
 
 
 def _clinic_rows() -> dict:
