@@ -32,6 +32,8 @@ from ingest.entities import entity  # noqa: E402
 from ingest.raw_tables import DUCKDB_TYPES, create_empty_raw_tables  # noqa: E402
 
 SPENT: dict[str, float] = collections.defaultdict(float)
+# The layout is scanned on a thread while DuckDB reads the file: its time overlaps.
+SCAN = "scan the layout (numpy, beside the reading)"
 
 
 def timed(name: str, fn: Callable) -> Callable:
@@ -62,7 +64,7 @@ def timed_iterator(name: str, fn: Callable) -> Callable:
 
 
 def instrument() -> None:
-    csv_reader.scan_layout = timed("scan the layout (numpy)", csv_reader.scan_layout)
+    csv_reader.scan_layout = timed(SCAN, csv_reader.scan_layout)
     load.CsvRows.write = timed("read, type in SQL and write (DuckDB)", load.CsvRows.write)
     load.CsvRows.number_lines = timed("number the lines", load.CsvRows.number_lines)
     load.CsvRows.earlier_copies = timed("find repeated ids", load.CsvRows.earlier_copies)
@@ -115,7 +117,8 @@ def main() -> int:
           f"{counts.rejected:,} rejected ({path.stat().st_size / 2**30:.2f} GiB)")  # fmt: skip
     for name, seconds in sorted(SPENT.items(), key=lambda kv: -kv[1]):
         print(f"  {name:34s} {seconds:7.1f} s  {seconds / total:6.1%}")
-    print(f"  {'other':34s} {total - sum(SPENT.values()):7.1f} s")
+    in_turn = sum(seconds for name, seconds in SPENT.items() if name != SCAN)
+    print(f"  {'other':34s} {total - in_turn:7.1f} s")
     print(f"total ingest:                     {total:7.1f} s")
     print(f"baseline, DuckDB read_csv into the same column types: {baseline:7.1f} s")
     print(f"ratio ingest / baseline:          {total / baseline:7.1f}")

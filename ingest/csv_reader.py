@@ -17,6 +17,7 @@ import csv
 import io
 import tempfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,6 +163,10 @@ class TextSource:
 WriteRecords = Callable[[TextSource], None]
 
 
+def _max_line(longest_record: int) -> int:
+    return max(_DEFAULT_MAX_LINE, longest_record + 1024)
+
+
 def _stage(
     con: duckdb.DuckDBPyConnection, path: Path, write: WriteRecords, rejects_name: str,
     field_count: int, max_line: int,
@@ -170,7 +175,7 @@ def _stage(
     them in); return DuckDB's rejects (strict RFC 4180)."""
     positional = {text_column(i): "VARCHAR" for i in range(field_count)}
     rejects, scans = f"{rejects_name}_rejects", f"{rejects_name}_scans"
-    max_line = max(_DEFAULT_MAX_LINE, max_line + 1024)
+    max_line = _max_line(max_line)
     # DuckDB needs its read buffer to hold at least one whole record.
     buffer = max(16 * 1024 * 1024, 2 * max_line)
     options = (
@@ -361,6 +366,32 @@ def withheld_lines(layout: CsvLayout, changed: np.ndarray) -> np.ndarray:
     return np.unique(np.concatenate([layout.unclosed_lines, *spans])).astype(np.int64)
 
 
+def _read_beside_scan(
+    con: duckdb.DuckDBPyConnection, path: Path, write: WriteRecords, rejects_name: str,
+    field_count: int,
+) -> tuple[CsvLayout, pl.DataFrame | None]:
+    """Scan the layout of `path` on a thread while DuckDB reads the file as it is, as
+    `_parse` reads a file with nothing to withhold or copy (most files); the two take turns
+    on neither the same data nor the same core (numpy and DuckDB leave Python free).
+
+    Returns the layout, and DuckDB's rejects when that reading is the one `_parse` would
+    have made: no line ends to rewrite, no quote left open, no record beyond the default
+    line limit. Otherwise (None) the reading is discarded and `_parse` reads again."""
+    with ThreadPoolExecutor(1, thread_name_prefix="csv-layout") as pool:
+        scanning = pool.submit(scan_layout, path, field_count)
+        try:
+            errors: pl.DataFrame | None = _stage(con, path, write, rejects_name, field_count, 0)
+        except duckdb.Error:
+            errors = None  # read again, as the layout says
+        layout = scanning.result()
+    as_it_is = (
+        not (layout.has_lone_cr or layout.mixed_line_ends)
+        and not len(layout.unclosed_lines)
+        and _max_line(layout.max_record_bytes()) == _max_line(0)
+    )
+    return layout, errors if as_it_is else None
+
+
 def column_names(path: Path, ent: Entity) -> list[str]:
     """The name of each column of the file, as the contract spells it (extra columns keep
     their own)."""
@@ -374,12 +405,15 @@ def stage_csv(
     """Give the good records of `path` (columns `names`, from `column_names`) to `write`,
     which puts them in `table`; find the line of each and the reason for each bad one."""
     field_count = len(names)
+    rejects_name = f"staging_{ent.name}"
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        layout = scan_layout(path, field_count)
+        layout, errors = _read_beside_scan(con, path, write, rejects_name, field_count)
         source, changed = path, np.zeros(0, np.int64)
         shortened = np.zeros(0, np.int64)
-        if layout.has_lone_cr or layout.mixed_line_ends:
+        offsets = None
+        # `errors` is None when the file could not be read as it is.
+        if errors is None and (layout.has_lone_cr or layout.mixed_line_ends):
             # DuckDB's strict reader stops at a carriage return that does not end a CRLF
             # file (a file mixing CRLF and LF, or a stray CR). Read a copy with LF line
             # ends, taking a lone CR as a line end too, as Python's CSV module does.
@@ -389,11 +423,14 @@ def stage_csv(
             # Records whose quoted value held a CR: it would read as LF, so they are
             # rejected rather than loaded changed.
             changed = layout.record_first_line[layout.records_spanning(inner_crs)]
-        try:
-            layout, errors, offsets = _parse(con, source, folder, write, f"staging_{ent.name}",
-                                             field_count, layout, changed)  # fmt: skip
-        except duckdb.Error as err:
-            raise ExtractFileError(f"{path}: the file could not be read as CSV: {err}") from None
+        if errors is None:
+            try:
+                layout, errors, offsets = _parse(con, source, folder, write, rejects_name,
+                                                 field_count, layout, changed)  # fmt: skip
+            except duckdb.Error as err:
+                raise ExtractFileError(
+                    f"{path}: the file could not be read as CSV: {err}"
+                ) from None
         rows = con.execute(f"select count(*) from {table}").fetchall()[0][0]
 
         unclosed = np.isin(layout.record_first_line, layout.unclosed_lines)

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import csv
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from ingest.csv_layout import MAX_RECORD_BYTES
+from ingest.csv_reader import ExtractFileError
 from ingest.entities import Entity
 from ingest.sources import count_source_rows
 
@@ -129,3 +131,45 @@ def count_csv_records(path: Path) -> int:
 
 def count_input_rows(extract_dir: Path, ent: Entity, fmt: str) -> int:
     return count_source_rows(extract_dir, ent, fmt, count_csv_records)
+
+
+class CountsAside:
+    """The independent counts of the entities being loaded, made on a thread of their own
+    while the loader reads: each count is the loader's check, not its input, so nothing
+    waits for it until the swap (`results`). The loader spends most of its time in DuckDB,
+    numpy and polars, which leave Python free for the count (one core of the csv module)."""
+
+    def __init__(
+        self, extract_dir: Path, fmt: str,
+        count: Callable[[Path, Entity, str], int] = count_input_rows,
+    ) -> None:  # fmt: skip
+        self.extract_dir, self.fmt, self.count = Path(extract_dir), fmt, count
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="independent-count")
+        self.pending: dict[str, Future[int]] = {}
+
+    def start(self, ent: Entity) -> None:
+        self.pending[ent.name] = self.pool.submit(self.count, self.extract_dir, ent, self.fmt)
+
+    def results(self) -> dict[str, int]:
+        """Every count started, once each is done; a count that failed refuses the extract."""
+        counts = {}
+        for name, future in self.pending.items():
+            try:
+                counts[name] = future.result()
+            except Exception as err:  # noqa: BLE001 - any failure of the count is reported
+                raise ExtractFileError(
+                    f"{name}: the independent count of its source in {self.extract_dir} "
+                    f"failed ({type(err).__name__}: {err}); nothing was replaced. Check that "
+                    "the extract's files are still in place and readable, and run again"
+                ) from None
+        return counts
+
+    def close(self) -> None:
+        """Stop: counts not yet begun are dropped, and the one under way is waited for."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> CountsAside:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

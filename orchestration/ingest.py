@@ -21,7 +21,7 @@ from core.warehouse import scalar
 from ingest.csv_reader import ExtractFileError
 from ingest.entities import ENTITIES, Entity
 from ingest.guard import ShrinkRule, check_extract, guarded_swap
-from ingest.inputs import count_input_rows
+from ingest.inputs import CountsAside, count_input_rows
 from ingest.load import LoadResult, load_all
 from orchestration.resources import (
     PROGRESS,
@@ -202,15 +202,20 @@ def build_ingest_assets(
         extract_dir, fmt = resolve_extract(tags, settings, as_of)
         rule = shrink_rule(tags, settings.ingest_max_drop)
         rows_in: dict[str, int] = {}
+        guarded = guarded_swap(rows_in, rule, as_of)
 
-        def count_first(ent: Entity) -> None:
-            # Counted from the file, independently of the loader, before it reads the file.
-            rows_in[ent.name] = count_input_rows(extract_dir, ent, fmt)
+        def counted_swap(con: duckdb.DuckDBPyConnection, staged: list) -> None:
+            rows_in.update(counts.results())  # every file counted, as the loader read it
+            guarded(con, staged)
 
         progress = Progress(lambda line: context.log.info(PROGRESS + line))
 
         try:
-            with warehouse.connect() as con:
+            # Each file is counted from the file, independently of the loader, beside it.
+            with (
+                warehouse.connect() as con,
+                CountsAside(extract_dir, fmt, count_input_rows) as counts,
+            ):
                 accept_incomplete = tags.get(ACCEPT_INCOMPLETE_TAG, "").lower() == "true"
                 expected = check_extract(con, extract_dir, fmt, rule, as_of, accept_incomplete)
                 context.log.info(
@@ -219,7 +224,7 @@ def build_ingest_assets(
                 progress.expect(expected)
                 results = load_all(
                     con, extract_dir, fmt, as_of=as_of,
-                    before_swap=guarded_swap(rows_in, rule, as_of), before_stage=count_first,
+                    before_swap=counted_swap, before_stage=counts.start,
                     accept_incomplete=accept_incomplete, after_stage=progress.done,
                 )  # fmt: skip
                 kept = [name for name, result in results.items() if result.unchanged]

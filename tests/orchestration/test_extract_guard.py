@@ -156,6 +156,27 @@ def test_a_count_that_disagrees_with_the_loader_keeps_the_previous_tables(tmp_pa
     assert rows(tmp_path, "raw.patients") == 10 and rows(tmp_path, "raw.appointments") == 10
 
 
+def test_a_count_that_fails_refuses_the_extract_and_says_which(tmp_path, monkeypatch):
+    # The count runs beside the loader; its failure (here: the file is unreadable to it)
+    # must still stop the swap, and say what failed.
+    assert run(tmp_path, write_extract(tmp_path / "d1", 10), "2026-11-30").success
+    real = ingest_stage.count_input_rows
+
+    def count(folder, ent, fmt):
+        if ent.name == "appointments":
+            raise PermissionError(13, "Permission denied", str(folder / "appointments.csv"))
+        return real(folder, ent, fmt)
+
+    monkeypatch.setattr(ingest_stage, "count_input_rows", count)
+    result = run(tmp_path, write_extract(tmp_path / "d2", 12), "2026-12-01")
+    assert not result.success
+    step, message = failure(result)
+    assert step == "ingest_extract"
+    assert "appointments: the independent count of its source" in message
+    assert "PermissionError" in message and "nothing was replaced" in message
+    assert rows(tmp_path, "raw.patients") == 10 and rows(tmp_path, "raw.appointments") == 10
+
+
 def test_a_value_over_128_kib_passes_the_independent_count(tmp_path):
     extract = write_extract(tmp_path / "d1", 3)
     big = "y" * 200_000
