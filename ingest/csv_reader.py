@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import io
-import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -154,9 +153,6 @@ class TextSource:
 
     sql: str
     params: list
-    # The same records for a look that must not record rejects a second time.
-    look_sql: str
-    look_params: list
 
 
 # Puts every record of the source into the staged table (replacing what it held).
@@ -167,15 +163,10 @@ def _max_line(longest_record: int) -> int:
     return max(_DEFAULT_MAX_LINE, longest_record + 1024)
 
 
-def _stage(
-    con: duckdb.DuckDBPyConnection, path: Path, write: WriteRecords, rejects_name: str,
-    field_count: int, max_line: int,
-) -> pl.DataFrame:
-    """Give the good records of `path` to `write` (file order is the order DuckDB reads
-    them in); return DuckDB's rejects (strict RFC 4180)."""
+def _read_options(path: Path, field_count: int, longest_record: int) -> tuple[str, list]:
+    """How DuckDB reads the records of an extract file: as text, strictly (RFC 4180)."""
     positional = {text_column(i): "VARCHAR" for i in range(field_count)}
-    rejects, scans = f"{rejects_name}_rejects", f"{rejects_name}_scans"
-    max_line = _max_line(max_line)
+    max_line = _max_line(longest_record)
     # DuckDB needs its read buffer to hold at least one whole record.
     buffer = max(16 * 1024 * 1024, 2 * max_line)
     options = (
@@ -183,10 +174,19 @@ def _stage(
         f"escape = '\"', all_varchar = true, strict_mode = true, max_line_size = {max_line}, "
         f"buffer_size = {buffer}"
     )
+    return options, [str(path), positional]
+
+
+def _stage(
+    con: duckdb.DuckDBPyConnection, path: Path, write: WriteRecords, rejects_name: str,
+    field_count: int, max_line: int,
+) -> pl.DataFrame:
+    """Give the good records of `path` to `write` (file order is the order DuckDB reads
+    them in); return DuckDB's rejects (strict RFC 4180)."""
+    rejects, scans = f"{rejects_name}_rejects", f"{rejects_name}_scans"
     recording = f", store_rejects = true, rejects_table = '{rejects}', rejects_scan = '{scans}'"
-    params = [str(path), positional]
-    write(TextSource(f"read_csv(?, {options}{recording})", params,
-                     f"read_csv(?, {options}, ignore_errors = true)", params))  # fmt: skip
+    options, params = _read_options(path, field_count, max_line)
+    write(TextSource(f"read_csv(?, {options}{recording})", params))
     try:
         return con.sql(
             f"select line_byte_position as position, error_type, error_message "
@@ -209,6 +209,53 @@ class StagedCsv:
     physical: np.ndarray  # line number of each staged record, by rowid
     rejected: pl.DataFrame  # malformed records
     records: int  # records in the file: staged + malformed
+    # Where the staged records' bytes are, to read some of them again (`text_of`): the
+    # file they were parsed from (the file itself, or its copy with LF line ends, in the
+    # folder given to `stage_csv`), the length of its header, each staged record's byte
+    # span (by rowid), the longest record, and whether Python's parser split them; and
+    # the folder for the copies that reading makes.
+    source: Path
+    header_bytes: int
+    starts: np.ndarray
+    ends: np.ndarray
+    longest: int
+    by_python: bool
+    folder: Path
+
+    def text_of(self, con: duckdb.DuckDBPyConnection, rows: np.ndarray) -> pl.DataFrame:
+        """The text columns (`text_column(i)`) of the staged records `rows` (ascending
+        rowids), split again by the parser that staged them, from their own bytes: the
+        header and those records, copied into a file of their own."""
+        field_count = len(self.names)
+        starts, ends = self.starts[rows], self.ends[rows]
+        if self.by_python:
+            columns, reasons = _split_by_python(self.source, starts, ends, field_count)
+            if any(reasons):
+                raise RuntimeError(f"{self.path}: a staged record no longer splits")
+            return _text_frame(columns, field_count)
+        again = self.folder / f"again-{self.path.name}"
+        # Records that follow each other in the file are copied as one run.
+        breaks = np.flatnonzero(starts[1:] != ends[:-1]) + 1
+        run_starts = starts[np.concatenate([[0], breaks])] if len(rows) else starts
+        run_ends = ends[np.append(breaks - 1, len(rows) - 1)] if len(rows) else ends
+        with self.source.open("rb") as fin, again.open("wb") as fout:
+            fout.write(fin.read(self.header_bytes))
+            for start, end in zip(run_starts.tolist(), run_ends.tolist(), strict=True):
+                fin.seek(start)
+                while start < end:
+                    block = fin.read(min(_CHUNK, end - start))
+                    fout.write(block)
+                    start += len(block)
+        try:
+            options, params = _read_options(again, field_count, self.longest)
+            frame = con.sql(f"select * from read_csv(?, {options})", params=params).pl()
+        finally:
+            again.unlink(missing_ok=True)
+        if frame.height != len(rows):
+            raise RuntimeError(
+                f"{self.path}: {len(rows)} staged records read again as {frame.height}"
+            )
+        return frame
 
 
 def copy_with_lf_line_ends(source: Path, target: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -294,11 +341,26 @@ def _python_split(
     """
     starts = layout.record_start_offsets()[keep]
     ends = layout.record_end_offsets()[keep]
+    columns, split = _split_by_python(source, starts, ends, field_count)
+    staged = [index for index, reason in zip(keep.tolist(), split, strict=True) if not reason]
+    con.register("_python_split", _text_frame(columns, field_count).to_arrow())
+    try:
+        write(TextSource("_python_split", []))
+    finally:
+        con.unregister("_python_split")
+    return np.array(staged, dtype=np.int64), split
+
+
+def _split_by_python(
+    source: Path, starts: np.ndarray, ends: np.ndarray, field_count: int
+) -> tuple[list[list[str]], list[str]]:
+    """The fields of the records at byte spans of `source`, by Python's csv parser: each
+    column's values (of the records that split well) and, per record, a reason ('' when
+    it split well)."""
     columns: list[list[str]] = [[] for _ in range(field_count)]
-    staged: list[int] = []
     reasons: list[str] = []
     with source.open("rb") as fh:
-        for index, start, end in zip(keep.tolist(), starts.tolist(), ends.tolist(), strict=True):
+        for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
             fh.seek(start)
             raw = fh.read(end - start)
             try:
@@ -317,18 +379,15 @@ def _python_split(
                 continue
             for column, value in zip(columns, fields, strict=True):
                 column.append(value)
-            staged.append(index)
             reasons.append("")
-    frame = pl.DataFrame(
+    return columns, reasons
+
+
+def _text_frame(columns: list[list[str]], field_count: int) -> pl.DataFrame:
+    return pl.DataFrame(
         {text_column(i): values for i, values in enumerate(columns)},
         schema={text_column(i): pl.String for i in range(field_count)},
     )
-    con.register("_python_split", frame.to_arrow())
-    try:
-        write(TextSource("_python_split", [], "_python_split", []))
-    finally:
-        con.unregister("_python_split")
-    return np.array(staged, dtype=np.int64), reasons
 
 
 def _parse(
@@ -400,79 +459,80 @@ def column_names(path: Path, ent: Entity) -> list[str]:
 
 def stage_csv(
     con: duckdb.DuckDBPyConnection, path: Path, ent: Entity, names: list[str],
-    write: WriteRecords, table: str,
+    write: WriteRecords, table: str, folder: Path,
 ) -> StagedCsv:
     """Give the good records of `path` (columns `names`, from `column_names`) to `write`,
-    which puts them in `table`; find the line of each and the reason for each bad one."""
+    which puts them in `table`; find the line of each and the reason for each bad one.
+    Copies of the file are made in `folder`, which must outlive the `StagedCsv`."""
     field_count = len(names)
     rejects_name = f"staging_{ent.name}"
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        layout, errors = _read_beside_scan(con, path, write, rejects_name, field_count)
-        source, changed = path, np.zeros(0, np.int64)
-        shortened = np.zeros(0, np.int64)
-        offsets = None
-        # `errors` is None when the file could not be read as it is.
-        if errors is None and (layout.has_lone_cr or layout.mixed_line_ends):
-            # DuckDB's strict reader stops at a carriage return that does not end a CRLF
-            # file (a file mixing CRLF and LF, or a stray CR). Read a copy with LF line
-            # ends, taking a lone CR as a line end too, as Python's CSV module does.
-            source = folder / f"lf-{path.name}"
-            inner_crs, shortened = copy_with_lf_line_ends(path, source)
-            layout = scan_layout(source, field_count)
-            # Records whose quoted value held a CR: it would read as LF, so they are
-            # rejected rather than loaded changed.
-            changed = layout.record_first_line[layout.records_spanning(inner_crs)]
-        if errors is None:
-            try:
-                layout, errors, offsets = _parse(con, source, folder, write, rejects_name,
-                                                 field_count, layout, changed)  # fmt: skip
-            except duckdb.Error as err:
-                raise ExtractFileError(
-                    f"{path}: the file could not be read as CSV: {err}"
-                ) from None
-        rows = con.execute(f"select count(*) from {table}").fetchall()[0][0]
+    layout, errors = _read_beside_scan(con, path, write, rejects_name, field_count)
+    source, changed = path, np.zeros(0, np.int64)
+    shortened = np.zeros(0, np.int64)
+    offsets = None
+    # `errors` is None when the file could not be read as it is.
+    if errors is None and (layout.has_lone_cr or layout.mixed_line_ends):
+        # DuckDB's strict reader stops at a carriage return that does not end a CRLF
+        # file (a file mixing CRLF and LF, or a stray CR). Read a copy with LF line
+        # ends, taking a lone CR as a line end too, as Python's CSV module does.
+        source = folder / f"lf-{path.name}"
+        inner_crs, shortened = copy_with_lf_line_ends(path, source)
+        layout = scan_layout(source, field_count)
+        # Records whose quoted value held a CR: it would read as LF, so they are
+        # rejected rather than loaded changed.
+        changed = layout.record_first_line[layout.records_spanning(inner_crs)]
+    if errors is None:
+        try:
+            layout, errors, offsets = _parse(con, source, folder, write, rejects_name,
+                                             field_count, layout, changed)  # fmt: skip
+        except duckdb.Error as err:
+            raise ExtractFileError(
+                f"{path}: the file could not be read as CSV: {err}"
+            ) from None
+    rows = con.execute(f"select count(*) from {table}").fetchall()[0][0]
 
-        unclosed = np.isin(layout.record_first_line, layout.unclosed_lines)
-        would_change = np.isin(layout.record_first_line, changed) & ~unclosed
-        withheld = unclosed | would_change
-        # One report per record, even when DuckDB reports several errors for it.
-        positions = errors["position"].to_numpy().astype(np.int64)
-        if offsets is not None:
-            positions = offsets.original(positions)
-        reported = layout.records_at(positions, withheld_lines(layout, changed))
-        first_errors = errors.with_columns(pl.Series("record", reported)).unique(
-            "record", keep="first", maintain_order=True
-        )
-        index = first_errors["record"].to_numpy()
-        parsed = np.flatnonzero(~withheld)
-        agree = (
-            bool((index >= 0).all())
-            and not withheld[index].any()
-            and rows + len(index) == len(parsed)
-        )
-        if agree:
-            bad = np.zeros(layout.records, bool)
-            bad[index] = True
-            good = np.flatnonzero(~bad & ~withheld)
-            rejected_index, rejected_reason = index, _reasons(first_errors, field_count)
-        else:
-            good, split_reasons = _python_split(con, source, layout, parsed, write, field_count)
-            rows = len(good)
-            failed = [i for i, r in enumerate(split_reasons) if r]
-            rejected_index = parsed[failed] if failed else np.zeros(0, np.int64)
-            rejected_reason = [split_reasons[i] for i in failed]
+    unclosed = np.isin(layout.record_first_line, layout.unclosed_lines)
+    would_change = np.isin(layout.record_first_line, changed) & ~unclosed
+    withheld = unclosed | would_change
+    # One report per record, even when DuckDB reports several errors for it.
+    positions = errors["position"].to_numpy().astype(np.int64)
+    if offsets is not None:
+        positions = offsets.original(positions)
+    reported = layout.records_at(positions, withheld_lines(layout, changed))
+    first_errors = errors.with_columns(pl.Series("record", reported)).unique(
+        "record", keep="first", maintain_order=True
+    )
+    index = first_errors["record"].to_numpy()
+    parsed = np.flatnonzero(~withheld)
+    agree = (
+        bool((index >= 0).all())
+        and not withheld[index].any()
+        and rows + len(index) == len(parsed)
+    )
+    by_python = not agree
+    if agree:
+        bad = np.zeros(layout.records, bool)
+        bad[index] = True
+        good = np.flatnonzero(~bad & ~withheld)
+        rejected_index, rejected_reason = index, _reasons(first_errors, field_count)
+    else:
+        good, split_reasons = _python_split(con, source, layout, parsed, write, field_count)
+        rows = len(good)
+        failed = [i for i, r in enumerate(split_reasons) if r]
+        rejected_index = parsed[failed] if failed else np.zeros(0, np.int64)
+        rejected_reason = [split_reasons[i] for i in failed]
 
-        all_rejected = np.concatenate(
-            [rejected_index, np.flatnonzero(unclosed), np.flatnonzero(would_change)]
-        ).astype(np.int64)
-        reasons = [
-            *rejected_reason,
-            *[UNCLOSED_REASON] * int(unclosed.sum()),
-            *[CR_IN_VALUE_REASON] * int(would_change.sum()),
-        ]
-        # The rejected records' text is read from the original file, exactly as it is.
-        rejected = _rejected_frame(path, layout, all_rejected, reasons, shortened)
+    all_rejected = np.concatenate(
+        [rejected_index, np.flatnonzero(unclosed), np.flatnonzero(would_change)]
+    ).astype(np.int64)
+    reasons = [
+        *rejected_reason,
+        *[UNCLOSED_REASON] * int(unclosed.sum()),
+        *[CR_IN_VALUE_REASON] * int(would_change.sum()),
+    ]
+    # The rejected records' text is read from the original file, exactly as it is.
+    rejected = _rejected_frame(path, layout, all_rejected, reasons, shortened)
+    lines = len(layout.line_starts)
     return StagedCsv(
         table=table,
         path=path,
@@ -481,6 +541,15 @@ def stage_csv(
         physical=layout.record_first_line[good].astype(np.int64),
         rejected=rejected,
         records=layout.records,
+        source=source,
+        header_bytes=int(layout.line_starts[layout.header_lines])
+        if layout.header_lines < lines
+        else layout.size,
+        starts=layout.record_start_offsets()[good],
+        ends=layout.record_end_offsets()[good],
+        longest=layout.max_record_bytes(),
+        by_python=by_python,
+        folder=folder,
     )
 
 

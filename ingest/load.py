@@ -12,6 +12,7 @@ large the extract is.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -48,8 +49,6 @@ from ingest.sources import check_file_names, check_format, entity_source
 from ingest.sql_typing import cleaned, quoted_name, sql_text, typed_from_raw, typed_select
 
 BATCH_ROWS = 1_000_000
-KEPT_TEXT = "__text_"  # the side table's columns of text kept for polars, while loading
-REPEATED_ID_BITS = 1 << 23  # a bit set of 1 MiB for the ids that appear more than once
 DUPLICATES_SCHEMA = {ROW_NUMBER: pl.Int64, "winner_file": pl.String, "winner_row": pl.Int64}
 LINEAGE = (SOURCE_FILE, SOURCE_ROW, ROW_NUMBER, DELETED_AT)
 
@@ -211,11 +210,12 @@ class RawWriter:
 class CsvRows:
     """Puts the good records of a CSV file in the entity's side table, in one pass of
     DuckDB's reader: every value of plain text typed in SQL (`ingest.sql_typing`), and
-    every row that SQL does not decide kept with its text beside it, for polars.
+    every row that SQL does not decide marked, for polars.
 
     Polars decides a row whose text has another shape or fails a check, and every earlier
-    copy of a repeated id (rejected as replaced; its text is kept too: the ids that repeat
-    are counted first, by a quick look at the file's id column). Those rows then leave the
+    copy of a repeated id (rejected as replaced; the ids that repeat are found in the side
+    table once it is full). Their text is read again from their own bytes in the file
+    (`StagedCsv.text_of`, by the parser that read them first); those rows then leave the
     side table and come back as polars loads or rejects them, so which rows are loaded,
     which are rejected and why is exactly what polars alone would say.
     """
@@ -229,56 +229,27 @@ class CsvRows:
         present = set(names) & set(ent.column_names)
         self.select = typed_select(ent, present, as_of)
         self.decided = self.select.decided if sql_typing else "false"
-        self.key = cleaned(text_column(names.index(ent.key))) if ent.key else None
 
     def write(self, source: TextSource) -> None:
         table = self.writer.building
         # Afresh each time (a second reading replaces the first): a row's rowid is then its
         # index among the file's good records.
-        kept = "".join(f", {KEPT_TEXT}{i} VARCHAR" for i in range(len(self.names)))
-        self.writer.create(", __undecided BOOLEAN" + kept)
-        repeated = "false"
-        if self.key is not None:
-            self.con.execute(
-                f"create or replace temp table __repeated_ids as select k from (select "
-                f"{self.key} as k from {source.look_sql}) where k is not null group by k "
-                "having count(*) > 1",
-                source.look_params,
-            )
-            # A join would not keep the file's order (a row's rowid must be its index among
-            # the records), so the repeated ids are looked up in a bit set of their hashes:
-            # every repeated id is found, and the few others that share a bit only keep
-            # their text for nothing.
-            bits = REPEATED_ID_BITS
-            self.con.execute(
-                f"create or replace temp table __repeated_bits as select bitstring_agg("
-                f"(hash(k) % {bits})::bigint, 0, {bits - 1}) as bits from __repeated_ids"
-            )
-            repeated = (
-                f"coalesce(get_bit((select bits from __repeated_bits), "
-                f"(hash({self.key}) % {bits})::integer) = 1, false)"
-            )
+        self.writer.create(", __undecided BOOLEAN")
         declared = {c.name: c for c in self.writer.ent.columns}
 
         def text(i: int, name: str) -> str:
             raw = name in declared and typed_from_raw(declared[name])
             return text_column(i) if raw else cleaned(text_column(i))
 
-        texts = ", ".join(
-            f"{text(i, name)} as {quoted_name(name)}, {text_column(i)}"
-            for i, name in enumerate(self.names)
-        )
+        texts = ", ".join(f"{text(i, name)} as {quoted_name(name)}"
+                          for i, name in enumerate(self.names))  # fmt: skip
         values = [f"{sql} as {quoted_name(name)}" for name, sql in self.select.values.items()]
         values += [quoted_name(n) for n in self.names if n not in self.writer.ent.column_names]
-        undecided = f"not coalesce({self.decided}, false)"
-        kept = ", ".join(
-            f"case when {undecided} or __repeated then {text_column(i)} end as {KEPT_TEXT}{i}"
-            for i in range(len(self.names))
-        )
         self.con.execute(
             f"insert into {table} by name select {', '.join(values)}, "
-            f"{sql_text(str(self.path))} as {SOURCE_FILE}, {undecided} as __undecided, {kept} "
-            f"from (select {texts}, {repeated} as __repeated from {source.sql})",
+            f"{sql_text(str(self.path))} as {SOURCE_FILE}, "
+            f"not coalesce({self.decided}, false) as __undecided "
+            f"from (select {texts} from {source.sql})",
             source.params,
         )
 
@@ -303,18 +274,18 @@ class CsvRows:
 
     def earlier_copies(self, staged: StagedCsv) -> pl.DataFrame:
         """Earlier occurrences of a repeated id, with where the last occurrence is. Blank
-        ids are not duplicates of each other."""
+        ids are not duplicates of each other. (The ids are the key's cleaned text, as the
+        side table holds it; their hashes find the few that may repeat first.)"""
         ent = self.writer.ent
         if ent.key is None:
             return pl.DataFrame(schema=DUPLICATES_SCHEMA)
-        key = quoted_name(ent.key)
+        key, table = quoted_name(ent.key), self.writer.building
         found = self.con.sql(
             f"select rowid as {ROW_NUMBER}, max(rowid) over (partition by {key}) as winner "
-            f"from {self.writer.building} where {key} in (select k from __repeated_ids) "
-            f"qualify {ROW_NUMBER} <> winner"
+            f"from {table} where {key} is not null and hash({key}) in (select h from "
+            f"(select hash({key}) as h from {table} where {key} is not null) group by h "
+            f"having count(*) > 1) qualify {ROW_NUMBER} <> winner"
         ).pl()
-        self.con.execute("drop table if exists __repeated_ids")
-        self.con.execute("drop table if exists __repeated_bits")
         return found.select(
             pl.col(ROW_NUMBER),
             pl.lit(str(staged.path)).alias("winner_file"),
@@ -339,28 +310,20 @@ class CsvRows:
         """The text of `rows` (ascending) in batches of `size`, as read from the file, with
         the lineage columns polars needs; the declared columns the file lacks are null."""
         missing = [c for c in self.writer.ent.column_names if c not in self.names]
-        columns = ", ".join(
-            f"{KEPT_TEXT}{i} as {quoted_name(name)}" for i, name in enumerate(self.names)
-        )
+        names = {text_column(i): name for i, name in enumerate(self.names)}
         for first in range(0, len(rows), size):
-            self.con.register("_wanted_rows", pa.table({"r": rows[first : first + size]}))
-            try:
-                frame = self.con.sql(
-                    f"select rowid as {ROW_NUMBER}, {columns} from {self.writer.building} "
-                    "where rowid in (select r from _wanted_rows) order by rowid"
-                ).pl()
-            finally:
-                self.con.unregister("_wanted_rows")
+            batch = rows[first : first + size]
+            frame = staged.text_of(self.con, batch).rename(names)
             yield frame.with_columns(
+                pl.Series(ROW_NUMBER, batch, dtype=pl.Int64),
                 pl.lit(str(staged.path)).alias(SOURCE_FILE),
-                pl.Series(SOURCE_ROW, staged.physical[frame[ROW_NUMBER].to_numpy()],
-                          dtype=pl.Int64),
+                pl.Series(SOURCE_ROW, staged.physical[batch], dtype=pl.Int64),
                 *(pl.lit(None, dtype=pl.String).alias(c) for c in missing),
-            )  # fmt: skip
+            )
 
     def settle(self, left: np.ndarray, staged: StagedCsv) -> None:
         """Remove the rows polars decided (it added the ones it loads again) and the
-        columns that served the decision."""
+        column that served the decision."""
         table = self.writer.building
         self.con.register("_left_rows", pa.table({"r": left}))
         try:
@@ -368,8 +331,6 @@ class CsvRows:
         finally:
             self.con.unregister("_left_rows")
         self.con.execute(f"alter table {table} drop column __undecided")
-        for i in range(len(self.names)):
-            self.con.execute(f"alter table {table} drop column {KEPT_TEXT}{i}")
         self.writer.loaded += staged.rows - len(left)
 
 
@@ -482,15 +443,16 @@ def stage_entity(
     writer = RawWriter(con, ent, [n for n in names if n not in ent.column_names])
     try:
         rows = CsvRows(con, writer, names, found.path, as_of, sql_typing)
-        staged = stage_csv(con, found.path, ent, names, rows.write, writer.building)
-        rows.number_lines(staged.physical)
-        earlier = rows.earlier_copies(staged)
-        left = rows.left_for_polars(earlier)
-        # Polars' loaded rows are added before the rows it decided leave: their text is
-        # read in batches from the side table itself.
-        for batch in rows.text_batches(staged, left, batch_rows):
-            writer.add(*process_batch(batch, ent, earlier, as_of))
-        rows.settle(left, staged)
+        with tempfile.TemporaryDirectory() as folder:
+            staged = stage_csv(con, found.path, ent, names, rows.write, writer.building,
+                               Path(folder))  # fmt: skip
+            rows.number_lines(staged.physical)
+            earlier = rows.earlier_copies(staged)
+            left = rows.left_for_polars(earlier)
+            # Polars' loaded rows are added before the rows it decided leave.
+            for batch in rows.text_batches(staged, left, batch_rows):
+                writer.add(*process_batch(batch, ent, earlier, as_of))
+            rows.settle(left, staged)
         return writer.finish(staged.rejected, staged.records, str(found.path))
     except BaseException:
         discard(con, ent.name)
