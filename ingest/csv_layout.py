@@ -114,14 +114,25 @@ def _scan(path: Path) -> _Scan:
     carry_quotes = 0  # quotes of the line that runs across the chunk boundary
     previous_last = -1  # last byte of the previous chunk
     crs = crlfs = lfs = lines_before = 0
-    buffer = np.empty(_CHUNK, np.uint8)
+    raw = bytearray(_CHUNK)
+    buffer = np.frombuffer(raw, np.uint8)
+    # One mask, reused: a fresh array of a chunk's size per comparison would be new pages
+    # from the system each time (most of the scan's time).
+    mask = np.empty(_CHUNK, bool)
+
+    def where(chunk: np.ndarray, byte: int) -> np.ndarray:
+        if raw.find(byte, 0, len(chunk)) < 0:  # memchr: most chunks hold no quote or CR
+            return np.zeros(0, np.int64)
+        found = np.equal(chunk, byte, out=mask[: len(chunk)])
+        return np.flatnonzero(found)
+
     offset = 0
     with path.open("rb", buffering=0) as fh:
-        while read := fh.readinto(memoryview(buffer)):
+        while read := fh.readinto(raw):
             chunk = buffer[:read]
-            newlines = np.flatnonzero(chunk == _NEWLINE)
-            quotes = np.flatnonzero(chunk == _QUOTE)
-            cr = np.flatnonzero(chunk == _CR)
+            newlines = where(chunk, _NEWLINE)
+            quotes = where(chunk, _QUOTE)
+            cr = where(chunk, _CR)
             crs += len(cr)
             lfs += len(newlines)
             # CR immediately before LF, across the chunk boundary too.
@@ -280,9 +291,12 @@ def scan_layout(path: Path, field_count: int | None = None) -> CsvLayout:
     is_record = ~continuation & ~scan.blank & (index > header_last)
     first_lines = np.flatnonzero(is_record)
     # A record runs until the next line that is not a continuation (a record or blank line).
-    boundaries = np.flatnonzero(~continuation)
-    position = np.searchsorted(boundaries, first_lines, side="right")
-    next_boundary = np.append(boundaries, lines)[position]
+    if continuation.any():
+        boundaries = np.flatnonzero(~continuation)
+        position = np.searchsorted(boundaries, first_lines, side="right")
+        next_boundary = np.append(boundaries, lines)[position]
+    else:
+        next_boundary = first_lines + 1  # every record is one line
     return CsvLayout(
         size=size,
         line_starts=scan.line_starts,
