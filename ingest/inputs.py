@@ -6,7 +6,9 @@ count follows the extract contract's rule with its own machinery (Python's csv m
 line by line), not the loader's byte scan: a record the parser cannot close counts as one
 record of its first line, and counting resumes on the next line. A file that one reader
 reads from start to end without a fault is counted by that one reader (the same count,
-several times faster); any other is counted record by record.
+several times faster); any other is counted record by record. A file without a single
+quote character, blank line or lone CR, where every line after the header is one record,
+is counted by its line breaks (numpy; five times faster again).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+
+import numpy as np
 
 from ingest.csv_layout import MAX_RECORD_BYTES
 from ingest.csv_reader import ExtractFileError
@@ -122,7 +126,60 @@ def _quick_count(path: Path) -> int:
     return records
 
 
+_CHUNK = 64 * 1024 * 1024
+
+
+_LF, _CR = 10, 13
+
+
+def _count_lines_without_quotes(path: Path) -> int | None:
+    """The records of a file without a single quote character, blank line or lone CR, or
+    None for any other file. In such a file no value can hold a line break, so each line
+    after the header is one record, as Python's csv module would read it: the line breaks
+    are counted (numpy, a chunk at a time), many times faster than splitting the records."""
+    raw = bytearray(_CHUNK)
+    data = np.frombuffer(raw, np.uint8)
+    mask = np.empty(_CHUNK, bool)
+    newlines = 0
+    # The two bytes before the chunk; as if a line ended just before the file, so that a
+    # blank first line is seen like any other.
+    before, before2 = _LF, -1
+    cr_at_end = False  # the previous chunk ended in a CR: the next byte must be its LF
+    last = -1
+    with path.open("rb", buffering=0) as fh:
+        while read := fh.readinto(raw):
+            if raw.find(b'"', 0, read) >= 0:
+                return None
+            chunk = data[:read]
+            if cr_at_end and chunk[0] != _LF:
+                return None
+            lfs = np.flatnonzero(np.equal(chunk, _LF, out=mask[:read]))
+            newlines += len(lfs)
+            # A blank line: a LF right after another line's LF, or after its CRLF's CR.
+            one = np.where(lfs >= 1, chunk[np.maximum(lfs - 1, 0)], before)
+            two = np.where(lfs >= 2, chunk[np.maximum(lfs - 2, 0)],
+                           np.where(lfs == 1, before, before2))  # fmt: skip
+            if ((one == _LF) | ((one == _CR) & (two == _LF))).any():
+                return None
+            if raw.find(b"\r", 0, read) >= 0:
+                crs = np.flatnonzero(np.equal(chunk, _CR, out=mask[:read]))
+                inside = crs[crs + 1 < read]
+                if (chunk[inside + 1] != _LF).any():
+                    return None  # a CR that is not part of a CRLF ends a line for csv
+            cr_at_end = bool(chunk[-1] == _CR)
+            before2 = int(chunk[-2]) if read >= 2 else before
+            before, last = int(chunk[-1]), int(chunk[-1])
+    if cr_at_end:
+        return None
+    if last < 0:
+        return 0  # an empty file has no header and no records
+    return newlines + (last != _LF) - 1  # the header is not a record
+
+
 def count_csv_records(path: Path) -> int:
+    plain = _count_lines_without_quotes(path)
+    if plain is not None:
+        return plain
     try:
         return _quick_count(path)
     except _Unusual:
