@@ -158,7 +158,10 @@ def load_catalogue(path: str | Path | None = None) -> Catalogue:
             "(dbt_project/models/marts/_marts__models.yml)"
         )
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        # libyaml's parser where it is installed: the catalogue is a large file, and
+        # reading it is most of a cold `audiences preview` otherwise.
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=loader) or {}  # noqa: S506
     except yaml.YAMLError as exc:
         raise CatalogueError(f"field catalogue {path} is not valid YAML: {exc}") from None
     models = doc.get("models") if isinstance(doc, dict) else None
