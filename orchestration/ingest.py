@@ -22,7 +22,7 @@ from ingest.csv_reader import ExtractFileError
 from ingest.entities import ENTITIES, Entity
 from ingest.guard import ShrinkRule, check_extract, guarded_swap
 from ingest.inputs import CountsAside, count_input_rows
-from ingest.load import LoadResult, load_all
+from ingest.load import INGEST_MEMORY_LIMIT, LoadResult, load_all
 from orchestration.resources import (
     PROGRESS,
     ClinicSettingsResource,
@@ -213,7 +213,7 @@ def build_ingest_assets(
         try:
             # Each file is counted from the file, independently of the loader, beside it.
             with (
-                warehouse.connect() as con,
+                warehouse.connect(default_memory=INGEST_MEMORY_LIMIT) as con,
                 CountsAside(extract_dir, fmt, count_input_rows) as counts,
             ):
                 accept_incomplete = tags.get(ACCEPT_INCOMPLETE_TAG, "").lower() == "true"

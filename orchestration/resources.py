@@ -59,9 +59,13 @@ class WarehouseResource(dg.ConfigurableResource):
             yield self
 
     @contextmanager
-    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    def connect(
+        self, read_only: bool = False, default_memory: str | None = None
+    ) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection capped at `DUCKDB_MEMORY_LIMIT`, else at the step's own
+        `default_memory`, else at DuckDB's default (80% of RAM)."""
         with connect(self.duckdb_path, read_only=read_only,
-                     memory_limit=self.memory_limit or None) as con:  # fmt: skip
+                     memory_limit=self.memory_limit or default_memory) as con:  # fmt: skip
             yield con
 
 
