@@ -68,6 +68,19 @@ class CsvLayout:
         fits = at_line_start & inside & (gap_skippable == record_line - line)
         return np.where(fits, record, -1)
 
+    def line_start_near(self, offsets: np.ndarray) -> np.ndarray:
+        """Each offset, or the start of its line where it lies one byte past it.
+
+        DuckDB's reader (2.0) reports where a record of a file with LF line ends starts
+        one byte late (as if its line ends were CRLF); with CRLF line ends it is exact. A
+        line holds at least one byte before its break, so one byte past a line's start is
+        never another line's start: the offset is that line's."""
+        if not len(offsets) or not len(self.line_starts):
+            return offsets
+        line = np.searchsorted(self.line_starts, offsets, side="right") - 1
+        start = self.line_starts[np.maximum(line, 0)]
+        return np.where((line >= 0) & (offsets - start == 1), start, offsets)
+
     def records_spanning(self, offsets: np.ndarray) -> np.ndarray:
         """The index of the record each byte offset lies in (offsets in no record dropped)."""
         if not len(offsets) or not self.records:
