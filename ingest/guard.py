@@ -22,11 +22,11 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import duckdb
-import numpy as np
 
 from ingest import unchanged
 from ingest.csv_reader import ExtractFileError
 from ingest.entities import ENTITIES, ENTITIES_BY_NAME, Entity
+from ingest.inputs import count_lines
 from ingest.load import BeforeSwap, LoadCounts
 from ingest.sources import count_source_rows
 
@@ -152,25 +152,6 @@ def refusal(problems: dict[str, str], rule: ShrinkRule) -> ExtractRefused:
         + f"Re-export the extract; or, if the drop is real, run again with --accept-shrink "
         f"{names} (in the Dagster UI: the run tag clinic-audiences/accept_shrink={names})"
     )
-
-
-def count_lines(path: Path) -> int:
-    """Non-empty lines after the header: a quick stand-in for the number of records."""
-    lines = 0
-    previous = b"\n"
-    blank = 0
-    with path.open("rb") as fh:
-        while chunk := fh.read(64 * 1024 * 1024):
-            array = np.frombuffer(chunk, np.uint8)
-            breaks = np.flatnonzero(array == 10)
-            lines += len(breaks)
-            # A line break right after another (or after CR LF) ends an empty line.
-            before = np.where(breaks > 0, array[np.maximum(breaks - 1, 0)], previous[-1])
-            blank += int(np.count_nonzero(before == 10))
-            previous = chunk[-1:]
-    if previous != b"\n":
-        lines += 1  # the last line has no line break
-    return max(lines - blank - 1, 0)
 
 
 def extract_rows(extract_dir: Path, ent: Entity, fmt: str) -> int:

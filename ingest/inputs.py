@@ -132,43 +132,79 @@ _CHUNK = 64 * 1024 * 1024
 _LF, _CR = 10, 13
 
 
+class _Chunks:
+    """A file read a chunk at a time into one reused buffer (a chunk is valid until the
+    next), with the positions of a byte in it found through one reused mask: a fresh
+    array of a chunk's size per step would be new pages from the system every time."""
+
+    def __init__(self) -> None:
+        self.raw = bytearray(_CHUNK)
+        self.data = np.frombuffer(self.raw, np.uint8)
+        self.mask = np.empty(_CHUNK, bool)
+
+    def of(self, path: Path) -> Iterator[np.ndarray]:
+        with path.open("rb", buffering=0) as fh:
+            while read := fh.readinto(self.raw):
+                yield self.data[:read]
+
+    def holds(self, chunk: np.ndarray, byte: bytes) -> bool:
+        return self.raw.find(byte, 0, len(chunk)) >= 0  # memchr
+
+    def where(self, chunk: np.ndarray, byte: int) -> np.ndarray:
+        return np.flatnonzero(np.equal(chunk, byte, out=self.mask[: len(chunk)]))
+
+
+def count_lines(path: Path) -> int:
+    """Non-empty lines after the header: a quick stand-in for the number of records (what
+    the extract's shrink check and the progress estimate go by, before anything is read)."""
+    chunks = _Chunks()
+    lines = blank = 0
+    previous = _LF
+    for chunk in chunks.of(path):
+        breaks = chunks.where(chunk, _LF)
+        lines += len(breaks)
+        # A line break right after another (or after CR LF) ends an empty line.
+        before = np.where(breaks > 0, chunk[np.maximum(breaks - 1, 0)], previous)
+        blank += int(np.count_nonzero(before == _LF))
+        previous = int(chunk[-1])
+    if previous != _LF:
+        lines += 1  # the last line has no line break
+    return max(lines - blank - 1, 0)
+
+
 def _count_lines_without_quotes(path: Path) -> int | None:
     """The records of a file without a single quote character, blank line or lone CR, or
     None for any other file. In such a file no value can hold a line break, so each line
     after the header is one record, as Python's csv module would read it: the line breaks
     are counted (numpy, a chunk at a time), many times faster than splitting the records."""
-    raw = bytearray(_CHUNK)
-    data = np.frombuffer(raw, np.uint8)
-    mask = np.empty(_CHUNK, bool)
+    chunks = _Chunks()
     newlines = 0
     # The two bytes before the chunk; as if a line ended just before the file, so that a
     # blank first line is seen like any other.
     before, before2 = _LF, -1
     cr_at_end = False  # the previous chunk ended in a CR: the next byte must be its LF
     last = -1
-    with path.open("rb", buffering=0) as fh:
-        while read := fh.readinto(raw):
-            if raw.find(b'"', 0, read) >= 0:
-                return None
-            chunk = data[:read]
-            if cr_at_end and chunk[0] != _LF:
-                return None
-            lfs = np.flatnonzero(np.equal(chunk, _LF, out=mask[:read]))
-            newlines += len(lfs)
-            # A blank line: a LF right after another line's LF, or after its CRLF's CR.
-            one = np.where(lfs >= 1, chunk[np.maximum(lfs - 1, 0)], before)
-            two = np.where(lfs >= 2, chunk[np.maximum(lfs - 2, 0)],
-                           np.where(lfs == 1, before, before2))  # fmt: skip
-            if ((one == _LF) | ((one == _CR) & (two == _LF))).any():
-                return None
-            if raw.find(b"\r", 0, read) >= 0:
-                crs = np.flatnonzero(np.equal(chunk, _CR, out=mask[:read]))
-                inside = crs[crs + 1 < read]
-                if (chunk[inside + 1] != _LF).any():
-                    return None  # a CR that is not part of a CRLF ends a line for csv
-            cr_at_end = bool(chunk[-1] == _CR)
-            before2 = int(chunk[-2]) if read >= 2 else before
-            before, last = int(chunk[-1]), int(chunk[-1])
+    for chunk in chunks.of(path):
+        if chunks.holds(chunk, b'"'):
+            return None
+        if cr_at_end and chunk[0] != _LF:
+            return None
+        lfs = chunks.where(chunk, _LF)
+        newlines += len(lfs)
+        # A blank line: a LF right after another line's LF, or after its CRLF's CR.
+        one = np.where(lfs >= 1, chunk[np.maximum(lfs - 1, 0)], before)
+        two = np.where(lfs >= 2, chunk[np.maximum(lfs - 2, 0)],
+                       np.where(lfs == 1, before, before2))  # fmt: skip
+        if ((one == _LF) | ((one == _CR) & (two == _LF))).any():
+            return None
+        if chunks.holds(chunk, b"\r"):
+            crs = chunks.where(chunk, _CR)
+            inside = crs[crs + 1 < len(chunk)]
+            if (chunk[inside + 1] != _LF).any():
+                return None  # a CR that is not part of a CRLF ends a line for csv
+        cr_at_end = bool(chunk[-1] == _CR)
+        before2 = int(chunk[-2]) if len(chunk) >= 2 else before
+        before, last = int(chunk[-1]), int(chunk[-1])
     if cr_at_end:
         return None
     if last < 0:
