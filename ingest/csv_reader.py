@@ -494,7 +494,6 @@ def stage_csv(
     unclosed = np.isin(layout.record_first_line, layout.unclosed_lines)
     would_change = np.isin(layout.record_first_line, changed) & ~unclosed
     withheld = unclosed | would_change
-    # One report per record, even when DuckDB reports several errors for it.
     # Where DuckDB says each faulty record starts: exactly in a file of CRLF line ends, one
     # byte late in a file of LF line ends (DuckDB 2.0), taken back to its line's start. A
     # report that still starts no record (it can be further off after a quoted line break)
@@ -504,6 +503,7 @@ def stage_csv(
         positions = offsets.original(positions)
     positions = layout.line_start_near(positions)
     reported = layout.records_at(positions, withheld_lines(layout, changed))
+    # One report per record, even when DuckDB reports several errors for it.
     first_errors = errors.with_columns(pl.Series("record", reported)).unique(
         "record", keep="first", maintain_order=True
     )

@@ -127,8 +127,6 @@ def _quick_count(path: Path) -> int:
 
 
 _CHUNK = 64 * 1024 * 1024
-
-
 _LF, _CR = 10, 13
 
 
