@@ -11,8 +11,10 @@ last load that was accepted (kept in `ingest.loads` in the warehouse):
 
 A refusal names each entity, both counts and the way to accept the drop on purpose
 (`audiences run --accept-shrink ENTITY`, or the run tag `clinic-audiences/accept_shrink`).
-The comparison is made twice: on the files' line counts before any entity is touched, and
-on the rows actually loaded, inside the transaction that would swap an entity in.
+Both comparisons are made inside the transaction that would swap the extract in, on the
+records an independent count finds in each file (counted beside the loader) and on the
+rows actually loaded. Before anything is read, only a required entity whose file holds no
+record is refused (that much is seen without reading a whole file).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import duckdb
 from ingest import unchanged
 from ingest.csv_reader import ExtractFileError
 from ingest.entities import ENTITIES, ENTITIES_BY_NAME, Entity
-from ingest.inputs import count_lines
+from ingest.inputs import estimate_lines
 from ingest.load import BeforeSwap, LoadCounts
 from ingest.sources import count_source_rows
 
@@ -155,18 +157,20 @@ def refusal(problems: dict[str, str], rule: ShrinkRule) -> ExtractRefused:
 
 
 def extract_rows(extract_dir: Path, ent: Entity, fmt: str) -> int:
-    """How many rows the extract holds for an entity, counted quickly (no parsing)."""
-    return count_source_rows(extract_dir, ent, fmt, count_lines)
+    """About how many rows the extract holds for an entity, without reading its files
+    whole (`ingest.inputs.estimate_lines`; exact for a small file and for Cliniko pages)."""
+    return count_source_rows(extract_dir, ent, fmt, estimate_lines)
 
 
 def check_extract(
     con: duckdb.DuckDBPyConnection, extract_dir: Path, fmt: str, rule: ShrinkRule,
     as_of: date | None = None, accept_incomplete: bool = False,
 ) -> dict[str, int]:
-    """Row counts of the new extract per entity; raises ExtractRefused (naming every
-    entity that shrank) before anything is loaded. An entity whose source is the one
-    already loaded (`ingest.unchanged`) is not counted again: it is that load."""
-    last = last_loads(con)
+    """About how many rows each entity of the new extract holds (what progress goes by);
+    raises ExtractRefused before anything is read when a required entity holds none. The
+    shrink check itself is made on the independent count, in `guarded_swap`. An entity
+    whose source is the one already loaded (`ingest.unchanged`) is not looked at again:
+    its rows are that load's."""
     conds = unchanged.conditions(fmt, as_of, accept_incomplete)
     counts = {}
     for ent in ENTITIES:
@@ -176,7 +180,7 @@ def check_extract(
     problems = {
         ent.name: p
         for ent in ENTITIES
-        if (p := shrink_problem(ent, counts[ent.name], last.get(ent.name), rule)) is not None
+        if counts[ent.name] == 0 and (p := shrink_problem(ent, 0, None, rule)) is not None
     }
     if problems:
         raise refusal(problems, rule)
@@ -187,9 +191,9 @@ def guarded_swap(
     rows_in: dict[str, int], rule: ShrinkRule, as_of: date | None
 ) -> BeforeSwap:
     """The last word before an extract is swapped in, inside the swap's transaction: every
-    entity's independent count (`rows_in`) must agree with what ingest read, no entity's
-    loaded rows may have shrunk past the limit, and each load is recorded as the entity's
-    last accepted one. Any problem refuses the whole extract."""
+    entity's independent count (`rows_in`) must agree with what ingest read, neither an
+    entity's records nor its loaded rows may have shrunk past the limit, and each load is
+    recorded as the entity's last accepted one. Any problem refuses the whole extract."""
 
     def before_swap(con: duckdb.DuckDBPyConnection, staged: list[LoadCounts]) -> None:
         last = last_loads(con)
@@ -204,9 +208,11 @@ def guarded_swap(
                     f"independent count of {counts.source} finds {expected:,}"
                 )
             ent = ENTITIES_BY_NAME[counts.entity]
-            problem = shrink_problem(
-                ent, counts.loaded, last.get(ent.name), rule, what="rows loaded"
-            )
+            problem = shrink_problem(ent, counts.rows_in, last.get(ent.name), rule)
+            if problem is None:
+                problem = shrink_problem(
+                    ent, counts.loaded, last.get(ent.name), rule, what="rows loaded"
+                )
             if problem is not None:
                 shrunk[ent.name] = problem
         if faults:

@@ -125,7 +125,7 @@ def other_time_zones(con, clinic_timezone: str) -> list[str]:
 
 class Progress:
     """One line per entity as the extract loads: its rows, the rate so far, and about how
-    long the entities left will take at that rate (from the rows counted up front)."""
+    long the entities left will take at that rate (from the rows estimated up front)."""
 
     def __init__(self, say: Callable[[str], None]) -> None:
         self.say = say
@@ -195,8 +195,9 @@ def build_ingest_assets(
         warehouse: WarehouseResource,
         settings: ClinicSettingsResource,
     ):
-        """Refuse a failed export up front; read every entity beside the live tables; swap the
-        whole extract in only if every count agrees and nothing shrank past the limit."""
+        """Refuse an extract without a required entity up front; read every entity beside
+        the live tables; swap the whole extract in only if every count agrees and nothing
+        shrank past the limit."""
         tags = dict(context.run.tags)
         as_of = as_of_day(context)
         extract_dir, fmt = resolve_extract(tags, settings, as_of)
@@ -219,7 +220,8 @@ def build_ingest_assets(
                 accept_incomplete = tags.get(ACCEPT_INCOMPLETE_TAG, "").lower() == "true"
                 expected = check_extract(con, extract_dir, fmt, rule, as_of, accept_incomplete)
                 context.log.info(
-                    "extract " + ", ".join(f"{e} {n:,}" for e, n in expected.items() if n)
+                    "extract, about: "
+                    + ", ".join(f"{e} {n:,}" for e, n in expected.items() if n)
                 )
                 progress.expect(expected)
                 results = load_all(

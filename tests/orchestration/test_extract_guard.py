@@ -265,3 +265,21 @@ def test_after_a_failed_export_segments_and_work_lists_stay_as_they_were(
     assert main(["run", "--extracts", str(bad), "--as-of", "2026-12-01"]) == 1
     assert "looks like a failed export" in capsys.readouterr().out
     assert state() == before
+
+
+def test_the_shrink_check_counts_records_not_lines(tmp_path):
+    """Four patients whose notes hold line breaks are twelve lines but four records: 60%
+    fewer than yesterday's ten, refused on the independent count inside the swap."""
+    assert run(tmp_path, write_extract(tmp_path / "d1", 10), "2026-11-30").success
+    bad = write_extract(tmp_path / "d2", 10)
+    (bad / "patients.csv").write_text(
+        "patient_id,first_name,notes\n"
+        + "".join(f'p{i},Pat{i},"first line\nsecond\nthird"\n' for i in range(4))
+    )
+    result = run(tmp_path, bad, "2026-12-01")
+    assert not result.success
+    _, message = failure(result)
+    assert "patients: 4 rows, 60% fewer than the 10 of the last accepted load of 2026-11-30" in (
+        message
+    )
+    assert rows(tmp_path, "raw.patients") == 10
