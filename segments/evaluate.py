@@ -202,12 +202,47 @@ class WarehouseFrames:
         hashed = [f"case when {_quote(c)} is not null then hash({_quote(c)}) end as "
                   f"{_quote(HASHED[c])}" for c in keys]  # fmt: skip
         select = ", ".join([*(_quote(c) for c in text), *hashed])
+        rel = con.sql(f"select {select} from marts.{_quote(table)}")
+        if table in _EVENT_TABLES:
+            return _held(table, _in_batches(rel))
         # Straight from DuckDB's Arrow stream: polars needs no pyarrow for it (a tenth of
         # a cold preview is importing pyarrow).
-        df = pl.DataFrame(con.sql(f"select {select} from marts.{_quote(table)}"))
-        # Money arrives as DECIMAL: compare it as float, like every other number.
-        df = df.with_columns(pl.col(pl.Decimal).cast(pl.Float64))
-        return _held(table, _categorise(df))
+        return _held(table, _categorise(_as_held_types(pl.DataFrame(rel))))
+
+
+# An event table is read this many rows at a time (see `_in_batches`).
+BATCH_ROWS = 1_000_000
+
+
+def _in_batches(rel: duckdb.DuckDBPyRelation) -> pl.DataFrame:
+    """The rows of `rel`, read a batch at a time and each batch made compact at once (the
+    text columns the first batch finds few values in held as Categorical, as
+    `_categorise` decides), so that neither DuckDB's whole result nor the whole frame
+    in text is ever in memory beside the frame: at 1M patients (19.7M appointments) this
+    halves the memory a read of the appointments needs, and is faster."""
+    parts: list[pl.DataFrame] = []
+    for batch in rel.to_arrow_reader(BATCH_ROWS):
+        part = _as_held_types(pl.from_arrow(batch))
+        part = _categorise(part) if not parts else part.cast(parts[0].schema)
+        parts.append(_owning(part))
+    if not parts:
+        return _categorise(_as_held_types(pl.DataFrame(rel.limit(0))))
+    return pl.concat(parts, rechunk=False)
+
+
+def _owning(df: pl.DataFrame) -> pl.DataFrame:
+    """`df` in memory of its own. polars keeps the Arrow columns it is given as they are,
+    and DuckDB frees the memory of a batch only when every column of it is gone: a date
+    column kept from a batch would keep the whole batch alive, its text included (at 1M
+    patients, 0.5 GiB more for the appointments). Joining two slices is a copy."""
+    if df.height < 2:
+        return df
+    return pl.concat([df.slice(0, 1), df.slice(1)], rechunk=True)
+
+
+def _as_held_types(df: pl.DataFrame) -> pl.DataFrame:
+    """Money arrives as DECIMAL: compared as float, like every other number."""
+    return df.with_columns(pl.col(pl.Decimal).cast(pl.Float64))
 
 
 # Text columns with at most this many distinct values are held as Categorical: filters on

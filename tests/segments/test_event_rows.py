@@ -171,3 +171,36 @@ def test_when_two_ids_share_a_hash_events_are_read_again_with_their_text_ids(
     assert sorted(members["patient_id"].to_list()) == ["P01", "P04"]
     (why,) = explain(definition, frames, catalogue, D, "UTC", "P02")
     assert why.found and not why.member
+
+
+def test_an_event_table_read_a_few_rows_at_a_time_is_the_table(warehouse_for, run_segment,
+                                                                 monkeypatch):  # fmt: skip
+    """Event marts are read a batch at a time: the frame holds every row, with the same
+    values (text the first batch decides to hold as categories included, even values
+    that first appear in a later batch), and an events condition counts the same."""
+    import segments.evaluate as E
+
+    visits = [("P29", "attended"), ("P03", "attended"), ("P17", "cancelled"),
+              ("P05", "attended"), ("P29", "attended"), ("P17", "attended"),
+              ("P03", "attended"), ("P05", "did not arrive"), ("P29", "attended")]  # fmt: skip
+    patients = [dict(patient_id=f"P{n:02d}", status="active", city="Parramatta")
+                for n in range(40)]  # fmt: skip
+    rows = {"patient_features": patients, "appointments": [
+        dict(appointment_id=f"a{n}", patient_id=p, start_date=date(2024, 5, 1 + n),
+             category="Physio", status=s) for n, (p, s) in enumerate(visits)]}  # fmt: skip
+    db = warehouse_for(rows)
+    monkeypatch.setattr(E, "BATCH_ROWS", 2)  # five batches; "did not arrive" in the fourth
+    frame = E.WarehouseFrames(db).frame("appointments", ["appointment_id", "status"])
+    assert frame.height == 9
+    assert sorted(zip(frame["appointment_id"].to_list(), frame["status"].cast(pl.String),
+                      strict=True)) == sorted((f"a{n}", s) for n, (_, s) in enumerate(visits))
+    # By hand: P03 has 2 attended visits, P29 three, P05 and P17 one each.
+    assert run_segment(EVENTS_DEFINITION, rows, D) == ["P03", "P29"]
+
+
+def test_an_empty_event_table_read_in_batches_is_an_empty_frame(warehouse_for):
+    from segments.evaluate import WarehouseFrames
+
+    db = warehouse_for({"patient_features": [dict(patient_id="P1", status="active")]})
+    frame = WarehouseFrames(db).frame("appointments", ["appointment_id", "status"])
+    assert frame.height == 0 and {"appointment_id", "status"} <= set(frame.columns)
