@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
 from functools import cache
 from pathlib import Path
@@ -51,10 +52,17 @@ def materialize_worklist(
                 if last == inputs:
                     return SyncResult(counts=stage_counts(engine, info, info.owner), reused=True)
                 conn.execute(sync_inputs.delete().where(sync_inputs.c.worklist_slug == info.slug))
-        current = read_segment_members(duckdb_path, info.segment_slug, info.entity, day)
         bookings = None
         if info.spec.on_booking:
-            bookings = read_latest_bookings(duckdb_path, day, clinic_timezone)
+            # The bookings are read on a thread while the members are (DuckDB lets go of
+            # the GIL while it scans the appointments).
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                reading = pool.submit(read_latest_bookings, duckdb_path, day, clinic_timezone)
+                current = read_segment_members(duckdb_path, info.segment_slug, info.entity,
+                                               day)  # fmt: skip
+                bookings = reading.result()
+        else:
+            current = read_segment_members(duckdb_path, info.segment_slug, info.entity, day)
         result = sync_worklist(engine, info, current, bookings, now=now, snapshot_taken_at=taken)
         if inputs is not None:
             with engine.begin() as conn:
