@@ -202,16 +202,26 @@ class WarehouseFrames:
         hashed = [f"case when {_quote(c)} is not null then hash({_quote(c)}) end as "
                   f"{_quote(HASHED[c])}" for c in keys]  # fmt: skip
         select = ", ".join([*(_quote(c) for c in text), *hashed])
+        batched = table in _EVENT_TABLES and _more_rows_than(con, table, BATCHED_FROM)
         rel = con.sql(f"select {select} from marts.{_quote(table)}")
-        if table in _EVENT_TABLES:
+        if batched:
             return _held(table, _in_batches(rel))
         # Straight from DuckDB's Arrow stream: polars needs no pyarrow for it (a tenth of
         # a cold preview is importing pyarrow).
         return _held(table, _categorise(_as_held_types(pl.DataFrame(rel))))
 
 
-# An event table is read this many rows at a time (see `_in_batches`).
+# An event table of more than BATCHED_FROM rows is read BATCH_ROWS at a time (see
+# `_in_batches`); a smaller one at once, which spares a cold preview the import of
+# pyarrow that reading in batches needs.
 BATCH_ROWS = 1_000_000
+BATCHED_FROM = 4_000_000
+
+
+def _more_rows_than(con: duckdb.DuckDBPyConnection, table: str, rows: int) -> bool:
+    """Whether marts.`table` holds more than `rows` rows (counted no further than that)."""
+    query = f"select count(*) from (select 1 from marts.{_quote(table)} limit {rows + 1})"
+    return con.execute(query).fetchall()[0][0] > rows
 
 
 def _in_batches(rel: duckdb.DuckDBPyRelation) -> pl.DataFrame:

@@ -190,6 +190,7 @@ def test_an_event_table_read_a_few_rows_at_a_time_is_the_table(warehouse_for, ru
              category="Physio", status=s) for n, (p, s) in enumerate(visits)]}  # fmt: skip
     db = warehouse_for(rows)
     monkeypatch.setattr(E, "BATCH_ROWS", 2)  # five batches; "did not arrive" in the fourth
+    monkeypatch.setattr(E, "BATCHED_FROM", 8)  # nine rows: more than that, so in batches
     frame = E.WarehouseFrames(db).frame("appointments", ["appointment_id", "status"])
     assert frame.height == 9
     assert sorted(zip(frame["appointment_id"].to_list(), frame["status"].cast(pl.String),
@@ -198,9 +199,31 @@ def test_an_event_table_read_a_few_rows_at_a_time_is_the_table(warehouse_for, ru
     assert run_segment(EVENTS_DEFINITION, rows, D) == ["P03", "P29"]
 
 
-def test_an_empty_event_table_read_in_batches_is_an_empty_frame(warehouse_for):
-    from segments.evaluate import WarehouseFrames
+def test_an_empty_event_table_read_in_batches_is_an_empty_frame(warehouse_for, monkeypatch):
+    import segments.evaluate as E
 
+    batched = []
+    real = E._in_batches
+    monkeypatch.setattr(E, "BATCHED_FROM", -1)  # every event table in batches
+    monkeypatch.setattr(E, "_in_batches", lambda rel: batched.append(1) or real(rel))
     db = warehouse_for({"patient_features": [dict(patient_id="P1", status="active")]})
-    frame = WarehouseFrames(db).frame("appointments", ["appointment_id", "status"])
-    assert frame.height == 0 and {"appointment_id", "status"} <= set(frame.columns)
+    frame = E.WarehouseFrames(db).frame("appointments", ["appointment_id", "status"])
+    assert batched and frame.height == 0 and {"appointment_id", "status"} <= set(frame.columns)
+
+
+def test_a_small_event_table_is_read_at_once_and_a_large_one_in_batches(warehouse_for,
+                                                                        monkeypatch):  # fmt: skip
+    import segments.evaluate as E
+
+    batched = []
+    real = E._in_batches
+    monkeypatch.setattr(E, "_in_batches", lambda rel: batched.append(1) or real(rel))
+    rows = {"patient_features": [dict(patient_id="P1", status="active")], "appointments": [
+        dict(appointment_id=f"a{n}", patient_id="P1", status="attended") for n in range(3)]}
+    db = warehouse_for(rows)
+    monkeypatch.setattr(E, "BATCHED_FROM", 3)  # three rows are not more than three
+    assert E.WarehouseFrames(db).frame("appointments", ["appointment_id"]).height == 3
+    assert batched == []
+    monkeypatch.setattr(E, "BATCHED_FROM", 2)
+    assert E.WarehouseFrames(db).frame("appointments", ["appointment_id"]).height == 3
+    assert batched == [1]
