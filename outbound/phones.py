@@ -194,13 +194,16 @@ def with_patient_zone(frame: pl.LazyFrame, clinic_zone: str, clinic_country: str
                       ) -> pl.LazyFrame:  # fmt: skip
     """`frame` (with `country` and `state` columns) plus `zone`: the patient's time zone
     (several, `|`-separated, for a state that spans them), the clinic's when the address
-    does not say. An address with a state and no country is in the clinic's country."""
+    does not say. An address with a state and no country is in the clinic's country.
+    Each distinct (country, state) is looked up once: a clinic's patients live in a few
+    places, and reading a place name costs several passes over its text."""
     names = pl.DataFrame(
         list(COUNTRY_NAMES.items()), schema={"country_key": pl.String, "zone_country": pl.String},
         orient="row",
     ).lazy()  # fmt: skip
     table = zone_table().lazy()
-    keyed = frame.with_columns(
+    places = frame.select("country", "state").unique()
+    keyed = places.with_columns(
         _key("country").fill_null("").alias("country_key"),
         _key("state").fill_null("").alias("zone_state"),
     ).join(names, on="country_key", how="left").with_columns(
@@ -211,14 +214,13 @@ def with_patient_zone(frame: pl.LazyFrame, clinic_zone: str, clinic_country: str
     by_country = table.filter(pl.col("zone_state") == "").select(
         "zone_country", pl.col("zone").alias("country_zone")
     )
-    return (
+    zoned = (
         keyed.join(by_state, on=["zone_country", "zone_state"], how="left")
         .join(by_country, on="zone_country", how="left")
-        .with_columns(
-            pl.coalesce("zone", "country_zone", pl.lit(clinic_zone)).alias("zone")
-        )
-        .drop("country_key", "zone_country", "zone_state", "country_zone")
-    )
+        .select("country", "state",
+                pl.coalesce("zone", "country_zone", pl.lit(clinic_zone)).alias("zone"))
+    )  # fmt: skip
+    return frame.join(zoned, on=["country", "state"], how="left", nulls_equal=True)
 
 
 @dataclass(frozen=True)

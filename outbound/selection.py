@@ -383,11 +383,12 @@ def plan_sends(
     # which every message honours, or by a no to marketing, which transactional ones pass.
     by_opt_out, by_consent = [], []
     for ch, (_, consent_col) in CHANNEL_ADDRESS.items():
-        keyed = people.join(opted.filter(pl.col("channel") == ch), on="patient_id", how="left")
         key = pl.col(f"{ch}_key").alias("recipient_key")
-        by_opt_out.append(keyed.filter(pl.col("has_opt_out").fill_null(False)).select(key))
+        # The records with an opt-out for the channel: a few, looked up among everyone.
+        by_opt_out.append(opted.filter(pl.col("channel") == ch).select("patient_id")
+                          .join(people, on="patient_id").select(key))  # fmt: skip
         if consent_col is not None:
-            by_consent.append(keyed.filter(pl.col(consent_col) == False).select(key))  # noqa: E712
+            by_consent.append(people.filter(pl.col(consent_col) == False).select(key))  # noqa: E712
     if refused_addresses is not None:
         by_opt_out.append(refused_addresses.lazy().select(pl.col("recipient_key").cast(pl.String)))
     for frames, flag in ((by_opt_out, "address_refused"), (by_consent, "address_said_no")):

@@ -50,18 +50,22 @@ def test_numbers_in_e164(written, country, expected):
 def test_the_patients_zone_from_their_address():
     frame = pl.DataFrame(
         {
-            "patient_id": ["a", "b", "c", "d", "e"],
-            "country": ["Australia", "AU", "USA", "New Zealand", "Atlantis"],
-            "state": ["NSW", "western australia", "CA", None, "X"],
+            "patient_id": ["a", "b", "c", "d", "e", "f", "g", "h"],
+            "country": ["Australia", "AU", "USA", "New Zealand", "Atlantis", None, None, "AU"],
+            "state": ["NSW", "western australia", "CA", None, "X", None, "W.A.", "NSW"],
         }
     )
     zones = with_patient_zone(frame.lazy(), "Australia/Brisbane").collect()
+    assert zones.height == 8
     assert dict(zones.select("patient_id", "zone").rows()) == {
         "a": "Australia/Sydney|Australia/Broken_Hill",  # NSW holds Broken Hill too
         "b": "Australia/Perth",
         "c": "America/Los_Angeles",
         "d": "Pacific/Auckland",
         "e": "Australia/Brisbane",  # not known: the clinic's zone
+        "f": "Australia/Brisbane",  # no address: the clinic's zone
+        "g": "Australia/Perth",  # a state alone is in the clinic's country
+        "h": "Australia/Sydney|Australia/Broken_Hill",  # the same place written another way
     }
 
 
