@@ -7,8 +7,10 @@ exactly the ingest assets `raw/<entity>` and every model sits downstream of them
 data tests surface as asset checks.
 """
 
+import hashlib
 import json
 import os
+import secrets
 import shutil
 import sys
 from collections.abc import Iterator, Mapping
@@ -36,6 +38,8 @@ DBT_PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt_project"
 DBT_SOURCE_DIRS = ("models", "macros", "tests")
 
 dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR)
+# The file in which dbt keeps what it parsed, in an invocation's target folder.
+PARTIAL_PARSE_FILE = "partial_parse.msgpack"
 
 
 def dbt_executable() -> str:
@@ -230,6 +234,51 @@ def reused_build(
             )  # fmt: skip
 
 
+# dbt parses the whole project again whenever the --vars differ from those its saved
+# parse state was made with, and the as-of day changes them every day. The state of the
+# last invocations with each set of vars is kept here, so that the second build of a run
+# (the analytics models, after the warehouse's) parses only what changed. dbt itself
+# decides whether a state it is given still holds (files, vars, profile, version).
+PARSE_STATES_KEPT = 4
+
+
+def _parse_states() -> Path:
+    target = Path(dbt_project.target_path)
+    return (target if target.is_absolute() else dbt_project.project_dir / target) / "parse-states"
+
+
+def _parse_state_of(variables: str) -> Path:
+    digest = hashlib.blake2b(variables.encode(), digest_size=8).hexdigest()
+    return _parse_states() / f"{digest}.msgpack"
+
+
+def parse_state_target(name: str, run_id: str, variables: str) -> Path:
+    """A new target folder for one dbt invocation, holding the parse state of the last
+    invocation with the same `variables`, if there is one."""
+    target = _parse_states().parent / f"{name}-{run_id[:8]}-{secrets.token_hex(4)}"
+    target.mkdir(parents=True)
+    state = _parse_state_of(variables)
+    if state.exists():
+        shutil.copyfile(state, target / PARTIAL_PARSE_FILE)
+    return target
+
+
+def keep_parse_state(target: Path, variables: str) -> None:
+    """Keep the parse state an invocation left in `target` for the next one with the same
+    `variables` (written whole, then renamed into place), and only the newest few."""
+    made = target / PARTIAL_PARSE_FILE
+    if not made.exists():
+        return
+    state = _parse_state_of(variables)
+    state.parent.mkdir(parents=True, exist_ok=True)
+    partial = state.with_suffix(f".{secrets.token_hex(4)}.tmp")
+    shutil.copyfile(made, partial)
+    os.replace(partial, state)
+    states = sorted(state.parent.glob("*.msgpack"), key=lambda p: p.stat().st_mtime)
+    for old in states[:-PARSE_STATES_KEPT]:
+        old.unlink(missing_ok=True)
+
+
 def record_build(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, name: str,
     fingerprint: str, invocation: Any, results: list[dg.AssetCheckResult],
@@ -295,13 +344,16 @@ def build_dbt_defs(partitions: dg.PartitionsDefinition | None = None) -> dg.Defi
                 return
             context.log.info(f"dbt build of the {what} at as_of={as_of} "
                              f"clinic_timezone={settings.clinic_timezone}")  # fmt: skip
+            target = parse_state_target(name, context.run_id, variables)
             with environment(**warehouse_env(warehouse)):
-                invocation = dbt.cli([*PIPELINE_BUILD_ARGS, "--vars", variables], context=context)
+                invocation = dbt.cli([*PIPELINE_BUILD_ARGS, "--vars", variables],
+                                     context=context, target_path=target)  # fmt: skip
                 checks = []
                 for event in invocation.stream():
                     if isinstance(event, dg.AssetCheckResult):
                         checks.append(event)
                     yield event
+            keep_parse_state(target, variables)
             if fingerprint is not None:
                 record_build(context, warehouse, name, fingerprint, invocation, checks)
 

@@ -1,0 +1,56 @@
+"""The second dbt build of a run (the analytics models, after the warehouse's) starts
+from the parse state the first left for the same vars, so dbt parses only what changed;
+a new day's vars are parsed in full, as dbt requires."""
+
+import json
+import random
+import shutil
+import time
+
+import pytest
+from dagster_dbt import DbtCliResource
+
+import orchestration.dbt as D
+
+pytestmark = pytest.mark.dbt
+
+
+def parsed(variables: str) -> tuple[int, int]:
+    """(files in the project, files dbt parsed) for one `dbt parse` with `variables`,
+    given the kept state and keeping the one it leaves."""
+    target = D.parse_state_target("parse-test", "testrun0", variables)
+    dbt = DbtCliResource(project_dir=D.dbt_project, dbt_executable=D.dbt_executable())
+    dbt.cli(["parse", "--vars", variables], target_path=target).wait()
+    D.keep_parse_state(target, variables)
+    perf = json.loads((target / "perf_info.json").read_text())
+    shutil.rmtree(target)
+    return perf["path_count"], perf["parsed_path_count"]
+
+
+def test_a_second_invocation_with_the_same_vars_parses_nothing_again():
+    # A day no other test uses, so no state is kept for it yet.
+    day = f"{random.randrange(2100, 2999)}-01-0{random.randrange(1, 9)}"
+    variables = D.dbt_vars(day, "UTC")
+    files, first = parsed(variables)
+    assert files > 100 and first == files  # new vars: everything parsed
+    assert parsed(variables) == (files, 0)
+
+
+def test_only_the_newest_states_are_kept(tmp_path, monkeypatch):
+    monkeypatch.setattr(D, "_parse_states", lambda: tmp_path / "parse-states")
+    for day in range(1, 8):
+        target = tmp_path / f"invocation-{day}"
+        target.mkdir()
+        (target / D.PARTIAL_PARSE_FILE).write_bytes(f"state {day}".encode())
+        D.keep_parse_state(target, D.dbt_vars(f"2026-01-0{day}", "UTC"))
+        time.sleep(0.02)  # file times tick coarsely: one state clearly newer than the last
+    kept = sorted(p.read_bytes() for p in (tmp_path / "parse-states").iterdir())
+    assert kept == [f"state {day}".encode() for day in range(7 - D.PARSE_STATES_KEPT + 1, 8)]
+    # An invocation that left no state (dbt failed before parsing) keeps nothing.
+    empty = tmp_path / "failed"
+    empty.mkdir()
+    D.keep_parse_state(empty, D.dbt_vars("2026-02-01", "UTC"))
+    assert len(list((tmp_path / "parse-states").iterdir())) == D.PARSE_STATES_KEPT
+    # The state kept for a set of vars is given to the next invocation with them.
+    target = D.parse_state_target("next", "run12345", D.dbt_vars("2026-01-07", "UTC"))
+    assert (target / D.PARTIAL_PARSE_FILE).read_bytes() == b"state 7"
