@@ -14,7 +14,7 @@ import secrets
 import shutil
 import sys
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from graphlib import TopologicalSorter
 from pathlib import Path
 from typing import Any
@@ -258,7 +258,8 @@ def parse_state_target(name: str, run_id: str, variables: str) -> Path:
     target = _parse_states().parent / f"{name}-{run_id[:8]}-{secrets.token_hex(4)}"
     target.mkdir(parents=True)
     state = _parse_state_of(variables)
-    if state.exists():
+    # None kept (or unreadable): dbt parses in full, as it would anyway.
+    with suppress(OSError):
         shutil.copyfile(state, target / PARTIAL_PARSE_FILE)
     return target
 
@@ -270,13 +271,18 @@ def keep_parse_state(target: Path, variables: str) -> None:
     if not made.exists():
         return
     state = _parse_state_of(variables)
-    state.parent.mkdir(parents=True, exist_ok=True)
     partial = state.with_suffix(f".{secrets.token_hex(4)}.tmp")
-    shutil.copyfile(made, partial)
-    os.replace(partial, state)
-    states = sorted(state.parent.glob("*.msgpack"), key=lambda p: p.stat().st_mtime)
-    for old in states[:-PARSE_STATES_KEPT]:
-        old.unlink(missing_ok=True)
+    try:
+        state.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(made, partial)
+        os.replace(partial, state)
+        states = sorted(state.parent.glob("*.msgpack"), key=lambda p: p.stat().st_mtime_ns)
+        for old in states[:-PARSE_STATES_KEPT]:
+            old.unlink(missing_ok=True)
+    except OSError:
+        # A state not kept costs the next build a full parse, never the build itself.
+        with suppress(OSError):
+            partial.unlink(missing_ok=True)
 
 
 def record_build(

@@ -54,3 +54,16 @@ def test_only_the_newest_states_are_kept(tmp_path, monkeypatch):
     # The state kept for a set of vars is given to the next invocation with them.
     target = D.parse_state_target("next", "run12345", D.dbt_vars("2026-01-07", "UTC"))
     assert (target / D.PARTIAL_PARSE_FILE).read_bytes() == b"state 7"
+
+
+def test_a_state_that_cannot_be_kept_costs_a_parse_not_the_build(tmp_path, monkeypatch):
+    blocked = tmp_path / "parse-states"
+    blocked.write_text("a file where the folder of states would be")
+    monkeypatch.setattr(D, "_parse_states", lambda: blocked)
+    target = D.parse_state_target("build", "run12345", D.dbt_vars("2026-03-01", "UTC"))
+    assert not (target / D.PARTIAL_PARSE_FILE).exists()
+    (target / D.PARTIAL_PARSE_FILE).write_bytes(b"state")
+    D.keep_parse_state(target, D.dbt_vars("2026-03-01", "UTC"))  # no error
+    assert blocked.read_text() == "a file where the folder of states would be"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["build-run12345-" + target.name[-8:],
+                                                         "parse-states"]  # fmt: skip
