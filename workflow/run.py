@@ -52,17 +52,13 @@ def materialize_worklist(
                 if last == inputs:
                     return SyncResult(counts=stage_counts(engine, info, info.owner), reused=True)
                 conn.execute(sync_inputs.delete().where(sync_inputs.c.worklist_slug == info.slug))
-        bookings = None
-        if info.spec.on_booking:
-            # The bookings are read on a thread while the members are (DuckDB lets go of
-            # the GIL while it scans the appointments).
-            with ThreadPoolExecutor(max_workers=1) as pool:
-                reading = pool.submit(read_latest_bookings, duckdb_path, day, clinic_timezone)
-                current = read_segment_members(duckdb_path, info.segment_slug, info.entity,
-                                               day)  # fmt: skip
-                bookings = reading.result()
-        else:
+        # A list that follows bookings reads them on a thread while it reads its members
+        # (DuckDB lets go of the GIL while it scans the appointments).
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            reading = (pool.submit(read_latest_bookings, duckdb_path, day, clinic_timezone)
+                       if info.spec.on_booking else None)  # fmt: skip
             current = read_segment_members(duckdb_path, info.segment_slug, info.entity, day)
+            bookings = reading.result() if reading is not None else None
         result = sync_worklist(engine, info, current, bookings, now=now, snapshot_taken_at=taken)
         if inputs is not None:
             with engine.begin() as conn:
