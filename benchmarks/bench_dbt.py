@@ -97,12 +97,8 @@ visits as (
         count(*) filter (where class = 'cancelled') as cancellation_count,
         min(starts_at) filter (where class = 'upcoming') as next_appointment_at,
         list_sort(list_distinct(list(category) filter (where class = 'attended'))) as cats,
-        arg_max_null(practitioner_id, (starts_at, appointment_id))
-            filter (where class = 'attended') as last_practitioner_id,
-        arg_max_null(type_name, (starts_at, appointment_id))
-            filter (where class = 'attended') as last_appointment_type,
-        arg_max_null(category, (starts_at, appointment_id))
-            filter (where class = 'attended') as last_appointment_category
+        arg_max_null({'p': practitioner_id, 't': type_name, 'c': category},
+            (starts_at, appointment_id)) filter (where class = 'attended') as last_attended
     from appointments group by patient_id
 ),
 invoices as (
@@ -181,15 +177,15 @@ select
     coalesce(v.cancellation_count, 0) as cancellation_count,
     c.cadence_days,
     ($d - v.last_visit_date) / c.cadence_days as cadence_overdue_ratio,
-    v.last_practitioner_id,
+    v.last_attended.p as last_practitioner_id,
     nullif(trim(concat_ws(' ', pr.first_name, pr.last_name)), '') as last_practitioner_name,
     case
-        when v.last_practitioner_id is null then null
+        when v.last_attended.p is null then null
         when pr.practitioner_id is null then false
         when cast(timezone($tz, pr.left_at) as date) <= $d then false
         else coalesce(pr.active, true)
     end as last_practitioner_active,
-    v.last_appointment_type, v.last_appointment_category,
+    v.last_attended.t as last_appointment_type, v.last_attended.c as last_appointment_category,
     coalesce(v.cats, []::varchar[]) as appointment_categories_attended,
     coalesce(i.ltv, 0)::decimal(18, 2) as lifetime_value,
     coalesce(i.paid, 0)::decimal(18, 2) as total_paid,
@@ -206,7 +202,7 @@ select
 from people p
 left join visits v on v.patient_id = p.patient_id
 left join cadence c on c.patient_id = p.patient_id
-left join raw.practitioners pr on pr.practitioner_id = v.last_practitioner_id
+left join raw.practitioners pr on pr.practitioner_id = v.last_attended.p
 left join invoices i on i.patient_id = p.patient_id
 left join open_cases oc on oc.patient_id = p.patient_id
 left join latest_lead l on l.patient_id = p.patient_id
@@ -324,8 +320,14 @@ def compare(dbt_file: Path, baseline_file: Path) -> tuple[int, int, int]:
     con = duckdb.connect(str(dbt_file), read_only=True)
     try:
         con.execute(f"attach '{baseline_file}' as base (read_only)")
+        # The columns both hold: the query leaves out the patient's custom fields, which
+        # the model passes through from the raw table as they are.
+        base_columns = set(
+            con.sql("select * from base.bench.baseline_patient_features limit 0").columns
+        )
         columns = ", ".join(
             f'"{c}"' for c in con.sql("select * from marts.patient_features limit 0").columns
+            if c in base_columns
         )
         dbt_rows = con.sql("select count(*) from marts.patient_features").fetchall()[0][0]
         only_dbt = con.sql(

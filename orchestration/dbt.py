@@ -13,6 +13,7 @@ import os
 import secrets
 import shutil
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from graphlib import TopologicalSorter
@@ -240,6 +241,11 @@ def reused_build(
 # (the analytics models, after the warehouse's) parses only what changed. dbt itself
 # decides whether a state it is given still holds (files, vars, profile, version).
 PARSE_STATES_KEPT = 4
+# Each invocation's own target folder (compiled SQL, run_results.json, logs: about 5 MB)
+# is kept for the newest few builds of each asset, to read after a run, and then removed.
+# A folder touched within the last hour is never removed: another run may be using it.
+INVOCATIONS_KEPT = 8
+INVOCATION_GRACE_SECONDS = 3600
 
 
 def _parse_states() -> Path:
@@ -262,6 +268,25 @@ def parse_state_target(name: str, run_id: str, variables: str) -> Path:
     with suppress(OSError):
         shutil.copyfile(state, target / PARTIAL_PARSE_FILE)
     return target
+
+
+def prune_invocations(name: str, now: float | None = None) -> list[Path]:
+    """Remove the target folders of all but the newest `INVOCATIONS_KEPT` invocations of
+    the asset `name`, leaving any touched in the last hour; returns those removed."""
+    now = time.time() if now is None else now
+    folders = []
+    with suppress(OSError):
+        for folder in _parse_states().parent.glob(f"{name}-*"):
+            with suppress(OSError):
+                if folder.is_dir():
+                    folders.append((folder.stat().st_mtime, folder))
+    folders.sort()
+    removed = []
+    for mtime, folder in folders[:-INVOCATIONS_KEPT]:
+        if now - mtime >= INVOCATION_GRACE_SECONDS:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
 
 
 def keep_parse_state(target: Path, variables: str) -> None:
@@ -360,6 +385,7 @@ def build_dbt_defs(partitions: dg.PartitionsDefinition | None = None) -> dg.Defi
                         checks.append(event)
                     yield event
             keep_parse_state(target, variables)
+            prune_invocations(name)
             if fingerprint is not None:
                 record_build(context, warehouse, name, fingerprint, invocation, checks)
 

@@ -3,6 +3,7 @@ from the parse state the first left for the same vars, so dbt parses only what c
 a new day's vars are parsed in full, as dbt requires."""
 
 import json
+import os
 import random
 import shutil
 import time
@@ -67,3 +68,44 @@ def test_a_state_that_cannot_be_kept_costs_a_parse_not_the_build(tmp_path, monke
     assert blocked.read_text() == "a file where the folder of states would be"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["build-run12345-" + target.name[-8:],
                                                          "parse-states"]  # fmt: skip
+
+
+def test_only_the_newest_invocation_folders_of_an_asset_are_kept(tmp_path, monkeypatch):
+    monkeypatch.setattr(D, "_parse_states", lambda: tmp_path / "parse-states")
+    now = 1_900_000_000.0
+    hour = D.INVOCATION_GRACE_SECONDS
+    # Twelve finished builds of one asset, a day apart, oldest first; one other asset's
+    # old build; the kept parse states.
+    for n in range(12):
+        folder = tmp_path / f"warehouse_dbt_assets-run{n:05d}-cafe{n:04d}"
+        folder.mkdir()
+        (folder / "run_results.json").write_text("{}")
+        os.utime(folder, (now - (12 - n) * 24 * hour, now - (12 - n) * 24 * hour))
+    other = tmp_path / "analytics_dbt_assets-run00000-beef0000"
+    other.mkdir()
+    os.utime(other, (now - 30 * 24 * hour, now - 30 * 24 * hour))
+    (tmp_path / "parse-states").mkdir()
+    removed = D.prune_invocations("warehouse_dbt_assets", now=now)
+    # 12 - 8 kept = the 4 oldest go; the other asset's folder and the states stay.
+    assert sorted(p.name[:26] for p in removed) == [
+        f"warehouse_dbt_assets-run{n:05d}"[:26] for n in range(4)
+    ]
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert len(left) == 8 + 2
+    assert "analytics_dbt_assets-run00000-beef0000" in left and "parse-states" in left
+
+
+def test_a_folder_touched_in_the_last_hour_is_never_removed(tmp_path, monkeypatch):
+    monkeypatch.setattr(D, "_parse_states", lambda: tmp_path / "parse-states")
+    now = 1_900_000_000.0
+    # Ten folders all touched minutes ago (ten runs at once): none is removed, though
+    # only eight would be kept.
+    for n in range(10):
+        folder = tmp_path / f"warehouse_dbt_assets-run{n:05d}-cafe{n:04d}"
+        folder.mkdir()
+        os.utime(folder, (now - 60 * (10 - n), now - 60 * (10 - n)))
+    assert D.prune_invocations("warehouse_dbt_assets", now=now) == []
+    assert len(list(tmp_path.iterdir())) == 10
+    # With no target folder at all, nothing fails.
+    monkeypatch.setattr(D, "_parse_states", lambda: tmp_path / "absent" / "parse-states")
+    assert D.prune_invocations("warehouse_dbt_assets", now=now) == []

@@ -29,13 +29,13 @@ history as (
             as appointment_categories_attended,
         -- The last attended appointment: the latest start, then the highest id (two on the
         -- same last day resolve to the later one). arg_max_null keeps a null practitioner
-        -- or type of that appointment instead of skipping to an earlier one.
-        arg_max_null(practitioner_id, (starts_at, appointment_id))
-            filter (where status = 'attended') as last_practitioner_id,
-        arg_max_null(appointment_type, (starts_at, appointment_id))
-            filter (where status = 'attended') as last_appointment_type,
-        arg_max_null(category, (starts_at, appointment_id))
-            filter (where status = 'attended') as last_appointment_category
+        -- or type of that appointment instead of skipping to an earlier one; one aggregate
+        -- carries all three fields of that appointment.
+        arg_max_null(
+            {'practitioner_id': practitioner_id, 'appointment_type': appointment_type,
+             'category': category},
+            (starts_at, appointment_id)
+        ) filter (where status = 'attended') as last_attended
     from appointments
     group by patient_id
 
@@ -79,23 +79,24 @@ summarised as (
         cadences.cadence_days,
         ({{ as_of_date() }} - history.last_visit_date) / cadences.cadence_days
             as cadence_overdue_ratio,
-        history.last_practitioner_id,
+        history.last_attended.practitioner_id as last_practitioner_id,
         practitioners.practitioner_name as last_practitioner_name,
         -- Orphans: a practitioner who left (left_at on or before D, or marked inactive)
         -- or who is missing from the practitioner list is not active.
         case
-            when history.last_practitioner_id is null then null
+            when history.last_attended.practitioner_id is null then null
             when practitioners.practitioner_id is null then false
             when practitioners.left_at is not null
                 and {{ local_date('practitioners.left_at') }} <= {{ as_of_date() }} then false
             else coalesce(practitioners.active, true)
         end as last_practitioner_active,
-        history.last_appointment_type,
-        history.last_appointment_category,
+        history.last_attended.appointment_type as last_appointment_type,
+        history.last_attended.category as last_appointment_category,
         history.appointment_categories_attended
     from history
     left join cadences on history.patient_id = cadences.patient_id
-    left join practitioners on history.last_practitioner_id = practitioners.practitioner_id
+    left join practitioners
+        on history.last_attended.practitioner_id = practitioners.practitioner_id
 
 )
 
