@@ -24,18 +24,6 @@ bookings as (
 
 ),
 
-appointment_revenue as (
-
-    select
-        appointment_id,
-        sum(total_amount) as revenue
-    from {{ ref('invoices') }}
-    where status <> 'void'
-        and appointment_id is not null
-    group by appointment_id
-
-),
-
 bookings_in_window as (
 
     select
@@ -61,6 +49,20 @@ last_touch as (
     qualify row_number() over (
         partition by appointment_id order by sent_at desc, message_id
     ) = 1
+
+),
+
+-- Revenue only of the bookings some message is credited with: the invoices are read
+-- once, and only those rows are summed.
+appointment_revenue as (
+
+    select
+        appointment_id,
+        sum(total_amount) as revenue
+    from {{ ref('invoices') }}
+    where status <> 'void'
+        and appointment_id in (select appointment_id from last_touch)
+    group by appointment_id
 
 ),
 
