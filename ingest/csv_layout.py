@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import BinaryIO
 
@@ -28,6 +29,7 @@ _NEWLINE, _QUOTE, _CR, _COMMA = 10, 34, 13, 44
 # A quoted value that would run on for more than this is taken as never closed: no
 # practice-management export has a single value of this size.
 MAX_RECORD_BYTES = 256 * 1024 * 1024
+_LINES_AT_ONCE = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -94,18 +96,66 @@ class CsvLayout:
     def records(self) -> int:
         return len(self.record_first_line)
 
+    # Each record's byte span and the longest, worked out once per layout (a file of
+    # millions of records asks for them several times) and read-only, as they are shared.
+    @cached_property
+    def _record_starts(self) -> np.ndarray:
+        return _read_only(self.line_starts[self.record_first_line - 1])
+
+    @cached_property
+    def _record_ends(self) -> np.ndarray:
+        return _read_only(np.append(self.line_starts, self.size)[self.record_last_line])
+
+    @cached_property
+    def _longest_record(self) -> int:
+        """The longest record's bytes: a record on one line is that line (the longest line
+        that is neither header nor blank), and the few records over several lines are
+        measured one by one (each of their lines is shorter than the record)."""
+        if not self.records:
+            return 0
+        longest = 0
+        starts, lines = self.line_starts, len(self.line_starts)
+        # A million lines at a time into one buffer: no array of the file's size is made.
+        buffer = np.empty(min(_LINES_AT_ONCE, lines), np.int64)
+        for first in range(self.header_lines, lines, _LINES_AT_ONCE):
+            last = min(first + _LINES_AT_ONCE, lines)
+            length = buffer[: last - first]
+            inner = min(last, lines - 1)  # lines whose end is the next line's start
+            np.subtract(starts[first + 1 : inner + 1], starts[first:inner],
+                        out=length[: inner - first])  # fmt: skip
+            if inner < last:
+                length[-1] = self.size - starts[lines - 1]
+            length[self.blank[first:last].astype(bool)] = 0
+            longest = max(longest, int(length.max()))
+        several = np.flatnonzero(self.record_last_line != self.record_first_line)
+        if len(several):
+            starts, ends = self.record_spans(several)
+            longest = max(longest, int((ends - starts).max()))
+        return longest
+
+    def record_spans(self, records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The byte span of each of `records` (indexes): where it starts, and just past its
+        last line's break; only those records are looked up."""
+        starts = self.line_starts[self.record_first_line[records] - 1]
+        after = self.record_last_line[records]  # 0-based, the line after the record's last
+        lines = len(self.line_starts)
+        ends = np.where(after < lines, self.line_starts[np.minimum(after, lines - 1)], self.size)
+        return starts, ends.astype(self.line_starts.dtype, copy=False)
+
     def record_start_offsets(self) -> np.ndarray:
-        return self.line_starts[self.record_first_line - 1]
+        return self._record_starts
 
     def record_end_offsets(self) -> np.ndarray:
         """Byte offset just past each record's last line (its line break included)."""
-        ends = np.append(self.line_starts, self.size)
-        return ends[self.record_last_line]
+        return self._record_ends
 
     def max_record_bytes(self) -> int:
-        if not self.records:
-            return 0
-        return int((self.record_end_offsets() - self.record_start_offsets()).max())
+        return self._longest_record
+
+
+def _read_only(values: np.ndarray) -> np.ndarray:
+    values.flags.writeable = False
+    return values
 
 
 @dataclass

@@ -211,13 +211,13 @@ class StagedCsv:
     records: int  # records in the file: staged + malformed
     # Where the staged records' bytes are, to read some of them again (`text_of`): the
     # file they were parsed from (the file itself, or its copy with LF line ends, in the
-    # folder given to `stage_csv`), the length of its header, each staged record's byte
-    # span (by rowid), the longest record, and whether Python's parser split them; and
-    # the folder for the copies that reading makes.
+    # folder given to `stage_csv`), the length of its header, its layout and which of its
+    # records were staged (by rowid; None: every record), the longest record, and whether
+    # Python's parser split them; and the folder for the copies that reading makes.
     source: Path
     header_bytes: int
-    starts: np.ndarray
-    ends: np.ndarray
+    layout: CsvLayout
+    good: np.ndarray | None
     longest: int
     by_python: bool
     folder: Path
@@ -227,7 +227,7 @@ class StagedCsv:
         rowids), split again by the parser that staged them, from their own bytes: the
         header and those records, copied into a file of their own."""
         field_count = len(self.names)
-        starts, ends = self.starts[rows], self.ends[rows]
+        starts, ends = self.layout.record_spans(rows if self.good is None else self.good[rows])
         if self.by_python:
             columns, reasons = _split_by_python(self.source, starts, ends, field_count)
             if any(reasons):
@@ -538,20 +538,26 @@ def stage_csv(
     # The rejected records' text is read from the original file, exactly as it is.
     rejected = _rejected_frame(path, layout, all_rejected, reasons, shortened)
     lines = len(layout.line_starts)
+
+    # Every record good (most files): the layout's own arrays serve, without a copy of
+    # millions of numbers.
+    every_record = len(good) == layout.records
+
     return StagedCsv(
         table=table,
         path=path,
         names=names,
         rows=rows,
-        physical=layout.record_first_line[good].astype(np.int64),
+        physical=(layout.record_first_line if every_record else layout.record_first_line[good])
+        .astype(np.int64, copy=False),
         rejected=rejected,
         records=layout.records,
         source=source,
         header_bytes=int(layout.line_starts[layout.header_lines])
         if layout.header_lines < lines
         else layout.size,
-        starts=layout.record_start_offsets()[good],
-        ends=layout.record_end_offsets()[good],
+        layout=layout,
+        good=None if every_record else good,
         longest=layout.max_record_bytes(),
         by_python=by_python,
         folder=folder,

@@ -50,3 +50,50 @@ def test_the_layout_does_not_depend_on_where_the_chunks_fall(tmp_path_factory, c
         assert {f: chunked[f] for f in flags} == {f: whole[f] for f in flags}
     else:
         assert chunked == whole
+
+
+@settings(max_examples=400, deadline=None)
+@given(content=FILES)
+def test_each_records_span_and_the_longest_are_as_the_lines_say(tmp_path_factory, content):
+    """A record runs from the start of its first line to the start of the line after its
+    last (or the end of the file); the longest is the largest such span. Worked out here
+    record by record from the line starts, against the layout's vectorised answers."""
+    path = tmp_path_factory.mktemp("spans") / "f.csv"
+    path.write_bytes(content)
+    layout = csv_layout.scan_layout(path, 3)
+    starts = [int(s) for s in layout.line_starts]
+    expected = []
+    for first, last in zip(layout.record_first_line.tolist(), layout.record_last_line.tolist(),
+                           strict=True):  # fmt: skip
+        end = starts[last] if last < len(starts) else layout.size
+        expected.append((starts[first - 1], end))
+    records = np.arange(layout.records)
+    got_starts, got_ends = layout.record_spans(records)
+    assert list(zip(got_starts.tolist(), got_ends.tolist(), strict=True)) == expected
+    assert layout.record_start_offsets().tolist() == [s for s, _ in expected]
+    assert layout.record_end_offsets().tolist() == [e for _, e in expected]
+    assert layout.max_record_bytes() == max((e - s for s, e in expected), default=0)
+    # The longest is found a block of lines at a time: where the blocks fall must not matter.
+    original = csv_layout._LINES_AT_ONCE
+    csv_layout._LINES_AT_ONCE = 2
+    try:
+        assert csv_layout.scan_layout(path, 3).max_record_bytes() == layout.max_record_bytes()
+    finally:
+        csv_layout._LINES_AT_ONCE = original
+    # A few records looked up alone give the same spans.
+    some = records[::2]
+    alone = layout.record_spans(some)
+    assert list(zip(alone[0].tolist(), alone[1].tolist(), strict=True)) == expected[::2]
+
+
+def test_a_record_over_two_lines_is_measured_whole(tmp_path):
+    # Header 13 bytes; record 1 is `1,"long` + LF + `value here",x` + LF = 22 bytes over
+    # lines 2 and 3, longer than either line; record 2 `2,b,c` + LF = 6 bytes.
+    path = tmp_path / "f.csv"
+    path.write_bytes(b'id,name,note\n1,"long\nvalue here",x\n2,b,c\n')
+    layout = csv_layout.scan_layout(path, 3)
+    assert layout.record_first_line.tolist() == [2, 4]
+    assert layout.record_last_line.tolist() == [3, 4]
+    starts, ends = layout.record_spans(np.arange(2))
+    assert starts.tolist() == [13, 35] and ends.tolist() == [35, 41]
+    assert layout.max_record_bytes() == 22
