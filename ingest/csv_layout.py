@@ -173,7 +173,8 @@ def _scan(path: Path) -> _Scan:
     starts: list[np.ndarray] = [np.zeros(1, np.int64)]
     odd: list[np.ndarray] = []
     stray: list[np.ndarray] = []  # line indexes holding a quote outside RFC 4180's places
-    before_break: list[np.ndarray] = []  # the byte just before each line break
+    # Per line break: the byte before it when that is a CR, otherwise any other byte.
+    before_break: list[np.ndarray] = []
     carry_quotes = 0  # quotes of the line that runs across the chunk boundary
     previous_last = -1  # last byte of the previous chunk
     crs = crlfs = lfs = lines_before = 0
@@ -202,14 +203,23 @@ def _scan(path: Path) -> _Scan:
             crlfs += int(np.count_nonzero(chunk[cr[cr + 1 < read] + 1] == _NEWLINE))
             if read and chunk[0] == _NEWLINE and previous_last == _CR:
                 crlfs += 1
-            quotes_before = np.searchsorted(quotes, newlines)
-            per_line = np.diff(quotes_before, prepend=0)
-            if len(per_line):
-                per_line[0] += carry_quotes
-                carry_quotes = len(quotes) - int(quotes_before[-1])
+            if not len(quotes):
+                # No quote in the chunk (most chunks): only the line that runs on from the
+                # previous chunk can hold an odd number.
+                line_odd = np.zeros(len(newlines), bool)
+                if len(newlines):
+                    line_odd[0] = carry_quotes % 2 == 1
+                    carry_quotes = 0
+                odd.append(line_odd)
             else:
-                carry_quotes += len(quotes)
-            odd.append((per_line % 2).astype(bool))
+                quotes_before = np.searchsorted(quotes, newlines)
+                per_line = np.diff(quotes_before, prepend=0)
+                if len(per_line):
+                    per_line[0] += carry_quotes
+                    carry_quotes = len(quotes) - int(quotes_before[-1])
+                else:
+                    carry_quotes += len(quotes)
+                odd.append((per_line % 2).astype(bool))
             # Taken in turn within its line, a quote opens a value (then a delimiter, the
             # line start or a doubled quote is before it) or closes one (then a delimiter,
             # the line end or a doubled quote is after it). A line where one is elsewhere
@@ -231,9 +241,18 @@ def _scan(path: Path) -> _Scan:
             edges = [0, len(newlines)] if len(quotes) else []
             stray.append(np.concatenate([misplaced, edges]).astype(np.int64) + lines_before)
             lines_before += len(newlines)
-            previous = np.where(newlines > 0, chunk[np.maximum(newlines - 1, 0)], previous_last)
-            before_break.append(previous.astype(np.int16))
-            starts.append(newlines.astype(np.int64) + offset + 1)
+            # The byte before each line break serves only to tell a CR from any other byte:
+            # in a chunk without CR, every such byte is another (0 stands for them), but
+            # for the first line break's, which may be the previous chunk's last byte.
+            if len(cr):
+                previous = np.where(newlines > 0, chunk[np.maximum(newlines - 1, 0)],
+                                    previous_last).astype(np.int16)  # fmt: skip
+            else:
+                previous = np.zeros(len(newlines), np.int16)
+                if len(newlines) and newlines[0] == 0:
+                    previous[0] = previous_last
+            before_break.append(previous)
+            starts.append(np.add(newlines, offset + 1, dtype=np.int64))
             previous_last = int(chunk[-1])
             offset += read
     line_starts = np.concatenate(starts)
