@@ -316,12 +316,24 @@ def copy_with_lf_line_ends(source: Path, target: Path) -> tuple[np.ndarray, np.n
     )
 
 
-def _reasons(errors: pl.DataFrame, field_count: int) -> list[str]:
+# DuckDB's errors that say a record has the wrong number of fields.
+_FIELD_COUNT_ERRORS = ("MISSING COLUMNS", "TOO MANY COLUMNS")
+
+
+def _reasons(errors: pl.DataFrame, field_count: int, split: list[str]) -> list[str]:
+    """The reason for each of DuckDB's `errors` (one per record). A record of the wrong
+    number of fields is described as Python's parser splits it (`split`: its reason by
+    `_split_by_python`, per error): the count in DuckDB's message comes from whichever of
+    its threads met the record, and two reads of one file can give two counts."""
     reasons = []
-    for error_type, message in errors.select("error_type", "error_message").iter_rows():
+    rows = errors.select("error_type", "error_message").iter_rows()
+    for (error_type, message), by_python in zip(rows, split, strict=True):
         template = REJECT_REASONS.get(error_type)
         if template is None:
             reasons.append(f"record could not be parsed: {message}")
+            continue
+        if error_type in _FIELD_COUNT_ERRORS and by_python:
+            reasons.append(by_python)
             continue
         found = message.split("Found:")[-1].strip() if "Found:" in message else "?"
         detail = f"header has {field_count}, record has {found}"
@@ -519,7 +531,8 @@ def stage_csv(
         bad = np.zeros(layout.records, bool)
         bad[index] = True
         good = np.flatnonzero(~bad & ~withheld)
-        rejected_index, rejected_reason = index, _reasons(first_errors, field_count)
+        _, split = _split_by_python(source, *layout.record_spans(index), field_count)
+        rejected_index, rejected_reason = index, _reasons(first_errors, field_count, split)
     else:
         good, split_reasons = _python_split(con, source, layout, parsed, write, field_count)
         rows = len(good)
