@@ -351,8 +351,7 @@ def _python_split(
     but every record keeps its true line. Returns the staged records and, for every record
     of `keep`, a reason ('' when staged).
     """
-    starts = layout.record_start_offsets()[keep]
-    ends = layout.record_end_offsets()[keep]
+    starts, ends = layout.record_spans(keep)
     columns, split = _split_by_python(source, starts, ends, field_count)
     staged = [index for index, reason in zip(keep.tolist(), split, strict=True) if not reason]
     con.register("_python_split", _text_frame(columns, field_count).to_arrow())
@@ -591,8 +590,7 @@ def _rejected_frame(
     """
     if not len(records):
         return pl.DataFrame(schema=REJECTED_SCHEMA)
-    starts = layout.record_start_offsets()[records]
-    ends = layout.record_end_offsets()[records]
+    starts, ends = layout.record_spans(records)
     starts = starts + np.searchsorted(shortened, starts, side="left")
     ends = ends + np.searchsorted(shortened, ends, side="left")
     with path.open("rb") as fh:
