@@ -87,7 +87,7 @@ class CsvLayout:
         """The index of the record each byte offset lies in (offsets in no record dropped)."""
         if not len(offsets) or not self.records:
             return np.zeros(0, np.int64)
-        starts, ends = self.record_start_offsets(), self.record_end_offsets()
+        starts, ends = self.record_spans(np.arange(self.records))
         record = np.searchsorted(starts, offsets, side="right") - 1
         inside = (record >= 0) & (offsets < ends[np.maximum(record, 0)])
         return np.unique(record[inside])
@@ -96,16 +96,8 @@ class CsvLayout:
     def records(self) -> int:
         return len(self.record_first_line)
 
-    # Each record's byte span and the longest, worked out once per layout (a file of
-    # millions of records asks for them several times) and read-only, as they are shared.
-    @cached_property
-    def _record_starts(self) -> np.ndarray:
-        return _read_only(self.line_starts[self.record_first_line - 1])
-
-    @cached_property
-    def _record_ends(self) -> np.ndarray:
-        return _read_only(np.append(self.line_starts, self.size)[self.record_last_line])
-
+    # The longest record, worked out once per layout (a file of millions of records asks
+    # for it more than once).
     @cached_property
     def _longest_record(self) -> int:
         """The longest record's bytes: a record on one line is that line (the longest line
@@ -143,19 +135,14 @@ class CsvLayout:
         return starts, ends.astype(self.line_starts.dtype, copy=False)
 
     def record_start_offsets(self) -> np.ndarray:
-        return self._record_starts
+        return self.record_spans(np.arange(self.records))[0]
 
     def record_end_offsets(self) -> np.ndarray:
         """Byte offset just past each record's last line (its line break included)."""
-        return self._record_ends
+        return self.record_spans(np.arange(self.records))[1]
 
     def max_record_bytes(self) -> int:
         return self._longest_record
-
-
-def _read_only(values: np.ndarray) -> np.ndarray:
-    values.flags.writeable = False
-    return values
 
 
 @dataclass
