@@ -87,9 +87,12 @@ class CsvLayout:
         """The index of the record each byte offset lies in (offsets in no record dropped)."""
         if not len(offsets) or not self.records:
             return np.zeros(0, np.int64)
-        starts, ends = self.record_spans(np.arange(self.records))
-        record = np.searchsorted(starts, offsets, side="right") - 1
-        inside = (record >= 0) & (offsets < ends[np.maximum(record, 0)])
+        # Each offset's line (1-based), then the record whose first line is the last at or
+        # before it: only the offsets are looked up, no array of every record is made.
+        line = np.searchsorted(self.line_starts, offsets, side="right")
+        record = np.searchsorted(self.record_first_line, line, side="right") - 1
+        last = self.record_last_line[np.maximum(record, 0)]
+        inside = (record >= 0) & (line <= last) & (offsets < self.size)
         return np.unique(record[inside])
 
     @property
@@ -133,13 +136,6 @@ class CsvLayout:
         lines = len(self.line_starts)
         ends = np.where(after < lines, self.line_starts[np.minimum(after, lines - 1)], self.size)
         return starts, ends.astype(self.line_starts.dtype, copy=False)
-
-    def record_start_offsets(self) -> np.ndarray:
-        return self.record_spans(np.arange(self.records))[0]
-
-    def record_end_offsets(self) -> np.ndarray:
-        """Byte offset just past each record's last line (its line break included)."""
-        return self.record_spans(np.arange(self.records))[1]
 
     def max_record_bytes(self) -> int:
         return self._longest_record

@@ -70,8 +70,14 @@ def test_each_records_span_and_the_longest_are_as_the_lines_say(tmp_path_factory
     records = np.arange(layout.records)
     got_starts, got_ends = layout.record_spans(records)
     assert list(zip(got_starts.tolist(), got_ends.tolist(), strict=True)) == expected
-    assert layout.record_start_offsets().tolist() == [s for s, _ in expected]
-    assert layout.record_end_offsets().tolist() == [e for _, e in expected]
+    # Every byte of a record lies in it; a byte of the header or a blank line in none.
+    inside = [(b, r) for r, (s, e) in enumerate(expected) for b in range(s, e)]
+    offsets = np.arange(-1, layout.size + 2)
+    owner = dict(inside)
+    for offset in offsets.tolist():
+        found = layout.records_spanning(np.array([offset])).tolist()
+        assert found == ([owner[offset]] if offset in owner else []), offset
+    assert layout.records_spanning(offsets).tolist() == sorted({r for _, r in inside})
     assert layout.max_record_bytes() == max((e - s for s, e in expected), default=0)
     # The longest is found a block of lines at a time: where the blocks fall must not matter.
     original = csv_layout._LINES_AT_ONCE
@@ -97,3 +103,7 @@ def test_a_record_over_two_lines_is_measured_whole(tmp_path):
     starts, ends = layout.record_spans(np.arange(2))
     assert starts.tolist() == [13, 35] and ends.tolist() == [35, 41]
     assert layout.max_record_bytes() == 22
+    # A byte of the header, of each line of record 1, of record 2, and past the end.
+    bytes_at = (5, 13, 20, 34, 35, 40, 41)
+    spanning = [layout.records_spanning(np.array([b])).tolist() for b in bytes_at]
+    assert spanning == [[], [0], [0], [0], [1], [1], []]
