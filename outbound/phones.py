@@ -56,21 +56,36 @@ def check_country(code: str, setting: str = "CLINIC_COUNTRY") -> str:
 
 
 def e164_expr(column: str | pl.Expr, country: str) -> pl.Expr:
-    """The E.164 form of a written number, or null when it cannot be read (see above)."""
+    """The E.164 form of a written number, or null when it cannot be read (see above).
+
+    Built in stages of one struct, so that each step (the cleaned text, its digits) is
+    computed once for the column rather than once for every rule that reads it."""
     code = check_country(country)
     calling, trunk = COUNTRIES[code]
-    raw = (
-        (pl.col(column) if isinstance(column, str) else column)
-        # Fullwidth digits, no-break and other odd spaces as plain ones; invisible marks
-        # (zero-width space, byte-order mark) dropped; dashes of every kind as `-`.
-        .str.normalize("NFKC")
+    written = pl.col(column) if isinstance(column, str) else column
+    f = pl.field
+    # Fullwidth digits, no-break and other odd spaces as plain ones; invisible marks
+    # (zero-width space, byte-order mark) dropped; dashes of every kind as `-`. All of
+    # them are outside ASCII: a text of ASCII alone is left as it is (most numbers),
+    # and the rest is only worked on where it is not null.
+    unusual = pl.when(f("written").str.len_bytes() != f("written").str.len_chars()).then(
+        f("written"))
+    cleaned = (
+        unusual.str.normalize("NFKC")
         .str.replace_all(r"[\u200b-\u200d\u2060\ufeff]", "")
         .str.replace_all(r"[\u2010-\u2015\u2212]", "-")
-        .str.strip_chars()
     )
-    digits = raw.str.replace_all(r"[^0-9]", "")
-    # "+44 (0)20 ..." writes the trunk prefix an international number drops.
-    international = raw.str.replace_all(r"\(0\)", "").str.replace_all(r"[^0-9]", "")
+    staged = (
+        pl.struct(written.alias("written"))
+        .struct.with_fields(pl.coalesce(cleaned, f("written")).str.strip_chars().alias("raw"))
+        .struct.with_fields(
+            f("raw").str.replace_all(r"[^0-9]", "").alias("digits"),
+            # "+44 (0)20 ..." writes the trunk prefix an international number drops.
+            f("raw").str.replace_all(r"\(0\)", "").str.replace_all(r"[^0-9]", "")
+            .alias("international"),
+        )  # fmt: skip
+    )
+    raw, digits, international = f("raw"), f("digits"), f("international")
     national = digits.str.slice(len(trunk)) if trunk else digits
     if trunk:
         from_national = (
@@ -90,18 +105,21 @@ def e164_expr(column: str | pl.Expr, country: str) -> pl.Expr:
     for prefix in INTERNATIONAL_PREFIXES[code]:  # the longest first
         dialled = dialled.when(digits.str.starts_with(prefix)).then(
             international.str.slice(len(prefix)))
+    staged = staged.struct.with_fields(dialled.alias("dialled"), from_national.alias("national"))
     number = (
         pl.when(~raw.str.contains(_WRITTEN).fill_null(False))
         .then(None)
         .otherwise(
-            pl.when(dialled.is_not_null())
-            .then(pl.lit("+") + _without_trunk(dialled))
-            .otherwise(from_national)
+            pl.when(f("dialled").is_not_null())
+            .then(pl.lit("+") + _without_trunk(f("dialled")))
+            .otherwise(f("national"))
         )
     )
+    staged = staged.struct.with_fields(number.alias("number"))
     # E.164: 8 to 15 digits; a NANP number (+1) has exactly 11.
-    valid = number.str.contains(r"^\+(1[0-9]{10}|[2-9][0-9]{7,14})$").fill_null(False)
-    return pl.when(valid).then(number)
+    valid = f("number").str.contains(r"^\+(1[0-9]{10}|[2-9][0-9]{7,14})$").fill_null(False)
+    return staged.struct.with_fields(pl.when(valid).then(f("number")).alias("e164")).struct.field(
+        "e164")
 
 
 # How a number dialled abroad starts, by the country it is written in (the longest first).

@@ -347,8 +347,13 @@ def plan_sends(
     clinic_zone = str(clock.local_now.tzinfo)
     # Who a message goes to: the channel's normalised address, else the patient alone.
     # Computed once (every channel, the cap and the categories read it).
-    people = _people(contacts, rules, clinic_zone).collect().lazy()
-    patients = patients.join(people, on="patient_id", how="left").with_columns(
+    # Only the channels the candidates are messaged on: an address key of another
+    # channel can match no candidate's (a phone's keys cost E.164 and time zones).
+    used = {c.channel for c in due if c.notify_patient}
+    people = _people(contacts, rules, clinic_zone, used).collect().lazy()
+    # One row per candidate from here on: each join below is on a key the other side
+    # holds once (checked for the contacts, made so for the rest).
+    patients = patients.join(people, on="patient_id", how="left", validate="m:1").with_columns(
         _channel_key().alias("recipient_key"),
         pl.when(pl.col("channel") == "sms")
         .then(pl.col("accepted_sms_marketing"))
@@ -381,8 +386,11 @@ def plan_sends(
     # Addresses refused on any patient record that has them, channel by channel (and
     # addresses learned to refuse, such as a number that replied STOP): by an opt-out,
     # which every message honours, or by a no to marketing, which transactional ones pass.
-    by_opt_out, by_consent = [], []
+    none = pl.LazyFrame(schema={"recipient_key": pl.String})
+    by_opt_out, by_consent = [none], [none]
     for ch, (_, consent_col) in CHANNEL_ADDRESS.items():
+        if ch not in used:
+            continue
         key = pl.col(f"{ch}_key").alias("recipient_key")
         # The records with an opt-out for the channel: a few, looked up among everyone.
         by_opt_out.append(opted.filter(pl.col("channel") == ch).select("patient_id")
@@ -394,7 +402,18 @@ def plan_sends(
     for frames, flag in ((by_opt_out, "address_refused"), (by_consent, "address_said_no")):
         refused = pl.concat(frames).drop_nulls().unique().with_columns(pl.lit(True).alias(flag))
         patients = patients.join(refused, on="recipient_key", how="left")
-    patients = _join_category_opt_outs(patients, people, category_opt_outs)
+    # Collected once here: the category and cap steps below each read the candidates
+    # more than once, and a lazy frame read twice is computed twice.
+    try:
+        collected = patients.collect()
+    except pl.exceptions.ComputeError as err:
+        if "m:1" not in str(err):
+            raise
+        raise ValueError(
+            "the patient contacts hold more than one row for a patient_id; each patient "
+            "record must appear once (raw.patients keeps the last row of a repeated id)"
+        ) from None
+    patients = _join_category_opt_outs(collected.lazy(), people, category_opt_outs)
 
     patients = patients.join(_prior_messages(patients, people, history, clock),
                              on=["campaign", "patient_id"], how="left")  # fmt: skip
@@ -502,10 +521,17 @@ def plan_sends(
     )
 
 
-def _people(contacts: pl.DataFrame, rules: ChannelRules, clinic_zone: str) -> pl.LazyFrame:
+def _people(
+    contacts: pl.DataFrame, rules: ChannelRules, clinic_zone: str,
+    channels: set[str] | None = None,
+) -> pl.LazyFrame:  # fmt: skip
     """Every patient record with the keys of its addresses (`email_key`, `sms_key`: null
-    when unusable) and `zone`, where its clock is."""
+    when unusable) and `zone`, where its clock is. With `channels`, only those channels'
+    keys: without SMS or WhatsApp the phone keys are null and `zone` is the clinic's
+    (where a patient's clock is matters to the hours of texts alone)."""
     from outbound.phones import e164_expr, with_patient_zone
+
+    phones = channels is None or bool(channels & {"sms", "whatsapp"})
 
     frame = contacts.lazy()
     missing = [pl.lit(None, dtype=t).alias(c) for c, t in ADDRESS_SCHEMA.items()
@@ -518,12 +544,15 @@ def _people(contacts: pl.DataFrame, rules: ChannelRules, clinic_zone: str) -> pl
         pl.when(email.str.contains(EMAIL_PATTERN).fill_null(False))
         .then(pl.lit("email:") + email)
         .alias("email_key"),
-        (pl.lit("sms:") + e164_expr("mobile", rules.country)).alias("sms_key"),
+        (pl.lit("sms:") + e164_expr("mobile", rules.country)).alias("sms_key")
+        if phones else pl.lit(None, dtype=pl.String).alias("sms_key"),
     ).with_columns(
         pl.when(pl.col("has_whatsapp").fill_null(False))
         .then(pl.lit("whatsapp:") + pl.col("sms_key").str.strip_prefix("sms:"))
         .alias("whatsapp_key"),
-    )
+    )  # fmt: skip
+    if not phones:
+        return frame.with_columns(pl.lit(clinic_zone).alias("zone")).drop("state", "country")
     return with_patient_zone(frame, clinic_zone, rules.country).drop("state", "country")
 
 
@@ -678,7 +707,6 @@ def _winners(patients: pl.LazyFrame) -> pl.LazyFrame:
     surv = (
         patients.filter(pl.col("reason").is_null())
         .select("campaign", "patient_id", "recipient_key", "priority", "channel", "sms_key")
-        .unique(["campaign", "patient_id"])
         .sort(["priority", "campaign", "patient_id"], descending=[True, False, False])
         .with_row_index("rank")
         .collect()

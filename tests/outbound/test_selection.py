@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 
 import polars as pl
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -407,3 +408,14 @@ def test_properties_opt_outs_cap_and_priority(scenario):
         assert winner == best
         others = plan.filter((pl.col("patient_id") == p) & (pl.col("campaign") != winner))
         assert set(others["reason"].to_list()) <= {"lower_priority"}
+
+
+def test_a_patient_record_given_twice_in_the_contacts_is_refused_with_a_reason():
+    # Two rows for p1 would make two candidates of one (campaign, patient): the planner
+    # says what is wrong instead of planning twice.
+    twice = [contact("p1"), contact("p1", email="other@clinic.example")]
+    with pytest.raises(ValueError, match="more than one row for a patient_id"):
+        run_plan([camp("a", "seg", 10)], [("seg", "p1", None)], twice)
+    # The same record once plans one message.
+    plan = run_plan([camp("a", "seg", 10)], [("seg", "p1", None)], twice[:1])
+    assert decisions(plan) == {("a", "p1"): ("send", "")}
