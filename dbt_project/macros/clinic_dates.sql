@@ -43,6 +43,18 @@
     cast(timezone('{{ clinic_timezone() }}', {{ timestamp_column }}) as date)
 {%- endmacro %}
 
+{#- Whether a UTC timestamp falls on a clinic calendar day before `day`: the same as
+    `local_date(ts) < day`, but the time zone is looked up only for timestamps within two
+    days of it (no zone is two days from UTC), so a column of millions of timestamps is
+    mostly compared, not converted. Null when the timestamp is. -#}
+{% macro before_local_day(timestamp_column, day) -%}
+    case
+        when {{ timestamp_column }} < timezone('UTC', cast(({{ day }}) - 2 as timestamp)) then true
+        when {{ timestamp_column }} >= timezone('UTC', cast(({{ day }}) + 2 as timestamp)) then false
+        else {{ local_date(timestamp_column) }} < {{ day }}
+    end
+{%- endmacro %}
+
 {#- The birthday of someone born on `date_of_birth` in calendar year `year`:
     29 February falls on 28 February in non-leap years. -#}
 {% macro birthday_in_year(date_of_birth, year) -%}

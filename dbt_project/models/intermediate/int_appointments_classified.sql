@@ -35,7 +35,7 @@ classified as (
         case
             when cancelled_at is not null then 'cancelled'
             when coalesce(did_not_arrive, false) then 'dna'
-            when start_date < {{ as_of_date() }} then 'attended'
+            when {{ before_local_day('starts_at', as_of_date()) }} then 'attended'
             else 'upcoming'
         end as status,
         cancelled_at is null as is_booked
