@@ -22,8 +22,15 @@ from core.settings import Settings
 from core.tables import format_table
 from core.warehouse import Warehouse, WrongDay, connect
 from segments.evaluate import WarehouseError, WarehouseFrames
-from segments.field_catalogue import Catalogue, CatalogueError
-from segments.library import default_catalogue, load_library, preview, resnapshot, visible_to
+from segments.field_catalogue import ENTITY_TABLES, Catalogue, CatalogueError
+from segments.library import (
+    default_catalogue,
+    load_library,
+    preview,
+    preview_columns,
+    resnapshot,
+    visible_to,
+)
 from segments.members import read_members
 from segments.validation import Segment, SegmentValidationError, load_segment, load_segments
 
@@ -77,7 +84,8 @@ def cmd_preview(file: str, as_of: str | None) -> int:
     frames = WarehouseFrames(Warehouse(settings.duckdb_path, settings.duckdb_memory_limit))
     try:
         started = time.perf_counter()
-        frames.prepare([segment.definition])
+        shown = {ENTITY_TABLES[segment.definition.entity]: set(preview_columns(segment, catalogue))}
+        frames.prepare([segment.definition], shown)
         loaded = time.perf_counter() - started
         result = preview(segment, frames, catalogue, day, settings.clinic_timezone)
     except (WarehouseError, WarehouseBusy) as exc:

@@ -42,6 +42,8 @@ class WarehouseFrames:
         self._frames: dict[str, pl.DataFrame] = {}
         # Event table → each key's run of rows in it (see `rows_of`), built on first use.
         self._runs: dict[str, pl.DataFrame] = {}
+        # Event tables looked into once already, since they were loaded (see `rows_of`).
+        self._probed: set[str] = set()
         # The web app evaluates from several threads at once: loading (and replacing the
         # frames when another day is built) happens under this lock; a frame handed out
         # is never changed, so evaluation itself needs no lock.
@@ -54,7 +56,7 @@ class WarehouseFrames:
         """Frames already in memory (e.g. a benchmark that loaded them itself)."""
         wf = cls(None)
         for table, df in frames.items():
-            wf._frames[table] = _held(table, _with_hashed_keys(df))
+            wf._frames[table] = _with_hashed_keys(df)
             wf._check_hash_collisions(table, wf._frames[table])
         return wf
 
@@ -69,9 +71,12 @@ class WarehouseFrames:
             if ids != hashes:
                 self._collisions.add(key)
 
-    def prepare(self, definitions: Iterable[SegmentDefinition]) -> None:
-        """Load, in one pass per table, every column the definitions will read."""
-        wanted: dict[str, set[str]] = {}
+    def prepare(
+        self, definitions: Iterable[SegmentDefinition], also: dict[str, set[str]] | None = None
+    ) -> None:
+        """Load, in one pass per table, every column the definitions will read (and the
+        columns of `also`, table → columns, e.g. those a preview shows)."""
+        wanted: dict[str, set[str]] = {t: set(c) for t, c in (also or {}).items()}
         for d in definitions:
             for table, cols in columns_read(d).items():
                 wanted.setdefault(table, set()).update(cols)
@@ -107,6 +112,13 @@ class WarehouseFrames:
                 return None
             runs = self._runs.get(table)
             if runs is None:
+                # The runs are built on the second use of a loaded frame: the first is
+                # answered by probing every row (None), which costs one pass, less than
+                # grouping the rows; a preview in its own process looks once.
+                if table not in self._probed:
+                    self._probed.add(table)
+                    return None
+                df = self._frames[table] = _held(table, df)
                 # Each key's run of rows (the frame holds each key's rows together): where
                 # it starts and how long it is.
                 raw = df[key].rle().struct.unnest()
@@ -148,6 +160,7 @@ class WarehouseFrames:
                 self._frames.clear()
                 self._collisions.clear()
                 self._runs.clear()
+                self._probed.clear()
                 missing = wanted
             self.built_for, self.built_timezone = day, zone
             # Entity tables first: whether their ids' hashes collide decides whether the
@@ -160,6 +173,7 @@ class WarehouseFrames:
                 collided = set(self._collisions)
                 self._frames[table] = self._read(con, table, cols)
                 self._runs.pop(table, None)
+                self._probed.discard(table)
                 self._check_hash_collisions(table, self._frames[table])
                 for key in self._collisions - collided:
                     # Event frames read before held this key by its hash alone: read again.
@@ -170,6 +184,7 @@ class WarehouseFrames:
                                 - set(HASHED.values()) | {key},
                             )
                             self._runs.pop(event_table, None)
+                            self._probed.discard(event_table)
 
     def _read(self, con: duckdb.DuckDBPyConnection, table: str, cols: set[str]) -> pl.DataFrame:
         present = {
@@ -205,10 +220,10 @@ class WarehouseFrames:
         batched = table in _EVENT_TABLES and _more_rows_than(con, table, BATCHED_FROM)
         rel = con.sql(f"select {select} from marts.{_quote(table)}")
         if batched:
-            return _held(table, _in_batches(rel))
+            return _in_batches(rel)
         # Straight from DuckDB's Arrow stream: polars needs no pyarrow for it (a tenth of
         # a cold preview is importing pyarrow).
-        return _held(table, _categorise(_as_held_types(pl.DataFrame(rel))))
+        return _categorise(_as_held_types(pl.DataFrame(rel)))
 
 
 # An event table of more than BATCHED_FROM rows is read BATCH_ROWS at a time (see
