@@ -81,7 +81,9 @@ def cmd_preview(file: str, as_of: str | None) -> int:
         return _fail(f"{len(exc.issues)} problem(s) found; nothing was run")
     except (CatalogueError, ValueError, WarehouseBusy) as exc:
         return _fail(str(exc), 2)
-    frames = WarehouseFrames(Warehouse(settings.duckdb_path, settings.duckdb_memory_limit))
+    frames = WarehouseFrames(
+        Warehouse(settings.duckdb_path, settings.duckdb_memory_limit), once=True
+    )
     try:
         started = time.perf_counter()
         shown = {ENTITY_TABLES[segment.definition.entity]: set(preview_columns(segment, catalogue))}

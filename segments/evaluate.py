@@ -32,8 +32,13 @@ def _quote(identifier: str) -> str:
 class WarehouseFrames:
     """The marts as polars frames, loaded on first use and kept for the process."""
 
-    def __init__(self, warehouse: Warehouse | str | Path | None = None) -> None:
+    def __init__(
+        self, warehouse: Warehouse | str | Path | None = None, once: bool = False
+    ) -> None:
         self.warehouse = Warehouse.at(warehouse) if warehouse else None
+        # `once`: the frames serve one evaluation (a preview in its own process). Text is
+        # then kept as text: making it Categorical pays off only over many evaluations.
+        self.once = once
         self.duckdb_path = self.warehouse.path if self.warehouse else None
         # The as-of day the loaded marts were built for (None: frames given in memory, or
         # a warehouse without dbt's marts.warehouse_as_of).
@@ -223,7 +228,8 @@ class WarehouseFrames:
             return _in_batches(rel)
         # Straight from DuckDB's Arrow stream: polars needs no pyarrow for it (a tenth of
         # a cold preview is importing pyarrow).
-        return _categorise(_as_held_types(pl.DataFrame(rel)))
+        frame = _as_held_types(pl.DataFrame(rel))
+        return frame if self.once else _categorise(frame)
 
 
 # An event table of more than BATCHED_FROM rows is read BATCH_ROWS at a time (see

@@ -134,9 +134,14 @@ def test_library_has_workflows_and_case_segments(catalogue: Catalogue) -> None:
     }
 
 
-def test_every_starter_definition_finds_its_members(catalogue: Catalogue, warehouse_for) -> None:
+@pytest.mark.parametrize("once", [False, True], ids=["categorised", "text-kept"])
+def test_every_starter_definition_finds_its_members(
+    catalogue: Catalogue, warehouse_for, once: bool
+) -> None:
+    # Held as a long-lived process holds them (low-cardinality text as Categorical) and as
+    # a one-evaluation preview does (text kept): the same members.
     segments = load_segments([SHIPPED_DEFINITIONS], catalogue)
-    frames = WarehouseFrames(warehouse_for(ROWS))
+    frames = WarehouseFrames(warehouse_for(ROWS), once=once)
     frames.prepare([s.definition for s in segments])
     found = {}
     for seg in segments:
