@@ -36,8 +36,10 @@ class WarehouseFrames:
         self, warehouse: Warehouse | str | Path | None = None, once: bool = False
     ) -> None:
         self.warehouse = Warehouse.at(warehouse) if warehouse else None
-        # `once`: the frames serve one evaluation (a preview in its own process). Text is
-        # then kept as text: making it Categorical pays off only over many evaluations.
+        # `once`: the frames serve one evaluation (a preview in its own process), so what
+        # pays off only over many is skipped: text read at once is kept as text (a mart
+        # read in batches is still made compact, for memory), and event rows are probed
+        # rather than grouped into runs (see `rows_of`).
         self.once = once
         self.duckdb_path = self.warehouse.path if self.warehouse else None
         # The as-of day the loaded marts were built for (None: frames given in memory, or
@@ -47,8 +49,6 @@ class WarehouseFrames:
         self._frames: dict[str, pl.DataFrame] = {}
         # Event table → each key's run of rows in it (see `rows_of`), built on first use.
         self._runs: dict[str, pl.DataFrame] = {}
-        # Event tables looked into once already, since they were loaded (see `rows_of`).
-        self._probed: set[str] = set()
         # The web app evaluates from several threads at once: loading (and replacing the
         # frames when another day is built) happens under this lock; a frame handed out
         # is never changed, so evaluation itself needs no lock.
@@ -108,8 +108,9 @@ class WarehouseFrames:
     ) -> pl.DataFrame | None:
         """The rows of event `table` whose `key` is one of `wanted`, found through each
         key's run of rows in the table (only the `gather` columns, default all); None when
-        the table is not held grouped by that key."""
-        if key != GROUPED_KEY or table not in _EVENT_TABLES:
+        the table is not held grouped by that key (or the frames serve one evaluation:
+        the caller then probes every row, one pass, cheaper than grouping them once)."""
+        if self.once or key != GROUPED_KEY or table not in _EVENT_TABLES:
             return None
         with self._lock:  # the frame and its runs as one pair (a reload replaces both)
             df = self.frame(table, columns)
@@ -117,12 +118,7 @@ class WarehouseFrames:
                 return None
             runs = self._runs.get(table)
             if runs is None:
-                # The runs are built on the second use of a loaded frame: the first is
-                # answered by probing every row (None), which costs one pass, less than
-                # grouping the rows; a preview in its own process looks once.
-                if table not in self._probed:
-                    self._probed.add(table)
-                    return None
+                # Grouped on the first use of its runs, not on load.
                 df = self._frames[table] = _held(table, df)
                 # Each key's run of rows (the frame holds each key's rows together): where
                 # it starts and how long it is.
@@ -165,7 +161,6 @@ class WarehouseFrames:
                 self._frames.clear()
                 self._collisions.clear()
                 self._runs.clear()
-                self._probed.clear()
                 missing = wanted
             self.built_for, self.built_timezone = day, zone
             # Entity tables first: whether their ids' hashes collide decides whether the
@@ -178,7 +173,6 @@ class WarehouseFrames:
                 collided = set(self._collisions)
                 self._frames[table] = self._read(con, table, cols)
                 self._runs.pop(table, None)
-                self._probed.discard(table)
                 self._check_hash_collisions(table, self._frames[table])
                 for key in self._collisions - collided:
                     # Event frames read before held this key by its hash alone: read again.
@@ -189,7 +183,6 @@ class WarehouseFrames:
                                 - set(HASHED.values()) | {key},
                             )
                             self._runs.pop(event_table, None)
-                            self._probed.discard(event_table)
 
     def _read(self, con: duckdb.DuckDBPyConnection, table: str, cols: set[str]) -> pl.DataFrame:
         present = {
